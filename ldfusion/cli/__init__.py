@@ -1,0 +1,1 @@
+"""Command-line entry points. Each command is ``main(argv) -> int``; ``ldfusion.cli.main`` dispatches."""

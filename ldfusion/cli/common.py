@@ -1,0 +1,51 @@
+"""What every command shares: logging set-up and turning user errors into one line."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+from ldfusion.errors import LDFusionError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+
+
+def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+
+
+def error_line(prog: str, message: str) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command's ``main``: user errors print one line and exit 2, Ctrl-C exits 130."""
+
+    def decorate(fn: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs) -> int:
+            try:
+                return fn(*args, **kwargs)
+            except LDFusionError as exc:
+                error_line(prog, str(exc))
+                return EXIT_USER_ERROR
+            except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+                error_line(prog, f"{exc.strerror}: {exc.filename}")
+                return EXIT_USER_ERROR
+            except KeyboardInterrupt:
+                error_line(prog, "interrupted")
+                return EXIT_INTERRUPTED
+
+        return wrapper
+
+    return decorate

@@ -1,0 +1,47 @@
+"""``ldfusion COMMAND ...``: dispatches to each command's own ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from ldfusion import __version__
+
+# Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fuse": ("ldfusion.cli.fuse", "fuse infrared/visible image pairs from two folders into PNGs"),
+    "run": ("pipeline.cli", "run the streaming pipeline from a YAML config (files or live cameras)"),
+    "subscribe": ("pipeline.subscriber", "receive fused frames published over ZeroMQ by `run`"),
+    "train": ("ldfusion.training.cli", "train a fusion network with the language-driven loss (and --teacher)"),
+    "calibrate": ("calibration.cli", "estimate, store and verify IR-to-visible registration"),
+    "eval": ("ldfusion.cli.evaluate", "score fused images with the standard fusion metrics"),
+    "bench": ("ldfusion.cli.bench", "measure model-only and pipeline throughput and latency"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"usage: ldfusion COMMAND [options]   (ldfusion {__version__})", "", "commands:"]
+    lines += [f"  {name.ljust(width)}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    lines += ["", "`ldfusion COMMAND --help` explains each command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(__version__)
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ldfusion: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Reading and writing still images, and pairing infrared/visible folders by file name."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ldfusion.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+IR_16BIT_MODES = ("stretch", "scale")
+# Percentiles for stretching 16-bit infrared: raw thermal counts fill a narrow band of the
+# 16-bit range, so dividing by 65535 would give a nearly black image.
+_STRETCH_PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class ImagePair:
+    name: str  # shared file stem
+    ir: Path
+    vi: Path
+
+
+def list_images(folder: Path) -> dict[str, Path]:
+    """Images in ``folder`` keyed by stem; two files with one stem are an error."""
+    if not folder.is_dir():
+        raise DataError(f"not a folder: {folder}")
+    by_stem: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if path.stem in by_stem:
+            raise DataError(f"{folder}: two images share the name {path.stem!r} ({by_stem[path.stem].name}, {path.name})")
+        by_stem[path.stem] = path
+    return by_stem
+
+
+def pair_folders(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike) -> list[ImagePair]:
+    """Pair ``ir_dir`` and ``vi_dir`` by file stem (``ir/7.png`` with ``vi/7.jpg``)."""
+    ir_dir, vi_dir = Path(ir_dir), Path(vi_dir)
+    if ir_dir.is_file() or vi_dir.is_file():
+        return [_single_pair(ir_dir, vi_dir)]
+    ir_images, vi_images = list_images(ir_dir), list_images(vi_dir)
+    if not ir_images:
+        raise DataError(f"no images in {ir_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    _complain_unpaired(ir_images, vi_images, ir_dir, vi_dir)
+    return [ImagePair(stem, ir_images[stem], vi_images[stem]) for stem in sorted(ir_images, key=_natural_key)]
+
+
+def _single_pair(ir: Path, vi: Path) -> ImagePair:
+    for path in (ir, vi):
+        if not path.is_file():
+            raise DataError(f"--ir and --vi must both be files or both be folders; {path} is not a file")
+    return ImagePair(ir.stem, ir, vi)
+
+
+def _complain_unpaired(ir_images: dict, vi_images: dict, ir_dir: Path, vi_dir: Path) -> None:
+    for have, other, have_dir, other_dir in ((ir_images, vi_images, ir_dir, vi_dir), (vi_images, ir_images, vi_dir, ir_dir)):
+        alone = sorted(set(have) - set(other), key=_natural_key)
+        if alone:
+            raise DataError(
+                f"{len(alone)} image(s) in {have_dir} have no partner in {other_dir} (first: {have[alone[0]].name})"
+            )
+
+
+def _natural_key(stem: str) -> tuple:
+    """Sort '2' before '10'."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in _split_digits(stem))
+
+
+def _split_digits(text: str) -> list[str]:
+    parts, current = [], ""
+    for char in text:
+        if current and char.isdigit() != current[-1].isdigit():
+            parts.append(current)
+            current = ""
+        current += char
+    return parts + [current] if current else parts
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image unchanged: (H, W) gray or (H, W, 3) RGB, uint8 or uint16."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}")
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise DataError(f"cannot decode image (corrupt or unsupported format): {path}")
+    if image.ndim == 3:
+        if image.shape[2] == 4:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+        elif image.shape[2] == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        else:
+            image = image[:, :, 0]
+    return image
+
+
+def read_visible(path: str | os.PathLike) -> np.ndarray:
+    """Visible image as uint8: (H, W, 3) RGB, or (H, W) when it is gray."""
+    image = read_image(path)
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) / 257.0).round().astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise DataError(f"{path}: unsupported visible image type {image.dtype}")
+    return image
+
+
+def read_infrared(path: str | os.PathLike, mode_16bit: str = "stretch") -> np.ndarray:
+    """Infrared image as (H, W) float32 in [0, 1]; colour files are converted to gray.
+
+    8-bit images are divided by 255. 16-bit images are either stretched between robust
+    percentiles (``stretch``, default: raw thermal counts) or divided by 65535 (``scale``).
+    """
+    image = read_image(path)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return infrared_to_unit(image, mode_16bit, source=str(path))
+
+
+def infrared_to_unit(image: np.ndarray, mode_16bit: str = "stretch", source: str = "ir") -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if image.dtype != np.uint16:
+        raise DataError(f"{source}: unsupported infrared image type {image.dtype}")
+    if mode_16bit == "scale":
+        return image.astype(np.float32) / 65535.0
+    if mode_16bit != "stretch":
+        raise DataError(f"unknown 16-bit infrared mode {mode_16bit!r}; choose one of {IR_16BIT_MODES}")
+    low, high = np.percentile(image, _STRETCH_PERCENTILES)
+    if high <= low:
+        return np.zeros(image.shape, np.float32)
+    return np.clip((image.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write (H, W) gray or (H, W, 3) RGB uint8; raises DataError when the encoder fails."""
+    path = Path(path)
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
+    if not cv2.imwrite(str(path), bgr):
+        raise DataError(f"could not write image {path}")
+
+
+def side_by_side(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> np.ndarray:
+    """IR | visible | fused as one RGB uint8 image (all inputs share H and W)."""
+    panels = []
+    for panel in (ir, visible, fused):
+        if panel.dtype != np.uint8:
+            panel = (np.clip(panel, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+        panels.append(np.repeat(panel[:, :, None], 3, axis=2) if panel.ndim == 2 else panel)
+    return np.concatenate(panels, axis=1)

@@ -1,0 +1,146 @@
+"""Inference API: a loaded network on a device, fusing batches of frames.
+
+``Fuser`` is what the CLI, the streaming pipeline and the benchmarks share. It takes
+visible RGB (or gray) and infrared frames as tensors in [0, 1] or as uint8 arrays, runs
+the network on the visible Y channel and the infrared image, and restores colour from
+the visible CrCb.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldfusion.color import merge_fused_y, rgb_to_y
+from ldfusion.errors import ConfigError
+from ldfusion.networks import FusionCodes, FusionNet
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else the CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return device
+
+
+@dataclass(frozen=True)
+class FuserOptions:
+    device: str = "auto"
+    half: bool | None = None  # None: half precision on CUDA, float32 on the CPU
+    channels_last: bool | None = None  # None: on for CUDA, where cuDNN prefers NHWC
+
+
+class Fuser:
+    """A fusion network ready for inference on one device. Safe to share between threads."""
+
+    def __init__(self, model: FusionNet, options: FuserOptions = FuserOptions()) -> None:
+        self.device = resolve_device(options.device)
+        on_cuda = self.device.type == "cuda"
+        self.dtype = torch.float16 if (options.half if options.half is not None else on_cuda) else torch.float32
+        if self.dtype == torch.float16 and not on_cuda:
+            raise ConfigError("half precision is only supported on CUDA")
+        self.channels_last = options.channels_last if options.channels_last is not None else on_cuda
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.eval().to(self.device, dtype=self.dtype, memory_format=memory_format)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.spec = model.spec
+        # cuDNN autotuning pays off for the fixed frame sizes of video.
+        if on_cuda:
+            torch.backends.cudnn.benchmark = True
+
+    @classmethod
+    def from_weights(
+        cls, weights: str | os.PathLike | None = None, variant: str | None = None, options: FuserOptions = FuserOptions()
+    ) -> "Fuser":
+        """Load weights by path or registry name (``default``, ``ld-lite``, ``ldfusion``)."""
+        from ldfusion.weights import resolve_model  # late: the registry imports checkpoint I/O
+
+        return cls(resolve_model(weights, variant), options)
+
+    # --- tensor API -------------------------------------------------------------------
+
+    def _prepare(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        x = x.to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.inference_mode()
+    def encode(self, vi_y: Tensor, ir: Tensor) -> FusionCodes:
+        """Encoder half of ``fuse_y``; video smoothing edits the codes before ``decode``."""
+        return self.model.encode(self._prepare(vi_y), self._prepare(ir))
+
+    @torch.inference_mode()
+    def decode(self, codes: FusionCodes) -> Tensor:
+        return self.model.decode(codes).float()
+
+    @torch.inference_mode()
+    def fuse_y(self, vi_y: Tensor, ir: Tensor) -> Tensor:
+        """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device."""
+        return self.model(self._prepare(vi_y), self._prepare(ir)).float()
+
+    @torch.inference_mode()
+    def fuse_rgb(self, visible: Tensor, ir: Tensor) -> Tensor:
+        """Fuse (B, 3, H, W) visible RGB with (B, 1, H, W) infrared; returns RGB float32 in [0, 1]."""
+        visible = visible.to(self.device, non_blocking=True).float()
+        fused_y = self.fuse_y(rgb_to_y(visible), ir)
+        return merge_fused_y(fused_y, visible)
+
+    # --- array API ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def fuse_arrays(self, visible: list[np.ndarray], ir: list[np.ndarray]) -> list[np.ndarray]:
+        """Fuse same-sized frames given as arrays.
+
+        ``visible``: (H, W, 3) RGB or (H, W) gray; ``ir``: (H, W). uint8, uint16 or float in [0, 1].
+        Returns uint8 arrays, (H, W, 3) for colour visible input and (H, W) for gray.
+        """
+        if len(visible) != len(ir) or not visible:
+            raise ValueError(f"need the same, non-zero number of visible and ir frames; got {len(visible)} and {len(ir)}")
+        vi_t = torch.stack([to_chw_float(v) for v in visible])  # (B, C, H, W)
+        ir_t = torch.stack([to_chw_float(i) for i in ir])  # (B, 1, H, W)
+        if ir_t.shape[1] != 1:
+            raise ValueError(f"ir frames must be single-channel; got shape {tuple(ir[0].shape)}")
+        if vi_t.shape[-2:] != ir_t.shape[-2:]:
+            raise ValueError(f"ir and vi differ in size: {tuple(ir_t.shape[-2:])} vs {tuple(vi_t.shape[-2:])}")
+        if self.device.type == "cuda":
+            vi_t, ir_t = vi_t.pin_memory(), ir_t.pin_memory()
+        if vi_t.shape[1] == 3:
+            out = self.fuse_rgb(vi_t, ir_t)
+        else:
+            out = self.fuse_y(vi_t, ir_t)
+        out = to_uint8(out).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
+        return [frame[:, :, 0] if frame.shape[-1] == 1 else frame for frame in out]
+
+
+def to_chw_float(image: np.ndarray) -> Tensor:
+    """(H, W) or (H, W, C) uint8/uint16/float array -> (C, H, W) float32 tensor in [0, 1]."""
+    array = np.asarray(image)
+    if array.dtype == np.uint8:
+        tensor = torch.from_numpy(array).float().div_(255.0)
+    elif array.dtype == np.uint16:
+        tensor = torch.from_numpy(array.astype(np.float32)).div_(65535.0)
+    elif np.issubdtype(array.dtype, np.floating):
+        tensor = torch.from_numpy(array.astype(np.float32, copy=False))
+    else:
+        raise ValueError(f"unsupported image dtype {array.dtype}")
+    if tensor.ndim == 2:
+        return tensor.unsqueeze(0)
+    if tensor.ndim == 3:
+        return tensor.permute(2, 0, 1)
+    raise ValueError(f"expected an (H, W) or (H, W, C) image; got shape {array.shape}")
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[0, 1] float -> uint8, rounding to nearest."""
+    return x.clamp(0, 1).mul(255.0).round_().to(torch.uint8)

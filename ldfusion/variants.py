@@ -1,0 +1,89 @@
+"""Named network variants, as data.
+
+``ldfusion`` is the paper's network (content + style encoders, AdaIN decoder); its layout
+matches the authors' ``Enc_final.pt`` / ``Dec_final.pt``. ``ld-lite`` is the authors'
+50%-channel-pruned, distilled student (no style path), matching LD-Lite's ``final.pt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ldfusion.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    content_dim: int  # channels after the first 7x7 conv of each content encoder
+    n_downsample: int  # stride-2 convs in the encoders (and transposed convs in the decoder)
+    n_residual: int  # residual blocks at the end of each content encoder
+    style_dim: int = 0  # style code length per modality; 0 = no style path
+    style_base_dim: int = 16  # channels after the first conv of each style encoder
+    n_adain_residual: int = 0  # AdaIN residual blocks at the start of the decoder
+    mlp_dim: int = 256
+    mlp_blocks: int = 3
+    output_activation: str = "sigmoid"  # "sigmoid" or "tanh"; clamped to [0, 1] after
+
+    def __post_init__(self) -> None:
+        if self.output_activation not in ("sigmoid", "tanh"):
+            raise ConfigError(f"variant {self.name}: output_activation must be sigmoid or tanh")
+        if self.n_downsample < 2:
+            raise ConfigError(f"variant {self.name}: n_downsample must be at least 2")
+        if self.n_adain_residual and not self.style_dim:
+            raise ConfigError(f"variant {self.name}: AdaIN blocks need a style path (style_dim > 0)")
+
+    @property
+    def content_channels(self) -> int:
+        """Channels of one modality's content code."""
+        return self.content_dim * 2**self.n_downsample
+
+    @property
+    def decoder_dim(self) -> int:
+        """Channels entering the decoder: the two content codes concatenated."""
+        return 2 * self.content_channels
+
+    @property
+    def has_style(self) -> bool:
+        return self.style_dim > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+VARIANTS: dict[str, VariantSpec] = {
+    "ldfusion": VariantSpec(
+        name="ldfusion",
+        content_dim=16,
+        n_downsample=3,
+        n_residual=2,
+        style_dim=8,
+        style_base_dim=16,
+        n_adain_residual=2,
+        mlp_dim=256,
+        mlp_blocks=3,
+        output_activation="tanh",
+    ),
+    "ld-lite": VariantSpec(
+        name="ld-lite",
+        content_dim=8,
+        n_downsample=3,
+        n_residual=2,
+        output_activation="sigmoid",
+    ),
+}
+
+
+def get_variant(name: str) -> VariantSpec:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ConfigError(f"unknown model variant {name!r}; choose one of {sorted(VARIANTS)}") from None
+
+
+def variant_from_dict(fields: dict) -> VariantSpec:
+    """Rebuild a spec stored in a checkpoint (so a renamed variant still loads)."""
+    try:
+        return VariantSpec(**fields)
+    except TypeError as exc:
+        raise ConfigError(f"malformed variant description {fields!r}: {exc}") from None

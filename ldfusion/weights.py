@@ -1,0 +1,183 @@
+"""Where weights come from: one registry of names, or a path.
+
+- ``default``: trained by this project and shipped inside the package (works offline).
+- ``ld-lite``, ``ldfusion``: the authors' releases. Looked up, in order, in the
+  environment variable named by the entry (a local file or folder), in the cache
+  (``$LDFUSION_CACHE`` or ``~/.cache/ldfusion``), and finally downloaded from the
+  published URL into the cache, checked against its sha256 when one is pinned.
+- anything else is a path to a weights file (or an ``Enc_*``/``Dec_*`` folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldfusion.checkpoint import load_model
+from ldfusion.errors import CheckpointError
+from ldfusion.networks import FusionNet
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+DEFAULT_WEIGHTS = "default"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    filename: str
+    url: str
+    sha256: str | None  # None: the publisher gave no hash; we log what we got
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    name: str
+    variant: str
+    env_var: str
+    files: tuple[RemoteFile, ...] = ()
+    bundled: str | None = None  # file name inside ldfusion/weights/
+    license: str = ""
+
+
+REGISTRY: dict[str, WeightsEntry] = {
+    "default": WeightsEntry(
+        name="default",
+        variant="ld-lite",
+        env_var="LDFUSION_WEIGHTS_DEFAULT",
+        bundled="default.pt",
+        license="Apache-2.0 (see MODEL_CARD.md)",
+    ),
+    "ld-lite": WeightsEntry(
+        name="ld-lite",
+        variant="ld-lite",
+        env_var="LDFUSION_WEIGHTS_LD_LITE",
+        files=(
+            RemoteFile(
+                "final.pt",
+                "https://github.com/wyhlaowang/LD-Lite/raw/main/weight/final.pt",
+                "38099dbf221a951609439692f6693e8283d49e118cb2576906fda9df6ea454ea",
+            ),
+        ),
+        license="Apache-2.0, Wang et al., github.com/wyhlaowang/LD-Lite",
+    ),
+    "ldfusion": WeightsEntry(
+        name="ldfusion",
+        variant="ldfusion",
+        env_var="LDFUSION_WEIGHTS_LDFUSION",
+        files=(
+            RemoteFile("Enc_final.pt", "https://github.com/wyhlaowang/LDFusion/raw/main/weight/Enc_final.pt", None),
+            RemoteFile("Dec_final.pt", "https://github.com/wyhlaowang/LDFusion/raw/main/weight/Dec_final.pt", None),
+        ),
+        license="Apache-2.0, Wang et al., github.com/wyhlaowang/LDFusion",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LDFUSION_CACHE") or Path.home() / ".cache" / "ldfusion")
+
+
+def resolve_weights_path(name_or_path: str | os.PathLike | None) -> Path:
+    """Turn a registry name or a path into a local file (or folder) to load."""
+    name = str(name_or_path) if name_or_path is not None else DEFAULT_WEIGHTS
+    entry = REGISTRY.get(name)
+    if entry is None:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"weights not found: {name!r} is neither a file nor one of {sorted(REGISTRY)}")
+        return path
+    from_env = os.environ.get(entry.env_var)
+    if from_env:
+        path = Path(from_env).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"{entry.env_var}={from_env}: no such file or folder")
+        return path
+    if entry.bundled:
+        path = BUNDLED_DIR / entry.bundled
+        if not path.is_file():
+            raise CheckpointError(f"the bundled {name!r} weights are missing from this installation ({path})")
+        return path
+    return fetch_into_cache(entry)
+
+
+def resolve_model(weights: str | os.PathLike | None = None, variant: str | None = None) -> FusionNet:
+    """Load the network for ``weights`` (registry name or path; None = the bundled default)."""
+    path = resolve_weights_path(weights)
+    entry = REGISTRY.get(str(weights) if weights is not None else DEFAULT_WEIGHTS)
+    if variant is None and entry is not None:
+        variant = entry.variant
+    model = load_model(path, variant)
+    log.info("loaded %s weights from %s", model.spec.name, path)
+    return model
+
+
+def fetch_into_cache(entry: WeightsEntry, root: Path | None = None) -> Path:
+    """Make every file of ``entry`` present and verified in the cache; returns the file or folder to load."""
+    folder = (root or cache_dir()) / entry.name
+    for remote in entry.files:
+        target = folder / remote.filename
+        if target.is_file() and _hash_ok(target, remote):
+            continue
+        _download(remote, target, entry)
+    return folder / entry.files[0].filename if len(entry.files) == 1 else folder
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hash_ok(path: Path, remote: RemoteFile) -> bool:
+    if remote.sha256 is None:
+        return True
+    actual = sha256_of(path)
+    if actual != remote.sha256:
+        log.warning("cached %s has sha256 %s, expected %s; fetching it again", path, actual, remote.sha256)
+        return False
+    return True
+
+
+def _download(remote: RemoteFile, target: Path, entry: WeightsEntry) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    tmp = Path(tmp_name)
+    try:
+        log.info("downloading %s weights from %s", entry.name, remote.url)
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=60) as response:
+                _copy_with_progress(response, out, remote.filename)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"could not download {entry.name!r} weights from {remote.url} ({exc}); "
+                f"set {entry.env_var}=/path/to/{remote.filename} or pass --weights PATH"
+            ) from None
+        actual = sha256_of(tmp)
+        if remote.sha256 is not None and actual != remote.sha256:
+            raise CheckpointError(
+                f"refused {remote.url}: sha256 {actual} does not match the pinned {remote.sha256}"
+            )
+        if remote.sha256 is None:
+            log.warning("%s has no pinned sha256; downloaded file has sha256 %s", remote.url, actual)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _copy_with_progress(response, out, label: str) -> None:
+    from tqdm.auto import tqdm
+
+    total = int(response.headers.get("Content-Length") or 0) or None
+    with tqdm(total=total, unit="B", unit_scale=True, desc=label, leave=False) as bar:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            out.write(chunk)
+            bar.update(len(chunk))
