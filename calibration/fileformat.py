@@ -1,0 +1,164 @@
+"""The registration file: how an infrared frame maps onto the visible frame.
+
+One YAML file, written by ``ldfusion calibrate`` and read by the pipeline::
+
+    version: 1
+    model: homography            # or affine (last row of H is 0 0 1)
+    H: [[...], [...], [...]]     # maps source pixel (x, y, 1) to destination pixels
+    source: ir                   # the image H maps from: ir (onto visible) ...
+    source_size: [640, 512]      # [width, height] of the source images
+    destination_size: [1920, 1080]
+    time_offset_s: 0.0           # add to IR timestamps to put them on the visible clock
+    method: checkerboard         # checkerboard | charuco | ecc | features | points | identity
+    error_px: 0.31               # RMS reprojection / residual error, in destination pixels
+    crop: null                   # optional [x, y, w, h] common field of view in the destination
+    cameras: null                # optional intrinsics/distortion/stereo extrinsics
+
+Pixel coordinates follow OpenCV: (0, 0) is the centre of the top-left pixel.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ldfusion.errors import ConfigError
+
+FORMAT_VERSION = 1
+MODELS = ("homography", "affine")
+SOURCES = ("ir", "vi")
+
+
+class CalibrationError(ConfigError):
+    """A registration file is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    H: np.ndarray  # (3, 3) float64, source -> destination pixels
+    source_size: tuple[int, int]  # (width, height)
+    destination_size: tuple[int, int]
+    model: str = "homography"
+    source: str = "ir"
+    time_offset_s: float = 0.0
+    method: str = "identity"
+    error_px: float | None = None
+    crop: tuple[int, int, int, int] | None = None  # (x, y, w, h) in destination pixels
+    cameras: dict | None = None
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        H = np.asarray(self.H, dtype=np.float64)
+        if H.shape != (3, 3) or not np.all(np.isfinite(H)):
+            raise CalibrationError(f"H must be a finite 3x3 matrix; got shape {H.shape}")
+        if abs(np.linalg.det(H)) < 1e-12:
+            raise CalibrationError("H is singular (determinant ~ 0)")
+        if abs(H[2, 2]) < 1e-12:
+            raise CalibrationError("H[2][2] must not be zero")
+        H = H / H[2, 2]
+        if self.model == "affine" and not np.allclose(H[2, :2], 0.0, atol=1e-9):
+            raise CalibrationError("an affine model needs the last row of H to be [0, 0, 1]")
+        object.__setattr__(self, "H", H)
+        if self.model not in MODELS:
+            raise CalibrationError(f"model must be one of {MODELS}; got {self.model!r}")
+        if self.source not in SOURCES:
+            raise CalibrationError(f"source must be one of {SOURCES}; got {self.source!r}")
+        for name in ("source_size", "destination_size"):
+            size = getattr(self, name)
+            if len(size) != 2 or any(int(v) != v or v < 1 for v in size):
+                raise CalibrationError(f"{name} must be [width, height] of positive integers; got {size!r}")
+            object.__setattr__(self, name, (int(size[0]), int(size[1])))
+        if self.crop is not None:
+            self._check_crop()
+
+    def _check_crop(self) -> None:
+        if len(self.crop) != 4:
+            raise CalibrationError(f"crop must be [x, y, width, height]; got {self.crop!r}")
+        x, y, w, h = (int(v) for v in self.crop)
+        dw, dh = self.destination_size
+        if w < 1 or h < 1 or x < 0 or y < 0 or x + w > dw or y + h > dh:
+            raise CalibrationError(f"crop {list(self.crop)} does not fit inside the destination {dw}x{dh}")
+        object.__setattr__(self, "crop", (x, y, w, h))
+
+    @property
+    def is_identity(self) -> bool:
+        return self.source_size == self.destination_size and np.allclose(self.H, np.eye(3), atol=1e-9)
+
+    def with_time_offset(self, seconds: float) -> "Registration":
+        return replace(self, time_offset_s=float(seconds))
+
+    def to_dict(self) -> dict:
+        return {
+            "version": FORMAT_VERSION,
+            "model": self.model,
+            "H": [[float(v) for v in row] for row in self.H],
+            "source": self.source,
+            "source_size": list(self.source_size),
+            "destination_size": list(self.destination_size),
+            "time_offset_s": float(self.time_offset_s),
+            "method": self.method,
+            "error_px": None if self.error_px is None else float(self.error_px),
+            "crop": None if self.crop is None else list(self.crop),
+            "cameras": self.cameras,
+            "created": self.created,
+        }
+
+
+def identity_registration(width: int, height: int, source: str = "ir") -> Registration:
+    return Registration(np.eye(3), (width, height), (width, height), source=source, method="identity", error_px=0.0)
+
+
+def save_registration(path: str | os.PathLike, registration: Registration) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(registration.to_dict(), sort_keys=False))
+    return path
+
+
+_REQUIRED = ("version", "H", "source_size", "destination_size")
+_KNOWN = set(_REQUIRED) | {"model", "source", "time_offset_s", "method", "error_px", "crop", "cameras", "created"}
+
+
+def load_registration(path: str | os.PathLike) -> Registration:
+    """Read and check a registration file; any problem is a one-line ``CalibrationError``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CalibrationError(f"calibration file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise CalibrationError(f"{path}: malformed YAML ({getattr(exc, 'problem', None) or 'parse error'})") from None
+    if not isinstance(data, dict):
+        raise CalibrationError(f"{path}: expected a mapping at the top level")
+    missing = [key for key in _REQUIRED if key not in data]
+    if missing:
+        raise CalibrationError(f"{path}: missing key(s): {', '.join(missing)}")
+    unknown = sorted(set(data) - _KNOWN)
+    if unknown:
+        raise CalibrationError(f"{path}: unknown key(s): {', '.join(unknown)}")
+    if data["version"] != FORMAT_VERSION:
+        raise CalibrationError(f"{path}: unsupported version {data['version']!r} (this ldfusion reads {FORMAT_VERSION})")
+    try:
+        H = np.array(data["H"], dtype=np.float64)
+        return Registration(
+            H=H,
+            source_size=tuple(data["source_size"]),
+            destination_size=tuple(data["destination_size"]),
+            model=data.get("model", "homography"),
+            source=data.get("source", "ir"),
+            time_offset_s=float(data.get("time_offset_s") or 0.0),
+            method=str(data.get("method", "unknown")),
+            error_px=None if data.get("error_px") is None else float(data["error_px"]),
+            crop=None if data.get("crop") is None else tuple(data["crop"]),
+            cameras=data.get("cameras"),
+            created=str(data.get("created", "")),
+        )
+    except CalibrationError as exc:
+        raise CalibrationError(f"{path}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise CalibrationError(f"{path}: malformed value ({exc})") from None

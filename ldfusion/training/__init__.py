@@ -1,0 +1,1 @@
+"""The trainer: ``ldfusion train``. The library never imports this package."""

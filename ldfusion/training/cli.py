@@ -1,0 +1,72 @@
+"""``ldfusion train``: train a fusion network from a YAML config.
+
+Single process: ``ldfusion train --config configs/train.yaml``.
+Several GPUs: ``torchrun --nproc_per_node=4 -m ldfusion.training.cli --config ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.config import load_config
+from ldfusion.training.config import TrainConfig
+from ldfusion.training.trainer import DistInfo, Trainer, init_distributed, shutdown_distributed
+
+log = logging.getLogger("ldfusion.train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldfusion train",
+        description="Train an LDFusion network without ground truth: the language-driven CLIP loss, "
+        "the CLIP similarity and VGG perceptual terms, and optionally distillation from a teacher. "
+        "Writes last.pt every epoch (resumable), model.pt at the end, and the resolved config.yaml.",
+    )
+    parser.add_argument("--config", required=True, type=Path, help="YAML training config (see configs/train.yaml)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-4 --set data.crop=128 (repeatable)",
+    )
+    parser.add_argument("--out", help="output folder (config: out_dir)")
+    parser.add_argument("--teacher", help="teacher weights for distillation: a file or a registry name (config: teacher)")
+    parser.add_argument("--variant", help="student layout: ldfusion or ld-lite (config: variant)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (config: optim.epochs)")
+    parser.add_argument("--device", help="auto, cpu, cuda (config: device)")
+    parser.add_argument("--resume", nargs="?", const="auto", help="resume from a last.pt (default: OUT/last.pt)")
+    add_logging_arguments(parser)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = list(args.overrides)
+    for flag, key in (("out", "out_dir"), ("teacher", "teacher"), ("variant", "variant"), ("epochs", "optim.epochs"), ("device", "device")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return load_config(TrainConfig, args.config, overrides)
+
+
+@one_line_errors("ldfusion train")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    info = DistInfo.from_env()
+    setup_logging(args.verbose, args.quiet or not info.is_main)
+    config = config_from_args(args)
+    init_distributed(info)
+    try:
+        trainer = Trainer(config, info)
+        if args.resume:
+            path = Path(config.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
+            trainer.resume(path)
+        trainer.fit()
+    finally:
+        shutdown_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

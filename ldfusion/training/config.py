@@ -1,0 +1,64 @@
+"""``ldfusion train`` configuration, filled from YAML with ``--set`` overrides winning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ldfusion.backbones import ClipConfig, VggConfig
+from ldfusion.losses import LossWeights, PatchConfig, Prompts
+from ldfusion.training.data import DataConfig
+from ldfusion.variants import VARIANTS
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    weights: LossWeights = LossWeights()
+    prompts: Prompts = Prompts()
+    patch: PatchConfig = PatchConfig()
+    clip: ClipConfig = ClipConfig()
+    vgg: VggConfig = VggConfig()
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = 16  # per process
+    epochs: int = 100
+    warmup: bool = True  # linear warm-up over the first epoch
+    milestones: tuple[int, ...] = (50, 60, 70, 80, 90, 100)  # epochs at which lr *= gamma
+    gamma: float = 0.5
+    grad_clip: float = 0.0  # max grad norm; 0 = off
+    steps_per_epoch: int = 0  # 0 = one pass over the dataset
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("optim.lr must be positive and optim.batch_size, optim.epochs at least 1")
+        if self.steps_per_epoch < 0:
+            raise ValueError("optim.steps_per_epoch must be 0 (full pass) or positive")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    variant: str = "ldfusion"
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    teacher: str | None = None  # frozen teacher weights: adds the distillation term
+    init: str | None = None  # start the student from these weights instead of random
+    out_dir: str = "runs/train"
+    device: str = "auto"
+    amp: str = "auto"  # mixed precision on CUDA: bf16 where supported, else fp16
+    seed: int = 3407
+    save_every: int = 0  # also keep epoch_NNNN.pt every this many epochs; last.pt is always written
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}; got {self.variant!r}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}; got {self.amp!r}")
+        uses_teacher = self.teacher is not None and self.loss.weights.distill > 0
+        if not uses_teacher and not (self.loss.weights.needs_clip or self.loss.weights.needs_vgg):
+            raise ValueError("every loss weight is zero: set a teacher or a language/perceptual weight")

@@ -1,0 +1,277 @@
+"""The training loop: Adam with warm-up and step decay, mixed precision on CUDA, DDP
+under ``torchrun``, a checkpoint every epoch, and resume."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
+
+from ldfusion.backbones import load_clip, load_vgg19
+from ldfusion.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ldfusion.config import to_dict, write_yaml
+from ldfusion.errors import CheckpointError, DataError
+from ldfusion.inference import resolve_device
+from ldfusion.losses import LanguageDrivenLoss, distillation_loss
+from ldfusion.networks import FusionNet, build_network
+from ldfusion.training.config import OptimConfig, TrainConfig
+from ldfusion.training.data import PairedDataset, load_pairs, seed_worker
+from ldfusion.variants import get_variant
+from ldfusion.weights import resolve_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "DistInfo":
+        """What ``torchrun`` exported, or a single process."""
+        return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def learning_rate(optim: OptimConfig, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
+    """Step decay at the milestone epochs, with a linear warm-up over epoch 1 (epochs count from 1)."""
+    lr = optim.lr * optim.gamma ** sum(epoch > m for m in optim.milestones)
+    if optim.warmup and epoch == 1:
+        lr *= (step_in_epoch + 1) / steps_per_epoch
+    return lr
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, dist_info: DistInfo = DistInfo()) -> None:
+        self.config = config
+        self.dist = dist_info
+        self.out_dir = Path(config.out_dir)
+        self.device = self._pick_device()
+        seed_everything(config.seed + dist_info.rank)
+        self.model = self._build_student().to(self.device)
+        self.teacher = self._load_teacher()
+        self.criterion = self._build_criterion()
+        self.loader = self._build_loader()
+        self.steps_per_epoch = config.optim.steps_per_epoch or len(self.loader)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, betas=config.optim.betas)
+        self.autocast_dtype = self._pick_autocast_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.ddp_model: nn.Module = self._wrap_ddp(self.model)
+        self.epoch = 0  # last finished epoch
+        self.step = 0
+
+    # --- set-up -------------------------------------------------------------------------
+
+    def _pick_device(self) -> torch.device:
+        if self.dist.world_size > 1 and torch.cuda.is_available():
+            torch.cuda.set_device(self.dist.local_rank)
+            return torch.device("cuda", self.dist.local_rank)
+        return resolve_device(self.config.device)
+
+    def _build_student(self) -> FusionNet:
+        spec = get_variant(self.config.variant)
+        if self.config.init is None:
+            return build_network(spec)
+        model = resolve_model(self.config.init, self.config.variant)
+        log.info("student starts from %s", self.config.init)
+        return model.train()
+
+    def _load_teacher(self) -> FusionNet | None:
+        if self.config.teacher is None or self.config.loss.weights.distill <= 0:
+            return None
+        teacher = resolve_model(self.config.teacher).to(self.device).eval()
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        log.info("distilling from teacher %s (%s)", self.config.teacher, teacher.spec.name)
+        return teacher
+
+    def _build_criterion(self) -> LanguageDrivenLoss:
+        loss = self.config.loss
+        clip = load_clip(loss.clip, self.device) if loss.weights.needs_clip else None
+        vgg = load_vgg19(loss.vgg, self.device) if loss.weights.needs_vgg else None
+        return LanguageDrivenLoss(clip, vgg, loss.weights, loss.prompts, loss.patch).to(self.device)
+
+    def _build_loader(self) -> DataLoader:
+        data = self.config.data
+        dataset = PairedDataset(load_pairs(data), data)
+        if self.dist.is_main:
+            log.info("training on %d pairs (%d samples per epoch)", len(dataset.pairs), len(dataset))
+        if self.dist.world_size > 1:
+            sampler = DistributedSampler(dataset, self.dist.world_size, self.dist.rank, shuffle=True, drop_last=True)
+        else:
+            sampler = RandomSampler(dataset)
+        batch = self.config.optim.batch_size
+        if len(dataset) // self.dist.world_size < batch:
+            raise DataError(f"the dataset has {len(dataset)} samples, fewer than one batch of {batch} per process")
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            sampler=sampler,
+            num_workers=data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            worker_init_fn=seed_worker,
+            persistent_workers=data.num_workers > 0,
+        )
+
+    def _pick_autocast_dtype(self) -> torch.dtype | None:
+        mode = self.config.amp
+        if self.device.type != "cuda" or mode == "off":
+            return None
+        if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
+            return torch.float16
+        return torch.bfloat16
+
+    def _wrap_ddp(self, model: FusionNet) -> nn.Module:
+        if self.dist.world_size == 1:
+            return model
+        device_ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    # --- training -----------------------------------------------------------------------
+
+    def fit(self) -> Path:
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            write_yaml(self.out_dir / "config.yaml", self.config)
+        for epoch in range(self.epoch + 1, self.config.optim.epochs + 1):
+            self.train_epoch(epoch)
+            self.epoch = epoch
+            if self.dist.is_main:
+                self.save_epoch()
+        final = self.out_dir / "model.pt"
+        if self.dist.is_main:
+            save_checkpoint(final, self.model, config=to_dict(self.config))
+            log.info("wrote %s", final)
+        return final
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        sampler = self.loader.sampler
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        totals: dict[str, float] = defaultdict(float)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.optim.epochs}", disable=not self.dist.is_main)
+        with bar:
+            for index, batch in enumerate(_cycle(self.loader, self.steps_per_epoch)):
+                lr = learning_rate(self.config.optim, epoch, index, self.steps_per_epoch)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                terms = self.train_step(batch)
+                for name, value in terms.items():
+                    totals[name] += value
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()} | {"lr": f"{lr:.1e}"}, refresh=False)
+                bar.update(1)
+        means = {name: value / self.steps_per_epoch for name, value in totals.items()}
+        if self.dist.is_main:
+            log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+        return means
+
+    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        terms = self.compute_loss(batch)
+        total = terms["total"]
+        if not torch.isfinite(total):
+            raise FloatingPointError(f"loss is not finite at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.config.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return {name: float(value.detach()) for name, value in terms.items()}
+
+    def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every weighted term for one batch, plus ``total``."""
+        with self._autocast():
+            fused = self.ddp_model(batch["vi_y_noisy"], batch["ir_noisy"])  # (B, 1, H, W)
+            fused = fused.float()
+            terms = self.criterion(fused, batch["vi_y"], batch["ir"])
+            if self.teacher is not None:
+                with torch.no_grad():
+                    target = self.teacher(batch["vi_y"], batch["ir"]).float()
+                terms["distill"] = self.config.loss.weights.distill * distillation_loss(fused, target)
+                terms["total"] = terms["total"] + terms["distill"]
+        return terms
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=self.autocast_dtype)
+
+    # --- checkpoints --------------------------------------------------------------------
+
+    def save_epoch(self) -> None:
+        state = {
+            "epoch": self.epoch,
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        config = to_dict(self.config)
+        save_checkpoint(self.out_dir / "last.pt", self.model, config=config, training=state)
+        every = self.config.save_every
+        if every and self.epoch % every == 0:
+            save_checkpoint(self.out_dir / f"epoch_{self.epoch:04d}.pt", self.model, config=config)
+
+    def resume(self, path: str | os.PathLike) -> None:
+        ckpt = load_checkpoint(path)
+        if ckpt.training is None:
+            raise CheckpointError(f"{path}: holds weights only, no training state to resume from")
+        if ckpt.spec.name != self.model.spec.name:
+            raise CheckpointError(f"{path}: is a {ckpt.spec.name!r} run, but the config trains {self.model.spec.name!r}")
+        self.model.load_state_dict(model_from_checkpoint(ckpt).state_dict())
+        self.optimizer.load_state_dict(ckpt.training["optimizer"])
+        self.scaler.load_state_dict(ckpt.training.get("scaler", {}))
+        self.epoch, self.step = int(ckpt.training["epoch"]), int(ckpt.training["step"])
+        if self.dist.is_main:
+            log.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)
+
+
+def _cycle(loader: DataLoader, steps: int):
+    """Yield exactly ``steps`` batches, starting the loader again if it runs out."""
+    produced = 0
+    while produced < steps:
+        for batch in loader:
+            yield batch
+            produced += 1
+            if produced == steps:
+                return
+        if produced == 0:
+            return
+
+
+def init_distributed(info: DistInfo) -> None:
+    if info.world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+

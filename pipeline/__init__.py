@@ -1,0 +1,1 @@
+"""The streaming pipeline: capture, synchronise, register, fuse in batches, and sink."""
