@@ -1,0 +1,54 @@
+"""Shared fixtures: the shared data folder (skip when absent), devices, random weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldfusion.checkpoint import save_checkpoint
+from ldfusion.networks import build_network
+from ldfusion.variants import get_variant
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the repository; tests that need it skip when it is absent."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.skip("../shared/data is not available")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ldlite_weights(shared_data: Path) -> Path:
+    path = shared_data / "weights" / "ld-lite" / "final.pt"
+    if not path.is_file():
+        pytest.skip("LD-Lite weights are not in ../shared/data")
+    return path
+
+
+def _devices() -> list:
+    devices = ["cpu"]
+    devices.append("cuda" if torch.cuda.is_available() else pytest.param("cuda", marks=pytest.mark.skip(reason="no CUDA")))
+    return devices
+
+
+@pytest.fixture(params=_devices())
+def device(request) -> torch.device:
+    """Runs a test on the CPU, and again on CUDA when a GPU is present."""
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def random_weights(tmp_path_factory) -> dict[str, Path]:
+    """Randomly initialised checkpoints of every variant, in our format: {variant: path}."""
+    folder = tmp_path_factory.mktemp("weights")
+    paths = {}
+    for name in ("ld-lite", "ldfusion"):
+        torch.manual_seed(0)
+        paths[name] = save_checkpoint(folder / f"{name}.pt", build_network(get_variant(name)))
+    return paths
