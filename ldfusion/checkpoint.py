@@ -84,10 +84,12 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{path}: refused to load: the file holds Python objects that weights-only loading does not allow ({first_line})"
-        ) from None
+        reason = _unpickling_reason(exc)
+        if "GLOBAL" in reason or "global" in reason:
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds Python objects that weights-only loading does not allow ({reason})"
+            ) from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
 
@@ -208,6 +210,15 @@ def _load_authors_pair(enc: Path, dec: Path, variant: str | None) -> Checkpoint:
         state.update({prefix + k: v for k, v in obj.items()})
     spec = get_variant(variant) if variant else infer_variant(state, f"{enc} + {dec.name}")
     return Checkpoint(spec=spec, state_dict=state, source=f"{enc} + {dec.name}")
+
+
+def _unpickling_reason(exc: BaseException) -> str:
+    """torch wraps the real reason in paragraphs of advice; keep the line that names it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "GLOBAL" in line or line.startswith("Unsupported"):
+            return line
+    return "unpickling failed"
 
 
 def _one_line(exc: BaseException) -> str:

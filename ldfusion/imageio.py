@@ -134,7 +134,8 @@ def infrared_to_unit(image: np.ndarray, mode_16bit: str = "stretch", source: str
     low, high = np.percentile(image, _STRETCH_PERCENTILES)
     if high <= low:
         return np.zeros(image.shape, np.float32)
-    return np.clip((image.astype(np.float32) - low) / (high - low), 0.0, 1.0)
+    scaled = (image.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:

@@ -66,13 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None))
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("fusing %d pair(s) with %s on %s", len(pairs), fuser.spec.name, fuser.device)
-    written = fuse_pairs(fuser, pairs, args.out, args.batch, args.ir_16bit, args.side_by_side)
+    written = fuse_pairs(fuser, pairs, args.out, args.batch, args.ir_16bit, args.side_by_side, progress=not args.quiet)
     log.info("wrote %d fused image(s) to %s", written, args.out)
     return 0
 
 
 def fuse_pairs(
-    fuser: Fuser, pairs: list[ImagePair], out_dir: Path, batch: int, ir_16bit: str = "stretch", with_sbs: bool = False
+    fuser: Fuser,
+    pairs: list[ImagePair],
+    out_dir: Path,
+    batch: int,
+    ir_16bit: str = "stretch",
+    with_sbs: bool = False,
+    progress: bool = True,
 ) -> int:
     """Read, fuse in same-size batches, and write; reading and writing overlap the network."""
 
@@ -89,7 +95,7 @@ def fuse_pairs(
 
     written = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fuse-io") as pool, tqdm(
-        total=len(pairs), unit="pair", desc="fuse"
+        total=len(pairs), unit="pair", desc="fuse", disable=True if not progress else None  # None: only on a terminal
     ) as bar:
         pending_writes: deque[Future] = deque()
         for group in same_size_batches(prefetch(pool, load, pairs, depth=2 * batch), batch):

@@ -1,0 +1,132 @@
+"""`ldfusion fuse` end to end, and parity with the authors' LD-Lite outputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from ldfusion.cli.fuse import main as fuse_main
+from ldfusion.color import merge_fused_y, rgb_to_y
+from ldfusion.imageio import read_infrared, read_visible
+from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.weights import resolve_model
+
+
+def _write(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), image)
+
+
+def _make_pairs(root: Path, sizes, colour=True, ir_dtype=np.uint8) -> None:
+    rng = np.random.default_rng(0)
+    for k, (h, w) in enumerate(sizes):
+        vi = rng.integers(0, 256, (h, w, 3) if colour else (h, w), dtype=np.uint8)
+        top = 65535 if ir_dtype == np.uint16 else 255
+        ir = rng.integers(0, top // 4, (h, w), dtype=ir_dtype)
+        _write(root / "vi" / f"{k}.png", vi)
+        _write(root / "ir" / f"{k}.png", ir)
+
+
+def _run(root: Path, weights: Path, *extra: str) -> int:
+    return fuse_main(["--ir", str(root / "ir"), "--vi", str(root / "vi"), "--out", str(root / "out"), "--weights", str(weights), "-q", *extra])
+
+
+@pytest.mark.parametrize("colour", [True, False])
+def test_fuse_writes_one_png_per_pair_with_the_input_size(tmp_path, random_weights, colour):
+    sizes = [(48, 64), (48, 64), (48, 64), (30, 41)]  # mixed sizes are batched separately
+    _make_pairs(tmp_path, sizes, colour=colour)
+    assert _run(tmp_path, random_weights["ld-lite"], "--batch", "2", "--side-by-side") == 0
+    for k, (h, w) in enumerate(sizes):
+        out = cv2.imread(str(tmp_path / "out" / f"{k}.png"), cv2.IMREAD_UNCHANGED)
+        assert out.shape == ((h, w, 3) if colour else (h, w))
+        sbs = cv2.imread(str(tmp_path / "out" / f"{k}_sbs.png"), cv2.IMREAD_UNCHANGED)
+        assert sbs.shape == (h, 3 * w, 3)
+
+
+def test_batched_fuse_equals_one_at_a_time(tmp_path, random_weights):
+    _make_pairs(tmp_path, [(40, 40)] * 3)
+    _run(tmp_path, random_weights["ldfusion"], "--batch", "3")
+    batched = [cv2.imread(str(tmp_path / "out" / f"{k}.png")) for k in range(3)]
+    _run(tmp_path, random_weights["ldfusion"], "--batch", "1")
+    single = [cv2.imread(str(tmp_path / "out" / f"{k}.png")) for k in range(3)]
+    for a, b in zip(batched, single):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+
+
+def test_16bit_infrared_is_stretched(tmp_path):
+    raw = np.full((20, 20), 20000, np.uint16)
+    raw[5:10, 5:10] = 21000  # a warm object in a narrow band of raw counts
+    _write(tmp_path / "ir16.png", raw)
+    ir = read_infrared(tmp_path / "ir16.png")
+    assert ir.dtype == np.float32 and ir.min() == 0.0 and ir.max() == 1.0
+    scaled = read_infrared(tmp_path / "ir16.png", "scale")
+    assert scaled.max() == pytest.approx(21000 / 65535)
+
+
+def test_unpaired_file_is_a_one_line_error(tmp_path, random_weights, capsys):
+    _make_pairs(tmp_path, [(32, 32)] * 2)
+    (tmp_path / "vi" / "1.png").unlink()
+    assert _run(tmp_path, random_weights["ld-lite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "have no partner" in err and "1.png" in err
+
+
+def test_size_mismatch_is_a_one_line_error_naming_the_pair(tmp_path, random_weights, capsys):
+    _make_pairs(tmp_path, [(32, 32)])
+    _write(tmp_path / "ir" / "0.png", np.zeros((32, 40), np.uint8))
+    assert _run(tmp_path, random_weights["ld-lite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0: ir and vi differ in size: 40x32 vs 32x32" in err[0]
+
+
+def test_corrupt_image_and_missing_folder_are_one_line_errors(tmp_path, random_weights, capsys):
+    _make_pairs(tmp_path, [(32, 32)])
+    (tmp_path / "vi" / "0.png").write_bytes(b"\x89PNG garbage")
+    assert _run(tmp_path, random_weights["ld-lite"]) == 2
+    assert "cannot decode image" in capsys.readouterr().err
+    assert fuse_main(["--ir", str(tmp_path / "nope"), "--vi", str(tmp_path / "vi"), "--out", str(tmp_path / "o")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_missing_weights_file_is_a_one_line_error(tmp_path, capsys):
+    _make_pairs(tmp_path, [(32, 32)])
+    assert _run(tmp_path, tmp_path / "absent.pt") == 2
+    assert "weights not found" in capsys.readouterr().err
+
+
+@pytest.mark.shared_data
+def test_ld_lite_parity_with_the_authors_outputs(tmp_path, shared_data, ldlite_weights):
+    pairs = shared_data / "pairs" / "ldlite_test"
+    out = tmp_path / "out"
+    code = fuse_main(["--ir", str(pairs / "ir"), "--vi", str(pairs / "vi"), "--out", str(out), "--weights", str(ldlite_weights), "--model", "ld-lite", "--device", "cpu", "-q"])
+    assert code == 0
+    names = sorted(p.name for p in (pairs / "reference_fused").iterdir())
+    assert names
+    for name in names:
+        ours = cv2.imread(str(out / name), cv2.IMREAD_COLOR).astype(int)
+        reference = cv2.imread(str(pairs / "reference_fused" / name), cv2.IMREAD_COLOR).astype(int)
+        assert ours.shape == reference.shape
+        assert np.abs(ours - reference).max() <= 1, name
+
+
+@pytest.mark.shared_data
+def test_ld_lite_truncated_output_is_bit_exact_on_almost_every_pixel(shared_data, ldlite_weights):
+    """The authors truncate to uint8 where we round; truncating ours reproduces theirs."""
+    pairs = shared_data / "pairs" / "ldlite_test"
+    fuser = Fuser(resolve_model(str(ldlite_weights)), FuserOptions(device="cpu"))
+    for name in sorted(p.name for p in (pairs / "reference_fused").iterdir()):
+        visible = read_visible(pairs / "vi" / name)
+        rgb = np.repeat(visible[:, :, None], 3, 2) if visible.ndim == 2 else visible
+        vi = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+        ir = torch.from_numpy(read_infrared(pairs / "ir" / name))[None, None]
+        fused = merge_fused_y(fuser.fuse_y(rgb_to_y(vi), ir), vi)
+        truncated = (fused[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+        reference = cv2.cvtColor(cv2.imread(str(pairs / "reference_fused" / name)), cv2.COLOR_BGR2RGB)
+        exact = np.mean(truncated == reference)
+        # The rest sit on a truncation boundary, where GPU and CPU convolutions round apart.
+        assert exact > 0.98, f"{name}: only {exact:.4%} of values identical"
+        assert np.abs(truncated.astype(int) - reference).max() <= 1

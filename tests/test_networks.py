@@ -1,0 +1,68 @@
+"""The networks: layouts that load the authors' weights, batch invariance, any input size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ldfusion.checkpoint import load_model
+from ldfusion.networks import build_network
+from ldfusion.variants import VARIANTS, get_variant
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_batch_output_equals_per_frame_output(variant, device):
+    torch.manual_seed(1)
+    net = build_network(get_variant(variant)).to(device).eval()
+    vi, ir = torch.rand(4, 1, 40, 56, device=device), torch.rand(4, 1, 40, 56, device=device)
+    with torch.no_grad():
+        batched = net(vi, ir)
+        single = torch.cat([net(vi[k : k + 1], ir[k : k + 1]) for k in range(4)])
+    assert batched.shape == (4, 1, 40, 56)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+    # Frames differ, so outputs must differ too: the batch is not collapsed to one sample.
+    assert not torch.allclose(batched[0], batched[1])
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("height,width", [(1, 1), (5, 7), (15, 16), (16, 16), (17, 33), (64, 3), (81, 95), (120, 160)])
+def test_output_has_the_input_size(variant, height, width):
+    torch.manual_seed(0)
+    net = build_network(get_variant(variant)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 1, height, width), torch.rand(2, 1, height, width))
+    assert out.shape == (2, 1, height, width)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_adain_parameters_are_not_stored_on_modules():
+    """One instance fused twice with different styles gives each frame its own style."""
+    torch.manual_seed(0)
+    net = build_network(get_variant("ldfusion")).eval()
+    a = (torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+    b = (torch.rand(1, 1, 32, 32) * 0.2, torch.rand(1, 1, 32, 32) * 0.2 + 0.8)
+    with torch.no_grad():
+        first = net(*a)
+        net(*b)  # a different frame in between must not leak its AdaIN parameters
+        again = net(*a)
+    torch.testing.assert_close(first, again)
+
+
+def test_ldfusion_state_dict_matches_the_authors_layout():
+    keys = build_network(get_variant("ldfusion")).state_dict().keys()
+    enc = {k.removeprefix("encoder.") for k in keys if k.startswith("encoder.")}
+    dec = {k.removeprefix("decoder.") for k in keys if k.startswith("decoder.")}
+    assert {k.split(".")[0] for k in enc} == {"content_encoder1", "content_encoder2", "style_encoder1", "style_encoder2"}
+    assert {k.split(".")[0] for k in dec} == {"model_local", "model_up", "mlp"}
+    # The AdaIN slots carry the authors' unused running stats so Dec_final.pt loads strictly.
+    assert "model_local.0.block.2.running_mean" in dec and "model_local.1.block.6.running_var" in dec
+    assert "mlp.model.4.weight" in dec  # Linear(16,256), ReLU, Linear(256,256), ReLU, Linear(256,2048)
+    sd = build_network(get_variant("ldfusion")).state_dict()
+    assert tuple(sd["decoder.mlp.model.4.weight"].shape) == (2048, 256)
+    assert tuple(sd["decoder.model_up.0.weight"].shape) == (256, 128, 5, 5)
+
+
+def test_ld_lite_release_loads_strictly(ldlite_weights):
+    net = load_model(ldlite_weights)
+    assert net.spec.name == "ld-lite"
+    assert sum(p.numel() for p in net.parameters()) == 652_385
