@@ -1,0 +1,146 @@
+"""`ldfusion train`: a short real run, resume, distillation, and config errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from ldfusion.checkpoint import load_checkpoint
+from ldfusion.cli.fuse import main as fuse_main
+from ldfusion.training.cli import main as train_main
+from ldfusion.training.trainer import learning_rate
+from ldfusion.training.config import OptimConfig
+from tests.tiny_backbones import make_random_vgg, make_tiny_clip
+
+
+def _synthetic_pairs(root: Path, count: int = 4, size=(72, 80)) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    for k in range(count):
+        vi = cv2.GaussianBlur(rng.integers(0, 256, (*size, 3), dtype=np.uint8), (5, 5), 0)
+        ir = cv2.GaussianBlur(rng.integers(0, 256, size, dtype=np.uint8), (5, 5), 0)
+        (root / "vi").mkdir(parents=True, exist_ok=True)
+        (root / "ir").mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "vi" / f"{k}.png"), vi)
+        cv2.imwrite(str(root / "ir" / f"{k}.png"), ir)
+    return root / "ir", root / "vi"
+
+
+def _write_config(path: Path, ir: Path, vi: Path, out: Path, clip, vgg, **top) -> Path:
+    config = {
+        "variant": "ld-lite",
+        "out_dir": str(out),
+        "device": "cpu",
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 48, "repeat": 2, "num_workers": 0},
+        "loss": {
+            "clip": {"model": clip.model, "pretrained": clip.pretrained, "model_config": clip.model_config},
+            "vgg": {"weights": vgg.weights},
+            "patch": {"count": 2},
+        },
+        "optim": {"batch_size": 2, "epochs": 1, "steps_per_epoch": 2},
+        **top,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbones(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("backbones")
+    return make_tiny_clip(folder), make_random_vgg(folder)
+
+
+def test_learning_rate_warms_up_then_decays_at_milestones():
+    optim = OptimConfig(lr=1.0, milestones=(2, 3), gamma=0.5)
+    assert learning_rate(optim, 1, 0, 4) == pytest.approx(0.25)
+    assert learning_rate(optim, 1, 3, 4) == pytest.approx(1.0)
+    assert learning_rate(optim, 2, 0, 4) == pytest.approx(1.0)
+    assert learning_rate(optim, 3, 0, 4) == pytest.approx(0.5)
+    assert learning_rate(optim, 4, 0, 4) == pytest.approx(0.25)
+
+
+@pytest.mark.shared_data
+def test_short_training_run_on_msrs_writes_a_checkpoint_that_fuse_loads(tmp_path, shared_data, backbones):
+    msrs = shared_data / "pairs" / "msrs"
+    out = tmp_path / "run"
+    config = _write_config(tmp_path / "train.yaml", msrs / "ir", msrs / "vi", out, *backbones)
+    assert train_main(["--config", str(config), "-q"]) == 0
+    for name in ("config.yaml", "last.pt", "model.pt"):
+        assert (out / name).is_file(), name
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["data"]["crop"] == 48 and resolved["loss"]["weights"]["sim"] == 6.0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.training["epoch"] == 1 and ckpt.training["step"] == 2
+    name = sorted((msrs / "ir").iterdir())[0].name
+    fused_dir = tmp_path / "fused"
+    code = fuse_main(["--ir", str(msrs / "ir" / name), "--vi", str(msrs / "vi" / name), "--out", str(fused_dir), "--weights", str(out / "model.pt"), "-q"])
+    assert code == 0
+    assert cv2.imread(str(fused_dir / (Path(name).stem + ".png"))).shape == (480, 640, 3)
+
+
+def test_resume_continues_from_the_last_epoch(tmp_path, backbones):
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    out = tmp_path / "run"
+    config = _write_config(tmp_path / "train.yaml", ir, vi, out, *backbones)
+    assert train_main(["--config", str(config), "-q"]) == 0
+    first = load_checkpoint(out / "last.pt")
+    assert train_main(["--config", str(config), "-q", "--epochs", "2", "--resume"]) == 0
+    second = load_checkpoint(out / "last.pt")
+    assert (first.training["epoch"], second.training["epoch"]) == (1, 2)
+    assert second.training["step"] == 4
+    changed = any(not torch.equal(first.state_dict[k], second.state_dict[k]) for k in first.state_dict)
+    assert changed
+
+
+def test_distillation_from_a_teacher_trains_without_clip(tmp_path, random_weights):
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    out = tmp_path / "run"
+    config = {
+        "variant": "ld-lite",
+        "teacher": str(random_weights["ld-lite"]),
+        "out_dir": str(out),
+        "device": "cpu",
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 48, "repeat": 2, "num_workers": 0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill": 1}},
+        "optim": {"batch_size": 2, "epochs": 1, "steps_per_epoch": 3},
+    }
+    path = tmp_path / "distill.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert train_main(["--config", str(path), "-q"]) == 0
+    assert load_checkpoint(out / "model.pt").spec.name == "ld-lite"
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("variant: ld-lite\ndata: {pairs: [{ir: a, vi: b}]}\noptim: {lr: fast}\n", "optim.lr: expected a number"),
+        ("variant: ld-lite\ndata: {pairs: [{ir: a, vi: b}]}\nloss: {weight: {}}\n", "unknown key(s) weight"),
+        ("variant: nope\ndata: {pairs: [{ir: a, vi: b}]}\n", "variant must be one of"),
+        ("data: {pairs: [{ir: a, vi: b}]\n", "malformed YAML at line"),
+        ("optim: {lr: 0.1}\n", "missing required key(s) data"),
+    ],
+)
+def test_malformed_config_is_a_one_line_error(tmp_path, capsys, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert train_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+
+
+def test_missing_partner_in_training_data_names_the_file(tmp_path, random_weights, capsys):
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    (vi / "2.png").unlink()
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "variant": "ld-lite", "teacher": str(random_weights["ld-lite"]), "device": "cpu",
+        "out_dir": str(tmp_path / "run"),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "num_workers": 0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0}},
+    }))
+    assert train_main(["--config", str(config)]) == 2
+    assert "2.png" in capsys.readouterr().err

@@ -1,0 +1,90 @@
+"""The weights registry: names, environment variables, the cache, and download checks (offline)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ldfusion.errors import CheckpointError
+from ldfusion.networks import build_network
+from ldfusion.checkpoint import save_checkpoint
+from ldfusion.variants import get_variant
+from ldfusion.weights import REGISTRY, RemoteFile, WeightsEntry, fetch_into_cache, resolve_model, resolve_weights_path, sha256_of
+
+
+@pytest.fixture
+def published(tmp_path):
+    """A weights file 'published' at a file:// URL, with its sha256."""
+    path = save_checkpoint(tmp_path / "published" / "final.pt", build_network(get_variant("ld-lite")))
+    return path, sha256_of(path)
+
+
+def _entry(url: str, sha: str | None) -> WeightsEntry:
+    return WeightsEntry(name="test-lite", variant="ld-lite", env_var="LDFUSION_TEST_WEIGHTS", files=(RemoteFile("final.pt", url, sha),))
+
+
+def test_download_into_cache_checks_the_hash(tmp_path, published):
+    path, sha = published
+    cached = fetch_into_cache(_entry(path.as_uri(), sha), root=tmp_path / "cache")
+    assert cached == tmp_path / "cache" / "test-lite" / "final.pt"
+    assert sha256_of(cached) == sha
+
+
+def test_wrong_hash_is_refused_and_nothing_is_cached(tmp_path, published):
+    path, _ = published
+    with pytest.raises(CheckpointError, match="does not match the pinned"):
+        fetch_into_cache(_entry(path.as_uri(), "0" * 64), root=tmp_path / "cache")
+    assert not any((tmp_path / "cache").rglob("*.pt"))
+
+
+def test_a_prefilled_cache_is_used_without_any_url(tmp_path, published):
+    path, sha = published
+    cache = tmp_path / "cache" / "test-lite"
+    cache.mkdir(parents=True)
+    (cache / "final.pt").write_bytes(path.read_bytes())
+    unreachable = "file:///nonexistent/final.pt"
+    assert fetch_into_cache(_entry(unreachable, sha), root=tmp_path / "cache") == cache / "final.pt"
+
+
+def test_corrupted_cache_entry_is_fetched_again(tmp_path, published):
+    path, sha = published
+    cache = tmp_path / "cache" / "test-lite"
+    cache.mkdir(parents=True)
+    (cache / "final.pt").write_bytes(b"bitrot")
+    assert sha256_of(fetch_into_cache(_entry(path.as_uri(), sha), root=tmp_path / "cache")) == sha
+
+
+def test_unreachable_url_explains_the_offline_alternatives(tmp_path):
+    with pytest.raises(CheckpointError, match="set LDFUSION_TEST_WEIGHTS=.* or pass --weights"):
+        fetch_into_cache(_entry("file:///nonexistent/final.pt", None), root=tmp_path / "cache")
+
+
+def test_registry_name_reads_the_environment_variable(monkeypatch, published):
+    path, _ = published
+    monkeypatch.setenv(REGISTRY["ld-lite"].env_var, str(path))
+    assert resolve_weights_path("ld-lite") == path
+    assert resolve_model("ld-lite").spec.name == "ld-lite"
+
+
+def test_registry_name_uses_the_cache_folder(monkeypatch, tmp_path, published):
+    path, _ = published
+    monkeypatch.delenv(REGISTRY["ld-lite"].env_var, raising=False)
+    monkeypatch.setenv("LDFUSION_CACHE", str(tmp_path / "cache"))
+    replacement = WeightsEntry(
+        name="ld-lite", variant="ld-lite", env_var=REGISTRY["ld-lite"].env_var,
+        files=(RemoteFile("final.pt", path.as_uri(), sha256_of(path)),),
+    )
+    monkeypatch.setitem(REGISTRY, "ld-lite", replacement)
+    assert resolve_weights_path("ld-lite") == tmp_path / "cache" / "ld-lite" / "final.pt"
+
+
+def test_unknown_name_is_a_clear_error():
+    with pytest.raises(CheckpointError, match="neither a file nor one of"):
+        resolve_weights_path("no-such-weights")
+
+
+def test_the_authors_release_is_pinned():
+    assert REGISTRY["ld-lite"].files[0].sha256 == "38099dbf221a951609439692f6693e8283d49e118cb2576906fda9df6ea454ea"
+
+
+def test_shared_ld_lite_matches_the_pinned_hash(ldlite_weights):
+    assert sha256_of(ldlite_weights) == REGISTRY["ld-lite"].files[0].sha256
