@@ -144,3 +144,25 @@ def test_missing_partner_in_training_data_names_the_file(tmp_path, random_weight
     }))
     assert train_main(["--config", str(config)]) == 2
     assert "2.png" in capsys.readouterr().err
+
+
+def test_torchrun_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path, random_weights):
+    """Two processes under torchrun (gloo on the CPU) train one model; rank 0 writes it."""
+    import subprocess
+    import sys
+
+    ir, vi = _synthetic_pairs(tmp_path / "data", count=4)
+    out = tmp_path / "run"
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump({
+        "variant": "ld-lite", "teacher": str(random_weights["ld-lite"]), "device": "cpu", "out_dir": str(out),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 48, "repeat": 2, "num_workers": 0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0}},
+        "optim": {"batch_size": 2, "epochs": 1, "steps_per_epoch": 2},
+    }))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "ldfusion.training.cli", "--config", str(config), "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt.training["step"] == 2 and (out / "model.pt").is_file()

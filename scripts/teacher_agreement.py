@@ -1,0 +1,82 @@
+#!/usr/bin/env python3
+"""How closely a student's fused Y agrees with its teacher's, in PSNR, on held-out pairs.
+
+Default: the bundled `default` weights against the authors' LD-Lite on
+../shared/data/pairs/ldlite_test and the ten TNO pairs held out of training
+(configs/distill_default.yaml). Prints a per-image table and the mean; the numbers in
+MODEL_CARD.md come from this script.
+
+    python scripts/teacher_agreement.py [--student default] [--teacher ../shared/data/weights/ld-lite/final.pt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ldfusion.color import rgb_to_y
+from ldfusion.imageio import pair_folders, read_infrared, read_visible
+from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.losses import psnr
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+
+
+def held_out_tno_names(config: Path) -> list[str]:
+    data = yaml.safe_load(config.read_text())["data"]
+    for source in data["pairs"]:
+        if source.get("exclude"):
+            return list(source["exclude"])
+    return []
+
+
+def held_out_pairs(config: Path):
+    pairs = [("ldlite_test", p) for p in pair_folders(SHARED / "pairs/ldlite_test/ir", SHARED / "pairs/ldlite_test/vi")]
+    tno = {p.name: p for p in pair_folders(SHARED / "pairs/tno/ir", SHARED / "pairs/tno/vi")}
+    pairs += [("tno", tno[name]) for name in held_out_tno_names(config)]
+    return pairs
+
+
+def fused_y(fuser: Fuser, pair) -> torch.Tensor:
+    visible = read_visible(pair.vi)
+    vi = torch.from_numpy(visible).float().div(255)
+    vi_y = rgb_to_y(vi.permute(2, 0, 1))[None] if visible.ndim == 3 else vi[None, None]
+    ir = torch.from_numpy(read_infrared(pair.ir))[None, None]
+    return fuser.fuse_y(vi_y, ir).cpu()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--student", default="default", help="student weights (default: the bundled default)")
+    parser.add_argument("--teacher", default=str(SHARED / "weights/ld-lite/final.pt"), help="teacher weights")
+    parser.add_argument("--config", type=Path, default=REPO / "configs/distill_default.yaml", help="training config naming the held-out TNO pairs")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+    if not SHARED.is_dir():
+        print(f"teacher_agreement: error: {SHARED} is not available", file=sys.stderr)
+        return 2
+    options = FuserOptions(device="cpu")
+    student, teacher = Fuser.from_weights(args.student, options=options), Fuser.from_weights(args.teacher, options=options)
+    rows = []
+    for dataset, pair in held_out_pairs(args.config):
+        value = float(psnr(fused_y(student, pair), fused_y(teacher, pair))[0])
+        rows.append({"dataset": dataset, "name": pair.name, "psnr_db": round(value, 2)})
+    mean = float(np.mean([r["psnr_db"] for r in rows]))
+    print("| dataset | pair | PSNR vs teacher (dB) |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['name']} | {r['psnr_db']:.2f} |")
+    print(f"| **mean** | {len(rows)} pairs | **{mean:.2f}** |")
+    if args.json:
+        args.json.write_text(json.dumps({"student": args.student, "teacher": args.teacher, "pairs": rows, "mean_psnr_db": mean}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
