@@ -66,3 +66,19 @@ def test_ld_lite_release_loads_strictly(ldlite_weights):
     net = load_model(ldlite_weights)
     assert net.spec.name == "ld-lite"
     assert sum(p.numel() for p in net.parameters()) == 652_385
+
+
+def test_adain_matches_the_authors_batch_norm_formulation():
+    """The authors apply AdaIN as F.batch_norm over a (1, B*C, H, W) view with assigned weight/bias."""
+    import torch.nn.functional as F
+
+    from ldfusion.networks import instance_norm_affine
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, 9)
+    std, mean = torch.rand(3, 5) + 0.5, torch.randn(3, 5)
+    b, c, h, w = x.shape
+    theirs = F.batch_norm(
+        x.contiguous().view(1, b * c, h, w), torch.zeros(b * c), torch.ones(b * c), std.reshape(-1), mean.reshape(-1), True, 0.1, 1e-5
+    ).view(b, c, h, w)
+    torch.testing.assert_close(instance_norm_affine(x, std, mean), theirs, atol=1e-5, rtol=1e-5)
