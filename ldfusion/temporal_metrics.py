@@ -21,7 +21,8 @@ forward-backward consistency check (Sundaram et al. 2010:
 previous frame, which masks occlusions and flow failures. The same warp applied to the
 visible and infrared streams gives ``warp_error_vi`` (the floor set by the flow itself and
 lighting changes) and ``warp_error_ir``; a temporally stable fusion stays near them.
-``warp_valid`` is the mean fraction of pixels that passed the check.
+``warp_valid`` is the mean fraction of pixels that passed the check (a frame pair where none
+did, e.g. a cut, adds 0 to the warping errors and shows here).
 """
 
 from __future__ import annotations

@@ -223,7 +223,13 @@ def measure_reference(model: FusionNet, device: torch.device, frames: Frames, co
         k = index % len(frames.ir)
         reference_fuse(net, device, frames.visible[k], frames.ir[k])
 
-    return _timed("reference", device, frames, batch=1, calls=count, warmup=warmup, call=call)
+    # The authors' script runs with PyTorch's defaults; Fuser turns cuDNN autotuning on globally.
+    autotune = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        return _timed("reference", device, frames, batch=1, calls=count, warmup=warmup, call=call)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
 
 
 @torch.no_grad()

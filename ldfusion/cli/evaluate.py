@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             samples = _fused_by(fuser, samples, args.batch, args.save_fused)
         report = score(samples, args.out / "metrics.csv", total, every=args.every if video else 1, temporal=video and not args.no_temporal)
 
-    report.update(method=method, inputs=_describe_inputs(args, fuser), frame_rate=fps)
+    report = {"method": method, "inputs": _describe_inputs(args, fuser), "frame_rate": fps, **report}
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown_tables(method, report)
     (args.out / "metrics.md").write_text(table + "\n")
