@@ -1,0 +1,370 @@
+"""``ldfusion eval``: score fused images (or a fused video) with the standard fusion metrics.
+
+Inputs are paired by name as in ``ldfusion fuse``: ``--ir`` and ``--vi`` folders (or two
+files) and a ``--fused`` folder holding ``NAME.png`` (any image type) for each pair. For
+video, ``--ir``, ``--vi`` and ``--fused`` are three video files paired frame by frame.
+With ``--fuse-with WEIGHTS`` the sources are fused first by that model instead.
+
+Writes ``metrics.csv`` (one row per image or scored frame, written as it goes),
+``metrics.json`` (the rows, their means and, for video, the temporal metrics) and
+``metrics.md`` (the means as a Markdown table, also printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.errors import DataError
+from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folders, read_infrared, read_visible, write_image
+from ldfusion.metrics import METRIC_NAMES, evaluate_all
+from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
+from ldfusion.variants import VARIANTS
+
+log = logging.getLogger("ldfusion.eval")
+
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
+SIDE_BY_SIDE_SUFFIX = "_sbs"  # what `ldfusion fuse --side-by-side` adds; not a fused image
+_FRAME_RATE_TOLERANCE = 0.01
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldfusion eval",
+        description="Score fused images with EN, SD, SF, AG, MI (bits), SCD, VIF, Qabf and SSIM "
+        "(VIF and SSIM summed over the two sources; see ldfusion.metrics for each convention). "
+        "Images: --ir and --vi folders paired by file name, and --fused holding NAME.<ext> for each "
+        "pair. Video: --ir, --vi and --fused are video files paired frame by frame, and the "
+        "temporal metrics (flicker, warping error) are added. Writes metrics.csv, metrics.json and "
+        "metrics.md to --out and prints the table of means.",
+    )
+    parser.add_argument("--ir", required=True, type=Path, help="folder (or file, or video) of infrared sources")
+    parser.add_argument("--vi", required=True, type=Path, help="folder (or file, or video) of visible sources")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fused", type=Path, help="folder (or file, or video) of fused results to score")
+    source.add_argument(
+        "--fuse-with",
+        metavar="WEIGHTS",
+        help="fuse the sources first with these weights (a file or a registry name: default, ld-lite, ldfusion)",
+    )
+    parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant for --fuse-with (default: from the weights)")
+    parser.add_argument("--device", default="auto", help="device for --fuse-with: auto, cpu, cuda or cuda:N (default: auto)")
+    parser.add_argument("--batch", type=int, default=4, help="frames fused together with --fuse-with (default: 4)")
+    parser.add_argument("--save-fused", type=Path, help="with --fuse-with on images: also write the fused PNGs here")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.csv/.json/.md (created)")
+    parser.add_argument("--name", help="method name in the tables (default: the fused folder or the weights)")
+    parser.add_argument("--every", type=int, default=1, help="video: score the image metrics on every N-th frame (default: 1)")
+    parser.add_argument("--max-frames", type=int, help="video: stop after this many frames")
+    parser.add_argument("--no-temporal", action="store_true", help="video: skip flicker and warping error")
+    parser.add_argument(
+        "--ir-16bit", choices=IR_16BIT_MODES, default="stretch", help="16-bit infrared handling, as in `ldfusion fuse`"
+    )
+    add_logging_arguments(parser)
+    return parser
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image or frame: its sources as read, and the fused result (uint8, RGB or gray)."""
+
+    name: str
+    visible: np.ndarray  # (H, W, 3) RGB or (H, W) uint8
+    ir: np.ndarray  # (H, W) float32 in [0, 1]
+    fused: np.ndarray | None = None
+
+
+@one_line_errors("ldfusion eval")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    _check_arguments(args)
+    video = _is_video(args.ir)
+    fuser = _load_fuser(args) if args.fuse_with else None
+    method = args.name or (f"{fuser.spec.name} ({args.fuse_with})" if fuser else _stem_or_name(args.fused))
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    with ExitStack() as stack:
+        if video:
+            samples, total, fps = _video_samples(args, stack)
+        else:
+            pairs = pair_folders(args.ir, args.vi)
+            fused_paths = _match_fused_images(pairs, args.fused) if args.fused else None  # fail before any work
+            samples, total, fps = _image_samples(pairs, fused_paths, args.ir_16bit), len(pairs), None
+        if fuser is not None:
+            samples = _fused_by(fuser, samples, args.batch, args.save_fused)
+        report = score(samples, args.out / "metrics.csv", total, every=args.every if video else 1, temporal=video and not args.no_temporal)
+
+    report = {"method": method, "inputs": _describe_inputs(args, fuser), "frame_rate": fps, **report}
+    (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_tables(method, report)
+    (args.out / "metrics.md").write_text(table + "\n")
+    print(table)
+    log.info("wrote metrics.csv, metrics.json and metrics.md to %s", args.out)
+    return 0
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    if args.batch < 1:
+        raise DataError(f"--batch must be at least 1; got {args.batch}")
+    if args.every < 1:
+        raise DataError(f"--every must be at least 1; got {args.every}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise DataError(f"--max-frames must be at least 1; got {args.max_frames}")
+    kinds = {path: _is_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
+    if len(set(kinds.values())) > 1:
+        listing = ", ".join(f"{path} ({'video' if is_video else 'images'})" for path, is_video in kinds.items())
+        raise DataError(f"--ir, --vi and --fused must all be videos or all be images; got {listing}")
+    if args.save_fused and (not args.fuse_with or _is_video(args.ir)):
+        raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _stem_or_name(path: Path) -> str:
+    return path.stem if path.is_file() else path.name
+
+
+def _load_fuser(args: argparse.Namespace):
+    from ldfusion.inference import Fuser, FuserOptions  # late: only --fuse-with needs torch models
+
+    return Fuser.from_weights(args.fuse_with, args.model, FuserOptions(device=args.device))
+
+
+def _describe_inputs(args: argparse.Namespace, fuser) -> dict:
+    inputs = {"ir": str(args.ir), "vi": str(args.vi)}
+    if fuser is not None:
+        inputs.update(fused_with=str(args.fuse_with), model=fuser.spec.name, device=str(fuser.device))
+    else:
+        inputs["fused"] = str(args.fused)
+    return inputs
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def _image_samples(pairs: list[ImagePair], fused_paths: dict[str, Path] | None, ir_16bit: str) -> Iterator[Sample]:
+    for pair in pairs:
+        visible, ir = read_visible(pair.vi), read_infrared(pair.ir, ir_16bit)
+        _check_same_size(pair.name, ir.shape, visible.shape[:2], "ir", "vi")
+        fused = read_visible(fused_paths[pair.name]) if fused_paths is not None else None
+        if fused is not None:
+            _check_same_size(pair.name, fused.shape[:2], visible.shape[:2], "fused", "sources")
+        yield Sample(pair.name, visible, ir, fused)
+
+
+def _match_fused_images(pairs: list[ImagePair], fused: Path) -> dict[str, Path]:
+    """Fused image for each pair by name; anything missing or left over is an error."""
+    if fused.is_file():
+        if len(pairs) != 1:
+            raise DataError(f"--fused is a single file ({fused}) but there are {len(pairs)} source pairs")
+        return {pairs[0].name: fused}
+    images = list_images(fused)
+    names = {pair.name for pair in pairs}
+    missing = [pair.name for pair in pairs if pair.name not in images]
+    if missing:
+        raise DataError(f"{len(missing)} pair(s) have no fused image in {fused} (first: {missing[0]})")
+    extra = sorted(
+        stem
+        for stem in images
+        if stem not in names and not (stem.endswith(SIDE_BY_SIDE_SUFFIX) and stem[: -len(SIDE_BY_SIDE_SUFFIX)] in names)
+    )
+    if extra:
+        raise DataError(f"{len(extra)} fused image(s) in {fused} have no source pair (first: {images[extra[0]].name})")
+    return {name: images[name] for name in names}
+
+
+def _check_same_size(name: str, shape_a: tuple, shape_b: tuple, what_a: str, what_b: str) -> None:
+    if tuple(shape_a) != tuple(shape_b):
+        raise DataError(
+            f"{name}: {what_a} and {what_b} differ in size: {shape_a[1]}x{shape_a[0]} vs {shape_b[1]}x{shape_b[0]}"
+        )
+
+
+# --- video -------------------------------------------------------------------------------
+
+
+def _video_samples(args: argparse.Namespace, stack: ExitStack) -> tuple[Iterator[Sample], int | None, float | None]:
+    """Frame triples of the IR, visible (and fused) videos, with the count to expect and the rate."""
+    ir = stack.enter_context(VideoReader(args.ir))
+    vi = stack.enter_context(VideoReader(args.vi))
+    fused = stack.enter_context(VideoReader(args.fused)) if args.fused else None
+    _check_frame_rates(ir, vi, "ir", "vi")
+    if fused is not None:
+        _check_frame_rates(fused, vi, "fused", "vi")
+    if ir.frames and vi.frames and ir.frames != vi.frames:
+        log.info("ir has %d frames and vi %d; pairing the first %d", ir.frames, vi.frames, min(ir.frames, vi.frames))
+    expected = min(ir.frames, vi.frames) if ir.frames and vi.frames else None
+    if fused is not None and fused.frames and expected and fused.frames != expected:
+        raise DataError(f"{args.fused} has {fused.frames} frames but the ir/vi pair has {expected}; they must match")
+    total = min(expected, args.max_frames) if expected and args.max_frames else expected or args.max_frames
+    return _paired_frames(ir, vi, fused, args.max_frames), total, vi.rate
+
+
+def _check_frame_rates(a: "VideoReader", b: "VideoReader", name_a: str, name_b: str) -> None:
+    if a.rate and b.rate and abs(a.rate - b.rate) > _FRAME_RATE_TOLERANCE * b.rate:
+        raise DataError(f"{name_a} and {name_b} videos have different frame rates: {a.rate:g} vs {b.rate:g} fps")
+
+
+def _paired_frames(ir: "VideoReader", vi: "VideoReader", fused: "VideoReader | None", limit: int | None) -> Iterator[Sample]:
+    ir_frames, vi_frames = iter(ir), iter(vi)
+    fused_frames = iter(fused) if fused is not None else None
+    index = 0
+    while limit is None or index < limit:
+        ir_rgb, vi_rgb = next(ir_frames, None), next(vi_frames, None)
+        if ir_rgb is None or vi_rgb is None:
+            break
+        fused_rgb = next(fused_frames, None) if fused_frames is not None else None
+        name = f"frame_{index:06d}"
+        if fused_frames is not None and fused_rgb is None:
+            raise DataError(f"{fused.path} ended after {index} frames, before the ir/vi pair")
+        _check_same_size(name, ir_rgb.shape[:2], vi_rgb.shape[:2], "ir", "vi")
+        if fused_rgb is not None:
+            _check_same_size(name, fused_rgb.shape[:2], vi_rgb.shape[:2], "fused", "sources")
+        ir_gray = cv2.cvtColor(ir_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        yield Sample(name, vi_rgb, ir_gray, fused_rgb)
+        index += 1
+    if limit is None and fused_frames is not None and next(fused_frames, None) is not None:
+        raise DataError(f"{fused.path} has more frames than the ir/vi pair ({index})")
+
+
+class VideoReader:
+    """Decodes a video file to RGB uint8 frames with PyAV; decoding errors become DataError."""
+
+    def __init__(self, path: Path) -> None:
+        import av  # late: only video evaluation needs it
+
+        self.path = path
+        self._av = av
+        if not path.is_file():
+            raise DataError(f"video not found: {path}")
+        try:
+            self._container = av.open(str(path))
+        except av.FFmpegError as exc:
+            raise DataError(f"cannot open video {path}: {exc}") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise DataError(f"{path} has no video stream")
+        stream = self._container.streams.video[0]
+        self._stream = stream
+        self.frames = int(stream.frames or 0)  # 0: the container does not say
+        self.rate = float(stream.average_rate) if stream.average_rate else None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            for frame in self._container.decode(self._stream):
+                yield frame.to_ndarray(format="rgb24")
+        except self._av.FFmpegError as exc:
+            raise DataError(f"cannot decode {self.path} (corrupt or truncated?): {exc}") from None
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._container.close()
+
+
+# --- fusing first ----------------------------------------------------------------------
+
+
+def _fused_by(fuser, samples: Iterable[Sample], batch: int, save_to: Path | None) -> Iterator[Sample]:
+    """Fill in ``fused`` by running the model on same-size batches of samples."""
+    if save_to is not None:
+        save_to.mkdir(parents=True, exist_ok=True)
+    for group in _same_size_batches(samples, batch):
+        fused = fuser.fuse_arrays([s.visible for s in group], [s.ir for s in group])
+        for sample, image in zip(group, fused):
+            if save_to is not None:
+                write_image(save_to / f"{sample.name}.png", image)
+            yield Sample(sample.name, sample.visible, sample.ir, image)
+
+
+def _same_size_batches(samples: Iterable[Sample], batch: int) -> Iterator[list[Sample]]:
+    group: list[Sample] = []
+    for sample in samples:
+        if group and (len(group) == batch or sample.visible.shape != group[0].visible.shape):
+            yield group
+            group = []
+        group.append(sample)
+    if group:
+        yield group
+
+
+# --- scoring and reporting -------------------------------------------------------------
+
+
+def luma_255(image: np.ndarray) -> np.ndarray:
+    """uint8 RGB or gray -> (H, W) float64 luma rounded to integer levels, as the evaluators read images."""
+    if image.ndim == 2:
+        return image.astype(np.float64)
+    return np.rint(cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2GRAY)).astype(np.float64)
+
+
+def score(samples: Iterable[Sample], csv_path: Path, total: int | None, every: int = 1, temporal: bool = False) -> dict:
+    """Score each sample, appending rows to ``csv_path`` as they come; returns the JSON report body."""
+    rows: list[dict] = []
+    meter = TemporalMeter() if temporal else None
+    with csv_path.open("w", newline="") as handle, tqdm(total=total, unit="image", desc="eval") as bar:
+        writer = csv.DictWriter(handle, fieldnames=["name", *METRIC_NAMES])
+        writer.writeheader()
+        for index, sample in enumerate(samples):
+            fused, ir, vi = luma_255(sample.fused), np.rint(sample.ir.astype(np.float64) * 255.0), luma_255(sample.visible)
+            if meter is not None:
+                meter.update(fused, ir, vi)
+            if index % every == 0:
+                try:
+                    row = {"name": sample.name, **evaluate_all(fused, ir, vi)}
+                except ValueError as exc:  # e.g. an image too small for the SSIM window
+                    raise DataError(f"{sample.name}: {exc}") from None
+                writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in row.items()})
+                handle.flush()  # rows already scored survive a later error
+                rows.append(row)
+            bar.update(1)
+    if not rows:
+        raise DataError("nothing to score: the inputs hold no images or frames")
+    report: dict = {"count": len(rows), "mean": _means(rows), "std": _stds(rows), "images": rows}
+    if meter is not None:
+        report["temporal"] = meter.result().as_dict()
+    return report
+
+
+def _means(rows: list[dict]) -> dict[str, float]:
+    return {name: float(np.mean([row[name] for row in rows])) for name in METRIC_NAMES}
+
+
+def _stds(rows: list[dict]) -> dict[str, float]:
+    return {name: float(np.std([row[name] for row in rows])) for name in METRIC_NAMES}
+
+
+def markdown_tables(method: str, report: dict) -> str:
+    """The means (and, for video, the temporal metrics) as Markdown tables."""
+    header = ["method", "n", *METRIC_NAMES]
+    values = [method, str(report["count"]), *(_fmt(report["mean"][name]) for name in METRIC_NAMES)]
+    lines = [_md_row(header), _md_row(["---"] * len(header)), _md_row(values)]
+    temporal = report.get("temporal")
+    if temporal:
+        header = ["method", "frames", *TEMPORAL_NAMES]
+        values = [method, str(temporal["frames"]), *(_fmt(temporal[name]) for name in TEMPORAL_NAMES)]
+        lines += ["", _md_row(header), _md_row(["---"] * len(header)), _md_row(values)]
+    return "\n".join(lines)
+
+
+def _md_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _fmt(value: float) -> str:
+    return "nan" if math.isnan(value) else f"{value:.4f}"

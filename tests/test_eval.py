@@ -1,0 +1,224 @@
+"""``ldfusion eval`` end to end on tiny synthetic folders and videos, and on MSRS when present."""
+
+from __future__ import annotations
+
+import csv
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from ldfusion.cli.evaluate import luma_255, main
+from ldfusion.metrics import METRIC_NAMES, evaluate_all
+from ldfusion.temporal_metrics import TEMPORAL_NAMES
+
+H, W = 48, 64
+
+
+def scene(seed: int, shape=(H, W)) -> tuple[np.ndarray, np.ndarray]:
+    """A visible RGB image and an IR image (uint8) with shared structure."""
+    rng = np.random.default_rng(seed)
+    base = cv2.GaussianBlur(rng.uniform(0, 255, shape).astype(np.float32), (0, 0), 2.0)
+    base = cv2.normalize(base, None, 20, 230, cv2.NORM_MINMAX)
+    visible = np.stack([base, base * 0.8 + 20, 255 - base], axis=-1).astype(np.uint8)
+    ir = np.clip(255 - base + rng.normal(0, 5, shape), 0, 255).astype(np.uint8)
+    return visible, ir
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> dict[str, Path]:
+    """ir/, vi/ and fused/ with three pairs (fused = per-pixel average, colour)."""
+    for index, name in enumerate(("1", "2", "10")):
+        visible, ir = scene(index)
+        write_png(tmp_path / "ir" / f"{name}.png", ir)
+        write_png(tmp_path / "vi" / f"{name}.jpg", visible)
+        fused = ((visible.astype(np.float32) + ir[..., None]) / 2).astype(np.uint8)
+        write_png(tmp_path / "fused" / f"{name}.png", fused)
+    return {key: tmp_path / key for key in ("ir", "vi", "fused")} | {"out": tmp_path / "out"}
+
+
+def run(folders: dict[str, Path], *extra: str) -> int:
+    return main(["--ir", str(folders["ir"]), "--vi", str(folders["vi"]), "--out", str(folders["out"]), "-q", *extra])
+
+
+def test_eval_folder_writes_csv_json_and_markdown(folders, capsys):
+    assert run(folders, "--fused", str(folders["fused"]), "--name", "average") == 0
+    out = folders["out"]
+
+    with (out / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in rows] == ["1", "2", "10"]  # natural order, as `ldfusion fuse`
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["method"] == "average" and report["count"] == 3
+    assert set(report["mean"]) == set(METRIC_NAMES)
+
+    # Scores match the library on the same images read the same way.
+    visible = cv2.cvtColor(cv2.imread(str(folders["vi"] / "2.jpg")), cv2.COLOR_BGR2RGB)
+    fused = cv2.cvtColor(cv2.imread(str(folders["fused"] / "2.png")), cv2.COLOR_BGR2RGB)
+    ir = cv2.imread(str(folders["ir"] / "2.png"), cv2.IMREAD_GRAYSCALE).astype(np.float64)
+    expected = evaluate_all(luma_255(fused), ir, luma_255(visible))
+    second = report["images"][1]
+    for name in METRIC_NAMES:
+        assert second[name] == pytest.approx(expected[name], rel=1e-9)
+        assert float(rows[1][name]) == pytest.approx(expected[name], abs=1e-5)
+        assert report["mean"][name] == pytest.approx(np.mean([image[name] for image in report["images"]]))
+
+    table = (out / "metrics.md").read_text()
+    assert table.splitlines()[0].split("|")[1:-1] == [f" {h} " for h in ("method", "n", *METRIC_NAMES)]
+    assert f"| average | 3 | {report['mean']['EN']:.4f} |" in table
+    assert table.strip() in capsys.readouterr().out
+
+
+def test_side_by_side_images_from_fuse_are_ignored(folders):
+    write_png(folders["fused"] / "2_sbs.png", np.zeros((H, 3 * W, 3), np.uint8))
+    assert run(folders, "--fused", str(folders["fused"])) == 0
+    assert json.loads((folders["out"] / "metrics.json").read_text())["count"] == 3
+
+
+def test_missing_fused_image_is_a_one_line_error(folders, capsys):
+    (folders["fused"] / "10.png").unlink()
+    assert run(folders, "--fused", str(folders["fused"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "ldfusion eval: error: 1 pair(s) have no fused image" in err and "10" in err
+
+
+def test_fused_image_without_sources_is_a_one_line_error(folders, capsys):
+    write_png(folders["fused"] / "99.png", np.zeros((H, W), np.uint8))
+    assert run(folders, "--fused", str(folders["fused"])) == 2
+    assert "have no source pair (first: 99.png)" in capsys.readouterr().err
+
+
+def test_fused_image_of_another_size_is_a_one_line_error(folders, capsys):
+    write_png(folders["fused"] / "2.png", np.zeros((H + 2, W), np.uint8))
+    assert run(folders, "--fused", str(folders["fused"])) == 2
+    err = capsys.readouterr().err
+    assert "2: fused and sources differ in size: 64x50 vs 64x48" in err
+    # The row scored before the error is kept in a valid CSV.
+    with (folders["out"] / "metrics.csv").open() as handle:
+        assert [row["name"] for row in csv.DictReader(handle)] == ["1"]
+
+
+def test_unpaired_sources_and_bad_arguments_are_one_line_errors(folders, capsys):
+    assert run(folders, "--fused", str(folders["out"] / "nowhere")) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert run(folders, "--fused", str(folders["fused"] / "clip.mp4")) == 2
+    assert "must all be videos or all be images" in capsys.readouterr().err
+    assert run(folders, "--fused", str(folders["fused"]), "--batch", "0") == 2
+    assert "--batch must be at least 1" in capsys.readouterr().err
+    (folders["vi"] / "1.jpg").unlink()
+    assert run(folders, "--fused", str(folders["fused"])) == 2
+    assert "have no partner" in capsys.readouterr().err
+
+
+def test_fuse_with_weights_fuses_first_and_saves(folders, random_weights):
+    saved = folders["out"] / "fused"
+    args = ("--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu", "--batch", "2", "--save-fused", str(saved))
+    assert run(folders, *args) == 0
+    report = json.loads((folders["out"] / "metrics.json").read_text())
+    assert report["count"] == 3 and report["inputs"]["model"] == "ld-lite"
+    assert sorted(p.name for p in saved.iterdir()) == ["1.png", "10.png", "2.png"]
+    # The saved results score the same when read back as fused images.
+    again = dict(folders, out=folders["out"] / "again")
+    assert run(again, "--fused", str(saved)) == 0
+    reread = json.loads((again["out"] / "metrics.json").read_text())
+    for name in METRIC_NAMES:
+        assert reread["mean"][name] == pytest.approx(report["mean"][name], rel=1e-9)
+
+
+# --- video -------------------------------------------------------------------------------
+
+FRAMES = 5
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        stream.options = {"qscale": "2"}
+        for image in frames:
+            rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture
+def videos(tmp_path: Path) -> dict[str, Path]:
+    visible, ir = scene(3, (80, 96))
+    shifts = range(FRAMES)
+    vi_frames = [np.roll(visible, 2 * t, axis=1) for t in shifts]
+    ir_frames = [np.roll(ir, 2 * t, axis=1) for t in shifts]
+    fused_frames = [((v.astype(np.float32) + i[..., None]) / 2).astype(np.uint8) for v, i in zip(vi_frames, ir_frames)]
+    return {
+        "ir": write_video(tmp_path / "ir.mp4", ir_frames),
+        "vi": write_video(tmp_path / "vi.mp4", vi_frames),
+        "fused": write_video(tmp_path / "fused.mp4", fused_frames),
+        "short": write_video(tmp_path / "short.mp4", fused_frames[:3]),
+        "fast": write_video(tmp_path / "fast.mp4", fused_frames, fps=25),
+        "out": tmp_path / "out",
+    }
+
+
+def test_eval_video_adds_temporal_metrics(videos, capsys):
+    assert run(videos, "--fused", str(videos["fused"]), "--every", "2") == 0
+    report = json.loads((videos["out"] / "metrics.json").read_text())
+    assert [image["name"] for image in report["images"]] == ["frame_000000", "frame_000002", "frame_000004"]
+    temporal = report["temporal"]
+    assert temporal["frames"] == FRAMES and set(TEMPORAL_NAMES) <= set(temporal)
+    assert temporal["warp_valid"] > 0.5
+    assert report["frame_rate"] == pytest.approx(10.0)
+    printed = capsys.readouterr().out
+    assert "| method | frames | flicker_fused |" in printed
+
+
+def test_eval_video_fused_by_a_model(videos, random_weights):
+    assert run(videos, "--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu", "--max-frames", "3") == 0
+    report = json.loads((videos["out"] / "metrics.json").read_text())
+    assert report["count"] == 3 and report["temporal"]["frames"] == 3
+
+
+def test_eval_video_with_missing_frames_or_another_rate_is_an_error(videos, capsys):
+    assert run(videos, "--fused", str(videos["short"])) == 2
+    assert "short.mp4 has 3 frames but the ir/vi pair has 5" in capsys.readouterr().err
+    assert run(videos, "--fused", str(videos["fast"])) == 2
+    assert "different frame rates: 25 vs 10 fps" in capsys.readouterr().err
+
+
+def test_eval_corrupt_video_is_a_one_line_error(videos, capsys):
+    broken = videos["out"].parent / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    assert run(videos, "--fused", str(broken)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ldfusion eval: error:") and "broken.mp4" in err and "\n" not in err
+
+
+# --- real data -----------------------------------------------------------------------------
+
+
+def test_eval_fuse_with_ld_lite_on_msrs(shared_data, ldlite_weights, tmp_path, capsys):
+    """The first three MSRS pairs fused by the authors' LD-Lite weights, scored."""
+    msrs = shared_data / "pairs" / "msrs"
+    names = sorted(p.name for p in (msrs / "ir").glob("*.png"))[:3]
+    for kind in ("ir", "vi"):
+        (tmp_path / kind).mkdir()
+        for name in names:
+            (tmp_path / kind / name).symlink_to(msrs / kind / name)
+    folders = {"ir": tmp_path / "ir", "vi": tmp_path / "vi", "out": tmp_path / "out"}
+    assert run(folders, "--fuse-with", str(ldlite_weights), "--model", "ld-lite", "--device", "cpu") == 0
+    report = json.loads((folders["out"] / "metrics.json").read_text())
+    assert report["count"] == 3
+    mean = report["mean"]
+    assert 0 < mean["EN"] <= 8 and 0 < mean["SSIM"] <= 2 and 0 < mean["Qabf"] < 1 and mean["MI"] > 0
+    assert "| ld-lite (" in capsys.readouterr().out
