@@ -97,7 +97,11 @@ def register_scene(
         method = "features+ecc"
     H, correlation = refine_ecc(ir, vi, start, options)
     if correlation < WEAK_CORRELATION:
-        log.warning("edge correlation is only %.2f: check the result with `ldfusion calibrate verify`", correlation)
+        log.warning(
+            "edge correlation is only %.2f: check the result with `ldfusion calibrate verify`; "
+            "if it is off, start closer (--init from `points`, or --features)",
+            correlation,
+        )
     residual = local_residual(ir, vi, H)
     return SceneResult(H, correlation, residual, method)
 

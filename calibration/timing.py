@@ -23,6 +23,7 @@ from pathlib import Path
 import av
 import cv2
 import numpy as np
+from tqdm.auto import tqdm
 
 from calibration.fileformat import CalibrationError
 from calibration.imaging import Size
@@ -59,19 +60,45 @@ class OffsetResult:
         return self.offset_s * self.ir_fps
 
 
-def motion_energy(path: str | os.PathLike, max_seconds: float | None = None, width: int = ANALYSIS_WIDTH) -> MotionSignal:
-    """Decode a video (PyAV) and measure how much each frame differs from the previous one."""
+def video_size(path: str | os.PathLike) -> Size:
+    """(width, height) of a video's first stream, without decoding it."""
+    path = _existing(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise CalibrationError(f"{path} has no video stream")
+            context = container.streams.video[0].codec_context
+            return int(context.width), int(context.height)
+    except av.FFmpegError as exc:
+        raise CalibrationError(f"cannot read {path}: {exc}") from None
+
+
+def _existing(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"video not found: {path}")
+    return path
+
+
+def motion_energy(
+    path: str | os.PathLike,
+    max_seconds: float | None = None,
+    width: int = ANALYSIS_WIDTH,
+    progress: str | None = None,
+) -> MotionSignal:
+    """Decode a video (PyAV) and measure how much each frame differs from the previous one.
+
+    ``progress``: a label for a progress bar while decoding (no bar when None).
+    """
+    path = _existing(path)
     try:
         with av.open(str(path)) as container:
-            return _motion_energy(container, path, max_seconds, width)
+            return _motion_energy(container, path, max_seconds, width, progress)
     except av.FFmpegError as exc:
         raise CalibrationError(f"cannot decode {path}: {exc}") from None
 
 
-def _motion_energy(container, path: Path, max_seconds: float | None, width: int) -> MotionSignal:
+def _motion_energy(container, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
     if not container.streams.video:
         raise CalibrationError(f"{path} has no video stream")
     stream = container.streams.video[0]
@@ -80,7 +107,8 @@ def _motion_energy(container, path: Path, max_seconds: float | None, width: int)
     size = (stream.codec_context.width, stream.codec_context.height)
     height = max(2, round(width * size[1] / max(size[0], 1)) // 2 * 2)
     times, energies, previous, previous_time = [], [], None, None
-    for index, frame in enumerate(container.decode(stream)):
+    frames = tqdm(container.decode(stream), total=stream.frames or None, unit="frame", desc=progress, disable=progress is None)
+    for index, frame in enumerate(frames):
         time = float(frame.time) if frame.time is not None else (index / fps if fps else float(index))
         if max_seconds is not None and times and time - times[0] > max_seconds:
             break

@@ -82,3 +82,118 @@ def stereo_board_views(board: BoardSpec, ir_size=(240, 180), vi_size=(320, 240),
         vi = as_visible(render_board(board, H_vi, vi_size), rng)
         pairs.append((f"view{index}", ir, vi))
     return pairs, H_true, K_ir, K_vi, R_stereo
+
+
+# --- scenes seen in two modalities ------------------------------------------------------
+
+
+def centring(size: tuple[int, int]) -> np.ndarray:
+    """Moves an image's centre to the origin."""
+    return np.array([[1.0, 0.0, -(size[0] - 1) / 2], [0.0, 1.0, -(size[1] - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def deformation(kind: str) -> np.ndarray:
+    """Known deformations about the image centre, of the size a rough start leaves over."""
+    if kind == "none":
+        return np.eye(3)
+    if kind == "shift":
+        return np.array([[1.0, 0.0, 5.3], [0.0, 1.0, -3.7], [0.0, 0.0, 1.0]])
+    if kind == "rotation":
+        a = np.deg2rad(3.0)
+        return np.array([[np.cos(a), -np.sin(a), 0.0], [np.sin(a), np.cos(a), 0.0], [0.0, 0.0, 1.0]])
+    if kind == "scale":
+        return np.diag([1.07, 1.07, 1.0])
+    if kind == "perspective":
+        return np.array([[1.02, 0.02, 2.0], [-0.015, 0.99, -1.5], [1e-4, -6e-5, 1.0]])
+    raise ValueError(kind)
+
+
+def centred_homography(kind: str, ir_size: tuple[int, int], vi_size: tuple[int, int]) -> np.ndarray:
+    """Infrared -> visible: the infrared frame centred in the visible one, then deformed."""
+    return np.linalg.inv(centring(vi_size)) @ deformation(kind) @ centring(ir_size)
+
+
+def infrared_view(ir_full: np.ndarray, H: np.ndarray, ir_size: tuple[int, int], vi_size: tuple[int, int]) -> np.ndarray:
+    """The infrared frame of size ``ir_size`` that maps onto the visible frame through H.
+
+    ``ir_full`` is an infrared image registered with the visible one at any resolution; it
+    is sampled where H sends each new pixel, so the new frame has no empty borders as long
+    as it maps inside the visible frame.
+    """
+    height, width = ir_full.shape[:2]
+    to_full = scaling(width / vi_size[0], height / vi_size[1]) @ H
+    smooth = cv2.GaussianBlur(ir_full, (0, 0), 0.4 * width / ir_size[0])  # no aliasing
+    return cv2.warpPerspective(smooth, to_full, ir_size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+
+
+def two_modality_scene(size: tuple[int, int], seed: int = 0, shapes: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic scene as (visible RGB uint8, infrared float32), both at ``size``.
+
+    Every shape has one brightness in the visible image and an unrelated "temperature" in
+    the infrared one, so the images share edges but not intensities.
+    """
+    rng = np.random.default_rng(seed)
+    big = (size[0] * SUPERSAMPLE, size[1] * SUPERSAMPLE)
+    visible = np.full((big[1], big[0]), 0.5, np.float32)
+    thermal = np.full((big[1], big[0]), 0.3, np.float32)
+    for _ in range(shapes):
+        brightness, temperature = rng.uniform(0, 1, 2)
+        centre = rng.uniform((0, 0), big).astype(int)
+        if rng.random() < 0.5:
+            axes = rng.uniform(6, big[0] / 8, 2).astype(int)
+            angle = rng.uniform(0, 180)
+            cv2.ellipse(visible, tuple(centre), tuple(axes), angle, 0, 360, float(brightness), -1, cv2.LINE_AA)
+            cv2.ellipse(thermal, tuple(centre), tuple(axes), angle, 0, 360, float(temperature), -1, cv2.LINE_AA)
+        else:
+            box = cv2.boxPoints((tuple(map(float, centre)), tuple(rng.uniform(8, big[0] / 5, 2)), rng.uniform(0, 90)))
+            cv2.fillConvexPoly(visible, box.astype(np.int32), float(brightness), cv2.LINE_AA)
+            cv2.fillConvexPoly(thermal, box.astype(np.int32), float(temperature), cv2.LINE_AA)
+    visible = cv2.resize(visible, size, interpolation=cv2.INTER_AREA)
+    thermal = cv2.resize(thermal, size, interpolation=cv2.INTER_AREA)
+    visible_rgb = np.repeat((np.clip(visible, 0, 1) * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
+    return visible_rgb, cv2.GaussianBlur(thermal, (0, 0), 0.6)
+
+
+# --- video streams ----------------------------------------------------------------------
+
+
+def moving_blobs(frames: int, size: tuple[int, int] = (64, 48), seed: int = 0) -> np.ndarray:
+    """(frames, H, W) float32 scene: blobs that move in bursts and rest in between.
+
+    Bursts give the motion energy a pattern that does not repeat, so the correlation of two
+    recordings has one clear peak.
+    """
+    rng = np.random.default_rng(seed)
+    width, height = size
+    blobs = 4
+    position = rng.uniform((8, 8), (width - 8, height - 8), (blobs, 2))
+    velocity = np.zeros((blobs, 2))
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((frames, height, width), np.float32)
+    for t in range(frames):
+        for k in range(blobs):
+            if rng.random() < 0.15:  # start or stop a burst
+                velocity[k] = rng.uniform(-3, 3, 2) if not velocity[k].any() else 0.0
+        position = np.clip(position + velocity, 6, (width - 6, height - 6))
+        frame = np.full((height, width), 0.2, np.float32)
+        for (x, y), brightness in zip(position, (0.9, 0.7, 0.8, 0.6)):
+            frame += brightness * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 3.0**2))
+        out[t] = np.clip(frame, 0, 1)
+    return out
+
+
+def write_video(path, frames: np.ndarray, fps: int) -> None:
+    """Gray float frames in [0, 1] to an MPEG-4 file (PyAV)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"qscale": "2"}
+        for frame in frames:
+            rgb = np.repeat((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
