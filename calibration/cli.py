@@ -237,7 +237,8 @@ def run_target(args: argparse.Namespace) -> int:
     )
     save_registration(args.out, registration)
     missed = [view.name for view in result.views if view.ir is None or view.vi is None]
-    print(f"board found in both images of {len(result.views_used)} of {len(result.views)} view(s)" + (f"; missed: {', '.join(missed)}" if missed else ""))
+    found = f"board found in both images of {len(result.views_used)} of {len(result.views)} view(s)"
+    print(found + (f"; missed: {', '.join(missed)}" if missed else ""))
     print(f"{result.inliers} of {result.correspondences} corners used; RMS reprojection error {result.rms_px:.3f} px")
     for note in result.notes:
         print(f"note: {note}")
@@ -422,7 +423,10 @@ def _print_cameras(cameras: dict) -> None:
     for name, label in (("ir", "infrared"), ("vi", "visible")):
         camera = cameras[name]
         K = np.array(camera["K"])
-        print(f"{label} intrinsics from {camera['views']} views: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, RMS {camera['rms_px']:.3f} px")
+        print(
+            f"{label} intrinsics from {camera['views']} views: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} "
+            f"cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, RMS {camera['rms_px']:.3f} px"
+        )
     stereo = cameras["stereo"]
     T = np.array(stereo["T"])
     angle = math.degrees(np.linalg.norm(cv2.Rodrigues(np.array(stereo["R"]))[0]))

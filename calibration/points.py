@@ -98,7 +98,8 @@ def _as_list(value, length: int, index: int, path: Path) -> list:
 
 
 def _parse_csv(text: str, path: Path) -> PointPairs:
-    lines = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")]
+    numbered = enumerate(text.splitlines(), start=1)
+    lines = [(number, line) for number, line in numbered if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
         raise CalibrationError(f"{path}: no point pairs")
     order = list(range(4))
@@ -158,8 +159,9 @@ def _pairs(rows: list[list[float]], path: Path, ir_size: Size | None, vi_size: S
 def check_inside(pairs: PointPairs, ir_size: Size, vi_size: Size) -> None:
     """Every point must lie inside its image: a point outside is a typo or swapped columns."""
     for name, points, (width, height) in (("infrared", pairs.ir, ir_size), ("visible", pairs.vi, vi_size)):
-        low, tolerance = -EDGE_TOLERANCE_PX, EDGE_TOLERANCE_PX
-        outside = (points[:, 0] < low) | (points[:, 1] < low) | (points[:, 0] > width - 1 + tolerance) | (points[:, 1] > height - 1 + tolerance)
+        low = np.array([-EDGE_TOLERANCE_PX, -EDGE_TOLERANCE_PX])
+        high = np.array([width - 1 + EDGE_TOLERANCE_PX, height - 1 + EDGE_TOLERANCE_PX])
+        outside = np.any((points < low) | (points > high), axis=1)
         if outside.any():
             index = int(np.argmax(outside))
             raise CalibrationError(

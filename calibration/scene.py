@@ -106,8 +106,13 @@ def register_scene(
     return SceneResult(H, correlation, residual, method)
 
 
-def refine_ecc(ir: np.ndarray, vi: np.ndarray, init: np.ndarray, options: SceneOptions = SceneOptions()) -> tuple[np.ndarray, float]:
+def refine_ecc(
+    ir: np.ndarray, vi: np.ndarray, init: np.ndarray, options: SceneOptions = SceneOptions()
+) -> tuple[np.ndarray, float]:
     """ECC on edge features, coarse to fine, from ``init``; returns (H, correlation)."""
+    init = normalise_homography(init)
+    if options.model == "affine":
+        init[2] = (0.0, 0.0, 1.0)  # an affine fit cannot start from (or keep) a perspective part
     ir_scale, vi_scale = _working_scales(image_size(ir), image_size(vi), init, options.max_width)
     ir_work, S_ir = _resize(ir, ir_scale)
     vi_work, S_vi = _resize(vi, vi_scale)
@@ -116,13 +121,14 @@ def refine_ecc(ir: np.ndarray, vi: np.ndarray, init: np.ndarray, options: SceneO
     # ECC finds W with vi(x) ~ ir(W x): the visible -> infrared map, the inverse of ours.
     W = np.linalg.inv(S_vi @ normalise_homography(init) @ np.linalg.inv(S_ir))
     levels = options.levels or _auto_levels(min(ir_features.shape[1], vi_features.shape[1]), options.coarsest_width)
-    correlation = float("nan")
+    correlation, fitted = float("nan"), 0
     for level in reversed(range(levels)):
-        W, correlation = _refine_level(ir_features, vi_features, W, level, levels, options)
-    H_work = normalise_homography(np.linalg.inv(W))
-    H = np.linalg.inv(S_vi) @ H_work @ S_ir
+        W, correlation, fitted = _refine_level(ir_features, vi_features, W, level, levels, options)
+    if fitted == 0:
+        log.warning("ECC did not converge at full resolution; the result comes from a coarser level")
+    H = np.linalg.inv(S_vi) @ normalise_homography(np.linalg.inv(W)) @ S_ir
     if options.model == "affine":
-        H[2] = (0.0, 0.0, 1.0)
+        H[2] = (0.0, 0.0, 1.0)  # exact zeros, not round-off
     return normalise_homography(H), correlation
 
 
@@ -152,20 +158,25 @@ def match_edge_features(ir: np.ndarray, vi: np.ndarray, ratio: float = 0.85, min
 
 
 def _refine_level(ir_features, vi_features, W: np.ndarray, level: int, levels: int, options: SceneOptions):
-    """One pyramid level: map W into the level's pixels, run the scheduled ECC steps, map back."""
+    """One pyramid level: map W into the level's pixels, run the scheduled ECC steps, map back.
+
+    Returns (W, correlation, number of ECC steps that converged).
+    """
     vi_level, S_vi = _resize(vi_features, 0.5**level)
     ir_level, S_ir = _resize(ir_features, 0.5**level)
     W_level = normalise_homography(S_ir @ W @ np.linalg.inv(S_vi))
     correlation = _correlation(vi_level, ir_level, W_level)
     if level == levels - 1 and options.shift_search:
         W_level, correlation = _search_shift(vi_level, ir_level, W_level, correlation)
+    fitted = 0
     for motion in _schedule(level, levels, MOTIONS[options.model]):
         if motion != cv2.MOTION_HOMOGRAPHY and not np.allclose(W_level[2, :2], 0.0):
             continue  # translation/affine steps would drop the perspective part of the start
-        W_level, correlation = _ecc_step(vi_level, ir_level, W_level, motion, options, level, correlation)
+        W_level, correlation, converged = _ecc_step(vi_level, ir_level, W_level, motion, options, level, correlation)
+        fitted += converged
     if not math.isfinite(correlation):
         raise CalibrationError("the infrared and visible images do not overlap under the starting registration")
-    return np.linalg.inv(S_ir) @ W_level @ S_vi, correlation
+    return np.linalg.inv(S_ir) @ W_level @ S_vi, correlation, fitted
 
 
 def _schedule(level: int, levels: int, final: int) -> list[int]:
@@ -180,7 +191,7 @@ def _schedule(level: int, levels: int, final: int) -> list[int]:
 
 
 def _ecc_step(template, source, W, motion, options: SceneOptions, level: int, correlation: float):
-    """One ECC fit; a step that fails or collapses the overlap keeps the previous W."""
+    """One ECC fit -> (W, correlation, converged); a failed or collapsing step keeps the previous W."""
     start = W if motion == cv2.MOTION_HOMOGRAPHY else W[:2]
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, options.iterations, options.epsilon)
     blur = 5 if level > 0 else 3
@@ -188,14 +199,14 @@ def _ecc_step(template, source, W, motion, options: SceneOptions, level: int, co
         new_correlation, found = cv2.findTransformECC(template, source, start.astype(np.float32), motion, criteria, None, blur)
     except cv2.error as exc:
         log.debug("ECC %s at level %d did not converge: %s", _MOTION_NAMES[motion], level, str(exc).strip()[-120:])
-        return W, correlation
+        return W, correlation, False
     W_new = normalise_homography(found.astype(np.float64))
     H_new = np.linalg.inv(W_new)
     if not _plausible(H_new, image_size(source), image_size(template)):
         log.debug("ECC %s at level %d collapsed the overlap; step ignored", _MOTION_NAMES[motion], level)
-        return W, correlation
+        return W, correlation, False
     log.debug("level %d %s: correlation %.3f", level, _MOTION_NAMES[motion], new_correlation)
-    return W_new, float(new_correlation)
+    return W_new, float(new_correlation), True
 
 
 def _search_shift(template, source, W, correlation: float):

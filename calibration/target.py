@@ -256,8 +256,10 @@ def calibrate_from_target(
     both = [view for view in views if view.ir is not None and view.vi is not None]
     cameras = None
     if len(both) >= min_views_for_intrinsics:
-        sizes = {name: image_size(pairs[0][index]) for index, name in ((1, "ir"), (2, "vi"))}
-        cameras = calibrate_cameras(views, board, sizes["ir"], sizes["vi"])
+        try:
+            cameras = calibrate_cameras(views, board, image_size(pairs[0][1]), image_size(pairs[0][2]))
+        except cv2.error as exc:  # e.g. corners of a view all on one line
+            notes.append(f"camera intrinsics could not be estimated ({str(exc).strip().splitlines()[-1][:120]})")
     else:
         notes.append(f"{len(both)} view(s) with the board in both images; {min_views_for_intrinsics} are needed for intrinsics")
     return TargetResult(H, model, rms, int(inliers.sum()), len(src), views, cameras, notes)
@@ -289,7 +291,13 @@ def calibrate_cameras(views: Sequence[View], board: BoardSpec, ir_size: Size, vi
         object_points = [objects[d.ids] for d in detections]
         image_points = [d.points.reshape(-1, 1, 2) for d in detections]
         rms, K, dist, _, _ = cv2.calibrateCamera(object_points, image_points, size, None, None)
-        per_camera[name] = {"image_size": list(size), "K": _listed(K), "dist": _listed(dist.reshape(-1)), "rms_px": float(rms), "views": len(detections)}
+        per_camera[name] = {
+            "image_size": list(size),
+            "K": _listed(K),
+            "dist": _listed(dist.reshape(-1)),
+            "rms_px": float(rms),
+            "views": len(detections),
+        }
         log.info("%s intrinsics from %d views: RMS %.3f px", name, len(detections), rms)
     object_points, ir_points, vi_points = _common_view_points(views, objects)
     K_ir, dist_ir = np.array(per_camera["ir"]["K"]), np.array(per_camera["ir"]["dist"])

@@ -73,10 +73,18 @@ def stereo_board_views(board: BoardSpec, ir_size=(240, 180), vi_size=(320, 240),
     H_true = K_vi @ R_stereo @ np.linalg.inv(K_ir)
     H_true /= H_true[2, 2]
     centre = board.object_points()[:, :2].mean(axis=0) / board.square_size
-    poses = [(0, 0, 0, 0.0, 0.0), (25, 0, 5, 0.4, 0.2), (-20, 10, -8, -0.5, 0.0), (0, 25, 3, 0.0, -0.3), (15, -20, -4, 0.3, 0.3), (-10, -25, 10, -0.3, -0.2)]
+    # Rotations about x, y, z in degrees; the board centre's sideways offset as a fraction of the depth.
+    poses = [
+        (0, 0, 0, 0.0, 0.0),
+        (25, 0, 5, 0.12, 0.06),
+        (-20, 10, -8, -0.15, 0.0),
+        (0, 25, 3, 0.0, -0.09),
+        (15, -20, -4, 0.09, 0.09),
+        (-10, -25, 10, -0.09, -0.06),
+    ]
     pairs = []
     for index, (rx, ry, rz, dx, dy) in enumerate(poses):
-        H_ir = board_to_image(K_ir, rotation(rx, ry, rz), centre, depth * np.array([0.3 * dx, 0.3 * dy, 1.0]))
+        H_ir = board_to_image(K_ir, rotation(rx, ry, rz), centre, depth * np.array([dx, dy, 1.0]))
         H_vi = H_true @ H_ir
         ir = as_infrared(render_board(board, H_ir, ir_size), rng)
         vi = as_visible(render_board(board, H_vi, vi_size), rng)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from calibration_helpers import centred_homography, infrared_view, two_modality_scene
+from calibration_helpers import centred_homography, centring, infrared_view, two_modality_scene
 
 from calibration.fileformat import CalibrationError
 from calibration.imaging import corner_error, image_size
@@ -60,7 +60,7 @@ def test_edge_feature_matching_starts_far_away(synthetic_scene):
     ir_size, vi_size = _sizes(visible.shape)
     a = np.radians(10.0)
     big = np.array([[0.95 * np.cos(a), -0.95 * np.sin(a), 12.0], [0.95 * np.sin(a), 0.95 * np.cos(a), -6.0], [0.0, 0.0, 1.0]])
-    H_true = np.linalg.inv(_centring(vi_size)) @ big @ _centring(ir_size)
+    H_true = np.linalg.inv(centring(vi_size)) @ big @ centring(ir_size)
     ir = infrared_view(thermal, H_true, ir_size, vi_size)
     assert corner_error(register_scene(ir, visible).H, H_true, ir_size) > 5.0  # ECC alone is lost
     result = register_scene(ir, visible, use_features=True)
@@ -81,10 +81,6 @@ def test_scene_options_check_themselves():
         SceneOptions(model="similarity")
     with pytest.raises(CalibrationError, match="levels"):
         SceneOptions(levels=-1)
-
-
-def _centring(size):
-    return np.array([[1.0, 0.0, -(size[0] - 1) / 2], [0.0, 1.0, -(size[1] - 1) / 2], [0.0, 0.0, 1.0]])
 
 
 # --- real pairs ---------------------------------------------------------------------------
