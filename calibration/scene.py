@@ -88,6 +88,8 @@ def register_scene(
     ``use_features`` starts instead from SIFT matches on the edge maps (needs enough
     shared structure; raises ``CalibrationError`` when the matches do not agree).
     """
+    if use_features and init is not None:
+        raise ValueError("give either init or use_features, not both")
     ir_size, vi_size = image_size(ir), image_size(vi)
     start = size_ratio_homography(ir_size, vi_size) if init is None else normalise_homography(init)
     method = "ecc"
