@@ -9,12 +9,22 @@ One YAML file, written by ``ldfusion calibrate`` and read by the pipeline::
     source_size: [640, 512]      # [width, height] of the source images
     destination_size: [1920, 1080]
     time_offset_s: 0.0           # add to IR timestamps to put them on the visible clock
-    method: checkerboard         # checkerboard | charuco | ecc | features | points | identity
+    method: checkerboard         # checkerboard | charuco | ecc | features+ecc | points | size-ratio | identity
     error_px: 0.31               # RMS reprojection / residual error, in destination pixels
     crop: null                   # optional [x, y, w, h] common field of view in the destination
-    cameras: null                # optional intrinsics/distortion/stereo extrinsics
+    cameras: null                # optional intrinsics/distortion/stereo extrinsics (below)
 
 Pixel coordinates follow OpenCV: (0, 0) is the centre of the top-left pixel.
+
+``cameras``, written by ``ldfusion calibrate target`` when enough board views were seen::
+
+    cameras:
+      square_size: 25.0          # the board's square, in the user's unit (T is in it too)
+      ir: {image_size: [w, h], K: [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dist: [k1, k2, p1, p2, k3], rms_px: 0.2, views: 9}
+      vi: {image_size: [w, h], K: ..., dist: ..., rms_px: 0.2, views: 9}
+      stereo: {R: 3x3, T: [tx, ty, tz], rms_px: 0.3, views: 9}   # X_vi = R X_ir + T
+
+``K`` and ``dist`` go straight into ``cv2.undistort``. ``H`` maps raw (distorted) pixels.
 """
 
 from __future__ import annotations
@@ -114,9 +124,15 @@ def identity_registration(width: int, height: int, source: str = "ir") -> Regist
 
 
 def save_registration(path: str | os.PathLike, registration: Registration) -> Path:
+    """Write the file atomically: a reader never sees half a file, and a failed write keeps the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(registration.to_dict(), sort_keys=False))
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(yaml.safe_dump(registration.to_dict(), sort_keys=False))
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
     return path
 
 
@@ -141,6 +157,8 @@ def load_registration(path: str | os.PathLike) -> Registration:
     unknown = sorted(set(data) - _KNOWN)
     if unknown:
         raise CalibrationError(f"{path}: unknown key(s): {', '.join(unknown)}")
+    if data.get("cameras") is not None and not isinstance(data["cameras"], dict):
+        raise CalibrationError(f"{path}: cameras must be a mapping or null")
     if data["version"] != FORMAT_VERSION:
         raise CalibrationError(f"{path}: unsupported version {data['version']!r} (this ldfusion reads {FORMAT_VERSION})")
     try:

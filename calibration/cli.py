@@ -1,0 +1,439 @@
+"""``ldfusion calibrate``: estimate, store and verify the infrared -> visible registration.
+
+Every estimating subcommand writes the registration YAML that ``ldfusion run`` reads
+(see :mod:`calibration.fileformat`); ``verify`` shows how well a file lines the images up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
+from calibration.imaging import image_size, parse_size, size_ratio_homography
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.imageio import IR_16BIT_MODES, pair_folders, read_infrared, read_visible, write_image
+
+log = logging.getLogger("calibration.cli")
+PROG = "ldfusion calibrate"
+
+EPILOG = """\
+examples:
+  ldfusion calibrate target --ir board/ir --vi board/vi --pattern 9x6 --out calib.yaml
+  ldfusion calibrate target --ir board/ir --vi board/vi --pattern 7x5 --charuco DICT_5X5_100 --out calib.yaml
+  ldfusion calibrate scene --ir ir.png --vi vi.png --out calib.yaml
+  ldfusion calibrate points --file clicks.csv --ir-size 640x512 --vi-size 1920x1080 --out calib.yaml
+  ldfusion calibrate offset --ir ir.mp4 --vi vi.mp4 --calib calib.yaml --out calib.yaml
+  ldfusion calibrate verify --calib calib.yaml --ir ir.png --vi vi.png --out overlay.png
+  ldfusion calibrate board --pattern 9x6 --out board.png
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Estimate how infrared pixels map onto visible pixels (a homography or affine map), "
+        "and the delay between the two streams, and write them to the registration YAML that "
+        "`ldfusion run` reads. Pick the subcommand that fits your rig; `verify` checks the result.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+    _add_target(commands)
+    _add_scene(commands)
+    _add_points(commands)
+    _add_offset(commands)
+    _add_verify(commands)
+    _add_board(commands)
+    return parser
+
+
+def _subparser(commands, name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    sub = commands.add_parser(name, help=summary, description=description, prog=f"{PROG} {name}")
+    add_logging_arguments(sub)
+    return sub
+
+
+def _add_model(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument(
+        "--model",
+        choices=("homography", "affine"),
+        default="homography",
+        help="homography (8 parameters, any planar view) or affine (6, no perspective) (default: homography)",
+    )
+
+
+def _add_ir_16bit(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--ir-16bit", choices=IR_16BIT_MODES, default="stretch", help="how to read 16-bit infrared (default: stretch)")
+
+
+def _add_target(commands) -> None:
+    sub = _subparser(
+        commands,
+        "target",
+        "from images of a checkerboard or ChArUco board seen by both cameras",
+        "Detect a checkerboard or ChArUco board in infrared/visible pairs (paired by file name, or "
+        "two single files), fit infrared -> visible robustly (MAGSAC) and report the RMS reprojection "
+        "error in visible pixels. Infrared boards may be inverted or faint: each image is "
+        "contrast-stretched and searched in both polarities. With --min-views or more views the "
+        "file also gets each camera's intrinsics and distortion and the stereo pose, under `cameras`. "
+        "Hold the board at the working distance: one homography fits all depths only when the "
+        "cameras are close together compared with the distance.",
+    )
+    sub.add_argument("--ir", required=True, type=Path, help="folder (or file) of infrared board images")
+    sub.add_argument("--vi", required=True, type=Path, help="folder (or file) of visible board images")
+    sub.add_argument(
+        "--pattern",
+        required=True,
+        help="COLSxROWS: inner corners for a checkerboard (a 10x7-square board is 9x6); squares for ChArUco",
+    )
+    sub.add_argument("--charuco", metavar="DICT", help="the board is ChArUco with this ArUco dictionary, e.g. DICT_5X5_100")
+    sub.add_argument("--square-size", type=float, default=1.0, help="square side in your unit, e.g. mm (scales the stereo T)")
+    sub.add_argument("--marker-size", type=float, help="ChArUco marker side, same unit (default: 0.75 of a square)")
+    sub.add_argument("--legacy-charuco", action="store_true", help="ChArUco board printed by OpenCV < 4.6 (even row count)")
+    sub.add_argument("--min-views", type=int, default=4, help="views with the board in both images needed for intrinsics (default: 4)")
+    _add_model(sub)
+    _add_ir_16bit(sub)
+    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
+    sub.set_defaults(run=run_target)
+
+
+def _add_scene(commands) -> None:
+    sub = _subparser(
+        commands,
+        "scene",
+        "from one ordinary scene pair, no target (edge-based ECC)",
+        "Align the infrared edges to the visible edges of one scene pair with ECC, coarse to fine, "
+        "starting from the identity (the frames stretched over each other when sizes differ), from "
+        "--init, or from --features. Works best on a pair with plenty of structure at a distance. "
+        "Prints the final edge correlation and the residual misalignment measured per tile.",
+    )
+    sub.add_argument("--ir", required=True, type=Path, help="infrared image")
+    sub.add_argument("--vi", required=True, type=Path, help="visible image")
+    start = sub.add_mutually_exclusive_group()
+    start.add_argument("--init", type=Path, help="a rough registration YAML to start from (e.g. from `points`)")
+    start.add_argument("--features", action="store_true", help="start from SIFT matches on the edge maps (large misalignments)")
+    sub.add_argument("--levels", type=int, default=0, help="pyramid levels (default: 0 = automatic)")
+    sub.add_argument("--max-width", type=int, default=640, help="work at most this wide, for speed (default: 640)")
+    _add_model(sub)
+    _add_ir_16bit(sub)
+    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
+    sub.set_defaults(run=run_scene)
+
+
+def _add_points(commands) -> None:
+    sub = _subparser(
+        commands,
+        "points",
+        "from hand-picked point pairs in a YAML or CSV file",
+        "Fit infrared -> visible through clicked correspondences: at least 4 pairs for a homography, "
+        "3 for affine, not all on one line. CSV rows are ir_x,ir_y,vi_x,vi_y (header optional); YAML "
+        "has `points: [{ir: [x, y], vi: [x, y]}, ...]` and optional ir_size/vi_size. Prints the RMS "
+        "error when there are more pairs than the model needs.",
+    )
+    sub.add_argument("--file", required=True, type=Path, help="point pairs, .yaml/.yml or .csv")
+    sub.add_argument("--ir-size", help="infrared image size WxH (required unless the YAML gives ir_size)")
+    sub.add_argument("--vi-size", help="visible image size WxH (required unless the YAML gives vi_size)")
+    sub.add_argument("--robust", action="store_true", help="drop pairs that disagree with the rest (MAGSAC/RANSAC)")
+    _add_model(sub)
+    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
+    sub.set_defaults(run=run_points)
+
+
+def _add_offset(commands) -> None:
+    sub = _subparser(
+        commands,
+        "offset",
+        "the constant delay between two recorded videos",
+        "Estimate the delay between an infrared and a visible recording by cross-correlating their "
+        "frame-to-frame motion energy, and write it as time_offset_s (added to infrared timestamps to "
+        "put them on the visible clock) into the registration file. Needs something moving in view.",
+    )
+    sub.add_argument("--ir", required=True, type=Path, help="infrared video")
+    sub.add_argument("--vi", required=True, type=Path, help="visible video")
+    sub.add_argument(
+        "--calib",
+        type=Path,
+        help="registration YAML to update (default: a new file with the frames stretched over each other)",
+    )
+    sub.add_argument("--max-offset", type=float, help="largest delay to consider, seconds (default: min(10, half the shorter video))")
+    sub.add_argument("--max-seconds", type=float, help="analyse only the first this many seconds of each video")
+    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write (may be the same as --calib)")
+    sub.set_defaults(run=run_offset)
+
+
+def _add_verify(commands) -> None:
+    from calibration.verify import STYLES
+
+    sub = _subparser(
+        commands,
+        "verify",
+        "render an overlay PNG and print the alignment score",
+        "Warp the source image (infrared, normally) with the registration onto the other image, write "
+        "an overlay PNG (edges: visible edges green, infrared edges magenta, white where they agree; "
+        "checker: alternating tiles; blend: false-colour infrared over visible) and print the alignment "
+        "score (edge correlation over the shared area, higher is better) and the residual per-tile "
+        "misalignment in pixels.",
+    )
+    sub.add_argument("--calib", required=True, type=Path, help="registration YAML")
+    sub.add_argument("--ir", required=True, type=Path, help="infrared image")
+    sub.add_argument("--vi", required=True, type=Path, help="visible image")
+    sub.add_argument("--style", choices=STYLES, default="edges", help="overlay style (default: edges)")
+    sub.add_argument("--min-score", type=float, help="exit with status 1 when the score is below this")
+    _add_ir_16bit(sub)
+    sub.add_argument("--out", required=True, type=Path, help="overlay PNG to write")
+    sub.set_defaults(run=run_verify)
+
+
+def _add_board(commands) -> None:
+    sub = _subparser(
+        commands,
+        "board",
+        "write a printable checkerboard or ChArUco board PNG",
+        "Write a board image to print (or to show on a screen for the visible camera). For the "
+        "infrared camera, print on a material whose squares differ in emissivity or heat it evenly.",
+    )
+    sub.add_argument("--pattern", required=True, help="COLSxROWS: inner corners (checkerboard) or squares (ChArUco)")
+    sub.add_argument("--charuco", metavar="DICT", help="draw a ChArUco board with this ArUco dictionary")
+    sub.add_argument("--pixels-per-square", type=int, default=100, help="resolution (default: 100)")
+    sub.add_argument("--out", required=True, type=Path, help="PNG to write")
+    sub.set_defaults(run=run_board)
+
+
+@one_line_errors(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    return int(args.run(args) or 0)
+
+
+# --- subcommands ---------------------------------------------------------------------------
+
+
+def run_target(args: argparse.Namespace) -> int:
+    from calibration.target import calibrate_from_target
+
+    board = _board(args.pattern, args.charuco, args.square_size, args.marker_size, args.legacy_charuco)
+    pairs = pair_folders(args.ir, args.vi)
+    loaded = []
+    for pair in tqdm(pairs, unit="pair", desc="read", disable=len(pairs) < 8):
+        loaded.append((pair.name, read_infrared(pair.ir, args.ir_16bit), read_visible(pair.vi)))
+    _check_same_sizes(loaded)
+    result = calibrate_from_target(loaded, board, args.model, min_views_for_intrinsics=args.min_views)
+    registration = Registration(
+        H=result.H,
+        source_size=image_size(loaded[0][1]),
+        destination_size=image_size(loaded[0][2]),
+        model=args.model,
+        method=board.kind,
+        error_px=result.rms_px,
+        cameras=result.cameras,
+    )
+    save_registration(args.out, registration)
+    missed = [view.name for view in result.views if view.ir is None or view.vi is None]
+    found = f"board found in both images of {len(result.views_used)} of {len(result.views)} view(s)"
+    print(found + (f"; missed: {', '.join(missed)}" if missed else ""))
+    print(f"{result.inliers} of {result.correspondences} corners used; RMS reprojection error {result.rms_px:.3f} px")
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.cameras:
+        _print_cameras(result.cameras)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_scene(args: argparse.Namespace) -> int:
+    from calibration.scene import SceneOptions, register_scene
+
+    ir, vi = read_infrared(args.ir, args.ir_16bit), read_visible(args.vi)
+    options = SceneOptions(model=args.model, levels=args.levels, max_width=args.max_width)
+    init, time_offset = None, 0.0
+    if args.init is not None:
+        start = load_registration(args.init)
+        _check_init(start, ir, vi, args.init)
+        init, time_offset = start.H, start.time_offset_s
+    result = register_scene(ir, vi, init, options, use_features=args.features)
+    residual = result.residual
+    registration = Registration(
+        H=result.H,
+        source_size=image_size(ir),
+        destination_size=image_size(vi),
+        model=args.model,
+        time_offset_s=time_offset,
+        method=result.method,
+        error_px=residual.rms_px,
+    )
+    save_registration(args.out, registration)
+    print(f"edge correlation {result.correlation:.3f}")
+    print(_residual_line(residual))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_points(args: argparse.Namespace) -> int:
+    from calibration.points import check_inside, fit_points, read_point_pairs
+
+    pairs = read_point_pairs(args.file)
+    ir_size = _size_argument(args.ir_size, "--ir-size") or pairs.ir_size
+    vi_size = _size_argument(args.vi_size, "--vi-size") or pairs.vi_size
+    if ir_size is None or vi_size is None:
+        raise CalibrationError("give the image sizes: --ir-size and --vi-size (or ir_size/vi_size in the YAML file)")
+    check_inside(pairs, ir_size, vi_size)
+    result = fit_points(pairs, args.model, robust=args.robust)
+    registration = Registration(result.H, ir_size, vi_size, model=args.model, method="points", error_px=result.rms_px)
+    save_registration(args.out, registration)
+    used = int(result.inliers.sum())
+    print(f"{used} of {len(result.inliers)} point pair(s) used")
+    if result.rms_px is None:
+        print(f"the {used} pairs determine the {args.model} exactly: add more pairs to measure the error")
+    else:
+        worst = int(np.argmax(np.where(result.inliers, result.errors_px, -1)))
+        print(f"RMS error {result.rms_px:.3f} px; worst pair {worst + 1} at {result.errors_px[worst]:.3f} px")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_offset(args: argparse.Namespace) -> int:
+    from calibration.timing import estimate_offset, motion_energy, video_size
+
+    ir_size, vi_size = video_size(args.ir), video_size(args.vi)
+    if args.calib is not None:
+        registration = load_registration(args.calib)
+        _check_video_sizes(registration, ir_size, vi_size, args.calib)  # before the long decode
+    else:
+        log.warning("no --calib: the spatial part of %s is the nominal size-ratio map; estimate it with target/scene/points", args.out)
+        method = "identity" if ir_size == vi_size else "size-ratio"
+        registration = Registration(size_ratio_homography(ir_size, vi_size), ir_size, vi_size, method=method)
+    ir = motion_energy(args.ir, args.max_seconds, progress="infrared")
+    vi = motion_energy(args.vi, args.max_seconds, progress="visible")
+    result = estimate_offset(ir, vi, args.max_offset)
+    save_registration(args.out, registration.with_time_offset(result.offset_s))
+    print(
+        f"time offset {result.offset_s:+.4f} s ({result.offset_vi_frames:+.2f} visible frames at {result.vi_fps:g} fps, "
+        f"{result.offset_ir_frames:+.2f} infrared frames at {result.ir_fps:g} fps); correlation peak {result.peak:.2f}"
+    )
+    print("add it to infrared timestamps to put them on the visible clock")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from calibration.verify import check_sizes, verify
+
+    registration = load_registration(args.calib)
+    ir, vi = read_infrared(args.ir, args.ir_16bit), read_visible(args.vi)
+    check_sizes(registration, ir, vi)
+    source, destination = (ir, vi) if registration.source == "ir" else (vi, ir)
+    result = verify(source, destination, registration.H, args.style)
+    write_image(args.out, result.overlay)
+    print(f"alignment score {result.score:.3f} (edge correlation over {result.coverage:.0%} of the {_other(registration.source)} image)")
+    print(_residual_line(result.residual))
+    print(f"wrote {args.out}")
+    if args.min_score is not None and not result.score >= args.min_score:
+        print(f"{PROG} verify: score {result.score:.3f} is below --min-score {args.min_score}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_board(args: argparse.Namespace) -> int:
+    from calibration.target import board_image
+
+    board = _board(args.pattern, args.charuco, 1.0, None, False)
+    if args.pixels_per_square < 8:
+        raise CalibrationError(f"--pixels-per-square must be at least 8; got {args.pixels_per_square}")
+    image, _ = board_image(board, args.pixels_per_square)
+    write_image(args.out, image)
+    print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {board.label})")
+    return 0
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _board(pattern: str, charuco: str | None, square_size: float, marker_size: float | None, legacy: bool):
+    from calibration.target import BoardSpec
+
+    columns, rows = _size_argument(pattern, "--pattern")
+    kind = "charuco" if charuco else "checkerboard"
+    options = {"dictionary": charuco} if charuco else {}
+    return BoardSpec(kind, columns, rows, square_size, marker_size, legacy=legacy, **options)
+
+
+def _size_argument(text: str | None, flag: str) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise CalibrationError(f"{flag}: {exc}") from None
+
+
+def _check_same_sizes(loaded: list) -> None:
+    first_ir, first_vi = image_size(loaded[0][1]), image_size(loaded[0][2])
+    for name, ir, vi in loaded[1:]:
+        if image_size(ir) != first_ir or image_size(vi) != first_vi:
+            raise CalibrationError(f"{name}: image sizes differ from the first pair's (all views must come from one rig setting)")
+
+
+def _check_init(start: Registration, ir: np.ndarray, vi: np.ndarray, path: Path) -> None:
+    if start.source != "ir":
+        raise CalibrationError(f"{path}: --init must map infrared onto visible (source: ir)")
+    if start.source_size != image_size(ir) or start.destination_size != image_size(vi):
+        raise CalibrationError(
+            f"{path}: made for {_sizes(start.source_size, start.destination_size)} images, "
+            f"but these are {_sizes(image_size(ir), image_size(vi))}"
+        )
+
+
+def _check_video_sizes(registration: Registration, ir_size, vi_size, path: Path) -> None:
+    expected = (registration.source_size, registration.destination_size)
+    if registration.source == "vi":
+        expected = expected[::-1]
+    if (tuple(ir_size), tuple(vi_size)) != expected:
+        raise CalibrationError(
+            f"{path}: made for {_sizes(*expected)} frames, but the videos are {_sizes(ir_size, vi_size)}"
+        )
+
+
+def _sizes(ir_size, vi_size) -> str:
+    return f"infrared {ir_size[0]}x{ir_size[1]} / visible {vi_size[0]}x{vi_size[1]}"
+
+
+def _other(source: str) -> str:
+    return "visible" if source == "ir" else "infrared"
+
+
+def _residual_line(residual) -> str:
+    if residual.rms_px is None or not math.isfinite(residual.rms_px):
+        return f"residual: no confident tile among {residual.tiles_total} (too little shared structure to measure)"
+    bias = np.median(residual.shifts[:, 2:], axis=0)
+    return (
+        f"residual misalignment {residual.rms_px:.2f} px RMS over {residual.tiles_used} of {residual.tiles_total} tiles "
+        f"(median shift {bias[0]:+.2f}, {bias[1]:+.2f} px)"
+    )
+
+
+def _print_cameras(cameras: dict) -> None:
+    for name, label in (("ir", "infrared"), ("vi", "visible")):
+        camera = cameras[name]
+        K = np.array(camera["K"])
+        print(
+            f"{label} intrinsics from {camera['views']} views: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} "
+            f"cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}, RMS {camera['rms_px']:.3f} px"
+        )
+    stereo = cameras["stereo"]
+    T = np.array(stereo["T"])
+    angle = math.degrees(np.linalg.norm(cv2.Rodrigues(np.array(stereo["R"]))[0]))
+    unit = f"units of --square-size {cameras['square_size']:g}" if cameras["square_size"] != 1 else "board squares"
+    print(f"stereo: rotation {angle:.2f} deg, baseline {np.linalg.norm(T):.3g} ({unit}), RMS {stereo['rms_px']:.3f} px")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""``ldfusion calibrate``: every subcommand end to end, verify's score, and one-line errors."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from calibration_helpers import centred_homography, infrared_view, moving_blobs, stereo_board_views, two_modality_scene, write_video
+
+from calibration.cli import main
+from calibration.fileformat import Registration, identity_registration, load_registration, save_registration
+from calibration.imaging import corner_error
+from calibration.target import BoardSpec
+from calibration.verify import verify
+from ldfusion.cli.main import main as ldfusion_main
+from ldfusion.imageio import read_infrared, read_visible, write_image
+
+IR_SIZE, VI_SIZE = (256, 192), (320, 240)
+
+
+@pytest.fixture(scope="module")
+def scene_pair(tmp_path_factory):
+    """A synthetic cross-modal pair on disk, the infrared frame warped by a known homography."""
+    folder = tmp_path_factory.mktemp("scene")
+    visible, thermal = two_modality_scene(VI_SIZE, seed=2)
+    H_true = centred_homography("perspective", IR_SIZE, VI_SIZE)
+    ir = infrared_view(thermal, H_true, IR_SIZE, VI_SIZE)
+    write_image(folder / "ir.png", (np.clip(ir, 0, 1) * 255 + 0.5).astype(np.uint8))
+    write_image(folder / "vi.png", visible)
+    rough = Registration(centred_homography("none", IR_SIZE, VI_SIZE), IR_SIZE, VI_SIZE, method="points")
+    save_registration(folder / "rough.yaml", rough)
+    return folder, H_true
+
+
+def _single_error_line(capsys) -> str:
+    """The command's error: exactly one line, the last one (log lines may come before it)."""
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("ldfusion calibrate: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    return errors[0]
+
+
+# --- the subcommands ----------------------------------------------------------------------
+
+
+def test_dispatched_from_the_ldfusion_command(tmp_path, capsys):
+    assert ldfusion_main(["calibrate", "board", "--pattern", "4x3", "--out", str(tmp_path / "b.png")]) == 0
+    assert cv2.imread(str(tmp_path / "b.png")).shape[:2] == (600, 700)  # (3 + 3) x (4 + 3) squares of 100 px
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["target", "scene", "points", "offset", "verify", "board"])
+def test_every_subcommand_explains_itself(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_target_command_writes_homography_and_cameras(tmp_path, capsys):
+    board = BoardSpec("checkerboard", 9, 6)
+    pairs, H_true, _, _, _ = stereo_board_views(board, (240, 180), VI_SIZE, depth=14.0)
+    for folder in ("ir", "vi"):
+        (tmp_path / folder).mkdir()
+    for name, ir, vi in pairs:
+        write_image(tmp_path / "ir" / f"{name}.png", ir)
+        write_image(tmp_path / "vi" / f"{name}.png", vi)
+    out = tmp_path / "calib.yaml"
+    assert main(["target", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"), "--pattern", "9x6", "--out", str(out)]) == 0
+    registration = load_registration(out)
+    assert registration.method == "checkerboard"
+    assert registration.source_size == (240, 180) and registration.destination_size == VI_SIZE
+    assert corner_error(registration.H, H_true, (240, 180)) < 0.5
+    assert registration.error_px < 0.5
+    assert set(registration.cameras) == {"square_size", "ir", "vi", "stereo"}
+    printed = capsys.readouterr().out
+    assert "board found in both images of 6 of 6 view(s)" in printed and "RMS reprojection error" in printed
+
+
+def test_scene_command_then_verify(scene_pair, tmp_path, capsys):
+    folder, H_true = scene_pair
+    out = tmp_path / "calib.yaml"
+    args = ["scene", "--ir", str(folder / "ir.png"), "--vi", str(folder / "vi.png"), "--init", str(folder / "rough.yaml")]
+    assert main([*args, "--out", str(out)]) == 0
+    registration = load_registration(out)
+    assert registration.method == "ecc" and registration.error_px is not None
+    assert corner_error(registration.H, H_true, IR_SIZE) < 0.5
+    assert "edge correlation" in capsys.readouterr().out
+
+    overlay = tmp_path / "overlay.png"
+    verify_args = ["verify", "--calib", str(out), "--ir", str(folder / "ir.png"), "--vi", str(folder / "vi.png")]
+    assert main([*verify_args, "--out", str(overlay)]) == 0
+    written = cv2.imread(str(overlay))
+    assert written is not None and written.shape == (VI_SIZE[1], VI_SIZE[0], 3)
+    assert "alignment score" in capsys.readouterr().out
+    assert main([*verify_args, "--style", "checker", "--min-score", "0.99", "--out", str(tmp_path / "c.png")]) == 1
+
+
+def test_verify_scores_the_right_homography_above_wrong_ones(scene_pair):
+    folder, H_true = scene_pair
+    ir, vi = read_infrared(folder / "ir.png"), read_visible(folder / "vi.png")
+    right = verify(ir, vi, H_true).score
+    for wrong in (np.array([[1, 0, 3.0], [0, 1, -2.0], [0, 0, 1]]) @ H_true, centred_homography("none", IR_SIZE, VI_SIZE)):
+        assert verify(ir, vi, wrong).score < right - 0.05
+
+
+@pytest.mark.shared_data
+def test_verify_on_a_real_pair(shared_data, tmp_path, capsys):
+    ir_path = shared_data / "pairs" / "tno" / "ir" / "13.bmp"
+    vi_path = shared_data / "pairs" / "tno" / "vi" / "13.bmp"
+    ir, vi = read_infrared(ir_path), read_visible(vi_path)
+    registered = verify(ir, vi, np.eye(3)).score  # the dataset's pairs are registered
+    shifted = verify(ir, vi, np.array([[1, 0, 4.0], [0, 1, 3.0], [0, 0, 1]])).score
+    assert registered > shifted + 0.05
+    save_registration(tmp_path / "id.yaml", identity_registration(ir.shape[1], ir.shape[0]))
+    args = ["verify", "--calib", str(tmp_path / "id.yaml"), "--ir", str(ir_path), "--vi", str(vi_path)]
+    assert main([*args, "--style", "blend", "--out", str(tmp_path / "o.png")]) == 0
+    assert (tmp_path / "o.png").stat().st_size > 0
+
+
+def test_points_command(tmp_path, capsys):
+    H = np.array([[2.0, 0.05, 10.0], [-0.02, 1.9, 6.0], [1e-5, 0.0, 1.0]])
+    ir = np.array([[5.0, 5.0], [150.0, 8.0], [155.0, 110.0], [6.0, 115.0], [80.0, 60.0]])
+    vi = cv2.perspectiveTransform(ir.reshape(-1, 1, 2), H).reshape(-1, 2)
+    csv_file = tmp_path / "pts.csv"
+    csv_file.write_text("ir_x,ir_y,vi_x,vi_y\n" + "\n".join(",".join(map(str, [*p, *q])) for p, q in zip(ir, vi)))
+    out = tmp_path / "calib.yaml"
+    assert main(["points", "--file", str(csv_file), "--ir-size", "160x120", "--vi-size", "400x300", "--out", str(out)]) == 0
+    registration = load_registration(out)
+    assert registration.method == "points" and registration.source_size == (160, 120)
+    assert corner_error(registration.H, H, (160, 120)) < 1e-2
+    assert "RMS error" in capsys.readouterr().out
+
+
+def test_offset_command_updates_an_existing_file(tmp_path, capsys):
+    scene = moving_blobs(100, seed=5)
+    write_video(tmp_path / "vi.mp4", scene[10:90], 30)
+    write_video(tmp_path / "ir.mp4", 1.0 - scene[15:95], 30)  # infrared 5 frames ahead
+    H = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0], [0.0, 0.0, 1.0]])
+    save_registration(tmp_path / "calib.yaml", Registration(H, (64, 48), (64, 48), method="points", error_px=0.4))
+    calib = str(tmp_path / "calib.yaml")
+    assert main(["offset", "--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--calib", calib, "--out", calib]) == 0
+    registration = load_registration(calib)
+    assert registration.time_offset_s == pytest.approx(5 / 30, abs=0.5 / 30)
+    np.testing.assert_allclose(registration.H, H)  # the spatial part is kept
+    assert registration.method == "points" and registration.error_px == pytest.approx(0.4)
+    assert "visible frames" in capsys.readouterr().out
+
+
+# --- bad input: one line and a non-zero exit ----------------------------------------------
+
+
+def test_missing_image(tmp_path, capsys):
+    assert main(["scene", "--ir", str(tmp_path / "no.png"), "--vi", str(tmp_path / "no2.png"), "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "image not found" in _single_error_line(capsys)
+    assert not (tmp_path / "c.yaml").exists()
+
+
+def test_malformed_calibration_file(scene_pair, tmp_path, capsys):
+    folder, _ = scene_pair
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nH: [[1, 0], [0, 1]]\nsource_size: [256, 192]\ndestination_size: [320, 240]\n")
+    args = ["verify", "--calib", str(bad), "--ir", str(folder / "ir.png"), "--vi", str(folder / "vi.png"), "--out", str(tmp_path / "o.png")]
+    assert main(args) == 2
+    assert "3x3" in _single_error_line(capsys)
+    bad.write_text("version: 1\nH: [[1, 0, 0], [0, 1, 0]\n")
+    assert main(args) == 2
+    assert "malformed YAML" in _single_error_line(capsys)
+
+
+def test_calibration_for_other_image_sizes(scene_pair, tmp_path, capsys):
+    folder, _ = scene_pair
+    save_registration(tmp_path / "c.yaml", identity_registration(64, 48))
+    args = ["verify", "--calib", str(tmp_path / "c.yaml"), "--ir", str(folder / "ir.png"), "--vi", str(folder / "vi.png")]
+    assert main([*args, "--out", str(tmp_path / "o.png")]) == 2
+    assert "the ir image is 256x192 but the calibration expects 64x48" in _single_error_line(capsys)
+
+
+def test_too_few_points(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("1,2,3,4\n10,2,30,4\n10,20,30,40\n")
+    args = ["points", "--file", str(tmp_path / "p.csv"), "--ir-size", "64x48", "--vi-size", "64x48", "--out", str(tmp_path / "c.yaml")]
+    assert main(args) == 2
+    assert "at least 4 point pairs; got 3" in _single_error_line(capsys)
+
+
+def test_points_need_image_sizes(tmp_path, capsys):
+    (tmp_path / "p.csv").write_text("1,2,3,4\n10,2,30,4\n10,20,30,40\n1,20,3,40\n")
+    assert main(["points", "--file", str(tmp_path / "p.csv"), "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "--ir-size and --vi-size" in _single_error_line(capsys)
+    assert main(["points", "--file", str(tmp_path / "p.csv"), "--ir-size", "64by48", "--vi-size", "64x48", "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "--ir-size: expected WIDTHxHEIGHT" in _single_error_line(capsys)
+
+
+def test_board_not_found(tmp_path, capsys):
+    for folder in ("ir", "vi"):
+        (tmp_path / folder).mkdir()
+        write_image(tmp_path / folder / "0.png", np.full((48, 64), 128, np.uint8))
+    args = ["target", "--ir", str(tmp_path / "ir"), "--vi", str(tmp_path / "vi"), "--pattern", "9x6", "--out", str(tmp_path / "c.yaml")]
+    assert main(args) == 2
+    assert "not found in both images of any of the 1 view(s)" in _single_error_line(capsys)
+    assert main([*args[:-4], "--pattern", "nine", "--out", str(tmp_path / "c.yaml")]) == 2
+    assert "--pattern" in _single_error_line(capsys)
+
+
+def test_offset_size_mismatch_and_bad_video(tmp_path, capsys):
+    write_video(tmp_path / "v.mp4", moving_blobs(20), 30)
+    save_registration(tmp_path / "c.yaml", identity_registration(320, 240))
+    args = ["offset", "--ir", str(tmp_path / "v.mp4"), "--vi", str(tmp_path / "v.mp4"), "--calib", str(tmp_path / "c.yaml")]
+    assert main([*args, "--out", str(tmp_path / "o.yaml")]) == 2
+    assert "made for infrared 320x240 / visible 320x240 frames, but the videos are infrared 64x48" in _single_error_line(capsys)
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    assert main(["offset", "--ir", str(tmp_path / "bad.mp4"), "--vi", str(tmp_path / "v.mp4"), "--out", str(tmp_path / "o.yaml")]) == 2
+    assert "bad.mp4" in _single_error_line(capsys)
+
+
+# --- the file format ----------------------------------------------------------------------
+
+
+def test_registration_file_round_trip_with_cameras(tmp_path):
+    cameras = {"square_size": 25.0, "ir": {"K": np.eye(3).tolist(), "dist": [0.1, 0, 0, 0, 0]}}
+    original = Registration(np.diag([2.0, 2.0, 1.0]), (320, 240), (640, 480), time_offset_s=0.25, method="charuco", error_px=0.2, cameras=cameras)
+    path = save_registration(tmp_path / "c.yaml", original)
+    loaded = load_registration(path)
+    np.testing.assert_allclose(loaded.H, original.H)
+    assert loaded.cameras == cameras and loaded.time_offset_s == 0.25
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]  # the atomic write leaves no temporary file
+
+
+def test_cameras_must_be_a_mapping(tmp_path):
+    data = identity_registration(64, 48).to_dict() | {"cameras": [1, 2]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(Exception, match="cameras must be a mapping"):
+        load_registration(tmp_path / "c.yaml")
