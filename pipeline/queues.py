@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from pipeline.frames import EndOfStream
@@ -37,6 +37,7 @@ class FrameQueue:
         self._items: deque[Any] = deque()
         self._cancelled = False
         self.dropped = 0
+        self.dropped_by_stream: Counter[str] = Counter()
         self.max_depth = 0
 
     def put(self, item: Any) -> bool:
@@ -46,14 +47,18 @@ class FrameQueue:
                 return False
             if self.drop_oldest:
                 while len(self._items) >= self.maxsize and not isinstance(self._items[0], EndOfStream):
-                    self._items.popleft()
-                    self.dropped += 1
+                    self._count_drop(self._items.popleft())
             else:
                 self.condition.wait_for(lambda: len(self._items) < self.maxsize or self._cancelled)
                 if self._cancelled:
                     return False
             self._append(item)
             return True
+
+    def _count_drop(self, item: Any) -> None:
+        self.dropped += 1
+        stream = getattr(item, "stream", None) or getattr(getattr(item, "meta", None), "stream", None)
+        self.dropped_by_stream[str(stream)] += 1
 
     def put_end(self, end: EndOfStream) -> None:
         """Sentinels never wait and are never dropped: they may exceed ``maxsize`` by one."""

@@ -55,7 +55,7 @@ class StreamSummary:
     read_vi: int
     unpaired_ir: int  # IR frames that made no output frame (no visible frame within the slop, or unused)
     unpaired_vi: int
-    dropped: int  # frames the live camera queues discarded to stay current
+    dropped: int  # frames live-mode queues discarded to stay current (camera, paired and fused queues)
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ class Pipeline:
             stream = _Stream(config, ir, visible, registrar, pairer, queues)
             self._streams.append(stream)
             self._queues += list(queues)
-            self.stats.watch_stream(config.id, pairer.counts, list(queues))
+            self.stats.watch_stream(config.id, pairer.counts)
             for source in sources:
                 if source.expected_frames is not None:
                     log.info("%s: %s, %s fps, %d frame(s)", config.id, source.name, _rate(source), source.expected_frames)
@@ -219,10 +219,13 @@ class Pipeline:
         return NearestPairer(config.id, sync.leader, slop, offset)
 
     def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
-        run = self.config.run
-        depth = max(run.queue_size, 2 * self.config.model.batch_size) if not live else 2 * self.config.model.batch_size
-        paired = FrameQueue("paired", depth)
-        fused = FrameQueue("fused", depth)
+        run, batch = self.config.run, self.config.model.batch_size
+        if live:  # short queues that keep the newest frames: latency stays bounded when a stage is slow
+            paired = FrameQueue("paired", batch, drop_oldest=True)
+            fused = FrameQueue("fused", run.live_queue_size, drop_oldest=True)
+        else:  # room for two batches, and producers wait: nothing is lost
+            paired = FrameQueue("paired", max(run.queue_size, 2 * batch))
+            fused = FrameQueue("fused", max(run.queue_size, 2 * batch))
         self._queues += [paired, fused]
         for q in self._queues:
             self.stats.watch_queue(q)

@@ -29,7 +29,7 @@ class StreamCounts:
     written: int
     unpaired_ir: int
     unpaired_vi: int
-    dropped: int  # frames discarded by live camera queues
+    dropped: int  # frames discarded by live-mode queues to stay current
 
 
 class PipelineStats:
@@ -41,7 +41,6 @@ class PipelineStats:
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._last_read: dict[str, float] = {}
         self._queues: list[FrameQueue] = []
-        self._camera_queues: dict[str, list[FrameQueue]] = {}
         self._pairing: dict[str, PairingCounts] = {}
 
     # --- what the stages call -----------------------------------------------------------
@@ -72,9 +71,8 @@ class PipelineStats:
     def watch_queue(self, q: FrameQueue) -> None:
         self._queues.append(q)
 
-    def watch_stream(self, stream: str, pairing: PairingCounts, camera_queues: list[FrameQueue]) -> None:
+    def watch_stream(self, stream: str, pairing: PairingCounts) -> None:
         self._pairing[stream] = pairing
-        self._camera_queues[stream] = camera_queues
 
     def finish(self) -> None:
         self.finished = time.monotonic()
@@ -102,7 +100,7 @@ class PipelineStats:
             written=counts.get(f"written/{stream}", 0),
             unpaired_ir=pairing.unpaired_ir,
             unpaired_vi=pairing.unpaired_vi,
-            dropped=sum(q.dropped for q in self._camera_queues.get(stream, [])),
+            dropped=sum(q.dropped_by_stream[stream] for q in self._queues),
         )
 
     @property
