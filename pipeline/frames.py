@@ -42,7 +42,7 @@ class FrameMeta:
     """Identity and times of one output frame, from pairing to the sinks."""
 
     stream: str
-    seq: int  # output frame number within the stream, from 0, without gaps
+    seq: int  # number of the pair within the stream, from 0; a gap means live mode dropped a frame after pairing
     t: float  # output timestamp: the leader frame's capture time (see sync.py)
     t_ir: float  # infrared capture time with the configured offset added
     t_vi: float  # visible capture time

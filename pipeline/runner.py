@@ -123,8 +123,9 @@ class Pipeline:
         self._aborted = False
         self._done = threading.Event()
         self._register_on_cpu = True
+        self._signals: list[str] = []  # appended by the signal handler, read by _supervise
 
-    # --- control (safe from signal handlers: only flags and reader events) -------------
+    # --- control ------------------------------------------------------------------------
 
     def stop(self, reason: str = "stop()") -> None:
         """Stop reading; what was read is still fused and written."""
@@ -167,10 +168,15 @@ class Pipeline:
             log.info("running %d stream(s) in %s mode: %s on %s, batch %d", len(self._streams), "live" if live else "file",
                      fuser.spec.name, fuser.device, config.model.batch_size)
             self._register_on_cpu = not worker.warps_on_device
+            self.stats.start()
             threads = self._start_threads(worker, sinks, live, origin, infos)
-            with self._signals_handled():
-                self._supervise()
-            self._join(threads)
+            try:
+                with self._signals_handled():
+                    self._supervise()
+            finally:
+                if not self._done.is_set():  # the main thread itself failed: take the stages down
+                    self.abort()
+                self._join(threads)
             self.stats.finish()
             outputs = tuple(path for sink in sinks for path in sink.outputs)
         # Sinks are closed here: their files are complete.
@@ -233,7 +239,7 @@ class Pipeline:
         for stream in self._streams:
             for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
-                threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime))
+                threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired, live, origin))
         threads.append(self._thread("fuse", worker.run, paired, fused, [s.id for s in self._streams]))
         threads.append(self._thread("sink", self._write, sinks, fused, infos, live))
@@ -287,17 +293,15 @@ class Pipeline:
     def _supervise(self) -> None:
         """Main thread: log statistics, enforce run.duration_s, and report signals."""
         run = self.config.run
-        deadline = None if run.duration_s is None else self.stats.started + run.duration_s
+        deadline = None if run.duration_s is None else time.monotonic() + run.duration_s
         next_log = time.monotonic() + run.stats_interval_s
-        announced: str | None = None
+        handled = 0
         while not self._done.wait(_MAIN_LOOP_WAKE_S):
             now = time.monotonic()
+            handled = self._handle_signals(handled)
             if deadline is not None and now >= deadline and self._stopped_by is None:
                 log.info("run.duration_s reached; stopping")
                 self.stop("duration")
-            if self._stopped_by in ("SIGINT", "SIGTERM") and announced != self._stopped_by:
-                announced = self._stopped_by
-                log.warning("%s: stopping; frames already read are still fused and written (again to abort)", announced)
             if now >= next_log:
                 next_log = now + run.stats_interval_s
                 log.info("%s", self.stats.periodic_line())
@@ -307,17 +311,17 @@ class Pipeline:
 
     @contextlib.contextmanager
     def _signals_handled(self):
-        """SIGINT/SIGTERM stop the run (a second one aborts); only from the main thread."""
+        """SIGINT/SIGTERM stop the run (a second one aborts); only from the main thread.
+
+        The handler only records the signal: it may run while the main thread holds a lock
+        that stopping needs, so ``_supervise`` acts on it (within ``_MAIN_LOOP_WAKE_S``).
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handle(signum, _frame) -> None:
-            # Only flags and reader events here: the main thread may hold other locks.
-            if self._stopped_by is None:
-                self.stop(signal.Signals(signum).name)
-            else:
-                self.abort()
+            self._signals.append(signal.Signals(signum).name)
 
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -325,6 +329,17 @@ class Pipeline:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _handle_signals(self, handled: int) -> int:
+        """Act on signals received since the last call; returns how many are handled now."""
+        for name in self._signals[handled:]:
+            if self._stopped_by is None:
+                log.warning("%s: stopping; the frames already read are still fused and written (again to abort)", name)
+                self.stop(name)
+            elif not self._aborted:
+                log.warning("%s again: aborting; the outputs are closed with what they hold", name)
+                self.abort()
+        return len(self._signals)
 
     def _join(self, threads: list[threading.Thread]) -> None:
         for thread in threads:

@@ -94,7 +94,10 @@ class Mp4Writer:
         pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the clock did
         frame = av.VideoFrame.from_ndarray(_pad_to_even(image), format="rgb24")
         frame.pts, frame.time_base = pts, self._time_base
-        self._container.mux(self._stream.encode(frame))
+        try:
+            self._container.mux(self._stream.encode(frame))
+        except (av.FFmpegError, OSError) as exc:  # e.g. the disk is full
+            raise DataError(f"cannot write {self.path}: {exc}") from None
         self._last_pts = pts
         self.frames += 1
 

@@ -311,7 +311,7 @@ def run_capture(
 ) -> None:
     """Read ``source`` until it ends or ``stop`` is set, putting frames on ``out``.
 
-    ``realtime`` paces a file at its recorded rate. The end sentinel is always put, so the
+    ``realtime`` paces a file at its recorded rate (in live mode a file plays like a camera). The end sentinel is always put, so the
     pairing stage never waits on a reader that has gone.
     """
     pace_origin: float | None = None

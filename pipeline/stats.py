@@ -74,6 +74,10 @@ class PipelineStats:
     def watch_stream(self, stream: str, pairing: PairingCounts) -> None:
         self._pairing[stream] = pairing
 
+    def start(self) -> None:
+        """The stages start now: rates and the run's wall time count from here."""
+        self.started = time.monotonic()
+
     def finish(self) -> None:
         self.finished = time.monotonic()
 

@@ -39,18 +39,18 @@ def test_two_cameras_pair_within_the_slop_with_bounded_latency(lite):
     summary = run_pipeline(live_config(slop, duration_s=2.0), lite, extra_sinks=[collect.sink()], open_capture=cameras.__getitem__)
 
     frames = collect.frames
-    assert len(frames) >= 10 and summary.frames_out == len(frames)
-    assert [f.meta.seq for f in frames] == list(range(len(frames)))
-    assert all(b.meta.t > a.meta.t for a, b in zip(frames, frames[1:]))
+    assert len(frames) >= 10 and summary.frames_out == len(frames), summary.report
+    # In order; live mode may drop a frame after pairing, which leaves a gap in seq.
+    assert all(b.meta.seq > a.meta.seq and b.meta.t > a.meta.t for a, b in zip(frames, frames[1:]))
     for f in frames:
         assert abs(f.meta.t_ir - f.meta.t_vi) <= slop + 1e-9  # paired within the slop, by their timestamps
     # The paired images were made close together in real time too (the median, loosely: the
     # machine is shared, and a reader that is late stamps its frame late).
     ir_cam, vi_cam = cameras[0], cameras[1]
     skews = [abs(_due(ir_cam, f.ir, f.meta.captured_mono) - _due(vi_cam, f.visible, f.meta.captured_mono)) for f in frames]
-    assert sorted(skews)[len(skews) // 2] <= slop + 0.05
+    assert sorted(skews)[len(skews) // 2] <= slop + 0.05, skews
     # Live mode keeps queues short: latency stays far below the run's length.
-    assert summary.latency_ms_p99 < 1000
+    assert summary.latency_ms_p99 < 1000, summary.report
     assert summary.stopped_by == "duration" and ir_cam.released and vi_cam.released
 
 
