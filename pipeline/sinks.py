@@ -70,10 +70,13 @@ class Mp4Writer:
     """One H.264 MP4 file; pts come from the frames' capture timestamps."""
 
     def __init__(self, path: Path, info: StreamInfo, width: int, height: int, crf: int = 18, preset: str = "veryfast", fragmented: bool = False):
-        path.parent.mkdir(parents=True, exist_ok=True)
         options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fragmented else {}
         self.path = path
-        self._container = av.open(str(path), "w", options=options)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(path), "w", options=options)
+        except (av.FFmpegError, OSError) as exc:
+            raise DataError(f"cannot create {path}: {exc}") from None
         try:
             self._stream = self._container.add_stream("libx264", rate=info.rate, options={"crf": str(crf), "preset": preset})
             self._stream.width, self._stream.height = _even(width), _even(height)

@@ -31,6 +31,7 @@ from pipeline.queues import FrameQueue, wait_any
 log = logging.getLogger(__name__)
 
 _EPS = 1e-9  # float slack so that exactly-slop pairs are accepted
+_MAX_FOLLOWERS = 128  # held follower frames, at most (live, when the leader camera has stopped)
 
 
 @dataclass
@@ -81,6 +82,15 @@ class NearestPairer:
             self._pending.append((t, frame))
         else:
             self._followers.append(_Follower(t, frame))
+            self._forget_superseded()
+
+    def _forget_superseded(self) -> None:
+        """Keep the follower buffer short: a follower frame with a successor no later than
+        every leader frame still to come can never be the nearest one."""
+        next_leader = self._pending[0][0] if self._pending else self._last_t[self.leader]
+        while len(self._followers) >= 2 and (self._followers[1].t <= next_leader or len(self._followers) > _MAX_FOLLOWERS):
+            if not self._followers.popleft().used:
+                self._count_unpaired(self.follower)
 
     def end_follower(self) -> None:
         self._follower_ended = True

@@ -3,7 +3,7 @@
 For each pair: the fused MP4 has exactly as many frames as the shorter input, the input's
 frame rate, and strictly increasing pts. Prints one line per pair; exits 1 on a mismatch.
 
-    python scripts/pipeline_m3svd_check.py [--weights W] [--device cpu] [--config configs/demo_m3svd.yaml]
+    python scripts/pipeline_m3svd_check.py [--weights W] [--device cpu] [--only 1230_1202] [--config configs/demo_m3svd.yaml]
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--weights", help="weights file or registry name (default: the config's)")
     parser.add_argument("--device", help="overrides model.device")
     parser.add_argument("--out", default="runs/m3svd_check", help="output folder")
+    parser.add_argument("--only", nargs="+", help="check only these stream ids (e.g. 1230_1202)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -49,7 +50,8 @@ def main() -> int:
         model = replace(model, weights=args.weights)
     if args.device:
         model = replace(model, device=args.device)
-    config = replace(config, model=model, run=replace(config.run, out_dir=args.out))
+    streams = tuple(s for s in config.streams if not args.only or s.id in args.only)
+    config = replace(config, streams=streams, model=model, run=replace(config.run, out_dir=args.out, progress=False))
 
     started = time.monotonic()
     summary = run_pipeline(config)

@@ -272,3 +272,13 @@ def test_max_frames_stops_each_stream(tmp_path, lite):
     summary = run_pipeline(config, lite)
     assert summary.frames_out == 5 and len(read_video(tmp_path / "o.mp4")["frames"]) == 5
     assert summary.unpaired == 0  # frames read ahead and left over are not "unpaired"
+
+
+def test_fragmented_mp4_plays_too(tmp_path, lite):
+    """Fragmented MP4 (for recordings that may be killed hard) holds the same frames."""
+    ir = marked_video(tmp_path / "ir.mp4", 6, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 6, 30, seed=2)
+    sinks = [{"kind": "mp4", "path": "frag.mp4", "fragmented": True}]
+    run_pipeline(make_config(ir, vi, sinks=sinks, out_dir=tmp_path), lite)
+    video = read_video(tmp_path / "frag.mp4")
+    assert len(video["frames"]) == 6 and all(b > a for a, b in zip(video["pts"], video["pts"][1:]))

@@ -107,3 +107,30 @@ def test_run_fuses_everything_then_ends(random_weights):
     items = [fused.get(timeout=1) for _ in range(5)]
     assert [(f.meta.stream, f.meta.seq) for f in items[:4]] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
     assert isinstance(items[4], EndOfStream)
+
+
+def test_registering_in_the_worker_matches_registering_before_it(random_weights):
+    """The GPU path (pairs arrive unregistered, the worker warps with grid_sample) gives the
+    same frames as the CPU path (OpenCV warps in the pairing thread); run here on the CPU."""
+    from calibration.fileformat import Registration
+
+    H = np.array([[1.05, 0.02, 2.0], [0.0, 0.98, -1.5], [0.0, 0.0, 1.0]])
+    registration = Registration(H, (40, 32), (48, 40))
+    raw = []
+    for i in range(3):
+        vi = np.repeat(texture(48, 40, seed=50 + i)[:, :, None], 3, axis=2)
+        meta = FrameMeta("a", i, i / 30, i / 30, i / 30, i, i, 0.0, 0.0)
+        raw.append(FramePair(meta, texture(40, 32, seed=i), vi, registered=False))
+    fuser = cpu_fuser(random_weights["ld-lite"])
+
+    def run(on_device: bool):
+        registrar = Registrar("a", registration, "ir_to_visible", crop=True)
+        registrar.check(raw[0].ir, raw[0].visible)
+        pairs = raw if on_device else [registrar.apply_cpu(p) for p in raw]
+        return FusionWorker(fuser, {"a": registrar}, batch_size=3, smoothing=False).fuse(pairs)
+
+    on_device, before = run(True), run(False)
+    for x, y in zip(on_device, before):
+        assert x.fused.shape == y.fused.shape == (*y.ir.shape, 3)
+        assert np.abs(x.ir.astype(int) - y.ir.astype(int)).max() <= 1
+        assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 3

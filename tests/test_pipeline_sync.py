@@ -115,3 +115,16 @@ def test_live_clock_decides_without_a_later_follower():
     pairer.add(frame(VISIBLE, 1, 1.100))  # no IR frame near it ever comes
     assert pairer.pop_decided(now=1.200) == []
     assert pairer.counts.unpaired_vi == 1
+
+
+def test_follower_buffer_stays_short():
+    pairer = NearestPairer("s", "visible", slop_s=0.02)
+    pairer.add(frame(VISIBLE, 0, 5.0))
+    for i in range(200):  # IR frames long before the pending visible frame: only the last can pair
+        pairer.add(frame(IR, i, i / 100))
+    assert len(pairer._followers) == 1
+    pairer.pop_decided(now=10.0)
+    for i in range(300):  # the visible camera has stopped; IR keeps coming
+        pairer.add(frame(IR, 200 + i, 6.0 + i / 100))
+    assert len(pairer._followers) <= 128
+    assert pairer.counts.unpaired_ir + len(pairer._followers) == 500
