@@ -40,6 +40,7 @@ class PipelineStats:
         self._counts: Counter[str] = Counter()
         self._latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._last_read: dict[str, float] = {}
+        self._previous: tuple[float, Counter[str]] | None = None  # for periodic_line's rates
         self._queues: list[FrameQueue] = []
         self._pairing: dict[str, PairingCounts] = {}
 
@@ -122,13 +123,23 @@ class PipelineStats:
             return [name for name, last in self._last_read.items() if now - last > after_s]
 
     def periodic_line(self) -> str:
-        elapsed = max(self.elapsed, 1e-9)
+        """Rates over the time since the previous call; counts since the start."""
+        now = time.monotonic()
+        with self._lock:
+            counts = Counter(self._counts)
+        since, before = self._previous or (self.started, Counter())
+        self._previous = (now, counts)
+        window = max(now - since, 1e-9)
+
+        def rate(key: str) -> float:
+            return (counts[key] - before[key]) / window
+
         parts = []
         for stream in self.streams:
             c = self.stream_counts(stream)
             parts.append(
-                f"{stream}: read {c.read_ir / elapsed:.1f}/{c.read_vi / elapsed:.1f} fps (ir/vi), "
-                f"out {c.written / elapsed:.1f} fps, unpaired {c.unpaired_ir}/{c.unpaired_vi}, dropped {c.dropped}"
+                f"{stream}: read {rate(f'read/{stream}/ir'):.1f}/{rate(f'read/{stream}/visible'):.1f} fps (ir/vi), "
+                f"fused {rate(f'written/{stream}'):.1f} fps, unpaired {c.unpaired_ir}/{c.unpaired_vi}, dropped {c.dropped}"
             )
         depths = " ".join(f"{q.name}={len(q)}" for q in self._queues)
         parts.append(f"queues {depths}")

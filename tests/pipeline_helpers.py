@@ -106,7 +106,7 @@ class FakeCamera:
     Like a real camera with a one-frame buffer, ``read`` waits for the next frame time and,
     when the reader is late, returns the newest frame (older ones are lost). Frame ``i``
     carries mark ``i % MARKS``. ``produced[i]`` is when frame ``i`` was due.
-    ``fail_after``: ``read`` returns False after that many frames (the camera stopped).
+    ``fail_after``: ``read`` returns False after delivering that many frames (the camera stopped).
     """
 
     def __init__(self, fps: float, width: int = 64, height: int = 48, seed: int = 0, fail_after: int | None = None):
@@ -116,6 +116,7 @@ class FakeCamera:
         self._fail_after = fail_after
         self._frames = [marked_frame(i, width, height, seed) for i in range(MARKS)]
         self.produced: dict[int, float] = {}
+        self.delivered = 0
         self.released = False
         self._lock = threading.Lock()
 
@@ -124,7 +125,7 @@ class FakeCamera:
 
     def read(self) -> tuple[bool, np.ndarray | None]:
         with self._lock:
-            if self.released or (self._fail_after is not None and self._next >= self._fail_after):
+            if self.released or (self._fail_after is not None and self.delivered >= self._fail_after):
                 return False, None
             due = self._start + self._next / self.fps
             delay = due - time.monotonic()
@@ -135,6 +136,7 @@ class FakeCamera:
                 due = self._start + self._next / self.fps
             index = self._next
             self._next += 1
+            self.delivered += 1
             self.produced[index] = due
             return True, self._frames[index % len(self._frames)].copy()
 

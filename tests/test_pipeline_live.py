@@ -14,7 +14,7 @@ from pipeline.runner import run_pipeline
 from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, read_mark
 
 
-def live_config(slop_s: float, duration_s: float, **ir_options) -> PipelineConfig:
+def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, **ir_options) -> PipelineConfig:
     return from_dict(PipelineConfig, {
         "streams": [{
             "id": "live",
@@ -23,7 +23,7 @@ def live_config(slop_s: float, duration_s: float, **ir_options) -> PipelineConfi
             "sync": {"slop_s": slop_s},
         }],
         "model": {"batch_size": 2, "max_wait_ms": 5},
-        "run": {"mode": "live", "duration_s": duration_s, "progress": False, "stats_interval_s": 60},
+        "run": {"mode": "live", "duration_s": duration_s, "progress": False, "stats_interval_s": stats_interval_s},
     })
 
 
@@ -86,12 +86,14 @@ def test_a_camera_that_stops_is_reconnected_and_reported(lite, caplog):
         return FakeCamera(fps=30, seed=camera, fail_after=8 if camera == 0 and opened[0] == 1 else None)
 
     with caplog.at_level(logging.INFO):
-        summary = run_pipeline(live_config(1 / 60, duration_s=2.0, reconnect_backoff_s=0.1), lite,
+        summary = run_pipeline(live_config(1 / 60, duration_s=2.0, stats_interval_s=0.5, reconnect_backoff_s=0.1), lite,
                                open_capture=open_capture)
     assert opened == {0: 2, 1: 1}
     assert "camera 0 stopped delivering after 8 frame(s); reconnecting in 0.1 s (attempt 1)" in caplog.text
     assert "camera 0 reconnected" in caplog.text
     assert summary.streams[0].read_ir > 8  # frames kept coming after the reconnect
+    periodic = [r.message for r in caplog.records if r.name == "pipeline.runner" and "queues" in r.message]
+    assert periodic and "live: read" in periodic[0] and "latency p50" in periodic[0]  # stage statistics were logged
 
 
 def test_a_camera_that_never_comes_back_is_an_error(lite):
