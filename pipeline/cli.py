@@ -25,10 +25,10 @@ EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, as shells r
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldfusion run",
-        description="Fuse paired infrared/visible streams (video files, image folders or live cameras) "
-        "as described by a YAML config, and write the result to MP4, PNG and/or a ZeroMQ publisher. "
-        "Ctrl-C (or SIGTERM) stops reading and finishes the frames already read, so the outputs stay "
-        "valid; press it again to stop at once.",
+        description="Fuse paired infrared/visible streams (video files, image folders or live cameras)\n"
+        "as described by a YAML config, and write the result to MP4, PNG and/or a ZeroMQ publisher.\n"
+        "Ctrl-C (or SIGTERM) stops reading and finishes the frames already read, so the outputs\n"
+        "stay valid; press it again to stop at once.",
         epilog="examples:\n"
         "  ldfusion run configs/video_to_mp4.yaml\n"
         "  ldfusion run configs/demo_m3svd.yaml --device cpu --set run.max_frames=60\n"
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_pipeline(config)
     print(summary.report)
     for output in summary.outputs:
-        print(f"wrote {output}")
+        print(f"output: {output}")
     if summary.stopped_by in EXIT_CODES:
         print(f"stopped by {summary.stopped_by}; the outputs hold the {summary.frames_out} frame(s) fused so far", file=sys.stderr)
         return EXIT_CODES[summary.stopped_by]

@@ -145,7 +145,7 @@ class SinkConfig:
     fragmented: bool = False  # mp4: fragmented MP4 stays playable even if the process is killed
     endpoint: str = "tcp://127.0.0.1:5555"  # zmq: where to bind
     topic: str = "fused"  # zmq: messages go out as "<topic>/<stream id>"
-    hwm: int = 4  # zmq: frames queued per subscriber before the newest are dropped for it
+    hwm: int = 8  # zmq: frames queued per subscriber (keep >= batch size); beyond it that subscriber misses frames
     wait_subscribers: int = 0  # zmq: hold the first frame until this many subscribers joined ...
     wait_timeout_s: float = 10.0  # ... or this long passed
 

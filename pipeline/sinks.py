@@ -210,7 +210,7 @@ class ZmqSink(Sink):
     """A PUB socket (XPUB, to see subscribers join). It never blocks the pipeline: a
     subscriber that falls ``hwm`` frames behind misses frames, the others do not."""
 
-    def __init__(self, endpoint: str, topic: str = "fused", hwm: int = 4, wait_subscribers: int = 0, wait_timeout_s: float = 10.0, linger_s: float = 1.0):
+    def __init__(self, endpoint: str, topic: str = "fused", hwm: int = 8, wait_subscribers: int = 0, wait_timeout_s: float = 10.0, linger_s: float = 1.0):
         super().__init__()
         self._topic = topic
         self._context = zmq.Context()

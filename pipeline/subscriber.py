@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import numpy as np
 import zmq
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import EXIT_INTERRUPTED, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
@@ -109,22 +109,28 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     if args.count is not None and args.count < 1:
         raise DataError(f"--count must be at least 1; got {args.count}")
-    received, started = 0, time.monotonic()
-    window_start, window_count = started, 0
+    received, started, interrupted = 0, time.monotonic(), False
+    window_start, window_count = None, 0
     with Subscriber(args.endpoint, args.topic, args.timeout) as subscriber:
-        for header, frame in subscriber:
-            received += 1
-            window_count += 1
-            if not args.summary_only:
-                print(_frame_line(header, frame), flush=True)
-            now = time.monotonic()
-            if now - window_start >= 1.0:
-                print(f"rate {window_count / (now - window_start):.1f} fps", flush=True)
-                window_start, window_count = now, 0
-            if args.count is not None and received >= args.count:
-                break
+        try:
+            for header, frame in subscriber:
+                received += 1
+                window_count += 1
+                window_start = window_start or time.monotonic()
+                if not args.summary_only:
+                    print(_frame_line(header, frame), flush=True)
+                now = time.monotonic()
+                if now - window_start >= 1.0:
+                    print(f"rate {window_count / (now - window_start):.1f} fps", flush=True)
+                    window_start, window_count = now, 0
+                if args.count is not None and received >= args.count:
+                    break
+        except KeyboardInterrupt:  # the usual way to end an open-ended subscription
+            interrupted = True
     elapsed = time.monotonic() - started
     print(f"received {received} frame(s) in {elapsed:.1f} s")
+    if interrupted:
+        return EXIT_INTERRUPTED
     if received == 0:
         raise DataError(f"no frames from {args.endpoint} within {args.timeout} s")
     if args.count is not None and received < args.count:

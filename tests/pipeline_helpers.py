@@ -15,6 +15,7 @@ from ldfusion.checkpoint import load_model
 from ldfusion.config import from_dict
 from ldfusion.inference import Fuser, FuserOptions
 from pipeline.config import PipelineConfig
+from pipeline.sinks import CallbackSink
 
 # A frame's index is written into a flat block in its top-left corner as 20 + 7 * (index
 # mod 34), so tests can tell which source frame reached the output even after lossy steps.
@@ -153,9 +154,7 @@ class Collect:
     def __init__(self) -> None:
         self.frames: list = []
 
-    def sink(self):
-        from pipeline.sinks import CallbackSink
-
+    def sink(self) -> CallbackSink:
         return CallbackSink(self.frames.append)
 
 

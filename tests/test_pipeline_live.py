@@ -11,6 +11,7 @@ from ldfusion.config import from_dict
 from ldfusion.errors import DataError
 from pipeline.config import PipelineConfig
 from pipeline.runner import run_pipeline
+from pipeline.sinks import CallbackSink
 from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, read_mark
 
 
@@ -64,7 +65,7 @@ def test_a_slow_consumer_drops_old_frames_instead_of_falling_behind(lite):
     cameras = {0: FakeCamera(fps=30, seed=1), 1: FakeCamera(fps=30, seed=2)}
     collect = Collect()
 
-    class SlowSink(type(collect.sink())):
+    class SlowSink(CallbackSink):
         def write(self, frame) -> None:
             time.sleep(0.1)  # a 10 fps consumer behind 30 fps cameras
             super().write(frame)
