@@ -1,1 +1,13 @@
-"""The streaming pipeline: capture, synchronise, register, fuse in batches, and sink."""
+"""The streaming pipeline: capture, synchronise, register, fuse in batches, and sink.
+
+Entry points (imported from their modules, so ``import pipeline`` stays light):
+
+- ``pipeline.config.load_pipeline_config(path, overrides) -> PipelineConfig``
+- ``pipeline.runner.run_pipeline(config, fuser=None, *, extra_sinks=(), open_capture=None) -> RunSummary``
+- ``pipeline.subscriber.Subscriber``: read the ZeroMQ stream in another process
+- ``ldfusion run CONFIG`` (``pipeline.cli``) and ``ldfusion subscribe`` (``pipeline.subscriber``)
+
+One module per stage: ``sources`` -> ``sync`` -> ``registration`` -> ``fusion_worker`` ->
+``sinks``, joined by the bounded queues of ``queues``; ``frames`` holds the records that
+travel between them and ``stats`` counts what passes.
+"""

@@ -1,0 +1,255 @@
+"""The pipeline's YAML config as typed, frozen dataclasses.
+
+A config names one or more stream pairs (an infrared and a visible source each), the
+model, the sinks and a few run settings::
+
+    streams:
+      - id: cam0
+        ir:      {kind: video, path: data/ir.mp4}
+        visible: {kind: video, path: data/vi.mp4}
+        registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
+        sync: {slop_s: null, offset_s: null, leader: visible}
+    model: {weights: null, device: auto, batch_size: 4, max_wait_ms: 10, smoothing: true}
+    sinks:
+      - {kind: mp4, path: "{stream}.mp4"}
+      - {kind: zmq, endpoint: "tcp://127.0.0.1:5555"}
+    run: {out_dir: runs/example}
+
+Input paths are relative to the current directory; sink paths are relative to
+``run.out_dir`` when it is set. ``--set streams.0.sync.slop_s=0.02`` reaches into lists by
+index. Every value is checked here, so a typo or a bad value is a one-line ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ldfusion.config import from_dict, parse_overrides, read_yaml
+from ldfusion.errors import ConfigError
+
+SOURCE_KINDS = ("video", "images", "camera")
+WARPS = ("ir_to_visible", "visible_to_ir")
+LEADERS = ("visible", "ir")
+MODES = ("auto", "file", "live")
+SINK_KINDS = ("mp4", "png", "zmq")
+CONTENTS = ("fused", "side_by_side")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One camera's frames: a video file, a folder of images, or a live camera."""
+
+    kind: str = "video"  # video | images | camera
+    path: str | None = None  # video file, image folder, or a camera's device index ("0") or URL
+    fps: float | None = None  # images: required (timestamps are index / fps); camera: used when it does not say
+    max_frames: int | None = None  # video, images: read at most this many frames
+    reconnect_backoff_s: float = 0.5  # camera: first wait after it stops delivering; doubles each time
+    reconnect_max_s: float = 10.0  # camera: longest wait between attempts
+    max_reconnects: int | None = None  # camera: give up (an error) after this many failed attempts; None = never
+    read_timeout_s: float = 5.0  # camera (URL): a read that takes longer counts as stopped
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}; got {self.kind!r}")
+        if not self.path:
+            raise ValueError(f"a {self.kind} source needs a path")
+        if self.kind == "images" and self.fps is None:
+            raise ValueError("an images source needs fps (timestamps are index / fps)")
+        if self.fps is not None and self.fps <= 0:
+            raise ValueError(f"fps must be positive; got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1; got {self.max_frames}")
+        if self.reconnect_backoff_s <= 0 or self.reconnect_max_s < self.reconnect_backoff_s:
+            raise ValueError("need 0 < reconnect_backoff_s <= reconnect_max_s")
+        if self.max_reconnects is not None and self.max_reconnects < 0:
+            raise ValueError(f"max_reconnects must be >= 0; got {self.max_reconnects}")
+
+    @property
+    def camera_id(self) -> int | str:
+        """A camera's device index as an int, or its URL/file as a string."""
+        assert self.path is not None
+        return int(self.path) if self.path.isdigit() else self.path
+
+
+@dataclass(frozen=True)
+class RegistrationConfig:
+    calibration: str | None = None  # registration YAML from `ldfusion calibrate`; None = identity
+    warp: str = "ir_to_visible"  # which image is warped onto the other's frame
+    crop: bool = False  # crop both to the common field of view (the file's crop, else computed)
+
+    def __post_init__(self) -> None:
+        if self.warp not in WARPS:
+            raise ValueError(f"warp must be one of {', '.join(WARPS)}; got {self.warp!r}")
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    slop_s: float | None = None  # largest |t_ir - t_vi| that may pair; None = half the follower's frame period
+    offset_s: float | None = None  # added to IR timestamps; None = the calibration's time_offset_s (else 0)
+    leader: str = "visible"  # the output follows this camera's frames and rate
+
+    def __post_init__(self) -> None:
+        if self.slop_s is not None and self.slop_s < 0:
+            raise ValueError(f"slop_s must be >= 0; got {self.slop_s}")
+        if self.leader not in LEADERS:
+            raise ValueError(f"leader must be one of {', '.join(LEADERS)}; got {self.leader!r}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    ir: SourceConfig
+    visible: SourceConfig
+    id: str = "cam0"
+    registration: RegistrationConfig = RegistrationConfig()
+    sync: SyncConfig = SyncConfig()
+
+    def __post_init__(self) -> None:
+        if not self.id or not all(c.isalnum() or c in "-_." for c in self.id):
+            raise ValueError(f"stream id must be letters, digits, '-', '_' or '.'; got {self.id!r}")
+
+    @property
+    def live(self) -> bool:
+        return "camera" in (self.ir.kind, self.visible.kind)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str | None = None  # None = the bundled default; else a path or a registry name
+    variant: str | None = None  # None = read from the weights
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    half: bool | None = None  # None = half precision on CUDA
+    channels_last: bool | None = None  # None = on for CUDA
+    batch_size: int = 4  # fuse up to this many frames at once (across time and streams) ...
+    max_wait_ms: float = 10.0  # ... or whatever arrived within this long after the first
+    smoothing: bool = True  # EMA over time of the ldfusion style codes (a no-op for ld-lite)
+    smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {self.batch_size}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")
+        if not 0.0 <= self.smoothing_momentum < 1.0:
+            raise ValueError(f"smoothing_momentum must be in [0, 1); got {self.smoothing_momentum}")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    kind: str  # mp4 | png | zmq
+    path: str | None = None  # mp4: file; png: folder. May contain {stream}; relative to run.out_dir
+    content: str = "fused"  # fused | side_by_side (IR | visible | fused)
+    crf: int = 18  # mp4: x264 quality, 0 (lossless) .. 51
+    preset: str = "veryfast"  # mp4: x264 speed/size trade-off
+    fragmented: bool = False  # mp4: fragmented MP4 stays playable even if the process is killed
+    endpoint: str = "tcp://127.0.0.1:5555"  # zmq: where to bind
+    topic: str = "fused"  # zmq: messages go out as "<topic>/<stream id>"
+    hwm: int = 8  # zmq: frames queued per subscriber (keep >= batch size); beyond it that subscriber misses frames
+    wait_subscribers: int = 0  # zmq: hold the first frame until this many subscribers joined ...
+    wait_timeout_s: float = 10.0  # ... or this long passed
+
+    def __post_init__(self) -> None:
+        if self.kind not in SINK_KINDS:
+            raise ValueError(f"sink kind must be one of {', '.join(SINK_KINDS)}; got {self.kind!r}")
+        if self.kind in ("mp4", "png") and not self.path:
+            raise ValueError(f"a {self.kind} sink needs a path")
+        if self.content not in CONTENTS:
+            raise ValueError(f"content must be one of {', '.join(CONTENTS)}; got {self.content!r}")
+        if not 0 <= self.crf <= 51:
+            raise ValueError(f"crf must be in 0..51; got {self.crf}")
+        if self.kind == "zmq" and self.content != "fused":
+            raise ValueError("a zmq sink publishes fused frames only")
+        if self.hwm < 1:
+            raise ValueError(f"hwm must be at least 1; got {self.hwm}")
+        if self.wait_subscribers < 0 or self.wait_timeout_s < 0:
+            raise ValueError("wait_subscribers and wait_timeout_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    out_dir: str | None = None  # sink paths are relative to it; config.yaml and summary.json go there
+    mode: str = "auto"  # auto (live when a source is a camera) | file | live
+    realtime: bool = False  # pace file sources at their recorded rate (replay a recording as if live)
+    queue_size: int = 16  # file mode: frames held between stages; producers wait when full
+    live_queue_size: int = 2  # live mode: newest frames kept per camera; older ones are dropped
+    max_frames: int | None = None  # stop each stream after this many output frames
+    duration_s: float | None = None  # stop the run after this long
+    stats_interval_s: float = 10.0  # log stage statistics this often
+    progress: bool = True  # a progress bar in file mode
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
+        if self.queue_size < 1 or self.live_queue_size < 1:
+            raise ValueError("queue_size and live_queue_size must be at least 1")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ValueError(f"max_frames must be at least 1; got {self.max_frames}")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValueError(f"duration_s must be positive; got {self.duration_s}")
+        if self.stats_interval_s <= 0:
+            raise ValueError(f"stats_interval_s must be positive; got {self.stats_interval_s}")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    streams: tuple[StreamConfig, ...]
+    model: ModelConfig = ModelConfig()
+    sinks: tuple[SinkConfig, ...] = ()  # none: fused frames are discarded (benchmarks)
+    run: RunConfig = RunConfig()
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            raise ValueError("streams: at least one stream pair is needed")
+        ids = [stream.id for stream in self.streams]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"streams: ids must be unique; repeated: {', '.join(duplicates)}")
+        if len(self.streams) > 1:
+            for sink in self.sinks:
+                if sink.kind in ("mp4", "png") and "{stream}" not in (sink.path or ""):
+                    raise ValueError(f"sinks: with several streams, the {sink.kind} path {sink.path!r} needs {{stream}}")
+        if self.run.mode == "file" and any(stream.live for stream in self.streams):
+            raise ValueError("run.mode file cannot read live cameras; use mode live or auto")
+
+    @property
+    def live(self) -> bool:
+        if self.run.mode == "auto":
+            return any(stream.live for stream in self.streams)
+        return self.run.mode == "live"
+
+    def sink_path(self, sink: SinkConfig, stream: str) -> Path:
+        """Where a file sink writes ``stream``: its path with {stream} filled, under out_dir."""
+        path = Path(str(sink.path).replace("{stream}", stream))
+        if self.run.out_dir and not path.is_absolute():
+            path = Path(self.run.out_dir) / path
+        return path
+
+
+def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (list items by index), and check it."""
+    data = read_yaml(path) if path is not None else {}
+    data = merge_overrides(data, parse_overrides(overrides))
+    return from_dict(PipelineConfig, data, where=str(path) if path else "config")
+
+
+def merge_overrides(base, extra: dict, where: str = ""):
+    """Like a deep dict merge, but a numeric key indexes into a list (``streams.0.id=x``)."""
+    if isinstance(base, list):
+        merged_list = list(base)
+        for key, value in extra.items():
+            if not str(key).isdigit() or int(key) >= len(merged_list):
+                raise ConfigError(f"override {where}{key}: {where.rstrip('.') or 'list'} has {len(merged_list)} item(s)")
+            index = int(key)
+            merged_list[index] = _merge_value(merged_list[index], value, f"{where}{key}.")
+        return merged_list
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = _merge_value(merged.get(key), value, f"{where}{key}.")
+    return merged
+
+
+def _merge_value(old, new, where: str):
+    if isinstance(new, dict) and isinstance(old, (dict, list)):
+        return merge_overrides(old, new, where)
+    return new

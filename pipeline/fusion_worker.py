@@ -1,0 +1,194 @@
+"""The fusion stage: batch synchronised pairs from every stream and run the network.
+
+A batch closes when it holds ``batch_size`` pairs or ``max_wait_s`` has passed since its
+first pair, whichever comes first, so a busy pipeline gets full batches and a quiet one
+never holds a frame longer than ``max_wait_s``. Pairs of different streams share a batch
+when their registered frames have the same size.
+
+On CUDA, frames travel as uint8 (a quarter of float32's bytes) through pinned memory with
+non-blocking copies, are registered on the GPU (``Registrar.warp_tensor``), and the
+network runs in half precision, ``channels_last`` (``Fuser`` options).
+
+Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
+small changes in it from frame to frame show up as flicker of the whole image's contrast.
+With ``smoothing`` on, the style code each frame is decoded with is an exponential moving
+average over the stream's past frames (``Fuser.encode`` -> average -> ``Fuser.decode``).
+``ld-lite`` has no style code: its output depends only on the current pair, locally, and
+smoothing is a no-op for it (nothing is rescaled per frame either way).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldfusion.color import merge_fused_y, rgb_to_y
+from ldfusion.inference import Fuser, to_uint8
+from pipeline.frames import EndOfStream, FramePair, FusedFrame
+from pipeline.queues import FrameQueue
+from pipeline.registration import Registrar
+
+log = logging.getLogger(__name__)
+
+
+class StyleSmoother:
+    """Exponential moving average over time of each stream's style code."""
+
+    def __init__(self, momentum: float) -> None:
+        self.momentum = momentum
+        self._average: dict[str, Tensor] = {}
+
+    def __call__(self, style: Tensor, streams: list[str]) -> Tensor:
+        """``style`` (B, S, 1, 1), row i from stream ``streams[i]``, rows of a stream in time order."""
+        smoothed = torch.empty_like(style)
+        for row, stream in enumerate(streams):
+            current = style[row].float()
+            previous = self._average.get(stream)
+            average = current if previous is None else self.momentum * previous + (1.0 - self.momentum) * current
+            self._average[stream] = average
+            smoothed[row] = average.to(style.dtype)
+        return smoothed
+
+    def reset(self, stream: str) -> None:
+        self._average.pop(stream, None)
+
+
+class FusionWorker:
+    def __init__(
+        self,
+        fuser: Fuser,
+        registrars: dict[str, Registrar],
+        batch_size: int = 4,
+        max_wait_s: float = 0.01,
+        smoothing: bool = True,
+        momentum: float = 0.8,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.fuser = fuser
+        self._on_batch = on_batch
+        self.registrars = registrars
+        self.batch_size = batch_size
+        self.max_wait_s = max_wait_s
+        self.smoother = StyleSmoother(momentum) if smoothing and momentum > 0 and fuser.spec.has_style else None
+        if smoothing and not fuser.spec.has_style:
+            log.info("temporal smoothing: %s has no style code, so there is nothing to smooth (no-op)", fuser.spec.name)
+        self.batches = 0
+        self.frames = 0
+
+    @property
+    def warps_on_device(self) -> bool:
+        """Register on the GPU next to the network; on the CPU, OpenCV in the pairing threads does it."""
+        return self.fuser.device.type == "cuda"
+
+    def run(self, pairs: FrameQueue, out: FrameQueue, streams: list[str]) -> None:
+        """Fuse until every stream has ended, then put one end sentinel on ``out``."""
+        open_streams = set(streams)
+        try:
+            while open_streams:
+                batch, ended = self._collect(pairs)
+                if batch:
+                    for frame in self.fuse(batch):
+                        if not out.put(frame):
+                            return
+                for stream in ended:
+                    open_streams.discard(stream)
+                    if self.smoother:
+                        self.smoother.reset(stream)
+        finally:
+            out.put_end(EndOfStream("*"))
+
+    def _collect(self, pairs: FrameQueue) -> tuple[list[FramePair], list[str]]:
+        """Up to ``batch_size`` pairs, waiting at most ``max_wait_s`` after the first."""
+        first = pairs.get()
+        if isinstance(first, EndOfStream):
+            return [], [first.stream]
+        batch, deadline = [first], time.monotonic() + self.max_wait_s
+        while len(batch) < self.batch_size:
+            try:
+                item = pairs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if isinstance(item, EndOfStream):
+                return batch, [item.stream]
+            batch.append(item)
+        return batch, []
+
+    def fuse(self, pairs: list[FramePair]) -> list[FusedFrame]:
+        """Fuse pairs (any streams, any sizes) in as few network calls as their sizes allow."""
+        results: list[FusedFrame | None] = [None] * len(pairs)
+        by_size: dict[tuple, list[int]] = defaultdict(list)
+        for i, pair in enumerate(pairs):
+            by_size[self._output_size(pair)].append(i)
+        for indices in by_size.values():
+            for i, fused in zip(indices, self._fuse_same_size([pairs[i] for i in indices])):
+                results[i] = fused
+        self.batches += 1
+        self.frames += len(pairs)
+        if self._on_batch is not None:
+            self._on_batch(len(pairs))
+        return results  # type: ignore[return-value]
+
+    def _output_size(self, pair: FramePair) -> tuple[int, int]:
+        if pair.registered:
+            return pair.visible.shape[1], pair.visible.shape[0]
+        plan = self.registrars[pair.meta.stream].plan
+        assert plan is not None
+        return plan.output_size
+
+    @torch.inference_mode()
+    def _fuse_same_size(self, pairs: list[FramePair]) -> list[FusedFrame]:
+        ir_parts, vi_parts, order = [], [], []
+        for stream, indices in _group_by_stream(pairs).items():
+            ir = self._upload(np.stack([pairs[i].ir for i in indices])).unsqueeze(1)  # (b, 1, h, w)
+            vi = self._upload(np.stack([pairs[i].visible for i in indices])).permute(0, 3, 1, 2)  # (b, 3, H, W)
+            ir, vi = ir.float().div_(255.0), vi.float().div_(255.0)
+            if not pairs[indices[0]].registered:
+                ir, vi = self.registrars[stream].warp_tensor(ir, vi)
+            ir_parts.append(ir)
+            vi_parts.append(vi)
+            order += indices
+        ir, vi = torch.cat(ir_parts), torch.cat(vi_parts)  # (B, 1, H, W), (B, 3, H, W), rows in `order`
+        streams = [pairs[i].meta.stream for i in order]
+        fused_y = self._fuse_y(rgb_to_y(vi), ir, streams)  # (B, 1, H, W) float32
+        fused = _to_hwc_u8(merge_fused_y(fused_y, vi))  # (B, H, W, 3)
+        registered_on_device = not pairs[order[0]].registered
+        if registered_on_device:
+            ir_u8, vi_u8 = _to_hwc_u8(ir)[..., 0], _to_hwc_u8(vi)
+        out: list[FusedFrame | None] = [None] * len(pairs)
+        for row, i in enumerate(order):
+            pair = pairs[i]
+            ir_image, vi_image = (ir_u8[row], vi_u8[row]) if registered_on_device else (pair.ir, pair.visible)
+            out[i] = FusedFrame(pair.meta, fused[row], ir_image, vi_image)
+        return out  # type: ignore[return-value]
+
+    def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
+        if self.smoother is None:
+            return self.fuser.fuse_y(vi_y, ir)
+        codes = self.fuser.encode(vi_y, ir)
+        return self.fuser.decode(replace(codes, style=self.smoother(codes.style, streams)))
+
+    def _upload(self, array: np.ndarray) -> Tensor:
+        tensor = torch.from_numpy(array)
+        if self.fuser.device.type != "cuda":
+            return tensor
+        return tensor.pin_memory().to(self.fuser.device, non_blocking=True)
+
+
+def _group_by_stream(pairs: list[FramePair]) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, pair in enumerate(pairs):
+        groups[pair.meta.stream].append(i)
+    return groups
+
+
+def _to_hwc_u8(x: Tensor) -> np.ndarray:
+    """(B, C, H, W) float in [0, 1] on any device -> (B, H, W, C) uint8 numpy."""
+    return to_uint8(x).permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -1,0 +1,410 @@
+"""Wires the stages together and runs them: ``run_pipeline(config) -> RunSummary``.
+
+Threads and the bounded queues between them::
+
+    reader ir ─┐                      ┌─ (other streams' pairing threads)
+               ├─> pairing (+ CPU registration) ─> paired ─> fusion ─> fused ─> sinks
+    reader vi ─┘        one per stream pair                 one thread      one thread
+
+Stopping. The first SIGINT/SIGTERM (or ``Pipeline.stop``, ``run.duration_s``,
+``run.max_frames``) stops the readers; every frame already read is still paired, fused and
+written, then the sinks close, so the MP4 holds everything fused so far. A second signal,
+or an error in any stage, aborts: the queues are cancelled, the stages return at once, and
+the sinks still close properly. The first error is raised again from ``run``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from calibration.fileformat import Registration, load_registration
+from ldfusion.config import write_yaml
+from ldfusion.inference import Fuser, FuserOptions
+from pipeline.config import PipelineConfig, StreamConfig
+from pipeline.frames import IR, VISIBLE, EndOfStream, FramePair, StreamInfo
+from pipeline.fusion_worker import FusionWorker
+from pipeline.queues import Cancelled, FrameQueue
+from pipeline.registration import Registrar
+from pipeline.sinks import Sink, build_sinks
+from pipeline.sources import OpenCapture, Source, open_source, run_capture
+from pipeline.stats import PipelineStats
+from pipeline.sync import NearestPairer, run_pairing
+
+log = logging.getLogger(__name__)
+
+_JOIN_TIMEOUT_S = 10.0  # a live camera stuck inside read() is left behind (daemon thread) after this
+_MAIN_LOOP_WAKE_S = 0.25  # how soon the main thread reacts to signals and run.duration_s
+_STALL_AFTER_S = 3.0  # a camera silent this long is reported in the periodic log
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    stream: str
+    frames_out: int
+    read_ir: int
+    read_vi: int
+    unpaired_ir: int  # IR frames that made no output frame (no visible frame within the slop, or unused)
+    unpaired_vi: int
+    dropped: int  # frames live-mode queues discarded to stay current (camera, paired and fused queues)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    frames_out: int  # fused frames written to the sinks, all streams
+    wall_s: float
+    fps: float  # frames_out / wall_s
+    latency_ms_p50: float  # capture -> all sinks done
+    latency_ms_p99: float
+    dropped: int
+    unpaired: int  # IR + visible frames that made no output frame
+    outputs: tuple[str, ...]  # files and folders written, endpoints bound
+    streams: tuple[StreamSummary, ...]
+    stopped_by: str | None  # None: the inputs ended; else SIGINT, SIGTERM, duration, stop()
+    model: str  # variant name
+    device: str
+    report: str  # the end-of-run table
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Stream:
+    """One stream pair's parts while it runs."""
+
+    def __init__(self, config: StreamConfig, ir: Source, visible: Source, registrar: Registrar, pairer: NearestPairer, queues: tuple[FrameQueue, FrameQueue]):
+        self.config = config
+        self.id = config.id
+        self.ir, self.visible = ir, visible
+        self.registrar = registrar
+        self.pairer = pairer
+        self.ir_queue, self.vi_queue = queues
+        self.stop = threading.Event()
+
+    @property
+    def leader(self) -> Source:
+        return self.ir if self.pairer.leader == IR else self.visible
+
+    def info(self) -> StreamInfo:
+        leader = self.leader
+        return StreamInfo(self.id, leader.rate, leader.time_base, leader.expected_frames, leader.live)
+
+
+class Pipeline:
+    """A configured run. ``run()`` blocks until the inputs end or the run is stopped."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        fuser: Fuser | None = None,
+        *,
+        extra_sinks: Sequence[Sink] = (),
+        open_capture: OpenCapture | None = None,
+    ) -> None:
+        self.config = config
+        self._fuser = fuser
+        self._extra_sinks = list(extra_sinks)
+        self._open_capture = open_capture
+        self.stats = PipelineStats()
+        self._streams: list[_Stream] = []
+        self._queues: list[FrameQueue] = []
+        self._errors: list[BaseException] = []
+        self._error_lock = threading.Lock()
+        self._stopped_by: str | None = None
+        self._aborted = False
+        self._done = threading.Event()
+        self._register_on_cpu = True
+        self._signals: list[str] = []  # appended by the signal handler, read by _supervise
+
+    # --- control ------------------------------------------------------------------------
+
+    def stop(self, reason: str = "stop()") -> None:
+        """Stop reading; what was read is still fused and written."""
+        if self._stopped_by is None:
+            self._stopped_by = reason
+        for stream in self._streams:
+            stream.stop.set()
+
+    def abort(self) -> None:
+        """Stop at once; sinks still close what they wrote."""
+        self._aborted = True
+        self.stop("abort")
+        for q in self._queues:
+            q.cancel()
+
+    def _fail(self, error: BaseException) -> None:
+        with self._error_lock:
+            self._errors.append(error)
+        self.abort()
+
+    # --- running -------------------------------------------------------------------------
+
+    def run(self) -> RunSummary:
+        config = self.config
+        fuser = self._fuser or self._load_fuser()
+        live = config.live
+        origin = time.monotonic()
+        with contextlib.ExitStack() as cleanup:
+            self._open_streams(fuser, live, origin, cleanup)
+            infos = {stream.id: stream.info() for stream in self._streams}
+            sinks = build_sinks(config, infos) + self._extra_sinks
+            for sink in sinks:
+                cleanup.enter_context(sink)
+            self._write_resolved_config()
+            worker = FusionWorker(
+                fuser, {s.id: s.registrar for s in self._streams}, config.model.batch_size,
+                config.model.max_wait_ms / 1000.0, config.model.smoothing, config.model.smoothing_momentum,
+                on_batch=self.stats.batch_fused,
+            )
+            log.info("running %d stream(s) in %s mode: %s on %s, batch %d", len(self._streams), "live" if live else "file",
+                     fuser.spec.name, fuser.device, config.model.batch_size)
+            self._register_on_cpu = not worker.warps_on_device
+            self.stats.start()
+            threads = self._start_threads(worker, sinks, live, origin, infos)
+            try:
+                with self._signals_handled():
+                    self._supervise()
+            finally:
+                if not self._done.is_set():  # the main thread itself failed: take the stages down
+                    self.abort()
+                self._join(threads)
+            self.stats.finish()
+            outputs = tuple(path for sink in sinks for path in sink.outputs)
+        # Sinks are closed here: their files are complete.
+        if self._errors:
+            raise self._errors[0]
+        summary = self._summary(fuser, outputs)
+        self._write_summary(summary)
+        return summary
+
+    def _load_fuser(self) -> Fuser:
+        model = self.config.model
+        options = FuserOptions(device=model.device, half=model.half, channels_last=model.channels_last)
+        return Fuser.from_weights(model.weights, model.variant, options)
+
+    def _open_streams(self, fuser: Fuser, live: bool, origin: float, cleanup: contextlib.ExitStack) -> None:
+        """Open every source now, so a missing file or camera is an error before any thread starts."""
+        size = self.config.run.live_queue_size if live else self.config.run.queue_size
+        for config in self.config.streams:
+            registration = _load_calibration(config)
+            sources = []
+            for kind, source_config in ((IR, config.ir), (VISIBLE, config.visible)):
+                source = open_source(source_config, kind, origin, self._open_capture)
+                cleanup.callback(source.close)
+                sources.append(source)
+            ir, visible = sources
+            pairer = self._make_pairer(config, registration, ir, visible)
+            condition = threading.Condition()  # both cameras' queues share it: pairing waits on either
+            queues = tuple(FrameQueue(f"{config.id}.{kind}", size, drop_oldest=live, condition=condition) for kind in (IR, "vi"))
+            path = Path(config.registration.calibration) if config.registration.calibration else None
+            registrar = Registrar(config.id, registration, config.registration.warp, config.registration.crop, path)
+            stream = _Stream(config, ir, visible, registrar, pairer, queues)
+            self._streams.append(stream)
+            self._queues += list(queues)
+            self.stats.watch_stream(config.id, pairer.counts)
+            for source in sources:
+                if source.expected_frames is not None:
+                    log.info("%s: %s, %s fps, %d frame(s)", config.id, source.name, _rate(source), source.expected_frames)
+
+    def _make_pairer(self, config: StreamConfig, registration: Registration | None, ir: Source, visible: Source) -> NearestPairer:
+        sync = config.sync
+        follower = visible if sync.leader == "ir" else ir
+        slop = sync.slop_s if sync.slop_s is not None else 0.5 / float(follower.rate)
+        offset = sync.offset_s if sync.offset_s is not None else (registration.time_offset_s if registration else 0.0)
+        log.info("%s: pairing each %s frame with the nearest %s frame within %.1f ms (IR offset %+.1f ms)",
+                 config.id, sync.leader, "visible" if sync.leader == "ir" else "ir", slop * 1000, offset * 1000)
+        return NearestPairer(config.id, sync.leader, slop, offset)
+
+    def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
+        run, batch = self.config.run, self.config.model.batch_size
+        if live:  # short queues that keep the newest frames: latency stays bounded when a stage is slow
+            paired = FrameQueue("paired", batch, drop_oldest=True)
+            fused = FrameQueue("fused", run.live_queue_size, drop_oldest=True)
+        else:  # room for two batches, and producers wait: nothing is lost
+            paired = FrameQueue("paired", max(run.queue_size, 2 * batch))
+            fused = FrameQueue("fused", max(run.queue_size, 2 * batch))
+        self._queues += [paired, fused]
+        for q in self._queues:
+            self.stats.watch_queue(q)
+        threads = []
+        for stream in self._streams:
+            for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
+                on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
+                threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
+            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired, live, origin))
+        threads.append(self._thread("fuse", worker.run, paired, fused, [s.id for s in self._streams]))
+        threads.append(self._thread("sink", self._write, sinks, fused, infos, live))
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def _thread(self, name: str, target: Callable, *args) -> threading.Thread:
+        def body() -> None:
+            try:
+                target(*args)
+            except Cancelled:
+                pass
+            except BaseException as exc:  # noqa: BLE001 (handed to the main thread, raised there)
+                log.debug("thread %s failed", name, exc_info=True)
+                self._fail(exc)
+            finally:
+                if name == "sink":
+                    self._done.set()
+
+        return threading.Thread(target=body, name=name, daemon=True)
+
+    def _pair(self, stream: _Stream, out: FrameQueue, live: bool, origin: float) -> None:
+        max_frames = self.config.run.max_frames
+
+        def emit(pair: FramePair) -> bool:
+            if self._register_on_cpu:
+                pair = stream.registrar.apply_cpu(pair)
+            else:
+                stream.registrar.check(pair.ir, pair.visible)
+            if not out.put(pair):
+                return False
+            return max_frames is None or pair.meta.seq + 1 < max_frames
+
+        try:
+            run_pairing(stream.pairer, stream.ir_queue, stream.vi_queue, emit, live, origin, stream.stop)
+        finally:
+            out.put_end(EndOfStream(stream.id))
+
+    def _write(self, sinks: list[Sink], fused: FrameQueue, infos: dict[str, StreamInfo], live: bool) -> None:
+        expected = [info.expected_frames for info in infos.values()]
+        total = None if live or None in expected else sum(min(n, self.config.run.max_frames or n) for n in expected)
+        show = self.config.run.progress and not live
+        with tqdm(total=total, unit="frame", desc="fuse", disable=not show, leave=False) as bar:
+            while not isinstance(frame := fused.get(), EndOfStream):
+                for sink in sinks:
+                    sink.write(frame)
+                self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono)
+                bar.update(1)
+
+    def _supervise(self) -> None:
+        """Main thread: log statistics, enforce run.duration_s, and report signals."""
+        run = self.config.run
+        deadline = None if run.duration_s is None else time.monotonic() + run.duration_s
+        next_log = time.monotonic() + run.stats_interval_s
+        handled = 0
+        while not self._done.wait(_MAIN_LOOP_WAKE_S):
+            now = time.monotonic()
+            handled = self._handle_signals(handled)
+            if deadline is not None and now >= deadline and self._stopped_by is None:
+                log.info("run.duration_s reached; stopping")
+                self.stop("duration")
+            if now >= next_log:
+                next_log = now + run.stats_interval_s
+                log.info("%s", self.stats.periodic_line())
+                stalled = self.stats.stalled_cameras(_STALL_AFTER_S) if self.config.live else []
+                if stalled and self._stopped_by is None:
+                    log.warning("no frames for %.0f s from: %s", _STALL_AFTER_S, ", ".join(stalled))
+
+    @contextlib.contextmanager
+    def _signals_handled(self):
+        """SIGINT/SIGTERM stop the run (a second one aborts); only from the main thread.
+
+        The handler only records the signal: it may run while the main thread holds a lock
+        that stopping needs, so ``_supervise`` acts on it (within ``_MAIN_LOOP_WAKE_S``).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handle(signum, _frame) -> None:
+            self._signals.append(signal.Signals(signum).name)
+
+        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle_signals(self, handled: int) -> int:
+        """Act on signals received since the last call; returns how many are handled now."""
+        for name in self._signals[handled:]:
+            if self._stopped_by is None:
+                log.warning("%s: stopping; the frames already read are still fused and written (again to abort)", name)
+                self.stop(name)
+            elif not self._aborted:
+                log.warning("%s again: aborting; the outputs are closed with what they hold", name)
+                self.abort()
+        return len(self._signals)
+
+    def _join(self, threads: list[threading.Thread]) -> None:
+        for thread in threads:
+            thread.join(_JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                log.warning("thread %s did not finish (a camera read that never returns?); leaving it", thread.name)
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def _summary(self, fuser: Fuser, outputs: tuple[str, ...]) -> RunSummary:
+        streams = []
+        for stream in self._streams:
+            c = self.stats.stream_counts(stream.id)
+            streams.append(StreamSummary(stream.id, c.written, c.read_ir, c.read_vi, c.unpaired_ir, c.unpaired_vi, c.dropped))
+        frames = sum(s.frames_out for s in streams)
+        wall = self.stats.elapsed
+        return RunSummary(
+            frames_out=frames,
+            wall_s=wall,
+            fps=frames / wall if wall > 0 else 0.0,
+            latency_ms_p50=self.stats.latency_ms(50),
+            latency_ms_p99=self.stats.latency_ms(99),
+            dropped=sum(s.dropped for s in streams),
+            unpaired=sum(s.unpaired_ir + s.unpaired_vi for s in streams),
+            outputs=outputs,
+            streams=tuple(streams),
+            stopped_by=self._stopped_by,
+            model=fuser.spec.name,
+            device=str(fuser.device),
+            report=self.stats.report(),
+        )
+
+    def _write_resolved_config(self) -> None:
+        if self.config.run.out_dir:
+            out = Path(self.config.run.out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            write_yaml(out / "config.yaml", self.config)
+
+    def _write_summary(self, summary: RunSummary) -> None:
+        if self.config.run.out_dir:
+            path = Path(self.config.run.out_dir) / "summary.json"
+            path.write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+
+
+def _load_calibration(config: StreamConfig) -> Registration | None:
+    path = config.registration.calibration
+    return load_registration(path) if path else None
+
+
+def _rate(source: Source) -> str:
+    return f"{float(source.rate):g}"
+
+
+def run_pipeline(
+    config: PipelineConfig,
+    fuser: Fuser | None = None,
+    *,
+    extra_sinks: Sequence[Sink] = (),
+    open_capture: OpenCapture | None = None,
+) -> RunSummary:
+    """Run ``config`` to the end (or until stopped) and return its summary.
+
+    ``fuser``: a loaded model to use instead of ``config.model``'s weights/device (a
+    benchmark loads one and runs several configs). ``extra_sinks``: sink objects added to
+    the configured ones (e.g. a ``CallbackSink``). ``open_capture``: replaces
+    ``cv2.VideoCapture`` for camera sources (fake cameras in tests).
+    """
+    return Pipeline(config, fuser, extra_sinks=extra_sinks, open_capture=open_capture).run()

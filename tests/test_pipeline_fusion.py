@@ -1,0 +1,136 @@
+"""The fusion stage: batching rules, streams sharing batches, temporal smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.frames import EndOfStream, FrameMeta, FramePair
+from pipeline.fusion_worker import FusionWorker, StyleSmoother
+from pipeline.queues import FrameQueue
+from pipeline.registration import Registrar
+from tests.pipeline_helpers import cpu_fuser, texture
+
+
+def pair(stream: str, seq: int, brightness: float = 1.0, size=(40, 32)) -> FramePair:
+    w, h = size
+    ir = texture(w, h, seed=seq + 10 * len(stream))
+    vi = (texture(w, h, seed=seq + 100).astype(np.float32) * brightness).clip(0, 255).astype(np.uint8)
+    meta = FrameMeta(stream, seq, seq / 30, seq / 30, seq / 30, seq, seq, 0.0, 0.0)
+    return FramePair(meta, ir, np.repeat(vi[:, :, None], 3, axis=2), registered=True)
+
+
+def worker(weights, smoothing: bool, batch_size: int = 4, max_wait_s: float = 0.0) -> FusionWorker:
+    registrars = {s: Registrar(s, None, "ir_to_visible", False) for s in ("a", "b")}
+    return FusionWorker(cpu_fuser(weights), registrars, batch_size, max_wait_s, smoothing, momentum=0.8)
+
+
+def test_style_smoother_is_an_ema_per_stream():
+    smoother = StyleSmoother(momentum=0.75)
+    codes = torch.tensor([1.0, 2.0, 10.0, 3.0]).view(4, 1, 1, 1)
+    out = smoother(codes, ["a", "a", "b", "a"])
+    a1 = 0.75 * 1.0 + 0.25 * 2.0
+    assert out.flatten().tolist() == pytest.approx([1.0, a1, 10.0, 0.75 * a1 + 0.25 * 3.0])
+    smoother.reset("a")
+    assert smoother(torch.tensor([5.0]).view(1, 1, 1, 1), ["a"]).item() == 5.0
+
+
+def test_streams_share_batches_without_sharing_smoothing(random_weights):
+    a = [pair("a", i, brightness=1.0 + 0.3 * i) for i in range(3)]
+    b = [pair("b", i, brightness=1.2 - 0.3 * i) for i in range(3)]
+    together = worker(random_weights["ldfusion"], smoothing=True, batch_size=6).fuse([a[0], b[0], a[1], b[1], a[2], b[2]])
+    alone_a = worker(random_weights["ldfusion"], smoothing=True).fuse(a)
+    alone_b = worker(random_weights["ldfusion"], smoothing=True).fuse(b)
+    by_stream = {"a": [f for f in together if f.meta.stream == "a"], "b": [f for f in together if f.meta.stream == "b"]}
+    for mixed, alone in ((by_stream["a"], alone_a), (by_stream["b"], alone_b)):
+        assert [f.meta.seq for f in mixed] == [0, 1, 2]
+        for x, y in zip(mixed, alone):
+            assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 1
+
+
+def test_smoothing_decodes_with_an_ema_of_ldfusion_style_codes(random_weights):
+    frames = [pair("a", i, brightness=0.6 + 0.4 * i) for i in range(4)]
+    w = worker(random_weights["ldfusion"], smoothing=True)
+    decoded_styles = []
+    decode = w.fuser.decode
+    w.fuser.decode = lambda codes: decoded_styles.append(codes.style.flatten(1)) or decode(codes)
+    w.fuse(frames[:2])  # two batches: the average carries over from one to the next
+    w.fuse(frames[2:])
+
+    per_frame = []
+    for f in frames:  # each frame's own style code
+        ir = torch.from_numpy(f.ir).float().div(255)[None, None]
+        vi_y = torch.from_numpy(f.visible[:, :, 0]).float().div(255)[None, None]
+        per_frame.append(w.fuser.encode(vi_y, ir).style.flatten(1))
+    expected = [per_frame[0]]
+    for code in per_frame[1:]:
+        expected.append(0.8 * expected[-1] + 0.2 * code)
+    got = torch.cat(decoded_styles)
+    assert torch.allclose(got, torch.cat(expected), atol=1e-5)
+    assert not torch.allclose(got[1:], torch.cat(per_frame[1:]), atol=1e-4)  # the codes did change
+
+
+def test_smoothing_is_a_no_op_for_ld_lite(random_weights):
+    frames = [pair("a", i, brightness=0.6 + 0.4 * i) for i in range(3)]
+    smooth = worker(random_weights["ld-lite"], smoothing=True).fuse(frames)
+    plain = worker(random_weights["ld-lite"], smoothing=False).fuse(frames)
+    assert all(np.array_equal(s.fused, p.fused) for s, p in zip(smooth, plain))
+
+
+def test_different_sizes_in_one_batch_are_fused_separately(random_weights):
+    frames = [pair("a", 0), pair("b", 0, size=(48, 24)), pair("a", 1)]
+    fused = worker(random_weights["ld-lite"], smoothing=False).fuse(frames)
+    assert [f.fused.shape for f in fused] == [(32, 40, 3), (24, 48, 3), (32, 40, 3)]
+
+
+def test_batches_close_at_n_frames_or_when_the_wait_is_over(random_weights):
+    w = worker(random_weights["ld-lite"], smoothing=False, batch_size=3, max_wait_s=0.01)
+    q = FrameQueue("paired", 10)
+    for i in range(5):
+        q.put(pair("a", i))
+    assert [p.meta.seq for p in w._collect(q)[0]] == [0, 1, 2]  # full
+    assert [p.meta.seq for p in w._collect(q)[0]] == [3, 4]  # the wait ran out
+    q.put_end(EndOfStream("a"))
+    assert w._collect(q) == ([], ["a"])
+
+
+def test_run_fuses_everything_then_ends(random_weights):
+    w = worker(random_weights["ld-lite"], smoothing=False, batch_size=2)
+    paired, fused = FrameQueue("paired", 10), FrameQueue("fused", 10)
+    for i in range(3):
+        paired.put(pair("a", i))
+    paired.put_end(EndOfStream("a"))
+    paired.put(pair("b", 0))
+    paired.put_end(EndOfStream("b"))
+    w.run(paired, fused, ["a", "b"])
+    items = [fused.get(timeout=1) for _ in range(5)]
+    assert [(f.meta.stream, f.meta.seq) for f in items[:4]] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    assert isinstance(items[4], EndOfStream)
+
+
+def test_registering_in_the_worker_matches_registering_before_it(random_weights):
+    """The GPU path (pairs arrive unregistered, the worker warps with grid_sample) gives the
+    same frames as the CPU path (OpenCV warps in the pairing thread); run here on the CPU."""
+    from calibration.fileformat import Registration
+
+    H = np.array([[1.05, 0.02, 2.0], [0.0, 0.98, -1.5], [0.0, 0.0, 1.0]])
+    registration = Registration(H, (40, 32), (48, 40))
+    raw = []
+    for i in range(3):
+        vi = np.repeat(texture(48, 40, seed=50 + i)[:, :, None], 3, axis=2)
+        meta = FrameMeta("a", i, i / 30, i / 30, i / 30, i, i, 0.0, 0.0)
+        raw.append(FramePair(meta, texture(40, 32, seed=i), vi, registered=False))
+    fuser = cpu_fuser(random_weights["ld-lite"])
+
+    def run(on_device: bool):
+        registrar = Registrar("a", registration, "ir_to_visible", crop=True)
+        registrar.check(raw[0].ir, raw[0].visible)
+        pairs = raw if on_device else [registrar.apply_cpu(p) for p in raw]
+        return FusionWorker(fuser, {"a": registrar}, batch_size=3, smoothing=False).fuse(pairs)
+
+    on_device, before = run(True), run(False)
+    for x, y in zip(on_device, before):
+        assert x.fused.shape == y.fused.shape == (*y.ir.shape, 3)
+        assert np.abs(x.ir.astype(int) - y.ir.astype(int)).max() <= 1
+        assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 3

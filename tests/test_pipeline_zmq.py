@@ -1,0 +1,119 @@
+"""ZeroMQ: a subscriber over tcp://127.0.0.1 gets every frame of a file run, in order."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+import pytest
+
+from ldfusion.imageio import read_visible
+from pipeline import subscriber as subscriber_cli
+from pipeline.frames import FrameMeta, FusedFrame
+from pipeline.runner import run_pipeline
+from pipeline.sinks import ZmqSink
+from pipeline.subscriber import Subscriber, decode_message
+from tests.pipeline_helpers import cpu_fuser, make_config, marked_video, read_video
+
+HEADER_KEYS = {"stream", "seq", "t_fused", "t_ir", "t_vi", "shape", "dtype", "pixel_format", "captured_unix", "published_unix"}
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def receive_in_background(endpoint: str, count: int, timeout_s: float = 30.0):
+    received: list = []
+    ready = threading.Event()
+
+    def receive() -> None:
+        with Subscriber(endpoint, "fused", timeout_s=timeout_s, hwm=1000) as sub:
+            ready.set()
+            for message in sub:
+                received.append(message)
+                if len(received) == count:
+                    return
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    ready.wait(5)
+    return thread, received
+
+
+def test_subscriber_receives_every_frame_in_order(tmp_path, random_weights):
+    n = 9
+    ir = marked_video(tmp_path / "ir.mp4", n, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", n, 30, seed=2)
+    endpoint = free_endpoint()
+    thread, received = receive_in_background(endpoint, n)
+    sinks = [
+        {"kind": "zmq", "endpoint": endpoint, "hwm": 1000, "wait_subscribers": 1, "wait_timeout_s": 20},
+        {"kind": "png", "path": "png"},  # lossless: the frames before MP4 encoding
+        {"kind": "mp4", "path": "o.mp4"},
+    ]
+    summary = run_pipeline(make_config(ir, vi, sinks=sinks, out_dir=tmp_path), cpu_fuser(random_weights["ld-lite"]))
+    thread.join(30)
+    assert not thread.is_alive()
+
+    assert summary.frames_out == n == len(read_video(tmp_path / "o.mp4")["frames"])
+    assert len(received) == n
+    assert [header["seq"] for header, _ in received] == list(range(n))
+    for header, frame in received:
+        assert HEADER_KEYS <= set(header)
+        assert header["topic"] == "fused/cam0" and header["stream"] == "cam0"
+        assert header["shape"] == [48, 64, 3] and header["dtype"] == "uint8" and header["pixel_format"] == "rgb24"
+        assert header["t_fused"] == pytest.approx(header["seq"] / 30)
+        assert abs(header["t_ir"] - header["t_vi"]) < 1e-9
+        png = read_visible(tmp_path / "png" / f"{header['seq']:06d}.png")
+        assert np.array_equal(frame, png)
+
+
+def _fused(seq: int) -> FusedFrame:
+    meta = FrameMeta("cam0", seq, seq / 10, seq / 10, seq / 10, seq, seq, 0.0, 0.0)
+    image = np.full((4, 6, 3), seq, np.uint8)
+    return FusedFrame(meta, image, image[:, :, 0], image)
+
+
+def test_subscribe_command_prints_frames_and_stops_at_count(capsys):
+    endpoint = free_endpoint()
+    sink = ZmqSink(endpoint, hwm=100)
+    stop = threading.Event()
+
+    def publish() -> None:  # keep publishing until the subscriber has what it wants
+        seq = 0
+        while not stop.wait(0.02):
+            sink.write(_fused(seq))
+            seq += 1
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        code = subscriber_cli.main(["--endpoint", endpoint, "--count", "3", "--timeout", "20"])
+    finally:
+        stop.set()
+        thread.join(5)
+        sink.close()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.count("cam0 seq") == 3 and "4x6x3 rgb24" in out
+    assert "received 3 frame(s)" in out
+
+
+def test_subscribe_without_a_publisher_times_out_with_one_line(capsys):
+    code = subscriber_cli.main(["--endpoint", free_endpoint(), "--timeout", "0.3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "no frames from tcp://127.0.0.1:" in err[0]
+
+
+def test_malformed_messages_are_named():
+    from ldfusion.errors import DataError
+
+    with pytest.raises(DataError, match="3-part"):
+        decode_message([b"fused/x", b"{}"])
+    with pytest.raises(DataError, match="not JSON"):
+        decode_message([b"t", b"{nope", b""])
+    with pytest.raises(DataError, match="do not make"):
+        decode_message([b"t", b'{"stream": "a", "seq": 1, "shape": [2, 2, 3], "dtype": "uint8"}', b"123"])
