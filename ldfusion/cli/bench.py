@@ -365,17 +365,14 @@ def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int) -> Me
 
 
 def pipeline_config(config_class: type, ir_path: Path, vi_path: Path, batch: int, device: str):
-    """The pipeline config for a file pair with no sinks.
-
-    The one place that knows the pipeline's config schema (written before the pipeline
-    existed; adjust it to the real keys when wiring).
-    """
+    """The pipeline config for a file pair with no sinks (fused frames are discarded)."""
     from ldfusion.config import from_dict
 
     data = {
-        "streams": [{"name": "bench", "ir": {"path": str(ir_path)}, "visible": {"path": str(vi_path)}}],
-        "fusion": {"batch_size": batch, "device": device},
+        "streams": [{"id": "bench", "ir": {"kind": "video", "path": str(ir_path)}, "visible": {"kind": "video", "path": str(vi_path)}}],
+        "model": {"batch_size": batch, "device": device},
         "sinks": [],
+        "run": {"mode": "file", "progress": False},
     }
     try:
         return from_dict(config_class, data)

@@ -9,6 +9,7 @@ from ldfusion import __version__
 
 # Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("pipeline.demo", "fuse a demo clip (M3SVD if present, else a rendered one) into MP4s"),
     "fuse": ("ldfusion.cli.fuse", "fuse infrared/visible image pairs from two folders into PNGs"),
     "run": ("pipeline.cli", "run the streaming pipeline from a YAML config (files or live cameras)"),
     "subscribe": ("pipeline.subscriber", "receive fused frames published over ZeroMQ by `run`"),

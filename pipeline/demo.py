@@ -1,0 +1,106 @@
+"""``ldfusion demo``: the main job on inputs that are always at hand.
+
+Runs the streaming pipeline on a recorded M3SVD pair when ``../shared/data/video/m3svd``
+is present, and otherwise on a short paired clip that ldfusion renders itself. Writes
+``fused.mp4``, ``side_by_side.mp4`` (IR | visible | fused) and ``preview.png`` (one
+side-by-side frame), with the bundled default weights unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.errors import DataError
+from ldfusion.imageio import write_image
+from ldfusion.synthetic import write_paired_clip
+from pipeline.config import ModelConfig, PipelineConfig, RunConfig, SinkConfig, SourceConfig, StreamConfig
+from pipeline.runner import run_pipeline
+
+log = logging.getLogger("ldfusion.demo")
+
+M3SVD_PAIR = "0111_1716"  # the shortest recorded pair: 151 frames at 30 fps, 640x480
+SOURCES = ("auto", "m3svd", "synthetic")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldfusion demo",
+        description="Fuse a paired IR/visible clip with the streaming pipeline and write fused.mp4, "
+        "side_by_side.mp4 (IR | visible | fused) and preview.png. Uses the M3SVD clip in "
+        "../shared/data/video/m3svd when present, else a clip that ldfusion renders itself.",
+    )
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--source", choices=SOURCES, default="auto", help="auto (M3SVD if present), m3svd or synthetic")
+    parser.add_argument("--m3svd", type=Path, default=None, help="M3SVD folder (default: ../shared/data/video/m3svd)")
+    parser.add_argument("--weights", default=None, help="weights file or registry name (default: the bundled default)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many fused frames")
+    add_logging_arguments(parser)
+    return parser
+
+
+def find_m3svd(explicit: Path | None) -> Path | None:
+    """The M3SVD folder: as given, or beside the current directory or the repository."""
+    candidates = [explicit] if explicit else [
+        Path("../shared/data/video/m3svd"),
+        Path(__file__).resolve().parents[2] / "shared" / "data" / "video" / "m3svd",
+    ]
+    for folder in candidates:
+        if (folder / "infrared" / f"{M3SVD_PAIR}.mp4").is_file() and (folder / "visible" / f"{M3SVD_PAIR}.mp4").is_file():
+            return folder
+    if explicit:
+        raise DataError(f"{explicit}: no infrared/{M3SVD_PAIR}.mp4 and visible/{M3SVD_PAIR}.mp4 there")
+    return None
+
+
+def choose_inputs(args: argparse.Namespace) -> tuple[str, Path, Path]:
+    """(description, ir video, visible video) for the chosen source."""
+    m3svd = None if args.source == "synthetic" else find_m3svd(args.m3svd)
+    if m3svd is not None:
+        return f"M3SVD pair {M3SVD_PAIR}", m3svd / "infrared" / f"{M3SVD_PAIR}.mp4", m3svd / "visible" / f"{M3SVD_PAIR}.mp4"
+    if args.source == "m3svd":
+        raise DataError("no M3SVD clips found in ../shared/data/video/m3svd; pass --m3svd DIR or --source synthetic")
+    ir, visible = write_paired_clip(args.out / "input")
+    return "a synthetic clip rendered by ldfusion", ir, visible
+
+
+def demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineConfig:
+    return PipelineConfig(
+        streams=(StreamConfig(id="demo", ir=SourceConfig(kind="video", path=str(ir)), visible=SourceConfig(kind="video", path=str(visible))),),
+        model=ModelConfig(weights=args.weights, device=args.device),
+        sinks=(
+            SinkConfig(kind="mp4", path="fused.mp4"),
+            SinkConfig(kind="mp4", path="side_by_side.mp4", content="side_by_side"),
+        ),
+        run=RunConfig(out_dir=str(args.out), mode="file", max_frames=args.max_frames, progress=not args.quiet),
+    )
+
+
+def write_preview(video: Path, target: Path) -> Path:
+    """Save the middle frame of ``video`` as a PNG."""
+    with av.open(str(video)) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    if not frames:
+        raise DataError(f"{video} holds no frames")
+    write_image(target, np.ascontiguousarray(frames[len(frames) // 2]))
+    return target
+
+
+@one_line_errors("ldfusion demo")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    args.out.mkdir(parents=True, exist_ok=True)
+    description, ir, visible = choose_inputs(args)
+    log.info("demo on %s", description)
+    summary = run_pipeline(demo_config(args, ir, visible))
+    preview = write_preview(args.out / "side_by_side.mp4", args.out / "preview.png")
+    print(f"fused {summary.frames_out} frames at {summary.fps:.1f} fps from {description}")
+    print(f"wrote {args.out / 'fused.mp4'}, {args.out / 'side_by_side.mp4'} and {preview}")
+    return 0
