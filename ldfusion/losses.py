@@ -39,6 +39,7 @@ class LossWeights:
     prompt_patch: float = 10.0
     perceptual: float = 10.0
     distill: float = 1.0  # used only when training with a teacher
+    distill_features: float = 0.0  # feature hints from a teacher of the same layout (training/hints.py)
 
     @property
     def needs_clip(self) -> bool:

@@ -166,3 +166,40 @@ def test_torchrun_ddp_on_cpu_trains_and_writes_one_checkpoint(tmp_path, random_w
     assert result.returncode == 0, result.stderr[-2000:]
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt.training["step"] == 2 and (out / "model.pt").is_file()
+
+
+def test_feature_hints_match_a_same_layout_teacher(tmp_path, random_weights):
+    from ldfusion.config import from_dict
+    from ldfusion.training.config import TrainConfig
+    from ldfusion.training.trainer import Trainer
+
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    config = from_dict(TrainConfig, {
+        "variant": "ld-lite", "teacher": str(random_weights["ld-lite"]), "device": "cpu", "out_dir": str(tmp_path / "run"),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 48, "repeat": 2, "num_workers": 0, "noise_std": 0.0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0}},
+        "optim": {"batch_size": 2, "epochs": 1, "steps_per_epoch": 2},
+    })
+    trainer = Trainer(config)
+    batch = next(iter(trainer.loader))
+    terms = trainer.compute_loss(batch)
+    assert terms["hints"] > 0
+    torch.testing.assert_close(terms["total"], terms["distill"] + terms["hints"])
+    # A student that is the teacher has nothing left to learn from the hints.
+    trainer.model.load_state_dict(trainer.teacher.state_dict())
+    with torch.no_grad():
+        again = trainer.compute_loss(batch)
+    assert float(again["hints"]) == pytest.approx(0.0, abs=1e-8)
+    assert float(again["distill"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_feature_hints_refuse_a_teacher_of_another_layout(tmp_path, random_weights, capsys):
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "variant": "ld-lite", "teacher": str(random_weights["ldfusion"]), "device": "cpu", "out_dir": str(tmp_path / "run"),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "num_workers": 0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0}},
+    }))
+    assert train_main(["--config", str(path)]) == 2
+    assert "feature hints need a student with the teacher's layout" in capsys.readouterr().err

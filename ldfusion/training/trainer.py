@@ -28,6 +28,7 @@ from ldfusion.losses import LanguageDrivenLoss, distillation_loss
 from ldfusion.networks import FusionNet, build_network
 from ldfusion.training.config import OptimConfig, TrainConfig
 from ldfusion.training.data import PairedDataset, load_pairs, seed_worker
+from ldfusion.training.hints import check_same_layout, hint_loss, hint_points, tap
 from ldfusion.variants import get_variant
 from ldfusion.weights import resolve_model
 
@@ -105,6 +106,8 @@ class Trainer:
         teacher = resolve_model(self.config.teacher).to(self.device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
+        if self.config.loss.weights.distill_features > 0:
+            check_same_layout(self.model, teacher)
         log.info("distilling from teacher %s (%s)", self.config.teacher, teacher.spec.name)
         return teacher
 
@@ -208,15 +211,20 @@ class Trainer:
 
     def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         """Every weighted term for one batch, plus ``total``."""
+        weights = self.config.loss.weights
+        hints = self.teacher is not None and weights.distill_features > 0
+        names = hint_points(self.model) if hints else []
         with self._autocast():
-            fused = self.ddp_model(batch["vi_y_noisy"], batch["ir_noisy"])  # (B, 1, H, W)
-            fused = fused.float()
+            with tap(self.model, names) as student_features:
+                fused = self.ddp_model(batch["vi_y_noisy"], batch["ir_noisy"]).float()  # (B, 1, H, W)
             terms = self.criterion(fused, batch["vi_y"], batch["ir"])
             if self.teacher is not None:
-                with torch.no_grad():
+                with torch.no_grad(), tap(self.teacher, names) as teacher_features:
                     target = self.teacher(batch["vi_y"], batch["ir"]).float()
-                terms["distill"] = self.config.loss.weights.distill * distillation_loss(fused, target)
-                terms["total"] = terms["total"] + terms["distill"]
+                terms["distill"] = weights.distill * distillation_loss(fused, target)
+                if hints:
+                    terms["hints"] = weights.distill_features * hint_loss(student_features, teacher_features)
+                terms["total"] = terms["total"] + sum(terms[k] for k in ("distill", "hints") if k in terms)
         return terms
 
     def _autocast(self):
