@@ -9,7 +9,7 @@ model, the sinks and a few run settings::
         visible: {kind: video, path: data/vi.mp4}
         registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
         sync: {slop_s: null, offset_s: null, leader: visible}
-    model: {weights: null, device: auto, batch_size: 4, max_wait_ms: 10, smoothing: true}
+    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true}
     sinks:
       - {kind: mp4, path: "{stream}.mp4"}
       - {kind: zmq, endpoint: "tcp://127.0.0.1:5555"}
@@ -121,13 +121,13 @@ class ModelConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     half: bool | None = None  # None = half precision on CUDA
     channels_last: bool | None = None  # None = on for CUDA
-    batch_size: int = 4  # fuse up to this many frames at once (across time and streams) ...
+    batch_size: int | None = None  # fuse up to this many frames at once (None: 8 on CUDA, 1 on the CPU) ...
     max_wait_ms: float = 10.0  # ... or whatever arrived within this long after the first
     smoothing: bool = True  # EMA over time of the ldfusion style codes (a no-op for ld-lite)
     smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
+        if self.batch_size is not None and self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1; got {self.batch_size}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from calibration.fileformat import Registration, load_registration
 from ldfusion.config import write_yaml
-from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from pipeline.config import PipelineConfig, StreamConfig
 from pipeline.frames import IR, VISIBLE, EndOfStream, FramePair, StreamInfo
 from pipeline.fusion_worker import FusionWorker
@@ -123,6 +123,7 @@ class Pipeline:
         self._aborted = False
         self._done = threading.Event()
         self._register_on_cpu = True
+        self._batch = config.model.batch_size or 1  # resolved against the device in run()
         self._signals: list[str] = []  # appended by the signal handler, read by _supervise
 
     # --- control ------------------------------------------------------------------------
@@ -160,13 +161,14 @@ class Pipeline:
             for sink in sinks:
                 cleanup.enter_context(sink)
             self._write_resolved_config()
+            self._batch = config.model.batch_size or default_batch_size(fuser.device)
             worker = FusionWorker(
-                fuser, {s.id: s.registrar for s in self._streams}, config.model.batch_size,
+                fuser, {s.id: s.registrar for s in self._streams}, self._batch,
                 config.model.max_wait_ms / 1000.0, config.model.smoothing, config.model.smoothing_momentum,
                 on_batch=self.stats.batch_fused,
             )
             log.info("running %d stream(s) in %s mode: %s on %s, batch %d", len(self._streams), "live" if live else "file",
-                     fuser.spec.name, fuser.device, config.model.batch_size)
+                     fuser.spec.name, fuser.device, self._batch)
             self._register_on_cpu = not worker.warps_on_device
             self.stats.start()
             threads = self._start_threads(worker, sinks, live, origin, infos)
@@ -225,7 +227,7 @@ class Pipeline:
         return NearestPairer(config.id, sync.leader, slop, offset)
 
     def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
-        run, batch = self.config.run, self.config.model.batch_size
+        run, batch = self.config.run, self._batch
         if live:  # short queues that keep the newest frames: latency stays bounded when a stage is slow
             paired = FrameQueue("paired", batch, drop_oldest=True)
             fused = FrameQueue("fused", run.live_queue_size, drop_oldest=True)

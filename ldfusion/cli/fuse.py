@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_infrared, read_visible, side_by_side, write_image
-from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.fuse")
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the bundled 'default'; also 'ld-lite', 'ldfusion')",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--batch", type=int, default=4, help="pairs of the same size fused together (default: 4)")
+    parser.add_argument(
+        "--batch", type=int, default=None, help="pairs of the same size fused together (default: 8 on CUDA, 1 on the CPU)"
+    )
     parser.add_argument("--half", action="store_true", help="half precision (CUDA only)")
     parser.add_argument(
         "--ir-16bit",
@@ -60,13 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise DataError(f"--batch must be at least 1; got {args.batch}")
     pairs = pair_folders(args.ir, args.vi)
     fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None))
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("fusing %d pair(s) with %s on %s", len(pairs), fuser.spec.name, fuser.device)
-    written = fuse_pairs(fuser, pairs, args.out, args.batch, args.ir_16bit, args.side_by_side, progress=not args.quiet)
+    batch = args.batch or default_batch_size(fuser.device)
+    written = fuse_pairs(fuser, pairs, args.out, batch, args.ir_16bit, args.side_by_side, progress=not args.quiet)
     log.info("wrote %d fused image(s) to %s", written, args.out)
     return 0
 
