@@ -25,7 +25,7 @@ from ldfusion.networks import FusionNet
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_WEIGHTS = "default"
 
 
@@ -42,7 +42,7 @@ class WeightsEntry:
     variant: str
     env_var: str
     files: tuple[RemoteFile, ...] = ()
-    bundled: str | None = None  # file name inside ldfusion/weights/
+    bundled: str | None = None  # file name inside ldfusion/bundled/
     license: str = ""
 
 
