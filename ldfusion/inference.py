@@ -19,6 +19,7 @@ from torch import Tensor
 from ldfusion.color import merge_fused_y, rgb_to_y
 from ldfusion.errors import ConfigError
 from ldfusion.networks import FusionCodes, FusionNet
+from ldfusion.weights import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ class Fuser:
         cls, weights: str | os.PathLike | None = None, variant: str | None = None, options: FuserOptions = FuserOptions()
     ) -> "Fuser":
         """Load weights by path or registry name (``default``, ``ld-lite``, ``ldfusion``)."""
-        from ldfusion.weights import resolve_model  # late: the registry imports checkpoint I/O
-
         return cls(resolve_model(weights, variant), options)
 
     # --- tensor API -------------------------------------------------------------------
