@@ -26,6 +26,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from calibration.fileformat import CalibrationError
+from ldfusion.errors import DataError
+from ldfusion.video import ffmpeg_reason, open_video
 from calibration.imaging import Size
 
 log = logging.getLogger(__name__)
@@ -62,22 +64,9 @@ class OffsetResult:
 
 def video_size(path: str | os.PathLike) -> Size:
     """(width, height) of a video's first stream, without decoding it."""
-    path = _existing(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise CalibrationError(f"{path} has no video stream")
-            context = container.streams.video[0].codec_context
-            return int(context.width), int(context.height)
-    except av.FFmpegError as exc:
-        raise CalibrationError(f"cannot read {path}: {exc}") from None
-
-
-def _existing(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"video not found: {path}")
-    return path
+    container, stream = open_video(path)
+    with container:
+        return int(stream.codec_context.width), int(stream.codec_context.height)
 
 
 def motion_energy(
@@ -90,18 +79,16 @@ def motion_energy(
 
     ``progress``: a label for a progress bar while decoding (no bar when None).
     """
-    path = _existing(path)
+    path = Path(path)
+    container, stream = open_video(path)
     try:
-        with av.open(str(path)) as container:
-            return _motion_energy(container, path, max_seconds, width, progress)
+        with container:
+            return _motion_energy(container, stream, path, max_seconds, width, progress)
     except av.FFmpegError as exc:
-        raise CalibrationError(f"cannot decode {path}: {exc}") from None
+        raise DataError(f"cannot decode video {path}: {ffmpeg_reason(exc)}") from None
 
 
-def _motion_energy(container, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
-    if not container.streams.video:
-        raise CalibrationError(f"{path} has no video stream")
-    stream = container.streams.video[0]
+def _motion_energy(container, stream, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
     stream.thread_type = "AUTO"
     fps = float(stream.average_rate or stream.guessed_rate or 0.0)
     size = (stream.codec_context.width, stream.codec_context.height)

@@ -30,6 +30,7 @@ import av
 import cv2
 import numpy as np
 
+from ldfusion.video import ffmpeg_reason, open_video
 from ldfusion.errors import DataError
 from ldfusion.imageio import infrared_to_unit, list_images, read_infrared, read_visible
 from pipeline.config import SourceConfig
@@ -84,17 +85,8 @@ class Source(ABC):
 class VideoFileSource(Source):
     def __init__(self, path: Path, kind: str, max_frames: int | None = None) -> None:
         super().__init__(kind, str(path))
-        if not path.is_file():
-            raise DataError(f"video not found: {path}")
-        try:
-            self._container = av.open(str(path))
-        except av.FFmpegError as exc:
-            raise DataError(f"cannot read video {path}: {_reason(exc)} (corrupt, truncated or not a video)") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise DataError(f"{path} holds no video stream")
+        self._container, self._stream = open_video(path)
         self._closed = False
-        self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # frame-parallel decoding
         self._max_frames = max_frames
         self._origin = self._stream.start_time
@@ -113,7 +105,7 @@ class VideoFileSource(Source):
                 try:
                     decoded = packet.decode()
                 except av.FFmpegError as exc:  # a damaged or cut-off packet: skip it, keep going
-                    damaged, reason = damaged + 1, _reason(exc)
+                    damaged, reason = damaged + 1, ffmpeg_reason(exc)
                     continue
                 for frame in decoded:
                     if stop.is_set() or (self._max_frames is not None and count >= self._max_frames):
@@ -121,7 +113,7 @@ class VideoFileSource(Source):
                     yield count, self._timestamp(frame, count), self.convert(frame.to_ndarray(format=self._format))
                     count += 1
         except av.FFmpegError as exc:  # the container itself ends mid-packet
-            damaged, reason = damaged + 1, _reason(exc)
+            damaged, reason = damaged + 1, ffmpeg_reason(exc)
         if count == 0:
             raise DataError(f"no decodable video frames in {self.name}" + (f" ({reason})" if reason else ""))
         self._report_short_read(count, damaged, reason)
@@ -150,10 +142,6 @@ class VideoFileSource(Source):
         if not self._closed:
             self._closed = True
             self._container.close()
-
-
-def _reason(exc: Exception) -> str:
-    return getattr(exc, "strerror", None) or str(exc)
 
 
 # --- image folders ----------------------------------------------------------------------

@@ -247,18 +247,11 @@ class VideoReader:
     def __init__(self, path: Path) -> None:
         import av  # late: only video evaluation needs it
 
+        from ldfusion.video import open_video
+
         self.path = path
         self._av = av
-        if not path.is_file():
-            raise DataError(f"video not found: {path}")
-        try:
-            self._container = av.open(str(path))
-        except av.FFmpegError as exc:
-            raise DataError(f"cannot open video {path}: {exc}") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise DataError(f"{path} has no video stream")
-        stream = self._container.streams.video[0]
+        self._container, stream = open_video(path)
         self._stream = stream
         self.frames = int(stream.frames or 0)  # 0: the container does not say
         self.rate = float(stream.average_rate) if stream.average_rate else None

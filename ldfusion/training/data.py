@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from ldfusion.color import rgb_to_y
 from ldfusion.errors import DataError
 from ldfusion.imageio import pair_folders, read_infrared, read_visible
+from ldfusion.video import open_video
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +104,11 @@ def load_video_pairs(source: VideoSource) -> list[Pair]:
 
 
 def _decode_every(path: Path, every: int, max_frames: int, pix_fmt: str) -> list[np.ndarray]:
-    if not path.is_file():
-        raise DataError(f"video not found: {path}")
     frames = []
+    container, stream = open_video(path)
     try:
-        with av.open(str(path)) as container:
-            for index, frame in enumerate(container.decode(video=0)):
+        with container:
+            for index, frame in enumerate(container.decode(stream)):
                 if index % every == 0:
                     frames.append(frame.to_ndarray(format=pix_fmt))
                     if max_frames and len(frames) >= max_frames:
