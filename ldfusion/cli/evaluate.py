@@ -104,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             samples, total, fps = _image_samples(pairs, fused_paths, args.ir_16bit), len(pairs), None
         if fuser is not None:
             samples = _fused_by(fuser, samples, args.batch, args.save_fused)
-        report = score(samples, args.out / "metrics.csv", total, every=args.every if video else 1, temporal=video and not args.no_temporal)
+        report = score(
+            samples, args.out / "metrics.csv", total, every=args.every if video else 1,
+            temporal=video and not args.no_temporal, progress=not args.quiet,
+        )
 
     report = {"method": method, "inputs": _describe_inputs(args, fuser), "frame_rate": fps, **report}
     (args.out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -306,11 +309,15 @@ def luma_255(image: np.ndarray) -> np.ndarray:
     return np.rint(cv2.cvtColor(image.astype(np.float32), cv2.COLOR_RGB2GRAY)).astype(np.float64)
 
 
-def score(samples: Iterable[Sample], csv_path: Path, total: int | None, every: int = 1, temporal: bool = False) -> dict:
+def score(
+    samples: Iterable[Sample], csv_path: Path, total: int | None, every: int = 1, temporal: bool = False, progress: bool = True
+) -> dict:
     """Score each sample, appending rows to ``csv_path`` as they come; returns the JSON report body."""
     rows: list[dict] = []
     meter = TemporalMeter() if temporal else None
-    with csv_path.open("w", newline="") as handle, tqdm(total=total, unit="image", desc="eval") as bar:
+    with csv_path.open("w", newline="") as handle, tqdm(
+        total=total, unit="image", desc="eval", disable=True if not progress else None  # None: only on a terminal
+    ) as bar:
         writer = csv.DictWriter(handle, fieldnames=["name", *METRIC_NAMES])
         writer.writeheader()
         for index, sample in enumerate(samples):
