@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ldfusion.config import read_yaml
 from ldfusion.errors import ConfigError
 
 FORMAT_VERSION = 1
@@ -143,14 +144,7 @@ _KNOWN = set(_REQUIRED) | {"model", "source", "time_offset_s", "method", "error_
 def load_registration(path: str | os.PathLike) -> Registration:
     """Read and check a registration file; any problem is a one-line ``CalibrationError``."""
     path = Path(path)
-    if not path.is_file():
-        raise CalibrationError(f"calibration file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path}: malformed YAML ({getattr(exc, 'problem', None) or 'parse error'})") from None
-    if not isinstance(data, dict):
-        raise CalibrationError(f"{path}: expected a mapping at the top level")
+    data = read_yaml(path, what="calibration file", error=CalibrationError)
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise CalibrationError(f"{path}: missing key(s): {', '.join(missing)}")

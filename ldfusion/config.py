@@ -21,21 +21,22 @@ from ldfusion.errors import ConfigError
 C = TypeVar("C")
 
 
-def read_yaml(path: str | os.PathLike) -> dict:
+def read_yaml(path: str | os.PathLike, what: str = "config file", error: type[ConfigError] = ConfigError) -> dict:
+    """A YAML mapping from ``path`` (``yaml.safe_load``); problems raise ``error`` naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise error(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+        raise error(f"{path}: malformed YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping, not {type(data).__name__}")
+        raise error(f"{path}: the top level must be a mapping, not {type(data).__name__}")
     return data
 
 
