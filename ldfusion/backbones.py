@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldfusion.checkpoint import safe_torch_load, state_dict_mismatch
-from ldfusion.errors import CheckpointError, ConfigError
+from ldfusion.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
         model = open_clip.create_model(config.model, pretrained=pretrained, device=device, weights_only=True)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "not found" in str(exc):
-            raise ConfigError(f"unknown CLIP model {config.model!r} ({_first_line(exc)})") from None
-        raise CheckpointError(f"could not load CLIP {config.model!r} with pretrained={pretrained!r}: {_first_line(exc)}") from None
+            raise ConfigError(f"unknown CLIP model {config.model!r} ({first_line(exc)})") from None
+        raise CheckpointError(f"could not load CLIP {config.model!r} with pretrained={pretrained!r}: {first_line(exc)}") from None
     except Exception as exc:  # network errors from the hub surface as many types
         raise CheckpointError(
-            f"could not load CLIP {config.model!r} with pretrained={pretrained!r} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"could not load CLIP {config.model!r} with pretrained={pretrained!r} ({type(exc).__name__}: {first_line(exc)}); "
             "without network access pass a local checkpoint file as clip.pretrained"
         ) from None
     preprocess = open_clip.get_model_preprocess_cfg(model)
@@ -137,7 +137,7 @@ def load_vgg19(config: VggConfig, device: torch.device | str = "cpu") -> VggFeat
         try:
             model = vgg19(weights=VGG19_Weights.IMAGENET1K_V1)
         except Exception as exc:
-            raise CheckpointError(f"could not download VGG19 ImageNet weights ({_first_line(exc)}); pass a local file") from None
+            raise CheckpointError(f"could not download VGG19 ImageNet weights ({first_line(exc)}); pass a local file") from None
         features = model.features
     else:
         features = vgg19(weights=None).features
@@ -152,8 +152,3 @@ def load_vgg19(config: VggConfig, device: torch.device | str = "cpu") -> VggFeat
 
 def _looks_like_path(value: str) -> bool:
     return os.sep in value or value.endswith((".pt", ".pth", ".bin", ".safetensors"))
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__

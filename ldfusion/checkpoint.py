@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ldfusion import __version__
-from ldfusion.errors import CheckpointError
+from ldfusion.errors import CheckpointError, first_line
 from ldfusion.networks import FusionNet, build_network
 from ldfusion.variants import VARIANTS, VariantSpec, get_variant, variant_from_dict
 
@@ -91,7 +91,7 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
             ) from None
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
 
 
 def load_checkpoint(path: str | os.PathLike, variant: str | None = None) -> Checkpoint:
@@ -172,7 +172,7 @@ def _from_our_format(path: Path, obj: Mapping, variant: str | None) -> Checkpoin
         spec = variant_from_dict(obj["variant"])
         state = obj["state_dict"]
     except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: malformed ldfusion checkpoint ({_one_line(exc)})") from None
+        raise CheckpointError(f"{path}: malformed ldfusion checkpoint ({first_line(exc)})") from None
     if variant and variant != spec.name:
         raise CheckpointError(f"{path}: holds variant {spec.name!r}, not the requested {variant!r}")
     return Checkpoint(
@@ -219,8 +219,3 @@ def _unpickling_reason(exc: BaseException) -> str:
         if "GLOBAL" in line or line.startswith("Unsupported"):
             return line
     return "unpickling failed"
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

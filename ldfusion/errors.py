@@ -15,3 +15,9 @@ class DataError(LDFusionError):
 
 class ConfigError(LDFusionError):
     """A YAML config or a command-line override is malformed."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to its first line, for one-line errors (its type if it has none)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__

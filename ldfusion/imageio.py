@@ -138,6 +138,17 @@ def infrared_to_unit(image: np.ndarray, mode_16bit: str = "stretch", source: str
     return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
+def read_pair(pair: ImagePair, mode_16bit: str = "stretch") -> tuple[np.ndarray, np.ndarray]:
+    """(visible, infrared) of a pair, as ``read_visible`` and ``read_infrared`` give them; sizes must match."""
+    visible, ir = read_visible(pair.vi), read_infrared(pair.ir, mode_16bit)
+    if visible.shape[:2] != ir.shape:
+        raise DataError(
+            f"{pair.name}: ir and vi differ in size: {ir.shape[1]}x{ir.shape[0]} vs {visible.shape[1]}x{visible.shape[0]} "
+            f"({pair.ir} vs {pair.vi})"
+        )
+    return visible, ir
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write (H, W) gray or (H, W, 3) RGB uint8; raises DataError when the encoder fails."""
     path = Path(path)

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from ldfusion.color import rgb_to_y
-from ldfusion.imageio import pair_folders, read_infrared, read_visible
+from ldfusion.imageio import pair_folders, read_pair
 from ldfusion.inference import Fuser, FuserOptions
 from ldfusion.losses import psnr
 
@@ -45,10 +45,10 @@ def held_out_pairs(config: Path):
 
 
 def fused_y(fuser: Fuser, pair) -> torch.Tensor:
-    visible = read_visible(pair.vi)
+    visible, ir_image = read_pair(pair)
     vi = torch.from_numpy(visible).float().div(255)
     vi_y = rgb_to_y(vi.permute(2, 0, 1))[None] if visible.ndim == 3 else vi[None, None]
-    ir = torch.from_numpy(read_infrared(pair.ir))[None, None]
+    ir = torch.from_numpy(ir_image)[None, None]
     return fuser.fuse_y(vi_y, ir).cpu()
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
-from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folders, read_infrared, read_visible, write_image
+from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
@@ -161,8 +161,7 @@ def _describe_inputs(args: argparse.Namespace, fuser) -> dict:
 
 def _image_samples(pairs: list[ImagePair], fused_paths: dict[str, Path] | None, ir_16bit: str) -> Iterator[Sample]:
     for pair in pairs:
-        visible, ir = read_visible(pair.vi), read_infrared(pair.ir, ir_16bit)
-        _check_same_size(pair.name, ir.shape, visible.shape[:2], "ir", "vi")
+        visible, ir = read_pair(pair, ir_16bit)
         fused = read_visible(fused_paths[pair.name]) if fused_paths is not None else None
         if fused is not None:
             _check_same_size(pair.name, fused.shape[:2], visible.shape[:2], "fused", "sources")

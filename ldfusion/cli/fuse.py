@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
-from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_infrared, read_visible, side_by_side, write_image
+from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.variants import VARIANTS
 
@@ -86,10 +86,7 @@ def fuse_pairs(
     """Read, fuse in same-size batches, and write; reading and writing overlap the network."""
 
     def load(pair: ImagePair) -> tuple[ImagePair, np.ndarray, np.ndarray]:
-        visible, ir = read_visible(pair.vi), read_infrared(pair.ir, ir_16bit)
-        if visible.shape[:2] != ir.shape:
-            raise DataError(f"{pair.name}: ir and vi differ in size: {ir.shape[1]}x{ir.shape[0]} vs {visible.shape[1]}x{visible.shape[0]}")
-        return pair, visible, ir
+        return (pair, *read_pair(pair, ir_16bit))
 
     def save(pair: ImagePair, visible: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> None:
         write_image(out_dir / f"{pair.name}.png", fused)

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from ldfusion.color import rgb_to_y
 from ldfusion.errors import DataError
-from ldfusion.imageio import pair_folders, read_infrared, read_visible
+from ldfusion.imageio import pair_folders, read_pair
 from ldfusion.video import open_video
 
 log = logging.getLogger(__name__)
@@ -82,13 +82,8 @@ def load_folder_pairs(source: FolderSource) -> list[Pair]:
     for image_pair in pair_folders(source.ir, source.vi):
         if image_pair.name in excluded:
             continue
-        visible = read_visible(image_pair.vi)
-        ir = (read_infrared(image_pair.ir) * 255.0 + 0.5).astype(np.uint8)
-        if visible.shape[:2] != ir.shape:
-            raise DataError(
-                f"{image_pair.ir}: ir and vi differ in size: {ir.shape[1]}x{ir.shape[0]} vs {visible.shape[1]}x{visible.shape[0]}"
-            )
-        pairs.append(Pair(image_pair.name, visible, ir))
+        visible, ir = read_pair(image_pair)
+        pairs.append(Pair(image_pair.name, visible, (ir * 255.0 + 0.5).astype(np.uint8)))
     return pairs
 
 
