@@ -193,6 +193,71 @@ def test_feature_hints_match_a_same_layout_teacher(tmp_path, random_weights):
     assert float(again["distill"]) == pytest.approx(0.0, abs=1e-5)
 
 
+def _hint_trainer(tmp_path, teacher: Path, hints: dict):
+    from ldfusion.config import from_dict
+    from ldfusion.training.config import TrainConfig
+    from ldfusion.training.trainer import Trainer
+
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    config = from_dict(TrainConfig, {
+        "variant": "ld-lite", "teacher": str(teacher), "device": "cpu", "out_dir": str(tmp_path / "run"),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 48, "repeat": 2, "num_workers": 0, "noise_std": 0.0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0},
+                 "hints": hints},
+        "optim": {"batch_size": 2, "epochs": 2, "steps_per_epoch": 1},
+    })
+    trainer = Trainer(config)
+    return trainer, next(iter(trainer.loader))
+
+
+def test_layer_hints_cover_every_activation_and_residual_block(tmp_path, random_weights):
+    from ldfusion.training.hints import hint_points
+
+    trainer, _ = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers"})
+    names = hint_points(trainer.model, "layers")
+    # Per content encoder: 4 ReLUs + 2 residual blocks with one ReLU each; decoder: 3 ReLUs.
+    assert len(names) == 2 * (4 + 2 * 2) + 3
+    assert "encoder.content_encoder2.model.14" in names and "decoder.model_up.8" in names
+    assert set(hint_points(trainer.model, "stages")) < set(names) | {"encoder.content_encoder1", "encoder.content_encoder2"}
+
+
+def test_teacher_forced_hints_feed_each_layer_the_teachers_input(tmp_path, random_weights):
+    trainer, batch = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers", "teacher_forced_epochs": 1})
+    # Give the student only the teacher's last conv. Teacher-forced, that conv sees the
+    # teacher's activations, so the output agrees although every other layer is random.
+    last_conv = {k: v for k, v in trainer.teacher.state_dict().items() if k.startswith("decoder.model_up.10.")}
+    trainer.model.load_state_dict(last_conv, strict=False)
+    with torch.no_grad():
+        forced, free = trainer.compute_loss(batch, epoch=1), trainer.compute_loss(batch, epoch=2)
+    assert float(forced["distill"]) == pytest.approx(0.0, abs=1e-5)
+    assert float(free["distill"]) > 0.01
+    # The hints still score the student's own (random) layers in both modes.
+    assert float(forced["hints"]) > 0 and float(free["hints"]) > 0
+
+
+def test_teacher_forced_hints_keep_each_layers_gradient_local(tmp_path, random_weights):
+    trainer, batch = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers", "teacher_forced_epochs": 1})
+    trainer.model.zero_grad()
+    trainer.compute_loss(batch, epoch=1)["distill"].backward()
+    # The output term reaches only the layers after the last hint point.
+    first_conv = trainer.model.encoder.content_encoder1.model[1].weight
+    assert first_conv.grad is None or float(first_conv.grad.abs().max()) == 0.0
+    assert float(trainer.model.decoder.model_up[10].weight.grad.abs().max()) > 0
+
+
+def test_hint_config_names_a_bad_point_set(tmp_path, random_weights, capsys):
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "variant": "ld-lite", "teacher": str(random_weights["ld-lite"]), "device": "cpu", "out_dir": str(tmp_path / "run"),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 48, "num_workers": 0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0},
+                 "hints": {"points": "everything"}},
+    }))
+    assert train_main(["--config", str(path)]) != 0
+    assert "loss.hints.points must be one of" in capsys.readouterr().err
+
+
 def test_feature_hints_refuse_a_teacher_of_another_layout(tmp_path, random_weights, capsys):
     ir, vi = _synthetic_pairs(tmp_path / "data")
     path = tmp_path / "c.yaml"

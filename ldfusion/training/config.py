@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ldfusion.backbones import ClipConfig, VggConfig
 from ldfusion.losses import LossWeights, PatchConfig, Prompts
 from ldfusion.training.data import DataConfig
+from ldfusion.training.hints import HintConfig
 from ldfusion.variants import VARIANTS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -19,6 +20,7 @@ class LossConfig:
     patch: PatchConfig = PatchConfig()
     clip: ClipConfig = ClipConfig()
     vgg: VggConfig = VggConfig()
+    hints: HintConfig = HintConfig()  # used when loss.weights.distill_features > 0
 
 
 @dataclass(frozen=True)

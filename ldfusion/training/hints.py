@@ -5,37 +5,83 @@ Only for a student whose layout equals the teacher's (the default weights are tr
 way: an ld-lite student of the ld-lite teacher). The output-only distillation term still
 decides what the student produces; hints make the optimisation far easier, because every
 stage gets its own target instead of a gradient that has crossed the whole network.
+
+Two sets of hint points:
+
+- ``stages``: the two content codes and each decoder upsampling stage. The student is free
+  to find its own representation inside each stage.
+- ``layers``: every activation and every residual block. Each layer then has a target of
+  its own.
+
+With ``teacher_forced_epochs``, the first epochs are blockwise: at every hint point the
+student's output is scored and then replaced by the teacher's, so each layer learns from
+the teacher's input and its error cannot compound through the layers after it. The
+remaining epochs run the student on its own activations, which removes what is left of the
+compounding.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldfusion.errors import ConfigError
+from ldfusion.networks import AdaINResidualBlock, ResidualBlock
+
+HINT_POINT_SETS = ("stages", "layers")
 
 
-def hint_points(model: nn.Module) -> list[str]:
-    """Names of the modules whose outputs are matched: each content code and each decoder upsampling stage."""
+@dataclass(frozen=True)
+class HintConfig:
+    points: str = "stages"  # "stages" or "layers" (see the module docstring)
+    teacher_forced_epochs: int = 0  # blockwise epochs at the start of training
+
+    def __post_init__(self) -> None:
+        if self.points not in HINT_POINT_SETS:
+            raise ValueError(f"loss.hints.points must be one of {HINT_POINT_SETS}; got {self.points!r}")
+        if self.teacher_forced_epochs < 0:
+            raise ValueError("loss.hints.teacher_forced_epochs must be 0 or more")
+
+
+def hint_points(model: nn.Module, points: str = "stages") -> list[str]:
+    """Names of the modules whose outputs are matched."""
+    if points == "layers":
+        # Activations and residual-block outputs: none of them is followed by an in-place
+        # op, so a teacher-forced replacement is never modified downstream.
+        return [name for name, module in model.named_modules()
+                if isinstance(module, (nn.ReLU, ResidualBlock, AdaINResidualBlock))]
     names = ["encoder.content_encoder1", "encoder.content_encoder2"]
     names += [f"decoder.model_up.{index}" for index, layer in enumerate(model.decoder.model_up) if isinstance(layer, nn.ReLU)]
     return names
 
 
 @contextlib.contextmanager
-def tap(model: nn.Module, names: list[str]) -> Iterator[dict[str, Tensor]]:
-    """Record the outputs of the named submodules during the forward passes inside the block."""
+def tap(model: nn.Module, names: list[str], replace: Mapping[str, Tensor] | None = None) -> Iterator[dict[str, Tensor]]:
+    """Record the outputs of the named submodules during the forward passes inside the block.
+
+    With ``replace``, each named module's output is recorded and then swapped for
+    ``replace[name]`` (detached), which is what the rest of the network computes on.
+    """
     modules = dict(model.named_modules())
     outputs: dict[str, Tensor] = {}
+
+    def hook(_module: nn.Module, _inputs, output: Tensor, key: str) -> Tensor | None:
+        outputs[key] = output
+        # A copy, so that nothing downstream can modify the teacher's recorded activation.
+        if replace is not None:
+            return replace[key].detach().clone()
+        return None
+
     handles = []
     for name in names:
         if name not in modules:
             raise ConfigError(f"feature hints: the network has no module {name!r}")
-        handles.append(modules[name].register_forward_hook(lambda _m, _i, out, key=name: outputs.__setitem__(key, out)))
+        handles.append(modules[name].register_forward_hook(lambda m, i, out, key=name: hook(m, i, out, key)))
     try:
         yield outputs
     finally:

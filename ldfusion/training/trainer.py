@@ -183,7 +183,7 @@ class Trainer:
                 lr = learning_rate(self.config.optim, epoch, index, self.steps_per_epoch)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                terms = self.train_step(batch)
+                terms = self.train_step(batch, epoch)
                 for name, value in terms.items():
                     totals[name] += value
                 bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()} | {"lr": f"{lr:.1e}"}, refresh=False)
@@ -193,9 +193,9 @@ class Trainer:
             log.info("epoch %d: %s", epoch, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
         return means
 
-    def train_step(self, batch: dict[str, Tensor]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Tensor], epoch: int | None = None) -> dict[str, float]:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        terms = self.compute_loss(batch)
+        terms = self.compute_loss(batch, epoch)
         total = terms["total"]
         if not torch.isfinite(total):
             raise FloatingPointError(f"loss is not finite at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
@@ -209,18 +209,27 @@ class Trainer:
         self.step += 1
         return {name: float(value.detach()) for name, value in terms.items()}
 
-    def compute_loss(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Every weighted term for one batch, plus ``total``."""
+    def compute_loss(self, batch: dict[str, Tensor], epoch: int | None = None) -> dict[str, Tensor]:
+        """Every weighted term for one batch, plus ``total``.
+
+        ``epoch`` (from 1) decides whether the feature hints are teacher-forced; None means
+        after the teacher-forced epochs.
+        """
         weights = self.config.loss.weights
         hints = self.teacher is not None and weights.distill_features > 0
-        names = hint_points(self.model) if hints else []
+        hint_config = self.config.loss.hints
+        names = hint_points(self.model, hint_config.points) if hints else []
+        forced = hints and epoch is not None and epoch <= hint_config.teacher_forced_epochs
         with self._autocast():
-            with tap(self.model, names) as student_features:
-                fused = self.ddp_model(batch["vi_y_noisy"], batch["ir_noisy"]).float()  # (B, 1, H, W)
-            terms = self.criterion(fused, batch["vi_y"], batch["ir"])
+            teacher_features: dict[str, Tensor] = {}
+            target = None
             if self.teacher is not None:
                 with torch.no_grad(), tap(self.teacher, names) as teacher_features:
                     target = self.teacher(batch["vi_y"], batch["ir"]).float()
+            with tap(self.model, names, replace=teacher_features if forced else None) as student_features:
+                fused = self.ddp_model(batch["vi_y_noisy"], batch["ir_noisy"]).float()  # (B, 1, H, W)
+            terms = self.criterion(fused, batch["vi_y"], batch["ir"])
+            if target is not None:
                 terms["distill"] = weights.distill * distillation_loss(fused, target)
                 if hints:
                     terms["hints"] = weights.distill_features * hint_loss(student_features, teacher_features)
