@@ -210,39 +210,63 @@ def _hint_trainer(tmp_path, teacher: Path, hints: dict):
     return trainer, next(iter(trainer.loader))
 
 
-def test_layer_hints_cover_every_activation_and_residual_block(tmp_path, random_weights):
+def test_layer_hints_cover_every_norm_residual_block_and_the_logits(tmp_path, random_weights):
     from ldfusion.training.hints import hint_points
 
     trainer, _ = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers"})
     names = hint_points(trainer.model, "layers")
-    # Per content encoder: 4 ReLUs + 2 residual blocks with one ReLU each; decoder: 3 ReLUs.
-    assert len(names) == 2 * (4 + 2 * 2) + 3
-    assert "encoder.content_encoder2.model.14" in names and "decoder.model_up.8" in names
-    assert set(hint_points(trainer.model, "stages")) < set(names) | {"encoder.content_encoder1", "encoder.content_encoder2"}
+    # Per content encoder: 4 norms + 2 residual blocks with 2 norms each; decoder: 3 norms + logits.
+    assert len(names) == 2 * (4 + 2 * 3) + 3 + 1
+    assert {"encoder.content_encoder2.model.14", "decoder.model_up.7", "decoder.model_up.10"} <= set(names)
+
+
+def test_layer_hints_record_the_activation_before_the_relu(tmp_path, random_weights):
+    from ldfusion.training.hints import tap
+
+    trainer, batch = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers"})
+    with torch.no_grad(), tap(trainer.model, ["encoder.content_encoder1.model.2"]) as features:
+        trainer.model(batch["vi_y"], batch["ir"])
+    # Instance-normalised and recorded before the in-place ReLU: about half is negative.
+    assert float((features["encoder.content_encoder1.model.2"] < 0).float().mean()) > 0.2
+
+
+def _forced_logits(trainer, batch, forced: bool):
+    """The student's recorded output logits, teacher-forced or not."""
+    from ldfusion.training.hints import hint_points, tap
+
+    names = hint_points(trainer.model, "layers")
+    with torch.no_grad(), tap(trainer.teacher, names) as teacher_features:
+        trainer.teacher(batch["vi_y"], batch["ir"])
+    with tap(trainer.model, names, replace=teacher_features if forced else None) as student_features:
+        trainer.model(batch["vi_y"], batch["ir"])
+    return student_features["decoder.model_up.10"], teacher_features["decoder.model_up.10"]
 
 
 def test_teacher_forced_hints_feed_each_layer_the_teachers_input(tmp_path, random_weights):
     trainer, batch = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers", "teacher_forced_epochs": 1})
     # Give the student only the teacher's last conv. Teacher-forced, that conv sees the
-    # teacher's activations, so the output agrees although every other layer is random.
+    # teacher's activations, so its logits agree although every other layer is random.
     last_conv = {k: v for k, v in trainer.teacher.state_dict().items() if k.startswith("decoder.model_up.10.")}
     trainer.model.load_state_dict(last_conv, strict=False)
-    with torch.no_grad():
-        forced, free = trainer.compute_loss(batch, epoch=1), trainer.compute_loss(batch, epoch=2)
-    assert float(forced["distill"]) == pytest.approx(0.0, abs=1e-5)
-    assert float(free["distill"]) > 0.01
-    # The hints still score the student's own (random) layers in both modes.
-    assert float(forced["hints"]) > 0 and float(free["hints"]) > 0
+    forced, target = _forced_logits(trainer, batch, forced=True)
+    torch.testing.assert_close(forced, target, atol=1e-4, rtol=1e-4)
+    free, _ = _forced_logits(trainer, batch, forced=False)
+    assert float((free.detach() - target).abs().mean()) > 0.01
 
 
 def test_teacher_forced_hints_keep_each_layers_gradient_local(tmp_path, random_weights):
     trainer, batch = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers", "teacher_forced_epochs": 1})
     trainer.model.zero_grad()
-    trainer.compute_loss(batch, epoch=1)["distill"].backward()
-    # The output term reaches only the layers after the last hint point.
+    student, target = _forced_logits(trainer, batch, forced=True)
+    torch.nn.functional.mse_loss(student, target).backward()
+    # The last hint reaches only the last conv, not the layers before it.
     first_conv = trainer.model.encoder.content_encoder1.model[1].weight
     assert first_conv.grad is None or float(first_conv.grad.abs().max()) == 0.0
     assert float(trainer.model.decoder.model_up[10].weight.grad.abs().max()) > 0
+    # The trainer's forced epochs use it: epoch 1 is forced, epoch 2 is not.
+    with torch.no_grad():
+        assert float(trainer.compute_loss(batch, epoch=1)["distill"]) == pytest.approx(0.0, abs=1e-5)
+        assert float(trainer.compute_loss(batch, epoch=2)["distill"]) > 0.01
 
 
 def test_hint_config_names_a_bad_point_set(tmp_path, random_weights, capsys):
@@ -268,3 +292,36 @@ def test_feature_hints_refuse_a_teacher_of_another_layout(tmp_path, random_weigh
     }))
     assert train_main(["--config", str(path)]) == 2
     assert "feature hints need a student with the teacher's layout" in capsys.readouterr().err
+
+
+def test_lbfgs_lowers_the_distillation_loss_on_a_batch(tmp_path, random_weights):
+    trainer, batch = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers"})
+    config = trainer.config
+    from dataclasses import replace
+
+    from ldfusion.training.trainer import Trainer
+
+    lbfgs = Trainer(replace(config, optim=replace(config.optim, optimizer="lbfgs", lr=1.0, warmup=False, lbfgs_iterations=5)))
+    assert isinstance(lbfgs.optimizer, torch.optim.LBFGS)
+    with torch.no_grad():
+        before = float(lbfgs.compute_loss(batch)["total"])
+    after = lbfgs.train_step(batch)
+    assert after["total"] < 0.9 * before
+    assert lbfgs.step == 1
+
+
+def test_lbfgs_refuses_several_processes(tmp_path, random_weights):
+    from dataclasses import replace
+
+    from ldfusion.errors import ConfigError
+    from ldfusion.training.trainer import DistInfo, Trainer
+
+    trainer, _ = _hint_trainer(tmp_path, random_weights["ld-lite"], {"points": "layers"})
+    config = replace(trainer.config, optim=replace(trainer.config.optim, optimizer="lbfgs"))
+    with pytest.raises(ConfigError, match="single process"):
+        Trainer(config, DistInfo(rank=0, local_rank=0, world_size=2))
+
+
+def test_optim_config_names_an_unknown_optimizer():
+    with pytest.raises(ValueError, match="optim.optimizer must be one of"):
+        OptimConfig(optimizer="sgd")

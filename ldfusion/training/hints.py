@@ -10,8 +10,8 @@ Two sets of hint points:
 
 - ``stages``: the two content codes and each decoder upsampling stage. The student is free
   to find its own representation inside each stage.
-- ``layers``: every activation and every residual block. Each layer then has a target of
-  its own.
+- ``layers``: every normalisation output (before its activation), every residual block
+  and the output logits. Each layer then has a target of its own.
 
 With ``teacher_forced_epochs``, the first epochs are blockwise: at every hint point the
 student's output is scored and then replaced by the teacher's, so each layer learns from
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ldfusion.errors import ConfigError
-from ldfusion.networks import AdaINResidualBlock, ResidualBlock
+from ldfusion.networks import AdaINResidualBlock, LayerNorm, ResidualBlock
 
 HINT_POINT_SETS = ("stages", "layers")
 
@@ -51,13 +51,24 @@ class HintConfig:
 def hint_points(model: nn.Module, points: str = "stages") -> list[str]:
     """Names of the modules whose outputs are matched."""
     if points == "layers":
-        # Activations and residual-block outputs: none of them is followed by an in-place
-        # op, so a teacher-forced replacement is never modified downstream.
-        return [name for name, module in model.named_modules()
-                if isinstance(module, (nn.ReLU, ResidualBlock, AdaINResidualBlock))]
+        return _layer_points(model)
     names = ["encoder.content_encoder1", "encoder.content_encoder2"]
     names += [f"decoder.model_up.{index}" for index, layer in enumerate(model.decoder.model_up) if isinstance(layer, nn.ReLU)]
     return names
+
+
+def _layer_points(model: nn.Module) -> list[str]:
+    """Every normalisation output, every residual block output, and the output logits.
+
+    The points sit before the activations on purpose: an activation hint gives no gradient
+    to a unit whose input is negative, so a channel that starts out dead (a decoder
+    LayerNorm can shift a whole channel below zero) would never learn.
+    """
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, (nn.InstanceNorm2d, LayerNorm, ResidualBlock, AdaINResidualBlock))]
+    up = model.decoder.model_up
+    last_conv = max(index for index, layer in enumerate(up) if isinstance(layer, nn.Conv2d))
+    return names + [f"decoder.model_up.{last_conv}"]
 
 
 @contextlib.contextmanager
@@ -71,8 +82,9 @@ def tap(model: nn.Module, names: list[str], replace: Mapping[str, Tensor] | None
     outputs: dict[str, Tensor] = {}
 
     def hook(_module: nn.Module, _inputs, output: Tensor, key: str) -> Tensor | None:
-        outputs[key] = output
-        # A copy, so that nothing downstream can modify the teacher's recorded activation.
+        # Copies both ways: the in-place ReLU after a norm would otherwise change the
+        # recorded activation, or the teacher's activation handed to the student.
+        outputs[key] = output.clone()
         if replace is not None:
             return replace[key].detach().clone()
         return None

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ldfusion.backbones import load_clip, load_vgg19
 from ldfusion.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ldfusion.config import to_dict, write_yaml
-from ldfusion.errors import CheckpointError, DataError
+from ldfusion.errors import CheckpointError, ConfigError, DataError
 from ldfusion.inference import resolve_device
 from ldfusion.losses import LanguageDrivenLoss, distillation_loss
 from ldfusion.networks import FusionNet, build_network
@@ -77,7 +77,7 @@ class Trainer:
         self.criterion = self._build_criterion()
         self.loader = self._build_loader()
         self.steps_per_epoch = config.optim.steps_per_epoch or len(self.loader)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.optim.lr, betas=config.optim.betas)
+        self.optimizer = self._build_optimizer()
         self.autocast_dtype = self._pick_autocast_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.ddp_model: nn.Module = self._wrap_ddp(self.model)
@@ -140,9 +140,24 @@ class Trainer:
             persistent_workers=data.num_workers > 0,
         )
 
+    @property
+    def uses_lbfgs(self) -> bool:
+        return self.config.optim.optimizer == "lbfgs"
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config.optim
+        if not self.uses_lbfgs:
+            return torch.optim.Adam(self.model.parameters(), lr=optim.lr, betas=optim.betas)
+        if self.dist.world_size > 1:
+            # Each rank's line search would take its own number of steps and DDP would hang.
+            raise ConfigError("optim.optimizer lbfgs runs in a single process; use adam under torchrun")
+        return torch.optim.LBFGS(self.model.parameters(), lr=optim.lr, max_iter=optim.lbfgs_iterations,
+                                 history_size=optim.lbfgs_history, line_search_fn="strong_wolfe")
+
     def _pick_autocast_dtype(self) -> torch.dtype | None:
         mode = self.config.amp
-        if self.device.type != "cuda" or mode == "off":
+        # The line search compares losses between evaluations: keep L-BFGS in float32.
+        if self.device.type != "cuda" or mode == "off" or self.uses_lbfgs:
             return None
         if mode == "fp16" or (mode == "auto" and not torch.cuda.is_bf16_supported()):
             return torch.float16
@@ -161,6 +176,10 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_yaml(self.out_dir / "config.yaml", self.config)
         for epoch in range(self.epoch + 1, self.config.optim.epochs + 1):
+            if self.uses_lbfgs and epoch == self.config.loss.hints.teacher_forced_epochs + 1 and epoch > 1:
+                # The objective changes when teacher forcing ends; the curvature pairs
+                # gathered on the old one would mislead the first steps on the new one.
+                self.optimizer.state.clear()
             self.train_epoch(epoch)
             self.epoch = epoch
             if self.dist.is_main:
@@ -195,10 +214,11 @@ class Trainer:
 
     def train_step(self, batch: dict[str, Tensor], epoch: int | None = None) -> dict[str, float]:
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.uses_lbfgs:
+            return self._lbfgs_step(batch, epoch)
         terms = self.compute_loss(batch, epoch)
         total = terms["total"]
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"loss is not finite at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
+        self._check_finite(terms)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.config.optim.grad_clip > 0:
@@ -208,6 +228,27 @@ class Trainer:
         self.scaler.update()
         self.step += 1
         return {name: float(value.detach()) for name, value in terms.items()}
+
+    def _lbfgs_step(self, batch: dict[str, Tensor], epoch: int | None) -> dict[str, float]:
+        """``lbfgs_iterations`` of L-BFGS on this batch; returns the terms after them."""
+
+        def closure() -> Tensor:
+            self.optimizer.zero_grad(set_to_none=True)
+            terms = self.compute_loss(batch, epoch)
+            self._check_finite(terms)
+            terms["total"].backward()
+            return terms["total"]
+
+        self.optimizer.step(closure)
+        with torch.no_grad():
+            terms = self.compute_loss(batch, epoch)
+        self._check_finite(terms)
+        self.step += 1
+        return {name: float(value) for name, value in terms.items()}
+
+    def _check_finite(self, terms: dict[str, Tensor]) -> None:
+        if not torch.isfinite(terms["total"]):
+            raise FloatingPointError(f"loss is not finite at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
 
     def compute_loss(self, batch: dict[str, Tensor], epoch: int | None = None) -> dict[str, Tensor]:
         """Every weighted term for one batch, plus ``total``.
