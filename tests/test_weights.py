@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ldfusion.errors import CheckpointError
 from ldfusion.networks import build_network
 from ldfusion.checkpoint import save_checkpoint
 from ldfusion.variants import get_variant
 from ldfusion.weights import REGISTRY, RemoteFile, WeightsEntry, fetch_into_cache, resolve_model, resolve_weights_path, sha256_of
+
+# Fused Y of the bundled `default` against LD-Lite's, per held-out ldlite_test pair (dB).
+MIN_AGREEMENT_DB = 35.0  # the issue's target; 37.9 and 36.8 measured
 
 
 @pytest.fixture
@@ -88,3 +92,24 @@ def test_the_authors_release_is_pinned():
 
 def test_shared_ld_lite_matches_the_pinned_hash(ldlite_weights):
     assert sha256_of(ldlite_weights) == REGISTRY["ld-lite"].files[0].sha256
+
+
+def test_bundled_default_agrees_with_its_teacher_on_held_out_pairs(shared_data, ldlite_weights):
+    """The bundled weights are the ones MODEL_CARD.md describes: close to LD-Lite on pairs
+    never seen in training (scripts/teacher_agreement.py measures all twelve)."""
+    from ldfusion.color import rgb_to_y
+    from ldfusion.imageio import pair_folders, read_pair
+    from ldfusion.inference import Fuser, FuserOptions
+    from ldfusion.losses import psnr
+
+    options = FuserOptions(device="cpu")
+    student, teacher = Fuser.from_weights("default", options=options), Fuser.from_weights(str(ldlite_weights), options=options)
+    values = []
+    for pair in pair_folders(shared_data / "pairs/ldlite_test/ir", shared_data / "pairs/ldlite_test/vi"):
+        visible, ir = read_pair(pair)
+        vi = torch.from_numpy(visible).float().div(255)
+        vi_y = rgb_to_y(vi.permute(2, 0, 1))[None] if vi.ndim == 3 else vi[None, None]  # (1, 1, H, W)
+        ir = torch.from_numpy(ir)[None, None]
+        values.append(float(psnr(student.fuse_y(vi_y, ir), teacher.fuse_y(vi_y, ir))[0]))
+    assert len(values) == 2
+    assert min(values) >= MIN_AGREEMENT_DB
