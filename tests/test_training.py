@@ -305,9 +305,13 @@ def test_lbfgs_lowers_the_distillation_loss_on_a_batch(tmp_path, random_weights)
     assert isinstance(lbfgs.optimizer, torch.optim.LBFGS)
     with torch.no_grad():
         before = float(lbfgs.compute_loss(batch)["total"])
+    teacher_calls = []
+    lbfgs.teacher.register_forward_hook(lambda *_: teacher_calls.append(1))
     after = lbfgs.train_step(batch)
     assert after["total"] < 0.9 * before
     assert lbfgs.step == 1
+    # Many evaluations of the batch, one teacher forward.
+    assert len(teacher_calls) == 1
 
 
 def test_lbfgs_refuses_several_processes(tmp_path, random_weights):

@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class TeacherOutputs:
+    fused: Tensor | None  # (B, 1, H, W); None without a teacher
+    features: dict[str, Tensor]  # activations at the hint points, by module name
+
+
+@dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     local_rank: int = 0
@@ -232,16 +238,18 @@ class Trainer:
     def _lbfgs_step(self, batch: dict[str, Tensor], epoch: int | None) -> dict[str, float]:
         """``lbfgs_iterations`` of L-BFGS on this batch; returns the terms after them."""
 
+        teacher = self.teacher_outputs(batch)  # the same for every evaluation of the batch
+
         def closure() -> Tensor:
             self.optimizer.zero_grad(set_to_none=True)
-            terms = self.compute_loss(batch, epoch)
+            terms = self.compute_loss(batch, epoch, teacher)
             self._check_finite(terms)
             terms["total"].backward()
             return terms["total"]
 
         self.optimizer.step(closure)
         with torch.no_grad():
-            terms = self.compute_loss(batch, epoch)
+            terms = self.compute_loss(batch, epoch, teacher)
         self._check_finite(terms)
         self.step += 1
         return {name: float(value) for name, value in terms.items()}
@@ -250,32 +258,42 @@ class Trainer:
         if not torch.isfinite(terms["total"]):
             raise FloatingPointError(f"loss is not finite at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
 
-    def compute_loss(self, batch: dict[str, Tensor], epoch: int | None = None) -> dict[str, Tensor]:
+    def compute_loss(self, batch: dict[str, Tensor], epoch: int | None = None,
+                     teacher: TeacherOutputs | None = None) -> dict[str, Tensor]:
         """Every weighted term for one batch, plus ``total``.
 
         ``epoch`` (from 1) decides whether the feature hints are teacher-forced; None means
-        after the teacher-forced epochs.
+        after the teacher-forced epochs. ``teacher``: the teacher's outputs for this batch,
+        when already computed (L-BFGS evaluates the same batch many times).
         """
         weights = self.config.loss.weights
-        hints = self.teacher is not None and weights.distill_features > 0
-        hint_config = self.config.loss.hints
-        names = hint_points(self.model, hint_config.points) if hints else []
-        forced = hints and epoch is not None and epoch <= hint_config.teacher_forced_epochs
+        names = self._hint_names()
+        forced = bool(names) and epoch is not None and epoch <= self.config.loss.hints.teacher_forced_epochs
         with self._autocast():
-            teacher_features: dict[str, Tensor] = {}
-            target = None
-            if self.teacher is not None:
-                with torch.no_grad(), tap(self.teacher, names) as teacher_features:
-                    target = self.teacher(batch["vi_y"], batch["ir"]).float()
-            with tap(self.model, names, replace=teacher_features if forced else None) as student_features:
+            if teacher is None:
+                teacher = self.teacher_outputs(batch)
+            with tap(self.model, names, replace=teacher.features if forced else None) as student_features:
                 fused = self.ddp_model(batch["vi_y_noisy"], batch["ir_noisy"]).float()  # (B, 1, H, W)
             terms = self.criterion(fused, batch["vi_y"], batch["ir"])
-            if target is not None:
-                terms["distill"] = weights.distill * distillation_loss(fused, target)
-                if hints:
-                    terms["hints"] = weights.distill_features * hint_loss(student_features, teacher_features)
+            if teacher.fused is not None:
+                terms["distill"] = weights.distill * distillation_loss(fused, teacher.fused)
+                if names:
+                    terms["hints"] = weights.distill_features * hint_loss(student_features, teacher.features)
                 terms["total"] = terms["total"] + sum(terms[k] for k in ("distill", "hints") if k in terms)
         return terms
+
+    def teacher_outputs(self, batch: dict[str, Tensor]) -> TeacherOutputs:
+        """The teacher's fused Y and its activations at the hint points (empty without a teacher)."""
+        if self.teacher is None:
+            return TeacherOutputs(None, {})
+        with self._autocast(), torch.no_grad(), tap(self.teacher, self._hint_names()) as features:
+            fused = self.teacher(batch["vi_y"], batch["ir"]).float()  # (B, 1, H, W)
+        return TeacherOutputs(fused, features)
+
+    def _hint_names(self) -> list[str]:
+        if self.teacher is None or self.config.loss.weights.distill_features <= 0:
+            return []
+        return hint_points(self.model, self.config.loss.hints.points)
 
     def _autocast(self):
         if self.autocast_dtype is None:
