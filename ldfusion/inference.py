@@ -150,6 +150,12 @@ def to_chw_float(image: np.ndarray) -> Tensor:
     raise ValueError(f"expected an (H, W) or (H, W, C) image; got shape {array.shape}")
 
 
+def to_y_batch(visible: np.ndarray) -> Tensor:
+    """One visible image, (H, W, 3) RGB or (H, W) gray, -> its Y as a (1, 1, H, W) batch in [0, 1]."""
+    chw = to_chw_float(visible)  # (C, H, W)
+    return (rgb_to_y(chw) if chw.shape[0] == 3 else chw)[None]
+
+
 def to_uint8(x: Tensor) -> Tensor:
     """[0, 1] float -> uint8, rounding to nearest."""
     return x.clamp(0, 1).mul(255.0).round_().to(torch.uint8)

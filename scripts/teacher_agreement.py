@@ -20,9 +20,8 @@ import numpy as np
 import torch
 import yaml
 
-from ldfusion.color import rgb_to_y
 from ldfusion.imageio import pair_folders, read_pair
-from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.inference import Fuser, FuserOptions, to_chw_float, to_y_batch
 from ldfusion.losses import psnr
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,11 +44,8 @@ def held_out_pairs(config: Path):
 
 
 def fused_y(fuser: Fuser, pair) -> torch.Tensor:
-    visible, ir_image = read_pair(pair)
-    vi = torch.from_numpy(visible).float().div(255)
-    vi_y = rgb_to_y(vi.permute(2, 0, 1))[None] if visible.ndim == 3 else vi[None, None]
-    ir = torch.from_numpy(ir_image)[None, None]
-    return fuser.fuse_y(vi_y, ir).cpu()
+    visible, ir = read_pair(pair)
+    return fuser.fuse_y(to_y_batch(visible), to_chw_float(ir)[None]).cpu()
 
 
 def main(argv: list[str] | None = None) -> int:

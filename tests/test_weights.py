@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from ldfusion.errors import CheckpointError
 from ldfusion.networks import build_network
@@ -97,9 +96,8 @@ def test_shared_ld_lite_matches_the_pinned_hash(ldlite_weights):
 def test_bundled_default_agrees_with_its_teacher_on_held_out_pairs(shared_data, ldlite_weights):
     """The bundled weights are the ones MODEL_CARD.md describes: close to LD-Lite on pairs
     never seen in training (scripts/teacher_agreement.py measures all twelve)."""
-    from ldfusion.color import rgb_to_y
     from ldfusion.imageio import pair_folders, read_pair
-    from ldfusion.inference import Fuser, FuserOptions
+    from ldfusion.inference import Fuser, FuserOptions, to_chw_float, to_y_batch
     from ldfusion.losses import psnr
 
     options = FuserOptions(device="cpu")
@@ -107,9 +105,7 @@ def test_bundled_default_agrees_with_its_teacher_on_held_out_pairs(shared_data, 
     values = []
     for pair in pair_folders(shared_data / "pairs/ldlite_test/ir", shared_data / "pairs/ldlite_test/vi"):
         visible, ir = read_pair(pair)
-        vi = torch.from_numpy(visible).float().div(255)
-        vi_y = rgb_to_y(vi.permute(2, 0, 1))[None] if vi.ndim == 3 else vi[None, None]  # (1, 1, H, W)
-        ir = torch.from_numpy(ir)[None, None]
+        vi_y, ir = to_y_batch(visible), to_chw_float(ir)[None]  # (1, 1, H, W) each
         values.append(float(psnr(student.fuse_y(vi_y, ir), teacher.fuse_y(vi_y, ir))[0]))
     assert len(values) == 2
     assert min(values) >= MIN_AGREEMENT_DB
