@@ -232,14 +232,12 @@ def test_layer_hints_record_the_activation_before_the_relu(tmp_path, random_weig
 
 def _forced_logits(trainer, batch, forced: bool):
     """The student's recorded output logits, teacher-forced or not."""
-    from ldfusion.training.hints import hint_points, tap
+    from ldfusion.training.hints import tap
 
-    names = hint_points(trainer.model, "layers")
-    with torch.no_grad(), tap(trainer.teacher, names) as teacher_features:
-        trainer.teacher(batch["vi_y"], batch["ir"])
-    with tap(trainer.model, names, replace=teacher_features if forced else None) as student_features:
+    teacher = trainer.teacher_outputs(batch)
+    with tap(trainer.model, trainer.hint_names, replace=teacher.features if forced else None) as student_features:
         trainer.model(batch["vi_y"], batch["ir"])
-    return student_features["decoder.model_up.10"], teacher_features["decoder.model_up.10"]
+    return student_features["decoder.model_up.10"], teacher.features["decoder.model_up.10"]
 
 
 def test_teacher_forced_hints_feed_each_layer_the_teachers_input(tmp_path, random_weights):

@@ -80,6 +80,7 @@ class Trainer:
         seed_everything(config.seed + dist_info.rank)
         self.model = self._build_student().to(self.device)
         self.teacher = self._load_teacher()
+        self.hint_names = self._hint_names()  # fixed for the run; [] when hints are off
         self.criterion = self._build_criterion()
         self.loader = self._build_loader()
         self.steps_per_epoch = config.optim.steps_per_epoch or len(self.loader)
@@ -182,7 +183,8 @@ class Trainer:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             write_yaml(self.out_dir / "config.yaml", self.config)
         for epoch in range(self.epoch + 1, self.config.optim.epochs + 1):
-            if self.uses_lbfgs and epoch == self.config.loss.hints.teacher_forced_epochs + 1 and epoch > 1:
+            forced_epochs = self.config.loss.hints.teacher_forced_epochs
+            if self.uses_lbfgs and forced_epochs and epoch == forced_epochs + 1:
                 # The objective changes when teacher forcing ends; the curvature pairs
                 # gathered on the old one would mislead the first steps on the new one.
                 self.optimizer.state.clear()
@@ -267,7 +269,7 @@ class Trainer:
         when already computed (L-BFGS evaluates the same batch many times).
         """
         weights = self.config.loss.weights
-        names = self._hint_names()
+        names = self.hint_names
         forced = bool(names) and epoch is not None and epoch <= self.config.loss.hints.teacher_forced_epochs
         with self._autocast():
             if teacher is None:
@@ -286,7 +288,7 @@ class Trainer:
         """The teacher's fused Y and its activations at the hint points (empty without a teacher)."""
         if self.teacher is None:
             return TeacherOutputs(None, {})
-        with self._autocast(), torch.no_grad(), tap(self.teacher, self._hint_names()) as features:
+        with self._autocast(), torch.no_grad(), tap(self.teacher, self.hint_names) as features:
             fused = self.teacher(batch["vi_y"], batch["ir"]).float()  # (B, 1, H, W)
         return TeacherOutputs(fused, features)
 
