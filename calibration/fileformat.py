@@ -30,6 +30,7 @@ Pixel coordinates follow OpenCV: (0, 0) is the centre of the top-left pixel.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,12 +38,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ldfusion.config import read_yaml
+from ldfusion.config import finite_float, read_yaml
 from ldfusion.errors import ConfigError
 
 FORMAT_VERSION = 1
 MODELS = ("homography", "affine")
 SOURCES = ("ir", "vi")
+MAX_SIDE = 65536  # pixels; no camera is larger, and a bigger size is a typo or a crafted file
 
 
 class CalibrationError(ConfigError):
@@ -80,16 +82,17 @@ class Registration:
         if self.source not in SOURCES:
             raise CalibrationError(f"source must be one of {SOURCES}; got {self.source!r}")
         for name in ("source_size", "destination_size"):
-            size = getattr(self, name)
-            if len(size) != 2 or any(int(v) != v or v < 1 for v in size):
-                raise CalibrationError(f"{name} must be [width, height] of positive integers; got {size!r}")
-            object.__setattr__(self, name, (int(size[0]), int(size[1])))
+            object.__setattr__(self, name, _pixel_size(getattr(self, name), name))
+        # Every number of the file is checked here, once: a NaN offset would pair every frame with the first.
+        object.__setattr__(self, "time_offset_s", finite_float(self.time_offset_s, "time_offset_s", CalibrationError))
+        if self.error_px is not None:
+            object.__setattr__(self, "error_px", finite_float(self.error_px, "error_px", CalibrationError))
         if self.crop is not None:
             self._check_crop()
 
     def _check_crop(self) -> None:
-        if len(self.crop) != 4:
-            raise CalibrationError(f"crop must be [x, y, width, height]; got {self.crop!r}")
+        if len(self.crop) != 4 or not all(_is_whole(v) for v in self.crop):
+            raise CalibrationError(f"crop must be [x, y, width, height] of whole numbers; got {self.crop!r}")
         x, y, w, h = (int(v) for v in self.crop)
         dw, dh = self.destination_size
         if w < 1 or h < 1 or x < 0 or y < 0 or x + w > dw or y + h > dh:
@@ -118,6 +121,17 @@ class Registration:
             "cameras": self.cameras,
             "created": self.created,
         }
+
+
+def _is_whole(value) -> bool:
+    """A finite whole number (1 or 1.0; not True, "1", nan or inf)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and math.isfinite(value) and int(value) == value
+
+
+def _pixel_size(size, name: str) -> tuple[int, int]:
+    if len(size) != 2 or not all(_is_whole(v) and 1 <= v <= MAX_SIDE for v in size):
+        raise CalibrationError(f"{name} must be [width, height] of whole numbers in 1..{MAX_SIDE}; got {list(size)!r}")
+    return int(size[0]), int(size[1])
 
 
 def identity_registration(width: int, height: int, source: str = "ir") -> Registration:
@@ -163,9 +177,9 @@ def load_registration(path: str | os.PathLike) -> Registration:
             destination_size=tuple(data["destination_size"]),
             model=data.get("model", "homography"),
             source=data.get("source", "ir"),
-            time_offset_s=float(data.get("time_offset_s") or 0.0),
+            time_offset_s=data.get("time_offset_s") or 0.0,
             method=str(data.get("method", "unknown")),
-            error_px=None if data.get("error_px") is None else float(data["error_px"]),
+            error_px=data.get("error_px"),
             crop=None if data.get("crop") is None else tuple(data["crop"]),
             cameras=data.get("cameras"),
             created=str(data.get("created", "")),

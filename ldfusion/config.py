@@ -3,11 +3,16 @@
 Any frozen dataclass tree works: nested dataclasses, ``tuple[X, ...]`` of dataclasses or
 scalars, ``X | None``, ``Literal``-free plain scalars. Unknown keys and wrong types are
 a ``ConfigError`` naming the dotted key, so a typo never passes silently.
+
+Every float that passes through here must be finite: YAML spells NaN and infinity
+(``.nan``, ``.inf``) and Python parses ``"nan"``, yet no setting means anything with them,
+and a NaN compares false with everything, so range checks after it would pass it through.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -111,6 +116,26 @@ def write_yaml(path: str | os.PathLike, obj: Any) -> None:
     Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
+def finite_float(value: Any, where: str, error: type[ConfigError] = ConfigError) -> float:
+    """``value`` as a finite float (ints and numeric strings such as YAML's "1e-4" too), else ``error``."""
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float range
+            number = math.inf
+    elif isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise error(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise error(f"{where}: must be a finite number, got {value!r}")
+    return number
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -154,14 +179,7 @@ def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return finite_float(value, where)
     if hint is str:
         if isinstance(value, str):
             return value

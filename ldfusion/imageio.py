@@ -39,8 +39,18 @@ def list_images(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
+def sorted_images(folder: str | os.PathLike) -> list[Path]:
+    """Images in ``folder`` in natural name order (2 before 10): the order of a folder's frames."""
+    images = list_images(Path(folder))
+    return [images[stem] for stem in sorted(images, key=_natural_key)]
+
+
 def pair_folders(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike) -> list[ImagePair]:
-    """Pair ``ir_dir`` and ``vi_dir`` by file stem (``ir/7.png`` with ``vi/7.jpg``)."""
+    """Pair ``ir_dir`` and ``vi_dir`` by file stem (``ir/7.png`` with ``vi/7.jpg``).
+
+    An image without a partner of the same name is a ``DataError`` naming it: pairing by
+    position instead would shift every later pair by one.
+    """
     ir_dir, vi_dir = Path(ir_dir), Path(vi_dir)
     if ir_dir.is_file() or vi_dir.is_file():
         return [_single_pair(ir_dir, vi_dir)]

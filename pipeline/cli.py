@@ -14,7 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import to_dict
 from ldfusion.errors import ConfigError
-from pipeline.config import PipelineConfig, load_pipeline_config
+from pipeline.config import PipelineConfig, check_outputs, load_pipeline_config
 from pipeline.runner import run_pipeline
 
 log = logging.getLogger("pipeline.cli")
@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", help="network variant, when the weights do not say")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides model.device)")
     parser.add_argument("--out", type=Path, help="output folder (overrides run.out_dir); sink paths are relative to it")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (config: run.overwrite); else the run refuses to start")
     parser.add_argument("--max-frames", type=int, help="stop each stream after this many fused frames")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -70,6 +71,8 @@ def apply_arguments(config: PipelineConfig, args: argparse.Namespace) -> Pipelin
         run = replace(run, max_frames=args.max_frames)
     if args.no_progress:
         run = replace(run, progress=False)
+    if args.overwrite:
+        run = replace(run, overwrite=True)
     return replace(config, model=model, run=run)
 
 
@@ -84,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
         return 0
+    check_outputs(config)  # before anything is opened for writing
     with logging_redirect_tqdm():
         summary = run_pipeline(config)
     print(summary.report)

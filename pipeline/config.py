@@ -16,8 +16,14 @@ model, the sinks and a few run settings::
     run: {out_dir: runs/example}
 
 Input paths are relative to the current directory; sink paths are relative to
-``run.out_dir`` when it is set. ``--set streams.0.sync.slop_s=0.02`` reaches into lists by
-index. Every value is checked here, so a typo or a bad value is a one-line ``ConfigError``.
+``run.out_dir`` when it is set (else to the current directory), and stay inside it: a
+``..`` that leaves it, or a stream id of ``..``, is refused, and an absolute sink path needs
+``run.allow_absolute_paths: true``. No output may be one of the inputs (compared after
+resolving links); an output that already exists needs ``run.overwrite: true``
+(``ldfusion run --overwrite``), checked by ``check_outputs`` before anything is opened.
+``--set streams.0.sync.slop_s=0.02`` reaches into lists by index. Every value is checked
+here (numbers are finite: ``ldfusion.config``), so a typo or a bad value is a one-line
+``ConfigError``.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldfusion.config import from_dict, parse_overrides, read_yaml
-from ldfusion.errors import ConfigError
+from ldfusion.errors import ConfigError, DataError
+from ldfusion.imageio import pair_folders
 
 SOURCE_KINDS = ("video", "images", "camera")
 WARPS = ("ir_to_visible", "visible_to_ir")
@@ -35,6 +42,12 @@ LEADERS = ("visible", "ir")
 MODES = ("auto", "file", "live")
 SINK_KINDS = ("mp4", "png", "zmq")
 CONTENTS = ("fused", "side_by_side")
+MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # containers the mp4 sink's options (movflags) apply to
+# A frame rate sets timestamps and the MP4's rate. Below 0.1 fps (one frame in 10 s) rates
+# stop being representable (1/1001 steps) and pairing windows span minutes: time-lapse
+# pictures are given the rate they should play at instead.
+MIN_FPS, MAX_FPS = 0.1, 1000.0
+RUN_ARTEFACTS = ("config.yaml", "summary.json")  # written into out_dir by every run
 
 
 @dataclass(frozen=True)
@@ -57,10 +70,12 @@ class SourceConfig:
             raise ValueError(f"a {self.kind} source needs a path")
         if self.kind == "images" and self.fps is None:
             raise ValueError("an images source needs fps (timestamps are index / fps)")
-        if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"fps must be positive; got {self.fps}")
+        if self.fps is not None and not MIN_FPS <= self.fps <= MAX_FPS:
+            raise ValueError(f"fps must be between {MIN_FPS:g} and {MAX_FPS:g}; got {self.fps:g}")
         if self.max_frames is not None and self.max_frames < 1:
             raise ValueError(f"max_frames must be at least 1; got {self.max_frames}")
+        if self.read_timeout_s <= 0:
+            raise ValueError(f"read_timeout_s must be positive; got {self.read_timeout_s}")
         if self.reconnect_backoff_s <= 0 or self.reconnect_max_s < self.reconnect_backoff_s:
             raise ValueError("need 0 < reconnect_backoff_s <= reconnect_max_s")
         if self.max_reconnects is not None and self.max_reconnects < 0:
@@ -106,8 +121,22 @@ class StreamConfig:
     sync: SyncConfig = SyncConfig()
 
     def __post_init__(self) -> None:
-        if not self.id or not all(c.isalnum() or c in "-_." for c in self.id):
-            raise ValueError(f"stream id must be letters, digits, '-', '_' or '.'; got {self.id!r}")
+        # It names files ({stream} in sink paths): starting with a letter or digit rules out "." and "..".
+        if not self.id or not self.id[0].isalnum() or not all(c.isalnum() or c in "-_." for c in self.id):
+            raise ValueError(f"stream id must start with a letter or digit and hold only those, '-', '_' or '.'; got {self.id!r}")
+        if self.ir.kind == self.visible.kind == "images":
+            self._check_image_folders_pair()
+
+    def _check_image_folders_pair(self) -> None:
+        """Two image folders pair by name, so they must hold the same names and share one rate."""
+        if self.ir.fps != self.visible.fps:
+            raise ValueError(f"stream {self.id}: two image folders pair by name, so they need one fps; got ir {self.ir.fps:g}, visible {self.visible.fps:g}")
+        ir, visible = Path(str(self.ir.path)), Path(str(self.visible.path))
+        if ir.is_dir() and visible.is_dir():  # a missing folder is reported when the source opens
+            try:
+                pair_folders(ir, visible)
+            except DataError as exc:
+                raise ValueError(f"stream {self.id}: {exc}") from None
 
     @property
     def live(self) -> bool:
@@ -154,6 +183,8 @@ class SinkConfig:
             raise ValueError(f"sink kind must be one of {', '.join(SINK_KINDS)}; got {self.kind!r}")
         if self.kind in ("mp4", "png") and not self.path:
             raise ValueError(f"a {self.kind} sink needs a path")
+        if self.kind == "mp4" and Path(str(self.path)).suffix.lower() not in MP4_SUFFIXES:
+            raise ValueError(f"an mp4 sink's path must end in {', '.join(MP4_SUFFIXES)}; got {self.path!r}")
         if self.content not in CONTENTS:
             raise ValueError(f"content must be one of {', '.join(CONTENTS)}; got {self.content!r}")
         if not 0 <= self.crf <= 51:
@@ -177,6 +208,8 @@ class RunConfig:
     duration_s: float | None = None  # stop the run after this long
     stats_interval_s: float = 10.0  # log stage statistics this often
     progress: bool = True  # a progress bar in file mode
+    overwrite: bool = False  # replace outputs that already exist (else the run refuses to start)
+    allow_absolute_paths: bool = False  # let a sink path be absolute, i.e. write outside out_dir
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -211,6 +244,7 @@ class PipelineConfig:
                     raise ValueError(f"sinks: with several streams, the {sink.kind} path {sink.path!r} needs {{stream}}")
         if self.run.mode == "file" and any(stream.live for stream in self.streams):
             raise ValueError("run.mode file cannot read live cameras; use mode live or auto")
+        _check_outputs_apart_from_inputs(self)
 
     @property
     def live(self) -> bool:
@@ -219,11 +253,69 @@ class PipelineConfig:
         return self.run.mode == "live"
 
     def sink_path(self, sink: SinkConfig, stream: str) -> Path:
-        """Where a file sink writes ``stream``: its path with {stream} filled, under out_dir."""
+        """Where a file sink writes ``stream``: its path with {stream} filled, under out_dir.
+
+        A path that would leave out_dir (``..``, or absolute without
+        ``run.allow_absolute_paths``) is a ValueError.
+        """
         path = Path(str(sink.path).replace("{stream}", stream))
-        if self.run.out_dir and not path.is_absolute():
-            path = Path(self.run.out_dir) / path
-        return path
+        if path.is_absolute():
+            if not self.run.allow_absolute_paths:
+                raise ValueError(f"sink path {str(path)!r} is absolute; write under run.out_dir, or set run.allow_absolute_paths: true")
+            return path
+        base = Path(self.run.out_dir) if self.run.out_dir else Path(".")
+        if not _inside(base / path, base):
+            raise ValueError(f"sink path {sink.path!r} (stream {stream}) leaves {'run.out_dir ' if self.run.out_dir else 'the current folder '}{str(base)!r}")
+        return base / path
+
+    def output_paths(self) -> list[tuple[str, Path]]:
+        """Every file or folder a run writes, as (kind, path): "mp4" files, "png" folders, run artefacts."""
+        outputs = [(sink.kind, self.sink_path(sink, stream.id)) for sink in self.sinks if sink.kind in ("mp4", "png") for stream in self.streams]
+        if self.run.out_dir:
+            outputs += [("artefact", Path(self.run.out_dir) / name) for name in RUN_ARTEFACTS]
+        return outputs
+
+    def input_paths(self) -> list[Path]:
+        """Files and folders a run reads: sources (cameras given as files too) and calibration files."""
+        paths = [Path(str(source.path)) for stream in self.streams for source in (stream.ir, stream.visible) if source.kind != "camera" or Path(str(source.path)).is_file()]
+        return paths + [Path(stream.registration.calibration) for stream in self.streams if stream.registration.calibration]
+
+
+def check_outputs(config: PipelineConfig) -> None:
+    """Before anything is opened for writing: refuse outputs of the wrong type, and existing ones
+    unless ``run.overwrite``. Raises ``ConfigError`` with one line naming the path."""
+    out_dir = Path(config.run.out_dir) if config.run.out_dir else None
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"run.out_dir {str(out_dir)!r} is a file, not a folder")
+    for kind, path in config.output_paths():
+        if kind == "png" and path.exists() and not path.is_dir():
+            raise ConfigError(f"the png sink writes into the folder {str(path)!r}, but that is a file")
+        if kind == "mp4" and path.is_dir():
+            raise ConfigError(f"the mp4 sink writes the file {str(path)!r}, but that is a folder")
+        existing = kind == "mp4" and path.exists() or kind == "png" and path.is_dir() and any(path.glob("*.png"))
+        if existing and not config.run.overwrite:
+            what = "holds PNG frames" if kind == "png" else "exists"
+            raise ConfigError(f"{str(path)!r} {what} already; pass --overwrite (run.overwrite: true) to replace it, or choose another --out")
+
+
+def _check_outputs_apart_from_inputs(config: PipelineConfig) -> None:
+    """No output is an input (or holds one, for a PNG folder), and no two outputs are the same."""
+    inputs = {path.resolve(): path for path in config.input_paths()}
+    seen: dict[Path, str] = {}
+    for kind, path in config.output_paths():
+        resolved = path.resolve()
+        if resolved in seen:
+            raise ValueError(f"two outputs write {str(path)!r} ({seen[resolved]} and {kind})")
+        seen[resolved] = kind
+        for real, given in inputs.items():
+            # A PNG folder's frames are 000000.png ...: they clobber the PNGs directly in it.
+            if real == resolved or (kind == "png" and real.parent == resolved and real.suffix.lower() == ".png"):
+                raise ValueError(f"the {kind} output {str(path)!r} would overwrite the input {str(given)!r}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, after resolving ``..`` and links."""
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:

@@ -17,7 +17,6 @@ and reopened with exponential backoff, and each attempt is logged.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -32,7 +31,7 @@ import numpy as np
 
 from ldfusion.video import ffmpeg_reason, open_video
 from ldfusion.errors import DataError
-from ldfusion.imageio import infrared_to_unit, list_images, read_infrared, read_visible
+from ldfusion.imageio import infrared_to_unit, read_infrared, read_visible, sorted_images
 from pipeline.config import SourceConfig
 from pipeline.frames import IR, CameraFrame, EndOfStream
 from pipeline.queues import FrameQueue
@@ -76,6 +75,8 @@ class Source(ABC):
         pass
 
     def convert(self, image: np.ndarray, bgr: bool = False) -> np.ndarray:
+        if image.size == 0:  # OpenCV would raise a bare cv2.error on it
+            raise DataError(f"{self.name} delivered an empty frame ({image.shape})")
         return to_gray_u8(image, bgr, self.name) if self.kind == IR else to_rgb_u8(image, bgr, self.name)
 
 
@@ -148,14 +149,17 @@ class VideoFileSource(Source):
 
 
 class ImageFolderSource(Source):
-    """Images sorted by name (naturally: 2 before 10); timestamps ``index / fps``."""
+    """Images sorted by name (naturally: 2 before 10); timestamps ``index / fps``.
+
+    Two image folders of one stream hold the same names (``StreamConfig`` checks it), so
+    frame i of each is the same name.
+    """
 
     def __init__(self, folder: Path, kind: str, fps: float, max_frames: int | None = None) -> None:
         super().__init__(kind, str(folder))
-        images = list_images(folder)
-        if not images:
+        self._paths = sorted_images(folder)[:max_frames]
+        if not self._paths:
             raise DataError(f"no images in {folder}")
-        self._paths = [images[stem] for stem in sorted(images, key=_natural_key)][:max_frames]
         self._fps = fps
         self.rate = Fraction(fps).limit_denominator(1001)
         self.time_base = 1 / self.rate
@@ -167,10 +171,6 @@ class ImageFolderSource(Source):
                 return
             image = read_infrared(path) if self.kind == IR else read_visible(path)
             yield index, index / self._fps, self.convert(image)
-
-
-def _natural_key(stem: str) -> tuple:
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.findall(r"\d+|\D+", stem))
 
 
 # --- live cameras ---------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class LiveCameraSource(Source):
         delay = self._config.reconnect_backoff_s
         while not stop.is_set():
             ok, image = self._capture.read() if self._capture is not None else (False, None)
-            if ok and image is not None:
+            if ok and image is not None and image.size > 0:  # an empty frame counts as a failed read
                 failures, delay = 0, self._config.reconnect_backoff_s
                 yield count, time.monotonic() - self._origin, self.convert(image, bgr=True)
                 count += 1

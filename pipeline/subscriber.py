@@ -10,12 +10,19 @@ A detector in another process reads the stream like this::
             print(header["stream"], header["seq"], header["t_fused"])
 
 ``ldfusion subscribe`` does the same and prints what arrives.
+
+A malformed message (wrong part count, a header that is not a JSON object, a bad shape or
+dtype, a pixel buffer of the wrong size) is a ``DataError`` naming the message and what
+is wrong with it. With ``skip_malformed=True`` (``--skip-malformed``) it is logged, counted
+in ``Subscriber.malformed`` and skipped, so one bad sender does not end the caller's loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import time
 from collections.abc import Iterator
 
@@ -25,52 +32,103 @@ import zmq
 from ldfusion.cli.common import EXIT_INTERRUPTED, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 
+log = logging.getLogger(__name__)
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _HEADER_KEYS = ("stream", "seq", "shape", "dtype")
+DTYPES = ("uint8", "uint16", "float32")  # what a frame may hold; the zmq sink sends uint8
+MAX_SIDE, MAX_CHANNELS = 65536, 4
 
 
 def decode_message(parts: list[bytes]) -> tuple[dict, np.ndarray]:
-    """[topic, JSON header, pixels] -> (header, frame array). A malformed message is a DataError."""
+    """[topic, JSON header, pixels] -> (header, frame array). A malformed message is a DataError
+    that names the message (its topic, and its seq when the header has one) and the problem."""
     if len(parts) != 3:
         raise DataError(f"expected a 3-part message (topic, header, pixels); got {len(parts)} part(s)")
+    topic = bytes(parts[0]).decode(errors="replace")
     try:
         header = json.loads(parts[1])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"message header is not JSON: {exc}") from None
+        raise DataError(f"message on {topic!r}: header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise DataError(f"message on {topic!r}: header is a JSON {type(header).__name__}, not an object")
+    name = f"message on {topic!r}" + (f" seq {header['seq']!r}" if "seq" in header else "")
     missing = [key for key in _HEADER_KEYS if key not in header]
     if missing:
-        raise DataError(f"message header lacks {', '.join(missing)}")
-    header["topic"] = bytes(parts[0]).decode(errors="replace")
-    dtype, shape = np.dtype(header["dtype"]), tuple(header["shape"])
-    if len(parts[2]) != dtype.itemsize * int(np.prod(shape)):
-        raise DataError(f"frame {header['seq']}: {len(parts[2])} bytes do not make a {shape} {dtype} array")
+        raise DataError(f"{name}: header lacks {', '.join(missing)}")
+    header["topic"] = topic
+    shape, dtype = _frame_shape(header["shape"], name), _frame_dtype(header["dtype"], name)
+    if len(parts[2]) != dtype.itemsize * math.prod(shape):
+        raise DataError(f"{name}: {len(parts[2])} bytes do not make a {'x'.join(map(str, shape))} {dtype} frame")
     frame = np.frombuffer(parts[2], dtype=dtype).reshape(shape)
     return header, frame
+
+
+def _frame_shape(shape, name: str) -> tuple[int, ...]:
+    """(H, W) or (H, W, C) with sides in 1..MAX_SIDE and 1..MAX_CHANNELS channels."""
+    valid = (
+        isinstance(shape, list)
+        and len(shape) in (2, 3)
+        and all(isinstance(n, int) and not isinstance(n, bool) for n in shape)
+        and all(1 <= n <= MAX_SIDE for n in shape[:2])
+        and (len(shape) == 2 or 1 <= shape[2] <= MAX_CHANNELS)
+    )
+    if not valid:
+        raise DataError(f"{name}: shape {shape!r} is not [height, width] or [height, width, channels] of sane sizes")
+    return tuple(shape)
+
+
+def _frame_dtype(dtype, name: str) -> np.dtype:
+    if dtype not in DTYPES:
+        raise DataError(f"{name}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return np.dtype(dtype)
 
 
 class Subscriber:
     """Subscribes to ``<topic>`` (every stream) or ``<topic>/<stream id>`` (one stream).
 
     Iterating yields (header, frame) until ``timeout_s`` passes without a frame (forever
-    when None). ``receive`` gets one message.
+    when None). ``receive`` gets one message. A malformed message raises ``DataError``;
+    with ``skip_malformed`` it is logged, counted in ``malformed`` and skipped instead.
     """
 
-    def __init__(self, endpoint: str = DEFAULT_ENDPOINT, topic: str = "fused", timeout_s: float | None = None, hwm: int = 100):
+    def __init__(
+        self,
+        endpoint: str = DEFAULT_ENDPOINT,
+        topic: str = "fused",
+        timeout_s: float | None = None,
+        hwm: int = 100,
+        skip_malformed: bool = False,
+    ):
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.skip_malformed = skip_malformed
+        self.malformed = 0  # messages skipped as malformed
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(endpoint)  # connecting first is fine: ZeroMQ retries until the publisher binds
+        try:
+            self._socket.connect(endpoint)  # connecting first is fine: ZeroMQ retries until the publisher binds
+        except zmq.ZMQError as exc:
+            self.close()
+            raise DataError(f"cannot connect to endpoint {endpoint!r} ({exc}); expected e.g. {DEFAULT_ENDPOINT}") from None
         self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
 
     def receive(self, timeout_s: float | None = None) -> tuple[dict, np.ndarray] | None:
-        """The next (header, frame), or None when ``timeout_s`` passes first."""
-        timeout_ms = None if timeout_s is None else max(0, int(timeout_s * 1000))
-        if not self._socket.poll(timeout_ms, zmq.POLLIN):
-            return None
-        return decode_message(self._socket.recv_multipart())
+        """The next well-formed (header, frame), or None when ``timeout_s`` passes first."""
+        deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
+        while True:
+            timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._socket.poll(timeout_ms, zmq.POLLIN):
+                return None
+            try:
+                return decode_message(self._socket.recv_multipart())
+            except DataError as exc:
+                if not self.skip_malformed:
+                    raise
+                self.malformed += 1
+                log.warning("skipped a malformed message (%d so far): %s", self.malformed, exc)
 
     def __iter__(self) -> Iterator[tuple[dict, np.ndarray]]:
         while (message := self.receive(self.timeout_s)) is not None:
@@ -99,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--count", type=int, help="exit after this many frames (error if the stream ends first)")
     parser.add_argument("--timeout", type=float, help="give up after this many seconds without a frame (default: wait forever)")
     parser.add_argument("--summary-only", action="store_true", help="no line per frame, only the rate")
+    parser.add_argument(
+        "--skip-malformed", action="store_true",
+        help="log, count and skip malformed messages instead of stopping at the first (the count is printed at the end)",
+    )
     add_logging_arguments(parser)
     return parser
 
@@ -111,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"--count must be at least 1; got {args.count}")
     received, started, interrupted = 0, time.monotonic(), False
     window_start, window_count = None, 0
-    with Subscriber(args.endpoint, args.topic, args.timeout) as subscriber:
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise DataError(f"--timeout must be a positive number of seconds; got {args.timeout}")
+    with Subscriber(args.endpoint, args.topic, args.timeout, skip_malformed=args.skip_malformed) as subscriber:
         try:
             for header, frame in subscriber:
                 received += 1
@@ -127,8 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                     break
         except KeyboardInterrupt:  # the usual way to end an open-ended subscription
             interrupted = True
+        malformed = subscriber.malformed
     elapsed = time.monotonic() - started
-    print(f"received {received} frame(s) in {elapsed:.1f} s")
+    skipped = f"; skipped {malformed} malformed message(s)" if args.skip_malformed else ""
+    print(f"received {received} frame(s) in {elapsed:.1f} s{skipped}")
     if interrupted:
         return EXIT_INTERRUPTED
     if received == 0:

@@ -165,8 +165,8 @@ def test_truncated_file_ends_its_stream_with_a_warning(tmp_path, lite, caplog):
 def _write_config(tmp_path: Path, ir: str, vi: str, **stream) -> Path:
     data = {
         "streams": [{"id": "cam0", "ir": {"kind": "video", "path": ir}, "visible": {"kind": "video", "path": vi}, **stream}],
-        "sinks": [{"kind": "mp4", "path": str(tmp_path / "out.mp4")}],
-        "run": {"progress": False},
+        "sinks": [{"kind": "mp4", "path": "out.mp4"}],
+        "run": {"progress": False, "out_dir": str(tmp_path)},
     }
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(data))

@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from ldfusion.errors import LDFusionError
+from ldfusion.errors import LDFusionError, first_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -39,8 +39,9 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., i
             except LDFusionError as exc:
                 error_line(prog, str(exc))
                 return EXIT_USER_ERROR
-            except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-                error_line(prog, f"{exc.strerror}: {exc.filename}")
+            except OSError as exc:  # a missing file, no permission, a full disk ...
+                where = f": {exc.filename}" if exc.filename else ""
+                error_line(prog, f"{exc.strerror or first_line(exc)}{where}")
                 return EXIT_USER_ERROR
             except KeyboardInterrupt:
                 error_line(prog, "interrupted")

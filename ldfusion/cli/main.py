@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 from ldfusion import __version__
+from ldfusion.errors import first_line
 
 # Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -40,8 +42,17 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"ldfusion: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(COMMANDS[name][0])  # torch takes seconds: Ctrl-C often lands here
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:
+        print(f"ldfusion {name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 (last resort: each command turns the errors it knows into one line itself)
+        if os.environ.get("LDFUSION_DEBUG"):
+            raise
+        print(f"ldfusion {name}: error: {type(exc).__name__}: {first_line(exc)} (LDFUSION_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
