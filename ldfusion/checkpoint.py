@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ldfusion import __version__
-from ldfusion.errors import CheckpointError, first_line
+from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionNet, build_network
 from ldfusion.variants import VARIANTS, VariantSpec, get_variant, variant_from_dict
 
@@ -118,10 +118,19 @@ def load_model(path: str | os.PathLike, variant: str | None = None) -> FusionNet
 
 
 def model_from_checkpoint(ckpt: Checkpoint) -> FusionNet:
+    check_finite(ckpt.state_dict, ckpt.source)
     net = build_network(ckpt.spec, init=False)
     check_state_dict_fits(net, ckpt.state_dict, ckpt.source, ckpt.spec.name)
     net.load_state_dict(ckpt.state_dict, strict=True)
     return net.eval()
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str) -> None:
+    """NaN or infinite weights fuse every frame to black (or NaN): refuse them at load time."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{source}: weights hold non-finite values ({bad} NaN/inf in {key})")
 
 
 def check_state_dict_fits(net: torch.nn.Module, state: Mapping[str, torch.Tensor], source: str, name: str) -> None:
@@ -169,19 +178,34 @@ def _from_our_format(path: Path, obj: Mapping, variant: str | None) -> Checkpoin
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CheckpointError(f"{path}: checkpoint format version {version!r} is newer than this ldfusion reads")
     try:
-        spec = variant_from_dict(obj["variant"])
+        spec = variant_from_dict(obj["variant"])  # bounds checked here, before any allocation
         state = obj["state_dict"]
-    except (KeyError, TypeError) as exc:
+    except (KeyError, TypeError, ConfigError) as exc:
         raise CheckpointError(f"{path}: malformed ldfusion checkpoint ({first_line(exc)})") from None
+    if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise CheckpointError(f"{path}: malformed ldfusion checkpoint (state_dict is not a mapping of names to tensors)")
     if variant and variant != spec.name:
         raise CheckpointError(f"{path}: holds variant {spec.name!r}, not the requested {variant!r}")
-    return Checkpoint(
-        spec=spec,
-        state_dict=dict(state),
-        config=dict(obj.get("config") or {}),
-        training=obj.get("training"),
-        source=str(path),
-    )
+    config, training = obj.get("config") or {}, obj.get("training")
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"{path}: malformed ldfusion checkpoint (config is a {type(config).__name__}, not a mapping)")
+    _check_training_state(path, training)
+    return Checkpoint(spec=spec, state_dict=dict(state), config=dict(config), training=training, source=str(path))
+
+
+def _check_training_state(path: Path, training) -> None:
+    """What ``Trainer.resume`` reads: epoch and step counts and the optimizer's state."""
+    if training is None:
+        return
+    problem = None
+    if not isinstance(training, Mapping):
+        problem = f"is a {type(training).__name__}, not a mapping"
+    elif not all(isinstance(training.get(k), int) and not isinstance(training.get(k), bool) and training[k] >= 0 for k in ("epoch", "step")):
+        problem = "needs whole, non-negative epoch and step"
+    elif not isinstance(training.get("optimizer"), Mapping):
+        problem = "has no optimizer state"
+    if problem:
+        raise CheckpointError(f"{path}: malformed training state ({problem})")
 
 
 def _find_enc_dec_pair(folder: Path) -> tuple[Path, Path]:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ldfusion.color import merge_fused_y, rgb_to_y
-from ldfusion.errors import ConfigError
+from ldfusion.errors import CheckpointError, ConfigError
 from ldfusion.networks import FusionCodes, FusionNet
 from ldfusion.weights import resolve_model
 
@@ -71,6 +71,7 @@ class Fuser:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.spec = model.spec
+        self.weights_name = f"the {model.spec.name} network"  # named in errors; from_weights says which file
         # cuDNN autotuning pays off for the fixed frame sizes of video.
         if on_cuda:
             torch.backends.cudnn.benchmark = True
@@ -80,7 +81,15 @@ class Fuser:
         cls, weights: str | os.PathLike | None = None, variant: str | None = None, options: FuserOptions = FuserOptions()
     ) -> "Fuser":
         """Load weights by path or registry name (``default``, ``ld-lite``, ``ldfusion``)."""
-        return cls(resolve_model(weights, variant), options)
+        fuser = cls(resolve_model(weights, variant), options)
+        fuser.weights_name = f"weights {str(weights) if weights is not None else 'default'!r}"
+        return fuser
+
+    def _finite(self, out: Tensor) -> Tensor:
+        """Network output, checked per batch: NaN would be written as black frames without a word."""
+        if not bool(torch.isfinite(out).all()):
+            raise CheckpointError(f"the network output is not finite (NaN/inf) with {self.weights_name} on {self.device}; the weights are broken")
+        return out
 
     # --- tensor API -------------------------------------------------------------------
 
@@ -96,12 +105,12 @@ class Fuser:
 
     @torch.inference_mode()
     def decode(self, codes: FusionCodes) -> Tensor:
-        return self.model.decode(codes).float()
+        return self._finite(self.model.decode(codes).float())
 
     @torch.inference_mode()
     def fuse_y(self, vi_y: Tensor, ir: Tensor) -> Tensor:
         """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device."""
-        return self.model(self._prepare(vi_y), self._prepare(ir)).float()
+        return self._finite(self.model(self._prepare(vi_y), self._prepare(ir)).float())
 
     @torch.inference_mode()
     def fuse_rgb(self, visible: Tensor, ir: Tensor) -> Tensor:

@@ -14,11 +14,13 @@ convention is used here and how to convert. In short:
 - EN, SD, SF, AG describe F alone; MI, SCD, VIF, Qabf, SSIM compare F with A and B.
 - MI, VIF and SSIM are *sums* over the two sources (up to 2 for SSIM, about 2 for VIF).
 - MI is in bits (log2). Both evaluators report nats: multiply by ln 2 = 0.693 to compare.
-- Images are expected to hold integer grey levels, as both evaluators read them
+- Images are expected to hold integer grey levels, as CDDFuse reads them
   (``cv2.imread``, RGB -> grey, rounded); EN and MI round to integers before counting.
 
 To score a colour fused image, score its luma ``Y = 0.299 R + 0.587 G + 0.114 B``
-(rounded), as both evaluators do; ``ldfusion eval`` does that for you.
+(rounded), as CDDFuse does; ``ldfusion eval`` does that for you. VIFB does not: it scores
+each RGB channel of a colour image on its own and averages the three, so its numbers for
+colour results are not comparable with luma scores.
 """
 
 from __future__ import annotations
@@ -255,11 +257,16 @@ QABF_TA, QABF_KA, QABF_DA = 0.9879, -22.0, 0.8
 def _sobel_strength_orientation(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Edge strength g and orientation alpha = atan(s_y / s_x) (pi/2 where s_x = 0).
 
-    Zero-padded 'same' filtering, as MATLAB ``conv2(..., 'same')``. OpenCV correlates
-    where conv2 convolves, which flips the sign of both responses: g uses squares and
-    alpha a ratio of the two, so neither changes.
+    The responses are those of VIFB and CDDFuse: ``s_x = conv2(I, [-1 0 1; -2 0 2; -1 0 1], 'same')``
+    and ``s_y = conv2(I, [1 2 1; 0 0 0; -1 -2 -1], 'same')``, zero-padded. conv2 flips the
+    kernel; ``cv2.Sobel`` correlates with the unflipped Sobel kernels. Flipping the s_x kernel
+    negates it, so s_x is minus OpenCV's d/dx; flipping the s_y kernel turns it into OpenCV's
+    d/dy kernel, so s_y keeps its sign. The sign matters: alpha is compared between a source
+    and F, and where one has s_x = 0 (pi/2, by the evaluators' rule) and the other a tiny
+    s_x, a wrong sign of s_x puts their angles pi apart instead of nearly equal (horizontal
+    edges crossed by a gentle horizontal ramp).
     """
-    sx = cv2.Sobel(image, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_CONSTANT)
+    sx = -cv2.Sobel(image, cv2.CV_64F, 1, 0, ksize=3, borderType=cv2.BORDER_CONSTANT)
     sy = cv2.Sobel(image, cv2.CV_64F, 0, 1, ksize=3, borderType=cv2.BORDER_CONSTANT)
     strength = np.sqrt(sx * sx + sy * sy)
     vertical = sx == 0
@@ -282,7 +289,8 @@ def _edge_preservation(g_src: np.ndarray, a_src: np.ndarray, g_fused: np.ndarray
 def qabf(fused: ImageLike, ir: ImageLike, vi: ImageLike) -> float:
     """Qabf (Xydeas & Petrovic 2000): edge information transferred from A and B to F,
     ``sum(Q^AF g_A + Q^BF g_B) / sum(g_A + g_B)`` with Sobel edge strength g and orientation
-    alpha = atan(s_y / s_x) (pi/2 where s_x = 0), and the usual constants
+    alpha = atan(s_y / s_x) (pi/2 where s_x = 0; s_x and s_y with the signs of MATLAB's
+    ``conv2``, see ``_sobel_strength_orientation``), and the usual constants
     Tg=0.9994, kg=-15, Dg=0.5, Ta=0.9879, ka=-22, Da=0.8.
 
     The Sobel responses are zero-padded at the image border (MATLAB ``conv2(..., 'same')``,
@@ -318,8 +326,11 @@ def ssim_sum(fused: ImageLike, ir: ImageLike, vi: ImageLike) -> float:
     'valid' region: the definition of ``ldfusion.ssim.ssim_map`` (same window, same
     constants; the tests pin the two together).
 
-    Same as VIFB ``metricsSsim``. CDDFuse calls scikit-image's default (7x7 uniform window),
-    which gives somewhat different values. Up to 2; an image with itself scores 1.
+    Same as VIFB ``metricsSsim``. CDDFuse calls scikit-image's ``structural_similarity`` on
+    float64 images without ``data_range``, so scikit-image takes the float range [-1, 1]:
+    ``data_range=2`` instead of 255 makes C1 and C2 about 16000 times smaller, which is the
+    main reason its SSIM comes out 31-59% lower than this one on real fusion results (its
+    7x7 uniform window matters much less). Up to 2; an image with itself scores 1.
 
     Computed here in float64 with OpenCV's separable filtering rather than by calling
     ``ssim_map``: its dense 11x11 convolution takes seconds per 640x480 image in float64,

@@ -8,8 +8,23 @@ matches the authors' ``Enc_final.pt`` / ``Dec_final.pt``. ``ld-lite`` is the aut
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from dataclasses import fields as dataclass_fields
 
 from ldfusion.errors import ConfigError
+
+# Sane ranges of the integer fields, checked before anything is allocated: a checkpoint
+# declares its own layout, and a crafted one (content_dim 4096) would otherwise make the
+# loader allocate gigabytes. Generous: the published networks sit far inside.
+FIELD_RANGES: dict[str, tuple[int, int]] = {
+    "content_dim": (1, 128),
+    "n_downsample": (2, 5),
+    "n_residual": (0, 16),
+    "style_dim": (0, 256),
+    "style_base_dim": (1, 128),
+    "n_adain_residual": (0, 16),
+    "mlp_dim": (1, 2048),
+    "mlp_blocks": (1, 8),
+}
 
 
 @dataclass(frozen=True)
@@ -26,6 +41,12 @@ class VariantSpec:
     output_activation: str = "sigmoid"  # "sigmoid" or "tanh"; clamped to [0, 1] after
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"variant name must be a non-empty string; got {self.name!r}")
+        for name, (low, high) in FIELD_RANGES.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ConfigError(f"variant {self.name}: {name} must be an integer in {low}..{high}; got {value!r}")
         if self.output_activation not in ("sigmoid", "tanh"):
             raise ConfigError(f"variant {self.name}: output_activation must be sigmoid or tanh")
         if self.n_downsample < 2:
@@ -82,8 +103,14 @@ def get_variant(name: str) -> VariantSpec:
 
 
 def variant_from_dict(fields: dict) -> VariantSpec:
-    """Rebuild a spec stored in a checkpoint (so a renamed variant still loads)."""
+    """Rebuild a spec stored in a checkpoint (so a renamed variant still loads); every field is checked."""
+    if not isinstance(fields, dict):
+        raise ConfigError(f"malformed variant description: a {type(fields).__name__}, not a mapping")
+    known = {f.name for f in dataclass_fields(VariantSpec)}
+    unknown = sorted(str(key) for key in set(fields) - known)
+    if unknown:
+        raise ConfigError(f"malformed variant description: unknown field(s) {', '.join(unknown)[:200]}")
     try:
         return VariantSpec(**fields)
     except TypeError as exc:
-        raise ConfigError(f"malformed variant description {fields!r}: {exc}") from None
+        raise ConfigError(f"malformed variant description: {exc}") from None

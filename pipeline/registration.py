@@ -28,10 +28,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from calibration.fileformat import Registration
+from calibration.imaging import coverage
 from ldfusion.errors import DataError
 from pipeline.frames import IR, VISIBLE, FramePair
 
 log = logging.getLogger(__name__)
+
+# A calibration whose moving image covers less of the fixed frame than this would give the
+# fixed image alone (exit 0, nothing fused): refused. No co-mounted rig overlaps that little.
+MIN_COVERAGE = 0.05
+WARN_COVERAGE = 0.5  # below this the run goes on, with a warning that most of the output is one camera
 
 Size = tuple[int, int]  # (width, height)
 
@@ -73,11 +79,21 @@ def plan_from_calibration(registration: Registration, warp: str, crop: bool, sou
     moving = IR if warp == "ir_to_visible" else VISIBLE
     matrix = ir_to_vi if moving == IR else np.linalg.inv(ir_to_vi)
     plan = WarpPlan(moving, matrix / matrix[2, 2], ir_size, vi_size, None, registration.model == "affine")
+    _check_overlap(plan, source_name)
     if not crop:
         return plan
     file_crop_applies = registration.crop is not None and (registration.source == "ir") == (moving == IR)
     box = registration.crop if file_crop_applies else common_field_of_view(plan, source_name)
     return replace(plan, crop=box)
+
+
+def _check_overlap(plan: WarpPlan, source_name: str) -> None:
+    covered = coverage(plan.moving_size, plan.matrix, plan.fixed_size)
+    moving, fixed = ("IR", "visible") if plan.moving == IR else ("visible", "IR")
+    if covered < MIN_COVERAGE:
+        raise DataError(f"{source_name}: maps the {moving} image onto only {covered:.1%} of the {fixed} frame (off-screen?); check it with `ldfusion calibrate verify`")
+    if covered < WARN_COVERAGE:
+        log.warning("%s: the %s image covers only %.0f%% of the %s frame; the rest of the output is the %s image alone", source_name, moving, 100 * covered, fixed, fixed)
 
 
 def plan_without_calibration(ir_size: Size, vi_size: Size, warp: str, crop: bool) -> WarpPlan:

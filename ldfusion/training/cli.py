@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import load_config
+from ldfusion.errors import CheckpointError, first_line
 from ldfusion.training.config import TrainConfig
 from ldfusion.training.trainer import DistInfo, Trainer, init_distributed, shutdown_distributed
 
@@ -61,11 +62,19 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(config, info)
         if args.resume:
             path = Path(config.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
-            trainer.resume(path)
+            resume(trainer, path)
         trainer.fit()
     finally:
         shutdown_distributed()
     return 0
+
+
+def resume(trainer: Trainer, path: Path) -> None:
+    """``Trainer.resume``; a state that does not fit (the loader has checked its shape) is one line."""
+    try:
+        trainer.resume(path)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # torch's load_state_dict on a foreign state
+        raise CheckpointError(f"{path}: cannot resume from this training state ({type(exc).__name__}: {first_line(exc)})") from None
 
 
 if __name__ == "__main__":
