@@ -43,9 +43,9 @@ MAX_SIDE, MAX_CHANNELS = 65536, 4
 def decode_message(parts: list[bytes]) -> tuple[dict, np.ndarray]:
     """[topic, JSON header, pixels] -> (header, frame array). A malformed message is a DataError
     that names the message (its topic, and its seq when the header has one) and the problem."""
+    topic = bytes(parts[0]).decode(errors="replace") if parts else ""
     if len(parts) != 3:
-        raise DataError(f"expected a 3-part message (topic, header, pixels); got {len(parts)} part(s)")
-    topic = bytes(parts[0]).decode(errors="replace")
+        raise DataError(f"message on {topic!r}: expected 3 parts (topic, header, pixels); got {len(parts)}")
     try:
         header = json.loads(parts[1])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -263,6 +263,20 @@ def test_qabf_matches_a_pixel_by_pixel_reference(rng):
     assert M.qabf(f, a, b) == pytest.approx(reference_qabf(f, a, b), abs=1e-12)
 
 
+def test_qabf_on_a_horizontal_edge_crossed_by_a_ramp_matches_the_reference():
+    """Where the source has s_x = 0 (a pure horizontal edge) and F a small s_x (the ramp), the
+    sign of s_x decides the orientation score: 0.5526 with MATLAB's conv2 signs (CDDFuse,
+    VIFB), 0.7618 with OpenCV's. Random textures never have s_x exactly 0."""
+    edge = np.zeros((8, 8))
+    edge[4:] = 100.0
+    ramp = np.tile(np.arange(8.0), (8, 1))  # one grey level per column
+    f, a, b = edge + ramp, edge, constant(0, (8, 8))
+    expected = reference_qabf(f, a, b)
+    assert expected == pytest.approx(0.5526, abs=5e-5)
+    assert M.qabf(f, a, b) == pytest.approx(expected, abs=1e-12)
+    assert M.qabf(edge + ramp.T, edge.T, b) == pytest.approx(reference_qabf(edge + ramp.T, edge.T, b), abs=1e-12)
+
+
 # --- SSIM --------------------------------------------------------------------------------
 
 

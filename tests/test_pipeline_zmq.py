@@ -111,7 +111,7 @@ def test_subscribe_without_a_publisher_times_out_with_one_line(capsys):
 def test_malformed_messages_are_named():
     from ldfusion.errors import DataError
 
-    with pytest.raises(DataError, match="3-part"):
+    with pytest.raises(DataError, match="expected 3 parts"):
         decode_message([b"fused/x", b"{}"])
     with pytest.raises(DataError, match="not JSON"):
         decode_message([b"t", b"{nope", b""])

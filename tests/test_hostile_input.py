@@ -1,0 +1,569 @@
+"""Bad input ends in one line on stderr and a non-zero exit, never a traceback or a silent wrong result.
+
+One section per class of issue 12: image folders paired by name, outputs kept apart from
+inputs and inside out_dir, finite numbers, off-screen registrations, non-finite weights and
+outputs, crafted checkpoints, everyday CLI mistakes, malformed ZeroMQ messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+import zmq
+
+from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
+from ldfusion.checkpoint import FORMAT_NAME, FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from ldfusion.cli import fuse as fuse_cli
+from ldfusion.cli import main as dispatcher
+from ldfusion.errors import CheckpointError, DataError
+from ldfusion.imageio import write_image
+from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.networks import build_network
+from ldfusion.variants import get_variant
+from pipeline import cli as run_cli
+from pipeline import subscriber as subscriber_cli
+from pipeline.frames import IR, VISIBLE
+from pipeline.registration import plan_from_calibration
+from pipeline.sources import LiveCameraSource
+from pipeline.config import SourceConfig
+from pipeline.subscriber import Subscriber, decode_message
+from tests.pipeline_helpers import marked_frame, marked_video
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_error_line(capsys, prog: str) -> str:
+    """The single stderr line of a failed command (no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"{prog}: "), err
+    return err[0]
+
+
+def write_config(tmp_path: Path, data: dict, name: str = "run.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def video_config(tmp_path: Path, sinks: list[dict] | None = None, **run) -> dict:
+    ir = marked_video(tmp_path / "ir.mp4", 6, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 6, 30, seed=2)
+    return {
+        "streams": [{"id": "cam0", "ir": {"path": str(ir)}, "visible": {"path": str(vi)}}],
+        "sinks": sinks if sinks is not None else [{"kind": "mp4", "path": "o.mp4"}],
+        "model": {"device": "cpu"},
+        "run": {"out_dir": str(tmp_path / "out"), "progress": False, **run},
+    }
+
+
+def run_command(config: Path, *flags: str, weights: Path) -> int:
+    return run_cli.main([str(config), "--weights", str(weights), "-q", *flags])
+
+
+# --- 1. image folders in `run` pair by name -------------------------------------------------
+
+
+def image_folders(tmp_path: Path, ir_names: list[str], vi_names: list[str]) -> tuple[Path, Path]:
+    ir_dir, vi_dir = tmp_path / "ir", tmp_path / "vi"
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    for i, name in enumerate(ir_names):
+        write_image(ir_dir / f"{name}.png", marked_frame(i, 32, 24, seed=1)[:, :, 0])
+    for i, name in enumerate(vi_names):
+        write_image(vi_dir / f"{name}.jpg", marked_frame(i, 32, 24, seed=2))
+    return ir_dir, vi_dir
+
+
+def images_config(ir_dir: Path, vi_dir: Path, tmp_path: Path, vi_fps: float = 10) -> dict:
+    return {
+        "streams": [{"id": "cam0", "ir": {"kind": "images", "path": str(ir_dir), "fps": 10},
+                     "visible": {"kind": "images", "path": str(vi_dir), "fps": vi_fps}}],
+        "sinks": [{"kind": "png", "path": "png"}],
+        "run": {"out_dir": str(tmp_path / "out"), "progress": False},
+    }
+
+
+def test_run_refuses_image_folders_whose_names_do_not_pair(tmp_path, capsys, random_weights):
+    names = [str(i) for i in range(6)]
+    ir_dir, vi_dir = image_folders(tmp_path, [n for n in names if n != "2"], names)  # IR 2 is missing
+    config = write_config(tmp_path, images_config(ir_dir, vi_dir, tmp_path))
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    line = one_error_line(capsys, "ldfusion run")
+    assert "have no partner" in line and "2.jpg" in line
+    assert not (tmp_path / "out" / "png").exists()  # nothing written, rather than pairs shifted by one
+
+
+def test_run_refuses_two_image_folders_at_different_rates(tmp_path, capsys, random_weights):
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    config = write_config(tmp_path, images_config(ir_dir, vi_dir, tmp_path, vi_fps=20))
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert "need one fps" in one_error_line(capsys, "ldfusion run")
+
+
+def test_run_pairs_image_folders_with_matching_names(tmp_path, random_weights):
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2", "10"], ["1", "2", "10"])
+    config = write_config(tmp_path, images_config(ir_dir, vi_dir, tmp_path))
+    assert run_command(config, weights=random_weights["ld-lite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / "png").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+
+
+# --- 2. outputs apart from inputs, inside out_dir, not overwritten by surprise --------------
+
+
+def test_a_sink_that_would_overwrite_an_input_is_refused_and_the_input_survives(tmp_path, capsys, random_weights):
+    data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": "vi.mp4"}])
+    data["run"]["out_dir"] = str(tmp_path)  # the sink path is now the visible input itself
+    before = (tmp_path / "vi.mp4").read_bytes()
+    assert run_command(write_config(tmp_path, data), "--overwrite", weights=random_weights["ld-lite"]) == 2
+    assert "would overwrite the input" in one_error_line(capsys, "ldfusion run")
+    assert (tmp_path / "vi.mp4").read_bytes() == before
+
+
+def test_a_png_sink_onto_an_input_image_folder_is_refused(tmp_path, capsys, random_weights):
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    data = images_config(ir_dir, vi_dir, tmp_path)
+    data["sinks"] = [{"kind": "png", "path": str(ir_dir.name)}]
+    data["run"]["out_dir"] = str(tmp_path)
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert "would overwrite the input" in one_error_line(capsys, "ldfusion run")
+
+
+def test_existing_outputs_need_overwrite(tmp_path, capsys, random_weights):
+    config = write_config(tmp_path, video_config(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "o.mp4").write_bytes(b"an earlier result")
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert "--overwrite" in one_error_line(capsys, "ldfusion run")
+    assert (tmp_path / "out" / "o.mp4").read_bytes() == b"an earlier result"
+    assert run_command(config, "--overwrite", weights=random_weights["ld-lite"]) == 0
+    assert (tmp_path / "out" / "o.mp4").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "sink_path, stream_id, expected",
+    [
+        ("../escape.mp4", "cam0", "leaves run.out_dir"),
+        ("{stream}/../../escape.mp4", "cam0", "leaves run.out_dir"),
+        ("{stream}.mp4", "..", "stream id must start with a letter or digit"),
+        ("/tmp/ldfusion-absolute.mp4", "cam0", "is absolute"),
+    ],
+)
+def test_sink_paths_stay_inside_out_dir(tmp_path, capsys, random_weights, sink_path, stream_id, expected):
+    data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": sink_path}])
+    data["streams"][0]["id"] = stream_id
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert expected in one_error_line(capsys, "ldfusion run")
+    assert not (tmp_path / "escape.mp4").exists()
+
+
+def test_an_absolute_sink_path_is_allowed_when_the_config_says_so(tmp_path, random_weights):
+    target = tmp_path / "elsewhere" / "abs.mp4"
+    data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": str(target)}], allow_absolute_paths=True)
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 0
+    assert target.stat().st_size > 1000
+
+
+# --- 3. finite numbers, sane rates ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("streams.0.sync.offset_s=.nan", "streams[0].sync.offset_s: must be a finite number"),
+        ("streams.0.sync.slop_s=.inf", "streams[0].sync.slop_s: must be a finite number"),
+        ("streams.0.sync.offset_s=nan", "must be a finite number"),
+        ("streams.0.ir.fps=-.inf", "must be a finite number"),
+        ("streams.0.visible.fps=0.000278", "fps must be between 0.1 and 1000"),
+        ("streams.0.visible.fps=1e9", "fps must be between 0.1 and 1000"),
+        ("model.max_wait_ms=.nan", "model.max_wait_ms: must be a finite number"),
+        ("run.duration_s=.inf", "run.duration_s: must be a finite number"),
+    ],
+)
+def test_non_finite_or_absurd_numbers_are_one_line_errors(tmp_path, capsys, random_weights, override, expected):
+    config = write_config(tmp_path, video_config(tmp_path))
+    assert run_command(config, "--set", override, weights=random_weights["ld-lite"]) == 2
+    assert expected in one_error_line(capsys, "ldfusion run")
+    assert not (tmp_path / "out").exists()
+
+
+def calibration_file(tmp_path: Path, **changes) -> Path:
+    data = Registration(np.eye(3), (64, 48), (64, 48)).to_dict()
+    data.update(changes)
+    path = tmp_path / "calib.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "changes, expected",
+    [
+        ({"time_offset_s": float("nan")}, "time_offset_s: must be a finite number"),
+        ({"time_offset_s": float("inf")}, "time_offset_s: must be a finite number"),
+        ({"source_size": [float("inf"), 48]}, "source_size must be [width, height] of whole numbers"),
+        ({"destination_size": [64, "48"]}, "destination_size must be [width, height] of whole numbers"),
+        ({"destination_size": [10**9, 48]}, "destination_size must be [width, height] of whole numbers"),
+        ({"error_px": float("nan")}, "error_px: must be a finite number"),
+        ({"crop": [0, 0, float("nan"), 10]}, "crop must be [x, y, width, height] of whole numbers"),
+    ],
+)
+def test_calibration_files_with_bad_numbers_are_refused(tmp_path, changes, expected):
+    with pytest.raises(CalibrationError) as exc:
+        load_registration(calibration_file(tmp_path, **changes))
+    message = str(exc.value)
+    assert expected in message and "\n" not in message
+
+
+def test_run_with_a_nan_calibration_offset_is_one_line(tmp_path, capsys, random_weights):
+    data = video_config(tmp_path)
+    data["streams"][0]["registration"] = {"calibration": str(calibration_file(tmp_path, time_offset_s=float("nan")))}
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert "time_offset_s: must be a finite number" in one_error_line(capsys, "ldfusion run")
+
+
+# --- 5. registrations that map the IR image off-screen ------------------------------------
+
+
+def shifted(dx: float, size=(64, 48)) -> Registration:
+    return Registration(np.array([[1, 0, dx], [0, 1, 0], [0, 0, 1]], float), size, size, model="affine")
+
+
+@pytest.mark.parametrize("dx", [10_000.0, -62.0])  # entirely off-screen; a 2-pixel sliver
+def test_a_registration_that_maps_ir_off_screen_is_refused(dx):
+    with pytest.raises(DataError, match=r"maps the IR image onto only \d+\.\d% of the visible frame"):
+        plan_from_calibration(shifted(dx), "ir_to_visible", crop=False, source_name="calib.yaml")
+
+
+def test_a_partial_overlap_runs_with_a_warning(caplog):
+    plan = plan_from_calibration(shifted(40.0), "ir_to_visible", crop=False, source_name="calib.yaml")
+    assert plan.moving == IR
+    assert "covers only 38% of the visible frame" in caplog.text
+
+
+def test_run_refuses_an_off_screen_calibration_in_one_line(tmp_path, capsys, random_weights):
+    path = save_registration(tmp_path / "calib.yaml", shifted(10_000.0))
+    data = video_config(tmp_path)
+    data["streams"][0]["registration"] = {"calibration": str(path)}
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert "of the visible frame (off-screen?)" in one_error_line(capsys, "ldfusion run")
+
+
+# --- 6. non-finite weights and network output --------------------------------------------
+
+
+def nan_weights(tmp_path: Path) -> Path:
+    net = build_network(get_variant("ld-lite"))
+    with torch.no_grad():
+        next(net.parameters())[0].fill_(float("nan"))
+    return save_checkpoint(tmp_path / "nan.pt", net)
+
+
+def test_weights_with_nan_are_refused_at_load_time(tmp_path):
+    with pytest.raises(CheckpointError, match=r"nan\.pt: weights hold non-finite values \(\d+ NaN/inf in encoder\."):
+        load_model(nan_weights(tmp_path))
+
+
+def test_non_finite_output_stops_the_batch_naming_the_weights(random_weights):
+    fuser = Fuser.from_weights(str(random_weights["ld-lite"]), options=FuserOptions(device="cpu"))
+    visible, ir = marked_frame(0, 32, 24), marked_frame(0, 32, 24)[:, :, 0]
+    assert fuser.fuse_arrays([visible], [ir])[0].shape == (24, 32, 3)
+    with torch.no_grad():  # weights that blow up at run time (e.g. an overflow), not at load
+        for parameter in fuser.model.parameters():
+            parameter.fill_(float("inf"))
+    with pytest.raises(CheckpointError, match="network output is not finite .* with weights '.*ld-lite.pt'"):
+        fuser.fuse_arrays([visible], [ir])
+
+
+def test_fuse_with_nan_weights_is_one_line(tmp_path, capsys):
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    code = fuse_cli.main(["--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "out"),
+                          "--weights", str(nan_weights(tmp_path)), "--device", "cpu", "-q"])
+    assert code == 2 and "non-finite values" in one_error_line(capsys, "ldfusion fuse")
+
+
+# --- 8. crafted checkpoints ------------------------------------------------------------------
+
+
+def crafted_checkpoint(tmp_path: Path, **variant) -> Path:
+    spec = get_variant("ld-lite").to_dict()
+    spec.update(variant)
+    payload = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "variant": spec, "state_dict": {}, "config": {}}
+    torch.save(payload, tmp_path / "crafted.pt")
+    return tmp_path / "crafted.pt"
+
+
+@pytest.mark.parametrize(
+    "variant, expected",
+    [
+        ({"content_dim": 4096}, "content_dim must be an integer in 1..128; got 4096"),
+        ({"content_dim": "16"}, "content_dim must be an integer in 1..128; got '16'"),
+        ({"n_downsample": 40}, "n_downsample must be an integer in 2..5"),
+        ({"mlp_dim": True}, "mlp_dim must be an integer"),
+        ({"name": 7}, "variant name must be a non-empty string"),
+        ({"evil": 1}, "unknown field(s) evil"),
+    ],
+)
+def test_a_crafted_variant_fails_before_any_allocation(tmp_path, monkeypatch, variant, expected):
+    def no_allocation(*_args, **_kwargs):
+        raise AssertionError("the network was built before the variant was checked")
+
+    monkeypatch.setattr("ldfusion.checkpoint.build_network", no_allocation)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(crafted_checkpoint(tmp_path, **variant))
+    assert expected in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "training, expected",
+    [
+        ("not a dict", "is a str, not a mapping"),
+        ({"epoch": "3", "step": 30, "optimizer": {}}, "needs whole, non-negative epoch and step"),
+        ({"epoch": 3, "step": 30}, "has no optimizer state"),
+    ],
+)
+def test_a_malformed_resume_file_is_one_line(tmp_path, training, expected):
+    path = save_checkpoint(tmp_path / "last.pt", build_network(get_variant("ld-lite")), training={"x": 1})
+    payload = torch.load(path, weights_only=True)
+    payload["training"] = training
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="malformed training state") as exc:
+        load_checkpoint(path)
+    assert expected in str(exc.value)
+
+
+def test_resume_turns_a_foreign_optimizer_state_into_one_line():
+    from ldfusion.training.cli import resume
+
+    class Trainer:
+        def resume(self, path):
+            raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+
+    with pytest.raises(CheckpointError, match="last.pt: cannot resume from this training state \\(ValueError: loaded state dict"):
+        resume(Trainer(), Path("last.pt"))
+
+
+# --- 9. everyday mistakes ---------------------------------------------------------------------
+
+
+def test_out_that_is_an_existing_file_is_one_line(tmp_path, capsys, random_weights):
+    config = write_config(tmp_path, video_config(tmp_path))
+    (tmp_path / "taken").write_text("a file")
+    assert run_command(config, "--out", str(tmp_path / "taken"), weights=random_weights["ld-lite"]) == 2
+    assert "is a file, not a folder" in one_error_line(capsys, "ldfusion run")
+
+
+def test_a_png_sink_path_that_is_a_file_is_one_line(tmp_path, capsys, random_weights):
+    config = write_config(tmp_path, video_config(tmp_path, sinks=[{"kind": "png", "path": "frames"}]))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "frames").write_text("a file")
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert "but that is a file" in one_error_line(capsys, "ldfusion run")
+
+
+def test_an_mp4_path_without_a_video_suffix_is_one_line(tmp_path, capsys, random_weights):
+    config = write_config(tmp_path, video_config(tmp_path, sinks=[{"kind": "mp4", "path": "result"}]))
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert "must end in .mp4" in one_error_line(capsys, "ldfusion run")
+
+
+@pytest.mark.parametrize("device", ["gpu0", "cuda:abc", "cuda:99"])
+def test_an_unknown_device_is_one_line(tmp_path, capsys, random_weights, device):
+    config = write_config(tmp_path, video_config(tmp_path))
+    assert run_command(config, "--device", device, weights=random_weights["ld-lite"]) == 2
+    assert repr(device) in one_error_line(capsys, "ldfusion run")
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to stand for a full disk")
+def test_a_full_disk_is_one_line(tmp_path, capsys, random_weights):
+    config = write_config(tmp_path, video_config(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.yaml").symlink_to("/dev/full")  # every write there fails with ENOSPC
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert "No space left on device" in one_error_line(capsys, "ldfusion run")
+
+
+def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
+    def interrupted_import(_name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dispatcher.importlib, "import_module", interrupted_import)
+    assert dispatcher.main(["run", "config.yaml"]) == 130
+    assert one_error_line(capsys, "ldfusion run") == "ldfusion run: interrupted"
+
+
+def test_ctrl_c_in_the_first_second_of_a_real_process_is_one_line(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ldfusion.cli.main", "run", str(REPO_ROOT / "configs" / "video_to_mp4.yaml")],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    time.sleep(0.7)  # Python is up; torch is still importing
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_an_unexpected_error_is_one_line_unless_debugging(monkeypatch, capsys):
+    class Broken:
+        @staticmethod
+        def main(_argv):
+            raise RuntimeError("something nobody foresaw\nsecond line")
+
+    monkeypatch.setattr(dispatcher.importlib, "import_module", lambda _name: Broken)
+    monkeypatch.delenv("LDFUSION_DEBUG", raising=False)
+    assert dispatcher.main(["eval"]) == 1
+    line = one_error_line(capsys, "ldfusion eval")
+    assert "RuntimeError: something nobody foresaw" in line and "LDFUSION_DEBUG=1" in line
+    monkeypatch.setenv("LDFUSION_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        dispatcher.main(["eval"])
+
+
+# --- 10. malformed ZeroMQ messages, bad endpoints, empty camera frames -------------------------
+
+GOOD_HEADER = {"stream": "cam0", "seq": 4, "shape": [2, 3, 3], "dtype": "uint8"}
+
+
+def message(header, pixels: bytes = bytes(18), parts: int = 3) -> list[bytes]:
+    encoded = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return [b"fused/cam0", encoded, pixels][:parts]
+
+
+@pytest.mark.parametrize(
+    "parts, expected",
+    [
+        (message(GOOD_HEADER, parts=2), "expected 3 parts (topic, header, pixels); got 2"),
+        (message(b"42"), "header is a JSON int, not an object"),
+        (message(b"[1, 2]"), "header is a JSON list, not an object"),
+        (message(b"{nope"), "header is not JSON"),
+        (message({"stream": "cam0", "seq": 4}), "seq 4: header lacks shape, dtype"),
+        (message({**GOOD_HEADER, "shape": [-2, 3, 3]}), "seq 4: shape [-2, 3, 3] is not"),
+        (message({**GOOD_HEADER, "shape": [10**12, 10**12, 3]}), "is not [height, width]"),
+        (message({**GOOD_HEADER, "shape": "2x3"}), "shape '2x3' is not"),
+        (message({**GOOD_HEADER, "shape": [2.5, 3]}), "is not [height, width]"),
+        (message({**GOOD_HEADER, "dtype": "complex1024"}), "dtype 'complex1024' is not one of"),
+        (message({**GOOD_HEADER, "dtype": ["uint8"]}), "dtype ['uint8'] is not one of"),
+        (message(GOOD_HEADER, pixels=b"123"), "3 bytes do not make a 2x3x3 uint8 frame"),
+    ],
+)
+def test_malformed_messages_are_named(parts, expected):
+    with pytest.raises(DataError) as exc:
+        decode_message(parts)
+    assert expected in str(exc.value) and "fused/cam0" in str(exc.value)
+
+
+def test_a_good_message_decodes():
+    header, frame = decode_message(message(GOOD_HEADER, pixels=bytes(range(18))))
+    assert header["topic"] == "fused/cam0" and frame.shape == (2, 3, 3) and frame[1, 2, 2] == 17
+
+
+@pytest.fixture
+def publisher():
+    context = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    yield socket, f"tcp://127.0.0.1:{port}"
+    socket.close(0)
+    context.term()
+
+
+def publish_until_received(socket, messages: list[list[bytes]], subscriber: Subscriber):
+    """PUB drops what it sends before the subscription arrives: resend until the subscriber sees one."""
+    for _ in range(50):
+        for parts in messages:
+            socket.send_multipart(parts)
+        try:
+            received = subscriber.receive(0.1)
+        except DataError as exc:
+            return exc
+        if received is not None:
+            return received
+    raise AssertionError("nothing arrived")
+
+
+def test_the_subscriber_skips_and_counts_malformed_messages_when_asked(publisher):
+    socket, endpoint = publisher
+    good = message(GOOD_HEADER)
+    with Subscriber(endpoint, skip_malformed=True) as subscriber:
+        received = publish_until_received(socket, [message(b"42"), good], subscriber)
+        assert isinstance(received, tuple) and received[0]["seq"] == 4
+        assert subscriber.malformed >= 1
+    with Subscriber(endpoint) as strict:
+        error = publish_until_received(socket, [message(b"42")], strict)
+        assert isinstance(error, DataError) and "header is a JSON int" in str(error)
+
+
+def test_subscribe_command_skips_malformed_messages_and_reports_the_count(publisher, capsys):
+    import threading
+
+    socket, endpoint = publisher
+    stop = threading.Event()
+
+    def send():
+        while not stop.is_set():
+            socket.send_multipart(message({**GOOD_HEADER, "dtype": "bogus"}))
+            socket.send_multipart(message(GOOD_HEADER))
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        code = subscriber_cli.main(["--endpoint", endpoint, "--count", "3", "--timeout", "5", "--skip-malformed", "--summary-only", "-q"])
+    finally:
+        stop.set()
+        sender.join()
+    out = capsys.readouterr().out
+    assert code == 0 and "received 3 frame(s)" in out and "malformed message(s)" in out
+
+
+@pytest.mark.parametrize("endpoint", ["garbage", "tcp://", "tcp://127.0.0.1:notaport"])
+def test_subscribe_to_a_garbage_endpoint_is_one_line(capsys, endpoint):
+    assert subscriber_cli.main(["--endpoint", endpoint, "--timeout", "0.2"]) == 2
+    assert f"cannot connect to endpoint {endpoint!r}" in one_error_line(capsys, "ldfusion subscribe")
+
+
+class EmptyFrameCamera:
+    """A camera whose driver hands back an empty array every other read, as some do."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self):
+        self.reads += 1
+        return True, marked_frame(self.reads, 64, 48) if self.reads % 2 else np.empty((0, 0, 3), np.uint8)
+
+    def get(self, _prop: int) -> float:
+        return 30.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_an_empty_camera_frame_is_a_failed_read_not_a_cv2_error():
+    import threading
+
+    camera = EmptyFrameCamera()
+    config = SourceConfig(kind="camera", path="0", reconnect_backoff_s=0.01, reconnect_max_s=0.01)
+    source = LiveCameraSource(config, VISIBLE, time.monotonic(), open_capture=lambda _camera: camera)
+    stop = threading.Event()
+    frames = []
+    for index, _t, image in source.frames(stop):
+        frames.append(image)
+        if len(frames) == 4:
+            stop.set()
+    assert all(image.shape == (48, 64, 3) for image in frames)
+    with pytest.raises(DataError, match="delivered an empty frame"):
+        source.convert(np.empty((0, 0), np.uint8))
