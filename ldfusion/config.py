@@ -113,7 +113,10 @@ def to_dict(obj: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    try:
+        Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+    except OSError as exc:  # a full disk says nothing of where: name the file
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
 
 
 def finite_float(value: Any, where: str, error: type[ConfigError] = ConfigError) -> float:

@@ -49,9 +49,9 @@ def test_fuse_writes_one_png_per_pair_with_the_input_size(tmp_path, random_weigh
 
 def test_batched_fuse_equals_one_at_a_time(tmp_path, random_weights):
     _make_pairs(tmp_path, [(40, 40)] * 3)
-    _run(tmp_path, random_weights["ldfusion"], "--batch", "3")
+    assert _run(tmp_path, random_weights["ldfusion"], "--batch", "3") == 0
     batched = [cv2.imread(str(tmp_path / "out" / f"{k}.png")) for k in range(3)]
-    _run(tmp_path, random_weights["ldfusion"], "--batch", "1")
+    assert _run(tmp_path, random_weights["ldfusion"], "--batch", "1", "--overwrite") == 0
     single = [cv2.imread(str(tmp_path / "out" / f"{k}.png")) for k in range(3)]
     for a, b in zip(batched, single):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1

@@ -173,6 +173,30 @@ def test_an_absolute_sink_path_is_allowed_when_the_config_says_so(tmp_path, rand
     assert target.stat().st_size > 1000
 
 
+def fuse_args(ir_dir: Path, vi_dir: Path, out: Path, weights: Path, *extra: str) -> list[str]:
+    return ["--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(out), "--weights", str(weights), "--device", "cpu", "-q", *extra]
+
+
+def test_fuse_into_an_input_folder_is_refused_and_the_inputs_survive(tmp_path, capsys, random_weights):
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    before = (ir_dir / "1.png").read_bytes()
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, ir_dir, random_weights["ld-lite"], "--overwrite")) == 2
+    assert "would overwrite an input image" in one_error_line(capsys, "ldfusion fuse")
+    assert (ir_dir / "1.png").read_bytes() == before
+
+
+def test_fuse_refuses_existing_outputs_without_overwrite(tmp_path, capsys, random_weights):
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    out = tmp_path / "out"
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"])) == 0
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"])) == 2
+    assert "already holds 2 of the fused images (first: 1.png); pass --overwrite" in one_error_line(capsys, "ldfusion fuse")
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"], "--overwrite")) == 0
+    (tmp_path / "taken").write_text("a file")
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, tmp_path / "taken", random_weights["ld-lite"])) == 2
+    assert "is a file, not a folder" in one_error_line(capsys, "ldfusion fuse")
+
+
 # --- 3. finite numbers, sane rates ----------------------------------------------------------
 
 
@@ -388,7 +412,7 @@ def test_a_full_disk_is_one_line(tmp_path, capsys, random_weights):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "config.yaml").symlink_to("/dev/full")  # every write there fails with ENOSPC
     assert run_command(config, weights=random_weights["ld-lite"]) == 2
-    assert "No space left on device" in one_error_line(capsys, "ldfusion run")
+    assert "No space left on device: " in one_error_line(capsys, "ldfusion run")
 
 
 def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):

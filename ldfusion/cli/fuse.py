@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="16-bit infrared: stretch between the 0.5/99.5 percentiles, or scale by 1/65535 (default: stretch)",
     )
     parser.add_argument("--side-by-side", action="store_true", help="also write IR | visible | fused as NAME_sbs.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace fused images already in --out (else the command refuses to start)")
     add_logging_arguments(parser)
     return parser
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch is not None and args.batch < 1:
         raise DataError(f"--batch must be at least 1; got {args.batch}")
     pairs = pair_folders(args.ir, args.vi)
+    check_outputs(pairs, args.out, args.side_by_side, args.overwrite)
     fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None))
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("fusing %d pair(s) with %s on %s", len(pairs), fuser.spec.name, fuser.device)
@@ -72,6 +74,24 @@ def main(argv: list[str] | None = None) -> int:
     written = fuse_pairs(fuser, pairs, args.out, batch, args.ir_16bit, args.side_by_side, progress=not args.quiet)
     log.info("wrote %d fused image(s) to %s", written, args.out)
     return 0
+
+
+def output_names(pair: ImagePair, with_sbs: bool) -> list[str]:
+    return [f"{pair.name}.png"] + ([f"{pair.name}_sbs.png"] if with_sbs else [])
+
+
+def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwrite: bool) -> None:
+    """Before anything is written: --out is a folder, no output is an input, and existing outputs need --overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"--out {out_dir} is a file, not a folder")
+    inputs = {path.resolve() for pair in pairs for path in (pair.ir, pair.vi)}
+    outputs = [out_dir / name for pair in pairs for name in output_names(pair, with_sbs)]
+    clash = next((path for path in outputs if path.resolve() in inputs), None)
+    if clash is not None:
+        raise DataError(f"--out {out_dir}: writing {clash.name} would overwrite an input image; choose another folder")
+    existing = [path for path in outputs if path.exists()]
+    if existing and not overwrite:
+        raise DataError(f"--out {out_dir} already holds {len(existing)} of the fused images (first: {existing[0].name}); pass --overwrite to replace them")
 
 
 def fuse_pairs(
@@ -89,9 +109,10 @@ def fuse_pairs(
         return (pair, *read_pair(pair, ir_16bit))
 
     def save(pair: ImagePair, visible: np.ndarray, ir: np.ndarray, fused: np.ndarray) -> None:
-        write_image(out_dir / f"{pair.name}.png", fused)
-        if with_sbs:
-            write_image(out_dir / f"{pair.name}_sbs.png", side_by_side(ir, visible, fused))
+        fused_name, *sbs_name = output_names(pair, with_sbs)
+        write_image(out_dir / fused_name, fused)
+        if sbs_name:
+            write_image(out_dir / sbs_name[0], side_by_side(ir, visible, fused))
 
     written = 0
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="fuse-io") as pool, tqdm(
