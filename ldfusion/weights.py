@@ -67,6 +67,11 @@ REGISTRY: dict[str, WeightsEntry] = {
         ),
         license="Apache-2.0, Wang et al., github.com/wyhlaowang/LD-Lite",
     ),
+    # Not pinned: the authors publish no hash, and the files are not in this project's data
+    # (no network where it is built), so no one here has seen them to hash them. What keeps an
+    # unpinned download safe: it is loaded with weights_only=True (no code runs), checked
+    # against the variant's exact layout and for finite values, and its sha256 is logged at
+    # download so a user can compare it and pin it here.
     "ldfusion": WeightsEntry(
         name="ldfusion",
         variant="ldfusion",
