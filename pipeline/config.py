@@ -292,7 +292,7 @@ def check_outputs(config: PipelineConfig) -> None:
             raise ConfigError(f"the png sink writes into the folder {str(path)!r}, but that is a file")
         if kind == "mp4" and path.is_dir():
             raise ConfigError(f"the mp4 sink writes the file {str(path)!r}, but that is a folder")
-        existing = kind == "mp4" and path.exists() or kind == "png" and path.is_dir() and any(path.glob("*.png"))
+        existing = (kind == "mp4" and path.exists()) or (kind == "png" and path.is_dir() and any(path.glob("*.png")))
         if existing and not config.run.overwrite:
             what = "holds PNG frames" if kind == "png" else "exists"
             raise ConfigError(f"{str(path)!r} {what} already; pass --overwrite (run.overwrite: true) to replace it, or choose another --out")

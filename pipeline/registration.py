@@ -79,7 +79,6 @@ def plan_from_calibration(registration: Registration, warp: str, crop: bool, sou
     moving = IR if warp == "ir_to_visible" else VISIBLE
     matrix = ir_to_vi if moving == IR else np.linalg.inv(ir_to_vi)
     plan = WarpPlan(moving, matrix / matrix[2, 2], ir_size, vi_size, None, registration.model == "affine")
-    _check_overlap(plan, source_name)
     if not crop:
         return plan
     file_crop_applies = registration.crop is not None and (registration.source == "ir") == (moving == IR)
@@ -87,7 +86,8 @@ def plan_from_calibration(registration: Registration, warp: str, crop: bool, sou
     return replace(plan, crop=box)
 
 
-def _check_overlap(plan: WarpPlan, source_name: str) -> None:
+def check_overlap(plan: WarpPlan, source_name: str) -> None:
+    """Refuse a plan whose moving image (nearly) misses the fixed frame; warn when it covers little of it."""
     covered = coverage(plan.moving_size, plan.matrix, plan.fixed_size)
     moving, fixed = ("IR", "visible") if plan.moving == IR else ("visible", "IR")
     if covered < MIN_COVERAGE:
@@ -143,12 +143,15 @@ class Registrar:
     def check(self, ir: np.ndarray, visible: np.ndarray) -> WarpPlan:
         """Make the plan on the first call; afterwards, frames must keep their sizes."""
         ir_size, vi_size = (ir.shape[1], ir.shape[0]), (visible.shape[1], visible.shape[0])
+        first = self.plan is None
         if self.plan is None:
             self.plan = self._make_plan(ir_size, vi_size)
         for what, got, expected in (("infrared", ir_size, self.plan.ir_size), ("visible", vi_size, self.plan.vi_size)):
             if got != expected:
                 origin = f"the calibration file {self._calibration_name} is for" if self._registration else "the stream started with"
                 raise DataError(f"stream {self.stream}: {what} frames are {_wxh(got)} but {origin} {_wxh(expected)}")
+        if first and self._registration is not None:  # after the sizes: a wrong-size file is that error alone
+            check_overlap(self.plan, self._calibration_name)
         return self.plan
 
     def _make_plan(self, ir_size: Size, vi_size: Size) -> WarpPlan:

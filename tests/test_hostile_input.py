@@ -33,7 +33,7 @@ from ldfusion.variants import get_variant
 from pipeline import cli as run_cli
 from pipeline import subscriber as subscriber_cli
 from pipeline.frames import IR, VISIBLE
-from pipeline.registration import plan_from_calibration
+from pipeline.registration import check_overlap, plan_from_calibration
 from pipeline.sources import LiveCameraSource
 from pipeline.config import SourceConfig
 from pipeline.subscriber import Subscriber, decode_message
@@ -263,14 +263,16 @@ def shifted(dx: float, size=(64, 48)) -> Registration:
 
 @pytest.mark.parametrize("dx", [10_000.0, -62.0])  # entirely off-screen; a 2-pixel sliver
 def test_a_registration_that_maps_ir_off_screen_is_refused(dx):
-    with pytest.raises(DataError, match=r"maps the IR image onto only \d+\.\d% of the visible frame"):
-        plan_from_calibration(shifted(dx), "ir_to_visible", crop=False, source_name="calib.yaml")
+    plan = plan_from_calibration(shifted(dx), "ir_to_visible", crop=False)
+    with pytest.raises(DataError, match=r"calib.yaml: maps the IR image onto only \d+\.\d% of the visible frame"):
+        check_overlap(plan, "calib.yaml")
 
 
 def test_a_partial_overlap_runs_with_a_warning(caplog):
-    plan = plan_from_calibration(shifted(40.0), "ir_to_visible", crop=False, source_name="calib.yaml")
-    assert plan.moving == IR
+    check_overlap(plan_from_calibration(shifted(40.0), "ir_to_visible", crop=False), "calib.yaml")
     assert "covers only 38% of the visible frame" in caplog.text
+    check_overlap(plan_from_calibration(shifted(-40.0), "visible_to_ir", crop=False), "calib.yaml")
+    assert "the visible image covers only 38% of the IR frame" in caplog.text
 
 
 def test_run_refuses_an_off_screen_calibration_in_one_line(tmp_path, capsys, random_weights):
