@@ -234,7 +234,7 @@ class StreamClock:
                 self._anchor = delay
             else:
                 self._anchor = min(self._anchor + self.drift * (arrival - self._last_arrival), delay)
-            t = stream_t + self._anchor
+            t = min(stream_t + self._anchor, arrival)  # equal when this frame came fastest (rounding aside)
         self._last_arrival, self._last_stream_t = arrival, stream_t
         self._last_t = t = max(t, self._last_t + 1e-6)
         return t

@@ -27,7 +27,7 @@ from tests.gst_rtsp_server import CODE_CELL, CODE_CELLS
 
 SERVER = Path(__file__).with_name("gst_rtsp_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"  # the distribution's Python, where python3-gi lives
-INSTALL_HINT = "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-ugly"
+INSTALL_HINT = "apt-get install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly"
 
 
 def unavailable_reason() -> str | None:

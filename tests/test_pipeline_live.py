@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
+import numpy as np
 import pytest
 
 from ldfusion.config import from_dict
 from ldfusion.errors import DataError
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.runner import run_pipeline
 from pipeline.sinks import CallbackSink
+from pipeline.sources import LiveCameraSource, StreamClock
 from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, read_mark
 
 
@@ -126,3 +129,65 @@ def test_a_camera_that_is_not_there_is_an_error_before_the_run(lite):
     config = from_dict(PipelineConfig, {"streams": [{"ir": {"kind": "camera", "path": "rtsp://10.0.0.9/ir"}, "visible": {"kind": "camera", "path": "1"}}]})
     with pytest.raises(DataError, match=r"cannot open camera rtsp://10.0.0.9/ir"):
         run_pipeline(config, lite, open_capture=open_capture)
+
+
+# --- live timestamps --------------------------------------------------------------------------
+
+
+def test_stream_clock_keeps_a_cameras_own_times_through_late_and_bursty_delivery():
+    clock = StreamClock()
+    fps, delay = 30.0, 0.080  # the camera's fastest delivery: 80 ms after its timestamp
+    rng = np.random.default_rng(0)
+    stamps, true_times = [], []
+    for i in range(300):
+        stream_t = i / fps
+        # Jitter up to 20 ms, and twice a second's frames held back, then delivered at once.
+        late = (129 - i % 150) / fps if 100 <= i % 150 < 130 else rng.uniform(0, 0.02)
+        arrival = 10.0 + stream_t + delay + late
+        t = clock.stamp(arrival, stream_t)
+        assert t <= arrival  # never after the frame arrived
+        stamps.append(t)
+        true_times.append(10.0 + stream_t + delay)
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    errors = np.abs(np.array(stamps) - np.array(true_times))
+    assert errors[1:].max() < 0.021  # the burst's frames keep their spacing; only the first frame's jitter remains
+
+
+def test_stream_clock_falls_back_to_arrival_and_follows_a_slow_camera_clock():
+    clock = StreamClock()
+    assert clock.stamp(5.0, None) == 5.0  # no stream time: arrival
+    assert clock.stamp(5.1, 0.0) == 5.1
+    assert clock.stamp(5.2, 0.0) == 5.2  # stream time does not rise: arrival, and the anchor starts again
+    clock.reset()
+    fps, slow = 30.0, 5e-4  # the camera's clock runs 0.05% slow: its frames arrive ever later on ours
+    for i in range(30 * 600):  # ten minutes
+        arrival = 1.0 + (i / fps) * (1 + slow) + 0.05
+        t = clock.stamp(arrival, i / fps)
+    assert arrival - t < 0.005  # the anchor followed (0.3 s of drift by now)
+
+
+class _BufferingCamera(FakeCamera):
+    """A network camera whose decoder hands over ``buffered`` old frames at once after opening."""
+
+    def __init__(self, buffered: int, **kwargs):
+        super().__init__(**kwargs)
+        self._buffered = buffered
+
+    def read(self):
+        if self._buffered:
+            self._buffered -= 1
+            return True, self._frames[0].copy()
+        return super().read()
+
+
+def test_a_network_camera_skips_what_it_buffered_while_connecting():
+    config = from_dict(SourceConfig, {"kind": "camera", "path": "rtsp://user:pw@cam.local/ir"})
+    source = LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _url: _BufferingCamera(20, fps=30))
+    assert source.name == "camera rtsp://***@cam.local/ir"
+    stop = threading.Event()
+    frames = source.frames(stop)
+    first = [next(frames) for _ in range(3)]
+    stop.set()
+    assert 20 <= source.stale <= 21  # the backlog was dropped, not stamped "now" (and the frame already due)
+    times = [t for _, t, _ in first]
+    assert all(0.02 < b - a < 0.05 for a, b in zip(times, times[1:])), times  # what follows comes at the camera's pace
