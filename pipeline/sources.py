@@ -22,8 +22,11 @@ within a camera's bursts does not reach the pairing. The anchor may creep up by
 
 A network camera that (re)connects first hands over what the decoder buffered while
 connecting (a second or so of old frames, at once). Those frames are stale for a live
-view and would arrive with one timestamp, so they are skipped (counted in ``stale``)
-until a read waits for a new frame. A camera that stops delivering (``read()`` fails, or
+view and would be stamped with their arrival time, so they are skipped (counted in
+``stale``) until the delivery delay holds steady for half a second of stream time (or,
+without stream times, until a read waits for its frame); at most 5 s of frames. So each
+(re)connect costs at least half a second of frames, and pairs never mix a stale frame of
+one camera with a live one of the other. A camera that stops delivering (``read()`` fails, or
 times out after ``read_timeout_s``) is an *outage*: it is logged, released and reopened
 with exponential backoff, each attempt logged; ``outages`` and ``reconnects`` count them.
 """
@@ -260,6 +263,9 @@ class LiveCameraSource(Source):
         self._network = isinstance(self._camera, str) and "://" in self._camera
         self._catching_up = self._network
         self._stale_now = 0  # stale frames skipped since the last (re)connect
+        self._previous_read: tuple[float, float | None] | None = None  # (arrival, stream time) while catching up
+        self._settled_delay: float | None = None  # the backlog's delivery delay when it last shrank
+        self._settled_since = 0.0
 
     def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
         count, failures = 0, 0
@@ -268,14 +274,14 @@ class LiveCameraSource(Source):
             asked = time.monotonic()
             ok, image = self._capture.read() if self._capture is not None else (False, None)
             if ok and image is not None:
-                arrival = time.monotonic()
-                if self._skip_buffered(arrival - asked):
+                arrival, stream_t = time.monotonic(), self._stream_time()
+                if self._skip_buffered(asked, arrival, stream_t):
                     continue
                 if failures:
                     log.info("%s delivers again after %d attempt(s)", self.name, failures)
                     self.reconnects += 1
                 failures, delay = 0, self._config.reconnect_backoff_s
-                yield count, self._clock.stamp(arrival - self._origin, self._stream_time()), self.convert(image, bgr=True)
+                yield count, self._clock.stamp(arrival - self._origin, stream_t), self.convert(image, bgr=True)
                 count += 1
                 continue
             if stop.is_set():
@@ -295,11 +301,29 @@ class LiveCameraSource(Source):
             delay = min(2 * delay, self._config.reconnect_max_s)
             self._reopen()
 
-    def _skip_buffered(self, read_s: float) -> bool:
-        """Right after a network camera (re)connects: is this a stale, buffered frame?"""
+    def _skip_buffered(self, asked: float, arrival: float, stream_t: float | None) -> bool:
+        """Right after a network camera (re)connects: is this frame part of a stale backlog?
+
+        With stream times, the backlog shows as a delivery delay (arrival - stream time)
+        that keeps shrinking while it drains; frames count as stale until the delay has
+        not shrunk by half a frame period for ``_SETTLE_S`` of stream time. Without them,
+        a frame that came back faster than half a frame period after the previous one (or,
+        for the first, from a read that did not wait) was waiting in a buffer.
+        """
         if not self._catching_up:
             return False
-        if read_s < 0.25 / float(self.rate) and self._stale_now < _MAX_STALE_S * float(self.rate):
+        previous, self._previous_read = self._previous_read, (arrival, stream_t)
+        period = 1.0 / float(self.rate)
+        rising = previous is not None and stream_t is not None and previous[1] is not None and stream_t > previous[1]
+        if rising:
+            assert stream_t is not None
+            delay = arrival - stream_t
+            if self._settled_delay is None or delay < self._settled_delay - 0.5 * period:
+                self._settled_delay, self._settled_since = delay, stream_t
+            stale = stream_t - self._settled_since < _SETTLE_S
+        else:
+            stale = arrival - (asked if previous is None else previous[0]) < 0.5 * period
+        if stale and self._stale_now < _MAX_STALE_S * float(self.rate):
             self.stale += 1
             self._stale_now += 1
             return True
@@ -310,7 +334,7 @@ class LiveCameraSource(Source):
         """The camera's own time for the frame just read, in seconds; None when it gives none."""
         assert self._capture is not None
         ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
-        return ms / 1000.0 if ms and ms > 0 else None
+        return ms / 1000.0 if ms and ms > 0 else None  # 0: not given (or the first frame; it is skipped on connect anyway)
 
     def _give_up_after(self, failures: int, count: int) -> None:
         limit = self._config.max_reconnects
@@ -323,7 +347,7 @@ class LiveCameraSource(Source):
             log.info("%s reconnected", self.name)
             self._capture = capture
             self._clock.reset()
-            self._catching_up, self._stale_now = self._network, 0
+            self._catching_up, self._stale_now, self._previous_read, self._settled_delay = self._network, 0, None, None
         else:
             capture.release()
 
@@ -337,6 +361,7 @@ class LiveCameraSource(Source):
 
 
 _MAX_STALE_S = 5.0  # a (re)connecting camera's buffered frames skipped, at most (in seconds of frames)
+_SETTLE_S = 0.5  # stream time the delivery delay must hold steady before frames count as live
 
 
 # --- conversions ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -191,3 +192,41 @@ def test_a_network_camera_skips_what_it_buffered_while_connecting():
     assert 20 <= source.stale <= 21  # the backlog was dropped, not stamped "now" (and the frame already due)
     times = [t for _, t, _ in first]
     assert all(0.02 < b - a < 0.05 for a, b in zip(times, times[1:])), times  # what follows comes at the camera's pace
+
+
+class _StreamTimedCamera:
+    """An RTSP-like camera: frame i has stream time i / fps; the first ``buffered`` frames
+    come back at once (decoded while connecting), the rest at the camera's pace."""
+
+    def __init__(self, buffered: int, fps: float = 30.0):
+        self.fps, self.buffered, self.next, self.last = fps, buffered, 0, None
+        self.live_from = time.monotonic()
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self):
+        if self.next >= self.buffered:
+            delay = self.live_from + (self.next - self.buffered) / self.fps - time.monotonic()
+            time.sleep(max(0.0, delay))
+        self.last, self.next = self.next, self.next + 1
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == cv2.CAP_PROP_FPS else self.last * 1000 / self.fps if prop == cv2.CAP_PROP_POS_MSEC else 0.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_network_camera_with_stream_times_settles_before_its_frames_count():
+    config = from_dict(SourceConfig, {"kind": "camera", "path": "rtsp://cam.local/ir"})
+    source = LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _url: _StreamTimedCamera(buffered=30))
+    stop = threading.Event()
+    frames = source.frames(stop)
+    first = [next(frames) for _ in range(4)]
+    stop.set()
+    # The whole backlog, then half a second of live frames while the delay proved steady.
+    assert 30 + 14 <= source.stale <= 30 + 17, source.stale
+    times = [t for _, t, _ in first]
+    assert all(abs(b - a - 1 / 30) < 0.005 for a, b in zip(times, times[1:])), times  # stream times, not arrival jitter
