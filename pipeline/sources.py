@@ -271,11 +271,10 @@ class LiveCameraSource(Source):
         count, failures = 0, 0
         delay = self._config.reconnect_backoff_s
         while not stop.is_set():
-            asked = time.monotonic()
             ok, image = self._capture.read() if self._capture is not None else (False, None)
             if ok and image is not None:
                 arrival, stream_t = time.monotonic(), self._stream_time()
-                if self._skip_buffered(asked, arrival, stream_t):
+                if self._skip_buffered(arrival, stream_t):
                     continue
                 if failures:
                     log.info("%s delivers again after %d attempt(s)", self.name, failures)
@@ -301,14 +300,14 @@ class LiveCameraSource(Source):
             delay = min(2 * delay, self._config.reconnect_max_s)
             self._reopen()
 
-    def _skip_buffered(self, asked: float, arrival: float, stream_t: float | None) -> bool:
+    def _skip_buffered(self, arrival: float, stream_t: float | None) -> bool:
         """Right after a network camera (re)connects: is this frame part of a stale backlog?
 
         With stream times, the backlog shows as a delivery delay (arrival - stream time)
         that keeps shrinking while it drains; frames count as stale until the delay has
         not shrunk by half a frame period for ``_SETTLE_S`` of stream time. Without them,
-        a frame that came back faster than half a frame period after the previous one (or,
-        for the first, from a read that did not wait) was waiting in a buffer.
+        a frame that came back faster than half a frame period after the previous one was
+        waiting in a buffer. The first ``_JUDGED_AFTER`` frames are skipped in any case.
         """
         if not self._catching_up:
             return False
@@ -321,8 +320,10 @@ class LiveCameraSource(Source):
             if self._settled_delay is None or delay < self._settled_delay - 0.5 * period:
                 self._settled_delay, self._settled_since = delay, stream_t
             stale = stream_t - self._settled_since < _SETTLE_S
+        elif previous is None or self._stale_now < _JUDGED_AFTER:  # too early to tell (RTSP gives the first frames no time)
+            stale = True
         else:
-            stale = arrival - (asked if previous is None else previous[0]) < 0.5 * period
+            stale = arrival - previous[0] < 0.5 * period
         if stale and self._stale_now < _MAX_STALE_S * float(self.rate):
             self.stale += 1
             self._stale_now += 1
@@ -362,6 +363,7 @@ class LiveCameraSource(Source):
 
 _MAX_STALE_S = 5.0  # a (re)connecting camera's buffered frames skipped, at most (in seconds of frames)
 _SETTLE_S = 0.5  # stream time the delivery delay must hold steady before frames count as live
+_JUDGED_AFTER = 3  # frames after a (re)connect skipped before any rule can judge them
 
 
 # --- conversions ------------------------------------------------------------------------

@@ -13,6 +13,16 @@ IR timestamps are shifted by ``offset_s`` before comparing (the calibration's
 A leader frame at time t is decided as soon as the nearest follower frame is known: when a
 follower frame at or after t has arrived, when the follower has ended, or (live) when the
 clock has passed t + slop, after which no follower frame can arrive close enough.
+
+Live cameras: both cameras' times are on the run's monotonic clock (each camera's own
+stream times anchored at its fastest delivery delay, see ``sources.py``), so they differ
+by a constant, the difference of the two delays: ``offset_s`` removes it, and the slop
+(half the follower's period by default) only has to cover what is left. Because a frame's
+time is never later than its arrival, "the clock has passed t + slop" is a safe rule.
+While the follower camera is away (an outage), the output pauses: each leader frame is
+decided by the clock and counted as unpaired, never paired with a follower frame from
+before the outage; no leader-only frames are emitted. Pending leader frames and held
+follower frames are bounded (by the clock and ``_MAX_FOLLOWERS``), whatever a camera does.
 """
 
 from __future__ import annotations

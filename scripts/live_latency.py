@@ -15,6 +15,7 @@ data) at ``--fps``, runs the pipeline live against them for ``--seconds`` and pr
     PYTHONPATH=. python scripts/live_latency.py --seconds 30                  # bundled default weights
     PYTHONPATH=. python scripts/live_latency.py --weights ld-lite --device cuda
     PYTHONPATH=. python scripts/live_latency.py --weights tiny               # the pipeline's own cost
+    PYTHONPATH=. python scripts/live_latency.py --torch-threads 1            # a busy CPU: no OpenMP thrashing
 
 ``--weights tiny`` is a randomly initialised 2-channel network (a few thousand parameters):
 its output is meaningless, but it shows what the live path (RTSP decode, pairing,
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ldfusion.config import from_dict
 from ldfusion.inference import Fuser, FuserOptions
@@ -54,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default="default", help="a weights file or registry name, or 'tiny' (default: default)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     parser.add_argument("--batch", type=int, default=None, help="model.batch_size (default: 1 on the CPU, 8 on CUDA)")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads for the CPU (default: torch's own); 1 helps a lot on a busy machine")
     parser.add_argument("--clip-frames", type=int, default=150, help="frames of the clip the servers loop (default 150)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     return parser
@@ -107,7 +111,7 @@ def numbers(summary: RunSummary, recorder: Recorder, args: argparse.Namespace, c
         return float(np.percentile(values, q)) if values.size else float("nan")
 
     return {
-        "clip": clip, "weights": args.weights, "model": summary.model, "device": summary.device,
+        "clip": clip, "weights": args.weights, "model": summary.model, "device": summary.device, "torch_threads": torch.get_num_threads(),
         "input_fps": args.fps, "seconds": summary.wall_s, "frames_out": summary.frames_out,
         "output_fps": summary.fps, "output_share_of_input": summary.fps / args.fps,
         "latency_capture_to_sink_ms": {"p50": summary.latency_ms_p50, "p99": summary.latency_ms_p99},
@@ -128,7 +132,8 @@ def numbers(summary: RunSummary, recorder: Recorder, args: argparse.Namespace, c
 def report(n: dict) -> str:
     lat, due, cams, pairing = n["latency_capture_to_sink_ms"], n["latency_due_to_sink_ms"], n["cameras"], n["pairing"]
     return "\n".join([
-        f"{n['clip']} at {n['input_fps']:g} fps x2 over RTSP; weights {n['weights']} ({n['model']}) on {n['device']}",
+        f"{n['clip']} at {n['input_fps']:g} fps x2 over RTSP; weights {n['weights']} ({n['model']}) on {n['device']}, "
+        f"{n['torch_threads']} torch thread(s)",
         f"output            {n['frames_out']} frames in {n['seconds']:.1f} s = {n['output_fps']:.2f} fps "
         f"({100 * n['output_share_of_input']:.0f}% of the input rate)",
         f"latency           capture->sink p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms; "
@@ -144,6 +149,8 @@ def report(n: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     reason = unavailable_reason()
     if reason:
         print(f"live_latency: {reason}", file=sys.stderr)

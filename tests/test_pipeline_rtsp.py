@@ -145,3 +145,13 @@ def test_live_rtsp_run_survives_an_ir_outage_and_pairs_matching_frames(rtsp_came
     assert "operator" not in saved and "***@127.0.0.1" in saved
     for text in (output.out, output.err, saved, (out / "summary.json").read_text()):
         assert SECRET not in text
+
+
+def test_the_worked_rtsp_example_is_a_valid_live_config():
+    from pipeline.config import load_pipeline_config
+    from tests.conftest import REPO_ROOT
+
+    config = load_pipeline_config(REPO_ROOT / "configs" / "live_rtsp_to_mp4.yaml")
+    stream = config.streams[0]
+    assert config.live and stream.ir.camera_id.startswith("rtsp://") and stream.visible.camera_id.startswith("rtsp://")
+    assert {sink.kind for sink in config.sinks} == {"mp4", "zmq"}
