@@ -16,15 +16,18 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import yaml
 
 from pipeline import cli
 from pipeline.subscriber import Subscriber
+from tests.gst_rtsp_server import write_code
 from tests.rtsp_server import RtspCamera, free_port, read_frame_number, unavailable_reason, write_clips
 
 FPS = 15.0
+WIDTH, HEIGHT = 320, 240  # the M3SVD clips scaled down: the live behaviour is the same, CI's CPU cost a quarter
 SECRET = "s3cr3t-Pa55"  # in the camera URLs: must never reach a log, an error or a saved file
 CREDENTIALS = f"operator:{SECRET}"
 
@@ -39,9 +42,9 @@ def rtsp_cameras(tmp_path_factory):
 
     m3svd = SHARED_DATA / "video" / "m3svd"
     folder = tmp_path_factory.mktemp("rtsp")
-    ir_raw, vi_raw, _what = write_clips(folder, m3svd if (m3svd / "infrared").is_dir() else None, frames=60)
+    ir_raw, vi_raw, _what = write_clips(folder, m3svd if (m3svd / "infrared").is_dir() else None, frames=60, width=WIDTH, height=HEIGHT)
     epoch = time.time()
-    cameras = RtspCamera(ir_raw, "/ir", FPS, epoch), RtspCamera(vi_raw, "/visible", FPS, epoch)
+    cameras = RtspCamera(ir_raw, "/ir", FPS, epoch, WIDTH, HEIGHT), RtspCamera(vi_raw, "/visible", FPS, epoch, WIDTH, HEIGHT)
     for camera in cameras:
         camera.start()
     yield cameras
@@ -121,7 +124,7 @@ def test_live_rtsp_run_survives_an_ir_outage_and_pairs_matching_frames(rtsp_came
 
     # Every output frame pairs matching source frames, before and after the outage (the
     # slop at 15 fps is 33 ms: the nearest frame, at most one frame period off).
-    numbers = _panel_numbers(out / "rig.mp4", 640)
+    numbers = _panel_numbers(out / "rig.mp4", WIDTH)
     assert len(numbers) == summary["frames_out"]  # the MP4 is playable: PyAV decodes every frame
     assert all(n_ir is not None and n_vi is not None for n_ir, n_vi in numbers), numbers
     gaps = [n_vi - n_ir for n_ir, n_vi in numbers]
@@ -155,3 +158,20 @@ def test_the_worked_rtsp_example_is_a_valid_live_config():
     stream = config.streams[0]
     assert config.live and stream.ir.camera_id.startswith("rtsp://") and stream.visible.camera_id.startswith("rtsp://")
     assert {sink.kind for sink in config.sinks} == {"mp4", "zmq"}
+
+
+def test_frame_numbers_survive_lossy_coding_and_are_not_read_from_plain_pictures(tmp_path):
+    ir_raw, vi_raw, what = write_clips(tmp_path, None, frames=3, width=WIDTH, height=HEIGHT)  # no shared data: rendered
+    size = WIDTH * HEIGHT * 3 // 2
+    assert what.startswith("synthetic") and ir_raw.stat().st_size == vi_raw.stat().st_size == 3 * size
+    plain = np.frombuffer(vi_raw.read_bytes()[:size], np.uint8).reshape(HEIGHT * 3 // 2, WIDTH)
+    rgb = cv2.cvtColor(plain, cv2.COLOR_YUV2RGB_I420)
+    assert read_frame_number(rgb) is None
+    for n in (0, 1, 4660, 65535):
+        frame = bytearray(plain.tobytes())
+        write_code(frame, n, WIDTH, HEIGHT)
+        marked = cv2.cvtColor(np.frombuffer(bytes(frame), np.uint8).reshape(HEIGHT * 3 // 2, WIDTH), cv2.COLOR_YUV2RGB_I420)
+        _, jpeg = cv2.imencode(".jpg", marked, [cv2.IMWRITE_JPEG_QUALITY, 20])  # harsher than the streams' H.264
+        decoded = cv2.imdecode(jpeg, cv2.IMREAD_COLOR)
+        assert read_frame_number(decoded) == n
+        assert read_frame_number(cv2.cvtColor(decoded, cv2.COLOR_BGR2GRAY)) == n
