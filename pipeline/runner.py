@@ -231,7 +231,7 @@ class Pipeline:
         offset = sync.offset_s if sync.offset_s is not None else (registration.time_offset_s if registration else 0.0)
         log.info("%s: pairing each %s frame with the nearest %s frame within %.1f ms (IR offset %+.1f ms)",
                  config.id, sync.leader, "visible" if sync.leader == "ir" else "ir", slop * 1000, offset * 1000)
-        return NearestPairer(config.id, sync.leader, slop, offset)
+        return NearestPairer(config.id, sync.leader, slop, offset, sync.max_delay_s if self.config.live else 0.0)
 
     def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
         run, batch = self.config.run, self._batch

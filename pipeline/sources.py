@@ -218,6 +218,7 @@ class StreamClock:
     drift = 1e-3  # s/s the anchor may creep up by: follows cameras whose clocks run up to 0.1% slow
 
     def __init__(self) -> None:
+        self._last_t = float("-inf")  # kept across resets: times rise for the source's whole life
         self.reset()
 
     def reset(self) -> None:
@@ -225,7 +226,6 @@ class StreamClock:
         self._anchor: float | None = None
         self._last_arrival = 0.0
         self._last_stream_t: float | None = None
-        self._last_t = float("-inf")
 
     def stamp(self, arrival: float, stream_t: float | None) -> float:
         if stream_t is None or (self._last_stream_t is not None and stream_t <= self._last_stream_t):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 
@@ -16,16 +17,16 @@ from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.runner import run_pipeline
 from pipeline.sinks import CallbackSink
 from pipeline.sources import LiveCameraSource, StreamClock
-from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, read_mark
+from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, marked_frame, read_mark
 
 
-def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, **ir_options) -> PipelineConfig:
+def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, max_delay_s: float = 0.1, **ir_options) -> PipelineConfig:
     return from_dict(PipelineConfig, {
         "streams": [{
             "id": "live",
             "ir": {"kind": "camera", "path": "0", **ir_options},
             "visible": {"kind": "camera", "path": "1"},
-            "sync": {"slop_s": slop_s},
+            "sync": {"slop_s": slop_s, "max_delay_s": max_delay_s},
         }],
         "model": {"batch_size": 2, "max_wait_ms": 5},
         "run": {"mode": "live", "duration_s": duration_s, "progress": False, "stats_interval_s": stats_interval_s},
@@ -230,3 +231,44 @@ def test_a_network_camera_with_stream_times_settles_before_its_frames_count():
     assert 30 + 14 <= source.stale <= 30 + 17, source.stale
     times = [t for _, t, _ in first]
     assert all(abs(b - a - 1 / 30) < 0.005 for a, b in zip(times, times[1:])), times  # stream times, not arrival jitter
+
+
+class _BurstyCamera:
+    """A camera that stamps each frame (``CAP_PROP_POS_MSEC``) but delivers ``burst`` frames
+    at a time, when the last of them is due: the first of a burst is (burst - 1) frames late."""
+
+    def __init__(self, fps: float, burst: int, seed: int):
+        self.fps, self.burst = fps, burst
+        self._start, self._next, self._last = time.monotonic(), 0, 0
+        self._frames = [marked_frame(i, 64, 48, seed) for i in range(MARKS)]
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self):
+        i = self._next
+        release = self._start + ((i // self.burst) * self.burst + self.burst - 1) / self.fps
+        time.sleep(max(0.0, release - time.monotonic()))
+        self._last, self._next = i, i + 1
+        return True, self._frames[i % MARKS].copy()
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == cv2.CAP_PROP_FPS else self._last * 1000 / self.fps if prop == cv2.CAP_PROP_POS_MSEC else 0.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_bursty_camera_is_paired_by_its_own_times_and_queues_stay_bounded(lite):
+    cameras = {0: _BurstyCamera(fps=30, burst=8, seed=1), 1: _BurstyCamera(fps=30, burst=1, seed=2)}  # visible: steady
+    collect = Collect()
+    summary = run_pipeline(live_config(1 / 60, duration_s=3.0, max_delay_s=0.3), lite, extra_sinks=[collect.sink()],
+                           open_capture=cameras.__getitem__)
+    # Past the first burst (whose times the clock could not know yet), every pair holds the
+    # same source frame, although the IR frames arrived up to 7 frames (233 ms) late.
+    settled = [f for f in collect.frames if f.meta.vi_index >= 16]
+    assert len(settled) >= 10, summary.report
+    marks = [(read_mark(f.ir), read_mark(f.visible)) for f in settled]
+    assert all(ir == vi for ir, vi in marks), [(m, round(f.meta.t_ir, 3), round(f.meta.t_vi, 3), f.meta.ir_index, f.meta.vi_index) for m, f in zip(marks, settled)]
+    depths = summary.report.split("largest queue depths:")[1].splitlines()[0]
+    assert all(int(depth) <= int(bound) + 1 for depth, bound in re.findall(r"(\d+)/(\d+)", depths)), depths
