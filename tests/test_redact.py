@@ -84,3 +84,12 @@ def test_a_camera_that_does_not_answer_is_named_without_its_password(tmp_path, c
     output = capfd.readouterr()
     assert "cannot open camera rtsp://***@127.0.0.1" in output.err
     assert SECRET not in output.out + output.err
+
+
+def test_the_command_lines_log_handlers_mask_any_message(capfd):
+    from ldfusion.cli.common import setup_logging
+
+    setup_logging()
+    logging.getLogger("some.library").warning("retrying %s", f"rtsp://admin:{SECRET}@10.0.0.9/live")
+    err = capfd.readouterr().err
+    assert "retrying rtsp://***@10.0.0.9/live" in err and SECRET not in err
