@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -108,11 +107,14 @@ class RtspCamera:
             SYSTEM_PYTHON, str(SERVER), "--raw", str(self.raw), "--width", str(self.width), "--height", str(self.height),
             "--fps", str(self.fps), "--epoch", repr(self.epoch), "--port", str(self.port), "--mount", self.mount,
         ]
-        self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=sys.stderr, text=True)
+        log = self.raw.with_name(f"server{self.mount.replace('/', '_')}.log")
+        with open(log, "ab") as stderr:  # a file: works under any pytest capture mode
+            self._process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
         line = self._process.stdout.readline() if self._process.stdout else ""  # blocks until READY or exit
         if not line.startswith("READY"):
             self.stop()
-            raise RuntimeError(f"RTSP server for {self.mount} did not start (said {line.strip()!r})")
+            said = log.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"RTSP server for {self.mount} did not start: {' | '.join(said) or line.strip()!r}")
 
     def stop(self) -> None:
         """Kill the server, as a camera losing power (clients see the stream stop)."""
