@@ -22,7 +22,9 @@ import pytest
 import yaml
 
 from pipeline import cli
+from pipeline.config import load_pipeline_config
 from pipeline.subscriber import Subscriber
+from tests.conftest import REPO_ROOT, SHARED_DATA
 from tests.gst_rtsp_server import write_code
 from tests.rtsp_server import RtspCamera, free_port, read_frame_number, unavailable_reason, write_clips
 
@@ -38,18 +40,18 @@ def rtsp_cameras(tmp_path_factory):
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    from tests.conftest import SHARED_DATA
-
-    m3svd = SHARED_DATA / "video" / "m3svd"
+    m3svd = SHARED_DATA / "video" / "m3svd"  # without the shared data: a rendered pair
     folder = tmp_path_factory.mktemp("rtsp")
-    ir_raw, vi_raw, _what = write_clips(folder, m3svd if (m3svd / "infrared").is_dir() else None, frames=60, width=WIDTH, height=HEIGHT)
+    ir_raw, vi_raw, _ = write_clips(folder, m3svd if (m3svd / "infrared").is_dir() else None, frames=60, width=WIDTH, height=HEIGHT)
     epoch = time.time()
     cameras = RtspCamera(ir_raw, "/ir", FPS, epoch, WIDTH, HEIGHT), RtspCamera(vi_raw, "/visible", FPS, epoch, WIDTH, HEIGHT)
-    for camera in cameras:
-        camera.start()
-    yield cameras
-    for camera in cameras:
-        camera.stop()
+    try:
+        for camera in cameras:
+            camera.start()
+        yield cameras
+    finally:
+        for camera in cameras:
+            camera.stop()
 
 
 def _write_config(path: Path, ir: RtspCamera, vi: RtspCamera, endpoint: str, duration_s: float) -> Path:
@@ -105,9 +107,11 @@ def test_live_rtsp_run_survives_an_ir_outage_and_pairs_matching_frames(rtsp_came
         ir.start()
         outage["restarted"] = time.time()
 
-    threading.Thread(target=ir_outage, daemon=True).start()
+    outage_thread = threading.Thread(target=ir_outage, daemon=True)
+    outage_thread.start()
     out = tmp_path / "out"
     code = cli.main([str(config), "--weights", str(random_weights["ld-lite"]), "--out", str(out)])
+    outage_thread.join(15)  # before the fixture's teardown, even when the run failed early
     output = capfd.readouterr()
     assert code == 0, output.err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -151,9 +155,6 @@ def test_live_rtsp_run_survives_an_ir_outage_and_pairs_matching_frames(rtsp_came
 
 
 def test_the_worked_rtsp_example_is_a_valid_live_config():
-    from pipeline.config import load_pipeline_config
-    from tests.conftest import REPO_ROOT
-
     config = load_pipeline_config(REPO_ROOT / "configs" / "live_rtsp_to_mp4.yaml")
     stream = config.streams[0]
     assert config.live and stream.ir.camera_id.startswith("rtsp://") and stream.visible.camera_id.startswith("rtsp://")
