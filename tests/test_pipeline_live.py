@@ -272,3 +272,11 @@ def test_a_bursty_camera_is_paired_by_its_own_times_and_queues_stay_bounded(lite
     assert all(ir == vi for ir, vi in marks), [(m, round(f.meta.t_ir, 3), round(f.meta.t_vi, 3), f.meta.ir_index, f.meta.vi_index) for m, f in zip(marks, settled)]
     depths = summary.report.split("largest queue depths:")[1].splitlines()[0]
     assert all(int(depth) <= int(bound) + 1 for depth, bound in re.findall(r"(\d+)/(\d+)", depths)), depths
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), 11.0])
+def test_max_delay_must_be_a_sane_duration(value):
+    from ldfusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_delay_s must be in"):
+        live_config(1 / 60, duration_s=1.0, max_delay_s=value)
