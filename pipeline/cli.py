@@ -14,6 +14,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import to_dict
 from ldfusion.errors import ConfigError
+from ldfusion.redact import mask_credentials
 from pipeline.config import PipelineConfig, check_outputs, load_pipeline_config
 from pipeline.runner import run_pipeline
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a flag that breaks a config check
         raise ConfigError(str(exc)) from None
     if args.print_config:
-        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        print(yaml.safe_dump(mask_credentials(to_dict(config)), sort_keys=False), end="")
         return 0
     check_outputs(config)  # before anything is opened for writing
     with logging_redirect_tqdm():

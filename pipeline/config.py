@@ -8,7 +8,7 @@ model, the sinks and a few run settings::
         ir:      {kind: video, path: data/ir.mp4}
         visible: {kind: video, path: data/vi.mp4}
         registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
-        sync: {slop_s: null, offset_s: null, leader: visible}
+        sync: {slop_s: null, offset_s: null, leader: visible, max_delay_s: 0.1}
     model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true}
     sinks:
       - {kind: mp4, path: "{stream}.mp4"}
@@ -104,10 +104,13 @@ class SyncConfig:
     slop_s: float | None = None  # largest |t_ir - t_vi| that may pair; None = half the follower's frame period
     offset_s: float | None = None  # added to IR timestamps; None = the calibration's time_offset_s (else 0)
     leader: str = "visible"  # the output follows this camera's frames and rate
+    max_delay_s: float = 0.1  # live: a follower frame may arrive this long after its timestamp (jitter, bursts) and still pair
 
     def __post_init__(self) -> None:
         if self.slop_s is not None and self.slop_s < 0:
             raise ValueError(f"slop_s must be >= 0; got {self.slop_s}")
+        if not 0 <= self.max_delay_s <= 10:
+            raise ValueError(f"max_delay_s must be in [0, 10]; got {self.max_delay_s}")
         if self.leader not in LEADERS:
             raise ValueError(f"leader must be one of {', '.join(LEADERS)}; got {self.leader!r}")
 

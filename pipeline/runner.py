@@ -28,8 +28,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from calibration.fileformat import Registration, load_registration
-from ldfusion.config import write_yaml
+from ldfusion.config import to_dict, write_yaml
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
+from ldfusion.redact import mask_credentials
 from pipeline.config import PipelineConfig, StreamConfig
 from pipeline.frames import IR, VISIBLE, EndOfStream, FramePair, StreamInfo
 from pipeline.fusion_worker import FusionWorker
@@ -56,6 +57,12 @@ class StreamSummary:
     unpaired_ir: int  # IR frames that made no output frame (no visible frame within the slop, or unused)
     unpaired_vi: int
     dropped: int  # frames live-mode queues discarded to stay current (camera, paired and fused queues)
+    outages_ir: int = 0  # live: times the IR camera stopped delivering
+    outages_vi: int = 0
+    reconnects_ir: int = 0  # live: times it was reopened and delivered again
+    reconnects_vi: int = 0
+    stale_ir: int = 0  # live: frames a network camera had buffered while (re)connecting, skipped
+    stale_vi: int = 0
 
 
 @dataclass(frozen=True)
@@ -224,7 +231,7 @@ class Pipeline:
         offset = sync.offset_s if sync.offset_s is not None else (registration.time_offset_s if registration else 0.0)
         log.info("%s: pairing each %s frame with the nearest %s frame within %.1f ms (IR offset %+.1f ms)",
                  config.id, sync.leader, "visible" if sync.leader == "ir" else "ir", slop * 1000, offset * 1000)
-        return NearestPairer(config.id, sync.leader, slop, offset)
+        return NearestPairer(config.id, sync.leader, slop, offset, sync.max_delay_s if self.config.live else 0.0)
 
     def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
         run, batch = self.config.run, self._batch
@@ -355,7 +362,9 @@ class Pipeline:
         streams = []
         for stream in self._streams:
             c = self.stats.stream_counts(stream.id)
-            streams.append(StreamSummary(stream.id, c.written, c.read_ir, c.read_vi, c.unpaired_ir, c.unpaired_vi, c.dropped))
+            ir, vi = stream.ir, stream.visible
+            streams.append(StreamSummary(stream.id, c.written, c.read_ir, c.read_vi, c.unpaired_ir, c.unpaired_vi, c.dropped,
+                                         ir.outages, vi.outages, ir.reconnects, vi.reconnects, ir.stale, vi.stale))
         frames = sum(s.frames_out for s in streams)
         wall = self.stats.elapsed
         return RunSummary(
@@ -371,14 +380,14 @@ class Pipeline:
             stopped_by=self._stopped_by,
             model=fuser.spec.name,
             device=str(fuser.device),
-            report=self.stats.report(),
+            report=self.stats.report() + "".join(_camera_line(s) for s in streams if self.config.live),
         )
 
     def _write_resolved_config(self) -> None:
         if self.config.run.out_dir:
             out = Path(self.config.run.out_dir)
             out.mkdir(parents=True, exist_ok=True)
-            write_yaml(out / "config.yaml", self.config)
+            write_yaml(out / "config.yaml", mask_credentials(to_dict(self.config)))  # no camera passwords on disk
 
     def _write_summary(self, summary: RunSummary) -> None:
         if self.config.run.out_dir:
@@ -389,6 +398,11 @@ class Pipeline:
 def _load_calibration(config: StreamConfig) -> Registration | None:
     path = config.registration.calibration
     return load_registration(path) if path else None
+
+
+def _camera_line(s: StreamSummary) -> str:
+    return (f"\n{s.stream}: camera outages {s.outages_ir}/{s.outages_vi} (ir/vi), reconnects {s.reconnects_ir}/{s.reconnects_vi}, "
+            f"stale frames skipped on connect {s.stale_ir}/{s.stale_vi}")
 
 
 def _rate(source: Source) -> str:

@@ -9,9 +9,26 @@ line up from their first frame (a constant ``sync.offset_s`` fixes a late start)
 that ends early or holds damaged packets ends its stream with a warning saying how many
 frames were read; a file that cannot be opened at all is a one-line ``DataError``.
 
-Cameras: timestamps are ``time.monotonic()`` when ``read()`` returned, relative to the
-start of the run, a clock both cameras share. A camera that stops delivering is released
-and reopened with exponential backoff, and each attempt is logged.
+Cameras: timestamps are on the run's clock, ``time.monotonic()`` relative to the start of
+the run, which both cameras share. A frame's time is its arrival (when ``read()`` returned),
+unless the stream states its own timestamps (``CAP_PROP_POS_MSEC`` rising from frame to
+frame, as RTSP's RTP timestamps do): then it is ``stream time + anchor``, the anchor being
+the smallest ``arrival - stream time`` seen (``StreamClock``). So a frame that is delivered
+late or in a burst keeps the time the camera gave it, mapped onto the run's clock at the
+camera's fastest delivery delay. Two cameras' times thus differ by the difference of their
+fastest delays (transport + decode), a constant that ``sync.offset_s`` corrects; jitter
+within a camera's bursts does not reach the pairing. The anchor may creep up by
+``StreamClock.drift`` seconds per second, so a camera whose clock runs slow is followed.
+
+A network camera that (re)connects first hands over what the decoder buffered while
+connecting (a second or so of old frames, at once). Those frames are stale for a live
+view and would be stamped with their arrival time, so they are skipped (counted in
+``stale``) until the delivery delay holds steady for half a second of stream time (or,
+without stream times, until a read waits for its frame); at most 5 s of frames. So each
+(re)connect costs at least half a second of frames, and pairs never mix a stale frame of
+one camera with a live one of the other. A camera that stops delivering (``read()`` fails, or
+times out after ``read_timeout_s``) is an *outage*: it is logged, released and reopened
+with exponential backoff, each attempt logged; ``outages`` and ``reconnects`` count them.
 """
 
 from __future__ import annotations
@@ -32,6 +49,7 @@ import numpy as np
 from ldfusion.video import ffmpeg_reason, open_video
 from ldfusion.errors import DataError
 from ldfusion.imageio import infrared_to_unit, read_infrared, read_visible, sorted_images
+from ldfusion.redact import mask_credentials
 from pipeline.config import SourceConfig
 from pipeline.frames import IR, CameraFrame, EndOfStream
 from pipeline.queues import FrameQueue
@@ -65,7 +83,9 @@ class Source(ABC):
         self.rate: Fraction = DEFAULT_RATE  # nominal frame rate
         self.time_base: Fraction = LIVE_TIME_BASE  # a clock on which t is exact (for MP4 pts)
         self.expected_frames: int | None = None
-        self.reconnects = 0
+        self.outages = 0  # live: times the camera stopped delivering
+        self.reconnects = 0  # live: times it was reopened and delivered again
+        self.stale = 0  # live: frames buffered while (re)connecting, skipped
 
     @abstractmethod
     def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
@@ -187,15 +207,52 @@ def open_opencv_capture(camera: int | str, read_timeout_s: float = 5.0) -> Captu
     return capture
 
 
+class StreamClock:
+    """Maps a camera's own frame timestamps onto the run's clock (see the module docstring).
+
+    ``stamp(arrival, stream_t)``: ``stream_t`` is the camera's time for the frame (None
+    when it gives none). Times that do not rise fall back to the arrival time and restart
+    the anchor. The result is never later than the arrival and always rises.
+    """
+
+    drift = 1e-3  # s/s the anchor may creep up by: follows cameras whose clocks run up to 0.1% slow
+
+    def __init__(self) -> None:
+        self._last_t = float("-inf")  # kept across resets: times rise for the source's whole life
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the anchor (after a reconnect the stream's clock starts again)."""
+        self._anchor: float | None = None
+        self._last_arrival = 0.0
+        self._last_stream_t: float | None = None
+
+    def stamp(self, arrival: float, stream_t: float | None) -> float:
+        if stream_t is None or (self._last_stream_t is not None and stream_t <= self._last_stream_t):
+            self._anchor = None
+            t = arrival
+        else:
+            delay = arrival - stream_t
+            if self._anchor is None:
+                self._anchor = delay
+            else:
+                self._anchor = min(self._anchor + self.drift * (arrival - self._last_arrival), delay)
+            t = min(stream_t + self._anchor, arrival)  # equal when this frame came fastest (rounding aside)
+        self._last_arrival, self._last_stream_t = arrival, stream_t
+        self._last_t = t = max(t, self._last_t + 1e-6)
+        return t
+
+
 class LiveCameraSource(Source):
     live = True
 
     def __init__(self, config: SourceConfig, kind: str, clock_origin: float, open_capture: OpenCapture | None = None):
-        super().__init__(kind, f"camera {config.path}")
+        super().__init__(kind, f"camera {mask_credentials(config.path)}")
         self._config = config
         self._camera = config.camera_id
         self._open = open_capture or (lambda camera: open_opencv_capture(camera, config.read_timeout_s))
         self._origin = clock_origin
+        self._clock = StreamClock()
         # Opened now, so a camera that is not there is an error before the run starts.
         self._capture: Capture | None = self._open(self._camera)
         if not self._capture.isOpened():
@@ -203,6 +260,12 @@ class LiveCameraSource(Source):
         reported = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         fps = reported if 0 < reported < 1000 else config.fps or float(DEFAULT_RATE)
         self.rate = Fraction(fps).limit_denominator(1001)
+        self._network = isinstance(self._camera, str) and "://" in self._camera
+        self._catching_up = self._network
+        self._stale_now = 0  # stale frames skipped since the last (re)connect
+        self._previous_read: tuple[float, float | None] | None = None  # (arrival, stream time) while catching up
+        self._settled_delay: float | None = None  # the backlog's delivery delay when it last shrank
+        self._settled_since = 0.0
 
     def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
         count, failures = 0, 0
@@ -210,12 +273,21 @@ class LiveCameraSource(Source):
         while not stop.is_set():
             ok, image = self._capture.read() if self._capture is not None else (False, None)
             if ok and image is not None and image.size > 0:  # an empty frame counts as a failed read
+                arrival, stream_t = time.monotonic(), self._stream_time()
+                if self._skip_buffered(arrival, stream_t):
+                    continue
+                if failures:
+                    log.info("%s delivers again after %d attempt(s)", self.name, failures)
+                    self.reconnects += 1
                 failures, delay = 0, self._config.reconnect_backoff_s
-                yield count, time.monotonic() - self._origin, self.convert(image, bgr=True)
+                yield count, self._clock.stamp(arrival - self._origin, stream_t), self.convert(image, bgr=True)
                 count += 1
                 continue
             if stop.is_set():
                 return
+            if failures == 0:
+                self.outages += 1
+                log.warning("%s: outage %d: no frame (the stream stopped or timed out)", self.name, self.outages)
             failures += 1
             self._give_up_after(failures, count)
             log.warning(
@@ -228,17 +300,55 @@ class LiveCameraSource(Source):
             delay = min(2 * delay, self._config.reconnect_max_s)
             self._reopen()
 
+    def _skip_buffered(self, arrival: float, stream_t: float | None) -> bool:
+        """Right after a network camera (re)connects: is this frame part of a stale backlog?
+
+        With stream times, the backlog shows as a delivery delay (arrival - stream time)
+        that keeps shrinking while it drains; frames count as stale until the delay has
+        not shrunk by half a frame period for ``_SETTLE_S`` of stream time. Without them,
+        a frame that came back faster than half a frame period after the previous one was
+        waiting in a buffer. The first ``_JUDGED_AFTER`` frames are skipped in any case.
+        """
+        if not self._catching_up:
+            return False
+        previous, self._previous_read = self._previous_read, (arrival, stream_t)
+        period = 1.0 / float(self.rate)
+        rising = previous is not None and stream_t is not None and previous[1] is not None and stream_t > previous[1]
+        if rising:
+            assert stream_t is not None
+            delay = arrival - stream_t
+            if self._settled_delay is None or delay < self._settled_delay - 0.5 * period:
+                self._settled_delay, self._settled_since = delay, stream_t
+            stale = stream_t - self._settled_since < _SETTLE_S
+        elif previous is None or self._stale_now < _JUDGED_AFTER:  # too early to tell (RTSP gives the first frames no time)
+            stale = True
+        else:
+            stale = arrival - previous[0] < 0.5 * period
+        if stale and self._stale_now < _MAX_STALE_S * float(self.rate):
+            self.stale += 1
+            self._stale_now += 1
+            return True
+        self._catching_up = False
+        return False
+
+    def _stream_time(self) -> float | None:
+        """The camera's own time for the frame just read, in seconds; None when it gives none."""
+        assert self._capture is not None
+        ms = self._capture.get(cv2.CAP_PROP_POS_MSEC)
+        return ms / 1000.0 if ms and ms > 0 else None  # 0: not given (or the first frame; it is skipped on connect anyway)
+
     def _give_up_after(self, failures: int, count: int) -> None:
         limit = self._config.max_reconnects
         if limit is not None and failures > limit:
             raise DataError(f"{self.name} stopped delivering after {count} frame(s) and did not come back after {limit} reconnect attempt(s)")
 
     def _reopen(self) -> None:
-        self.reconnects += 1
         capture = self._open(self._camera)
         if capture.isOpened():
             log.info("%s reconnected", self.name)
             self._capture = capture
+            self._clock.reset()
+            self._catching_up, self._stale_now, self._previous_read, self._settled_delay = self._network, 0, None, None
         else:
             capture.release()
 
@@ -249,6 +359,11 @@ class LiveCameraSource(Source):
 
     def close(self) -> None:
         self._release()
+
+
+_MAX_STALE_S = 5.0  # a (re)connecting camera's buffered frames skipped, at most (in seconds of frames)
+_SETTLE_S = 0.5  # stream time the delivery delay must hold steady before frames count as live
+_JUDGED_AFTER = 3  # frames after a (re)connect skipped before any rule can judge them
 
 
 # --- conversions ------------------------------------------------------------------------

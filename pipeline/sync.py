@@ -12,7 +12,20 @@ IR timestamps are shifted by ``offset_s`` before comparing (the calibration's
 
 A leader frame at time t is decided as soon as the nearest follower frame is known: when a
 follower frame at or after t has arrived, when the follower has ended, or (live) when the
-clock has passed t + slop, after which no follower frame can arrive close enough.
+clock has passed t + slop + ``max_delay_s``, after which no follower frame close enough can
+still arrive (``max_delay_s``: how much later than its timestamp a follower frame may arrive).
+
+Live cameras: both cameras' times are on the run's monotonic clock (each camera's own
+stream times anchored at its fastest delivery delay, see ``sources.py``), so they differ
+by a constant, the difference of the two delays: ``offset_s`` removes it, and the slop
+(half the follower's period by default) only has to cover what is left. A frame's time is
+never later than its arrival, but may be earlier by the camera's jitter or bursts: a
+follower frame that arrives up to ``max_delay_s`` after its time still pairs. While the
+follower camera is away (an outage), the output pauses: each leader frame is decided by
+the clock and counted as unpaired, never paired with a follower frame from before the
+outage; no leader-only frames are emitted. Pending leader frames (at most
+(slop + max_delay) x the leader's rate) and held follower frames (``_MAX_FOLLOWERS``) are
+bounded, whatever a camera does.
 """
 
 from __future__ import annotations
@@ -55,12 +68,13 @@ class _Follower:
 class NearestPairer:
     """Leader-driven nearest-timestamp pairing for one stream pair. Not thread-safe."""
 
-    def __init__(self, stream: str, leader: str, slop_s: float, offset_s: float = 0.0) -> None:
+    def __init__(self, stream: str, leader: str, slop_s: float, offset_s: float = 0.0, max_delay_s: float = 0.0) -> None:
         self.stream = stream
         self.leader = IR if leader == IR else VISIBLE
         self.follower = VISIBLE if self.leader == IR else IR
         self.slop_s = slop_s
         self.offset_s = offset_s
+        self.max_delay_s = max_delay_s  # live: how late after its time a follower frame may arrive
         self.counts = PairingCounts()
         self._pending: deque[tuple[float, CameraFrame]] = deque()  # undecided leader frames
         self._followers: deque[_Follower] = deque()  # follower frames that may still be nearest
@@ -107,7 +121,7 @@ class NearestPairer:
         if not self._pending:
             return None
         follower_lead = self.offset_s if self.follower == IR else 0.0
-        return self._pending[0][0] + self.slop_s - follower_lead
+        return self._pending[0][0] + self.slop_s + self.max_delay_s - follower_lead
 
     def pop_decided(self, now: float | None = None) -> list[FramePair]:
         """Decide every pending leader frame that can be; returns the pairs, in order.
@@ -147,7 +161,7 @@ class NearestPairer:
         if now is None:
             return False
         follower_lead = self.offset_s if self.follower == IR else 0.0
-        return now + follower_lead > t + self.slop_s
+        return now + follower_lead > t + self.slop_s + self.max_delay_s
 
     def _nearest(self, t: float) -> _Follower | None:
         best = min(self._followers, key=lambda f: abs(f.t - t), default=None)

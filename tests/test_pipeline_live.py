@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import time
 
+import cv2
+import numpy as np
 import pytest
 
 from ldfusion.config import from_dict
 from ldfusion.errors import DataError
-from pipeline.config import PipelineConfig
+from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.runner import run_pipeline
 from pipeline.sinks import CallbackSink
-from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, read_mark
+from pipeline.sources import LiveCameraSource, StreamClock
+from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, marked_frame, read_mark
 
 
-def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, **ir_options) -> PipelineConfig:
+def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, max_delay_s: float = 0.1, **ir_options) -> PipelineConfig:
     return from_dict(PipelineConfig, {
         "streams": [{
             "id": "live",
             "ir": {"kind": "camera", "path": "0", **ir_options},
             "visible": {"kind": "camera", "path": "1"},
-            "sync": {"slop_s": slop_s},
+            "sync": {"slop_s": slop_s, "max_delay_s": max_delay_s},
         }],
         "model": {"batch_size": 2, "max_wait_ms": 5},
         "run": {"mode": "live", "duration_s": duration_s, "progress": False, "stats_interval_s": stats_interval_s},
@@ -126,3 +131,152 @@ def test_a_camera_that_is_not_there_is_an_error_before_the_run(lite):
     config = from_dict(PipelineConfig, {"streams": [{"ir": {"kind": "camera", "path": "rtsp://10.0.0.9/ir"}, "visible": {"kind": "camera", "path": "1"}}]})
     with pytest.raises(DataError, match=r"cannot open camera rtsp://10.0.0.9/ir"):
         run_pipeline(config, lite, open_capture=open_capture)
+
+
+# --- live timestamps --------------------------------------------------------------------------
+
+
+def test_stream_clock_keeps_a_cameras_own_times_through_late_and_bursty_delivery():
+    clock = StreamClock()
+    fps, delay = 30.0, 0.080  # the camera's fastest delivery: 80 ms after its timestamp
+    rng = np.random.default_rng(0)
+    stamps, true_times = [], []
+    for i in range(300):
+        stream_t = i / fps
+        # Jitter up to 20 ms, and twice a second's frames held back, then delivered at once.
+        late = (129 - i % 150) / fps if 100 <= i % 150 < 130 else rng.uniform(0, 0.02)
+        arrival = 10.0 + stream_t + delay + late
+        t = clock.stamp(arrival, stream_t)
+        assert t <= arrival  # never after the frame arrived
+        stamps.append(t)
+        true_times.append(10.0 + stream_t + delay)
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    errors = np.abs(np.array(stamps) - np.array(true_times))
+    assert errors[1:].max() < 0.021  # the burst's frames keep their spacing; only the first frame's jitter remains
+
+
+def test_stream_clock_falls_back_to_arrival_and_follows_a_slow_camera_clock():
+    clock = StreamClock()
+    assert clock.stamp(5.0, None) == 5.0  # no stream time: arrival
+    assert clock.stamp(5.1, 0.0) == 5.1
+    assert clock.stamp(5.2, 0.0) == 5.2  # stream time does not rise: arrival, and the anchor starts again
+    clock.reset()
+    fps, slow = 30.0, 5e-4  # the camera's clock runs 0.05% slow: its frames arrive ever later on ours
+    for i in range(30 * 600):  # ten minutes
+        arrival = 1.0 + (i / fps) * (1 + slow) + 0.05
+        t = clock.stamp(arrival, i / fps)
+    assert arrival - t < 0.005  # the anchor followed (0.3 s of drift by now)
+
+
+class _BufferingCamera(FakeCamera):
+    """A network camera whose decoder hands over ``buffered`` old frames at once after opening."""
+
+    def __init__(self, buffered: int, **kwargs):
+        super().__init__(**kwargs)
+        self._buffered = buffered
+
+    def read(self):
+        if self._buffered:
+            self._buffered -= 1
+            return True, self._frames[0].copy()
+        return super().read()
+
+
+def test_a_network_camera_skips_what_it_buffered_while_connecting():
+    config = from_dict(SourceConfig, {"kind": "camera", "path": "rtsp://user:pw@cam.local/ir"})
+    source = LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _url: _BufferingCamera(20, fps=30))
+    assert source.name == "camera rtsp://***@cam.local/ir"
+    stop = threading.Event()
+    frames = source.frames(stop)
+    first = [next(frames) for _ in range(3)]
+    stop.set()
+    assert 20 <= source.stale <= 21  # the backlog was dropped, not stamped "now" (and the frame already due)
+    times = [t for _, t, _ in first]
+    assert all(0.02 < b - a < 0.05 for a, b in zip(times, times[1:])), times  # what follows comes at the camera's pace
+
+
+class _StreamTimedCamera:
+    """An RTSP-like camera: frame i has stream time i / fps; the first ``buffered`` frames
+    come back at once (decoded while connecting), the rest at the camera's pace."""
+
+    def __init__(self, buffered: int, fps: float = 30.0):
+        self.fps, self.buffered, self.next, self.last = fps, buffered, 0, None
+        self.live_from = time.monotonic()
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self):
+        if self.next >= self.buffered:
+            delay = self.live_from + (self.next - self.buffered) / self.fps - time.monotonic()
+            time.sleep(max(0.0, delay))
+        self.last, self.next = self.next, self.next + 1
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == cv2.CAP_PROP_FPS else self.last * 1000 / self.fps if prop == cv2.CAP_PROP_POS_MSEC else 0.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_network_camera_with_stream_times_settles_before_its_frames_count():
+    config = from_dict(SourceConfig, {"kind": "camera", "path": "rtsp://cam.local/ir"})
+    source = LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _url: _StreamTimedCamera(buffered=30))
+    stop = threading.Event()
+    frames = source.frames(stop)
+    first = [next(frames) for _ in range(4)]
+    stop.set()
+    # The whole backlog, then half a second of live frames while the delay proved steady.
+    assert 30 + 14 <= source.stale <= 30 + 17, source.stale
+    times = [t for _, t, _ in first]
+    assert all(abs(b - a - 1 / 30) < 0.005 for a, b in zip(times, times[1:])), times  # stream times, not arrival jitter
+
+
+class _BurstyCamera:
+    """A camera that stamps each frame (``CAP_PROP_POS_MSEC``) but delivers ``burst`` frames
+    at a time, when the last of them is due: the first of a burst is (burst - 1) frames late."""
+
+    def __init__(self, fps: float, burst: int, seed: int):
+        self.fps, self.burst = fps, burst
+        self._start, self._next, self._last = time.monotonic(), 0, 0
+        self._frames = [marked_frame(i, 64, 48, seed) for i in range(MARKS)]
+
+    def isOpened(self) -> bool:  # noqa: N802
+        return True
+
+    def read(self):
+        i = self._next
+        release = self._start + ((i // self.burst) * self.burst + self.burst - 1) / self.fps
+        time.sleep(max(0.0, release - time.monotonic()))
+        self._last, self._next = i, i + 1
+        return True, self._frames[i % MARKS].copy()
+
+    def get(self, prop: int) -> float:
+        return self.fps if prop == cv2.CAP_PROP_FPS else self._last * 1000 / self.fps if prop == cv2.CAP_PROP_POS_MSEC else 0.0
+
+    def release(self) -> None:
+        pass
+
+
+def test_a_bursty_camera_is_paired_by_its_own_times_and_queues_stay_bounded(lite):
+    cameras = {0: _BurstyCamera(fps=30, burst=8, seed=1), 1: _BurstyCamera(fps=30, burst=1, seed=2)}  # visible: steady
+    collect = Collect()
+    summary = run_pipeline(live_config(1 / 60, duration_s=3.0, max_delay_s=0.3), lite, extra_sinks=[collect.sink()],
+                           open_capture=cameras.__getitem__)
+    # Past the first burst (whose times the clock could not know yet), every pair holds the
+    # same source frame, although the IR frames arrived up to 7 frames (233 ms) late.
+    settled = [f for f in collect.frames if f.meta.vi_index >= 16]
+    assert len(settled) >= 10, summary.report
+    marks = [(read_mark(f.ir), read_mark(f.visible)) for f in settled]
+    assert all(ir == vi for ir, vi in marks), [(m, round(f.meta.t_ir, 3), round(f.meta.t_vi, 3), f.meta.ir_index, f.meta.vi_index) for m, f in zip(marks, settled)]
+    depths = summary.report.split("largest queue depths:")[1].splitlines()[0]
+    assert all(int(depth) <= int(bound) + 1 for depth, bound in re.findall(r"(\d+)/(\d+)", depths)), depths
+
+
+@pytest.mark.parametrize("value", [-0.1, float("nan"), float("inf"), 11.0])
+def test_max_delay_must_be_a_sane_duration(value):
+    from ldfusion.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_delay_s must be in"):
+        live_config(1 / 60, duration_s=1.0, max_delay_s=value)

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from ldfusion.errors import LDFusionError, first_line
+from ldfusion.redact import MaskCredentials, mask_credentials
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -17,6 +18,8 @@ EXIT_INTERRUPTED = 130
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    for handler in logging.getLogger().handlers:  # camera URLs may carry passwords
+        handler.addFilter(MaskCredentials())
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,7 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def error_line(prog: str, message: str) -> None:
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {mask_credentials(message)}", file=sys.stderr)
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:

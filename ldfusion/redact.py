@@ -1,0 +1,47 @@
+"""Keeping credentials out of logs, errors and saved configs.
+
+Camera URLs carry them (``rtsp://user:password@192.168.1.20/stream1``). ``mask_credentials``
+is the one place that hides them: it replaces the user-info part of every URL in a string,
+or in every string of a dict/list tree, with ``***``. Camera names in messages, the saved
+``config.yaml``, ``--print-config``, one-line errors and (through ``MaskCredentials`` on the
+command line's log handlers) every log record go through it.
+
+Convention: the user-info is everything between ``scheme://`` and the last ``@`` before
+the host, so a password holding an unescaped ``@`` is masked whole; one holding an
+unescaped ``/`` must be percent-encoded (``%2F``), as RFC 3986 asks.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+MASK = "***"
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
+
+
+def mask_credentials(value: Any) -> Any:
+    """``value`` with URL credentials replaced by ``***``; dicts, lists and tuples recursively."""
+    if isinstance(value, str):
+        return _USERINFO.sub(rf"\g<scheme>{MASK}@", value)
+    if isinstance(value, dict):
+        return {key: mask_credentials(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_credentials(item) for item in value)
+    return value
+
+
+class MaskCredentials(logging.Filter):
+    """A handler filter: masks credentials in the formatted message and any traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_credentials(record.exc_text)
+        return True

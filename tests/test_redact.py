@@ -1,0 +1,95 @@
+"""Credentials in camera URLs never reach logs, errors or saved configs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+import yaml
+
+from ldfusion.redact import MaskCredentials, mask_credentials
+from pipeline import cli
+from tests.rtsp_server import free_port
+
+SECRET = "hunter2"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("rtsp://admin:hunter2@192.168.1.20:554/stream1", "rtsp://***@192.168.1.20:554/stream1"),
+        ("rtsp://admin@cam/x", "rtsp://***@cam/x"),  # a user name alone is masked too
+        ("rtsp://u:p@ss@cam.local/live", "rtsp://***@cam.local/live"),  # an unescaped @ in the password
+        ("rtsp://u:p%2Fq@cam/live?x=1", "rtsp://***@cam/live?x=1"),
+        ("cannot open camera rtsp://a:b@h/1 or http://c:d@h/2.", "cannot open camera rtsp://***@h/1 or http://***@h/2."),
+        ("rtsp://192.168.1.20/stream1", "rtsp://192.168.1.20/stream1"),  # nothing to hide
+        ("mail me@example.com, path /a/b@c", "mail me@example.com, path /a/b@c"),  # no URL
+        ("rtsp://cam/p@th", "rtsp://cam/p@th"),  # an @ after the host is not user-info
+    ],
+)
+def test_mask_credentials_hides_user_info_only(text, masked):
+    assert mask_credentials(text) == masked
+
+
+def test_mask_credentials_reaches_into_configs():
+    config = {"streams": [{"ir": {"path": f"rtsp://u:{SECRET}@h/ir", "fps": 9}}], "tags": ("rtsp://x:y@h/",), "n": 3}
+    masked = mask_credentials(config)
+    assert masked == {"streams": [{"ir": {"path": "rtsp://***@h/ir", "fps": 9}}], "tags": ("rtsp://***@h/",), "n": 3}
+
+
+def test_log_filter_masks_arguments_and_tracebacks():
+    handler_records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            handler_records.append(self.format(record))
+
+    logger = logging.getLogger("test_redact")
+    handler = Keep()
+    handler.addFilter(MaskCredentials())
+    logger.addHandler(handler)
+    try:
+        logger.warning("camera %s stopped", f"rtsp://u:{SECRET}@h/ir")
+        try:
+            raise RuntimeError(f"cannot read rtsp://u:{SECRET}@h/ir")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert handler_records[0] == "camera rtsp://***@h/ir stopped"
+    assert "rtsp://***@h/ir" in handler_records[1] and SECRET not in "".join(handler_records)
+
+
+def _camera_config(tmp_path, url: str):
+    path = tmp_path / "live.yaml"
+    camera = {"kind": "camera", "path": url, "read_timeout_s": 1.0}
+    path.write_text(yaml.safe_dump({"streams": [{"ir": camera, "visible": {**camera, "path": "1"}}], "run": {"out_dir": str(tmp_path / "out")}}))
+    return path
+
+
+def test_print_config_masks_credentials(tmp_path, capsys):
+    config = _camera_config(tmp_path, f"rtsp://operator:{SECRET}@10.0.0.9/ir")
+    assert cli.main([str(config), "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "rtsp://***@10.0.0.9/ir" in out and SECRET not in out and "operator" not in out
+
+
+def test_a_camera_that_does_not_answer_is_named_without_its_password(tmp_path, capfd):
+    # A real OpenCV/FFmpeg open of an RTSP URL where nothing listens: the one-line error,
+    # the log, and whatever FFmpeg itself prints on stderr.
+    url = f"rtsp://operator:{SECRET}@127.0.0.1:{free_port()}/ir"
+    assert cli.main([str(_camera_config(tmp_path, url)), "--device", "cpu"]) == 2
+    sys.stderr.flush()
+    output = capfd.readouterr()
+    assert "cannot open camera rtsp://***@127.0.0.1" in output.err
+    assert SECRET not in output.out + output.err
+
+
+def test_the_command_lines_log_handlers_mask_any_message(capfd):
+    from ldfusion.cli.common import setup_logging
+
+    setup_logging()
+    logging.getLogger("some.library").warning("retrying %s", f"rtsp://admin:{SECRET}@10.0.0.9/live")
+    err = capfd.readouterr().err
+    assert "retrying rtsp://***@10.0.0.9/live" in err and SECRET not in err
