@@ -26,6 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldfusion.codecs import DECODES, ENCODERS
 from ldfusion.config import from_dict, parse_overrides, read_yaml
 from ldfusion.errors import ConfigError
 
@@ -49,6 +50,7 @@ class SourceConfig:
     reconnect_max_s: float = 10.0  # camera: longest wait between attempts
     max_reconnects: int | None = None  # camera: give up (an error) after this many failed attempts; None = never
     read_timeout_s: float = 5.0  # camera (URL): a read that takes longer counts as stopped
+    decode: str = "auto"  # video: auto (NVDEC when it opens) | cpu | cuda (NVDEC, else the CPU with a warning)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -65,6 +67,8 @@ class SourceConfig:
             raise ValueError("need 0 < reconnect_backoff_s <= reconnect_max_s")
         if self.max_reconnects is not None and self.max_reconnects < 0:
             raise ValueError(f"max_reconnects must be >= 0; got {self.max_reconnects}")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODES)}; got {self.decode!r}")
 
     @property
     def camera_id(self) -> int | str:
@@ -141,7 +145,8 @@ class SinkConfig:
     path: str | None = None  # mp4: file; png: folder. May contain {stream}; relative to run.out_dir
     content: str = "fused"  # fused | side_by_side (IR | visible | fused)
     crf: int = 18  # mp4: x264 quality, 0 (lossless) .. 51
-    preset: str = "veryfast"  # mp4: x264 speed/size trade-off
+    preset: str = "veryfast"  # mp4: x264 speed/size trade-off (mapped onto NVENC's p1..p7)
+    encoder: str = "auto"  # mp4: auto (h264_nvenc when it opens, else libx264) | libx264 | h264_nvenc
     fragmented: bool = False  # mp4: fragmented MP4 stays playable even if the process is killed
     endpoint: str = "tcp://127.0.0.1:5555"  # zmq: where to bind
     topic: str = "fused"  # zmq: messages go out as "<topic>/<stream id>"
@@ -158,6 +163,8 @@ class SinkConfig:
             raise ValueError(f"content must be one of {', '.join(CONTENTS)}; got {self.content!r}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51; got {self.crf}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.kind == "zmq" and self.content != "fused":
             raise ValueError("a zmq sink publishes fused frames only")
         if self.hwm < 1:
