@@ -9,7 +9,7 @@ model, the sinks and a few run settings::
         visible: {kind: video, path: data/vi.mp4}
         registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
         sync: {slop_s: null, offset_s: null, leader: visible}
-    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true}
+    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true, compile: auto}
     sinks:
       - {kind: mp4, path: "{stream}.mp4"}
       - {kind: zmq, endpoint: "tcp://127.0.0.1:5555"}
@@ -29,6 +29,7 @@ from pathlib import Path
 from ldfusion.codecs import DECODES, ENCODERS
 from ldfusion.config import from_dict, parse_overrides, read_yaml
 from ldfusion.errors import ConfigError
+from ldfusion.inference import COMPILE_MODES
 
 SOURCE_KINDS = ("video", "images", "camera")
 WARPS = ("ir_to_visible", "visible_to_ir")
@@ -129,6 +130,7 @@ class ModelConfig:
     max_wait_ms: float = 10.0  # ... or whatever arrived within this long after the first
     smoothing: bool = True  # EMA over time of the ldfusion style codes (a no-op for ld-lite)
     smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
+    compile: str | bool = "auto"  # torch.compile the network: auto (on for CUDA, off on the CPU) | on | off
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -137,6 +139,10 @@ class ModelConfig:
             raise ValueError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")
         if not 0.0 <= self.smoothing_momentum < 1.0:
             raise ValueError(f"smoothing_momentum must be in [0, 1); got {self.smoothing_momentum}")
+        if isinstance(self.compile, bool):  # YAML 1.1 reads a bare on/off as true/false
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
 
 
 @dataclass(frozen=True)
