@@ -160,7 +160,7 @@ class CompiledNetwork:
 
     ``dynamic=False``: every input shape gets its own specialised kernels, compiled on its
     first call (logged once, with the time it took). The pipeline pads partial batches to
-    the batch size (``pipeline.batching.FixedBatch``) so a run compiles one shape per frame
+    the batch size (``ldfusion.fixed_batch.FixedBatch``) so a run compiles one shape per frame
     size. Inductor keeps compiled kernels in its on-disk cache (``TORCHINDUCTOR_CACHE_DIR``,
     default under /tmp), so the next run of the same shape compiles in a fraction of the time.
     If compiling fails (no C compiler, no Triton, an operator it cannot trace) one warning
