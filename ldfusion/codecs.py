@@ -35,6 +35,15 @@ tool only if profiling on a GPU shows the host round trip of decoded planes limi
 would be a second reader and a dependency the device image lacks. The measured CPU decode
 (4035 fps of 640x512 H.264 on 16 cores, two decodes per fused frame) already carries the
 1000 fused fps target, so NVDEC mainly frees CPU cores for libx264.
+
+Wiring (the one video reader and writer in ldfusion/video.py)::
+
+    # writer, when it knows the frame size (even width and height, yuv420p)
+    choice = choose_encoder(sink.encoder, width, height, crf=sink.crf, preset=sink.preset)
+    stream = container.add_stream(choice.name, rate=rate, options=dict(choice.options))
+
+    # reader; NVDEC frames arrive as nv12 (planes[0] Y, planes[1] interleaved U/V)
+    container = av.open(path, **choose_decoder(source.decode).open_options)
 """
 
 from __future__ import annotations
@@ -182,14 +191,17 @@ def encoder_problem(name: str, width: int, height: int, options: Mapping[str, st
 
 
 @cache
-def choose_decoder(preference: str, codec_name: str) -> DecoderChoice:
+def choose_decoder(preference: str, codec_name: str | None = None) -> DecoderChoice:
     """Where a ``codec_name`` stream decodes: NVDEC when asked for (or ``auto``) and it opens.
 
     ``cuda`` that cannot be used (no GPU, no driver, a codec NVDEC lacks) falls back to the
-    CPU with one warning; ``auto`` does so with one info line. Cached per (preference,
-    codec), so a pipeline's sources probe and log once.
+    CPU with one warning; ``auto`` does so with one info line. ``codec_name`` None (the
+    reader has not opened the file yet) probes NVDEC with H.264; a file in a codec NVDEC
+    lacks then decodes in software through the hwaccel's fallback. Cached per
+    (preference, codec), so a pipeline's sources probe and log once.
     """
     check_decode_name(preference)
+    codec_name = codec_name or "h264"
     if preference == "cpu":
         return DecoderChoice("cpu")
     problem = decoder_problem(codec_name)

@@ -149,9 +149,10 @@ def test_decoder_that_opens_hands_av_open_a_cuda_hwaccel_with_software_fallback(
     (av.open with a cuda hwaccel raises when there is no GPU at all, fallback or not, which
     is why the choice probes first and hands ``{}`` to av.open on the CPU.)
     """
-    monkeypatch.setattr(codecs, "decoder_problem", lambda codec: None)
-    choice = choose_decoder("auto", "h264")
-    assert choice.device == "cuda"
+    probed = []
+    monkeypatch.setattr(codecs, "decoder_problem", lambda codec: probed.append(codec))
+    choice = choose_decoder("auto")  # the reader has not opened the file yet: probed with H.264
+    assert choice.device == "cuda" and probed == ["h264"]
     assert choice.open_options["hwaccel"].allow_software_fallback
 
 
