@@ -9,8 +9,9 @@ does not open falls back to the CPU codec with one warning that quotes FFmpeg's 
 ``auto`` falls back quietly (one info line), since the CPU codec is a correct answer.
 
 Why ``h264_nvenc`` fails on an H100 / H200 ("Generic error in an external library" from
-``avcodec_open2``, with the driver's encode library present). Hopper data-centre GPUs
-(GH100: H100, H200), like the A100 (GA100) before them, have NVDEC decoders and NVJPG but
+``avcodec_open2``, with the driver's encode library present): the likely cause, not yet
+confirmed on the machine (scripts/codec_probe.py prints FFmpeg's own log there). Hopper
+data-centre GPUs (GH100: H100, H200), like the A100 (GA100) before them, have NVDEC decoders and NVJPG but
 no NVENC engine: NVIDIA's NVENC capability tables list Maxwell to Ampere (GA10x), Ada and
 Blackwell, and no Hopper column, while the NVDEC tables list "Turing/GA100/Hopper". The
 driver still installs ``libnvidia-encode``, so FFmpeg loads it, ``nvEncOpenEncodeSessionEx``
@@ -29,10 +30,13 @@ MP4 sinks encode with libx264 on the CPU cores.
 NVDEC: PyAV's ``cuda`` hwaccel, not NVIDIA's PyNvVideoCodec. Issue 10 makes PyAV the one
 video reader; the hwaccel is an argument to the same ``av.open`` (``open_options``), so
 demuxing, timestamps and damaged-packet handling stay in one place, and the frames come
-back as ``nv12`` planes, the layout the plane data path already carries. PyNvVideoCodec
-hands out device-resident surfaces (zero-copy into torch via DLPack), which is the better
-tool only if profiling on a GPU shows the host round trip of decoded planes limiting; it
-would be a second reader and a dependency the device image lacks. The measured CPU decode
+back to host memory as ``nv12`` planes (Y, then interleaved U/V): planes, as the plane
+data path wants, with one chroma layout more to read. PyNvVideoCodec hands out
+device-resident surfaces (zero-copy into torch via DLPack), the better tool only if
+profiling on a GPU shows the host round trip of decoded planes limiting; it would be a
+second reader and a dependency the device image lacks, and PyAV 18's
+``HWAccel(is_hw_owned=True)`` (frames kept on the device, for DLPack) is the step to try
+first. The measured CPU decode
 (4035 fps of 640x512 H.264 on 16 cores, two decodes per fused frame) already carries the
 1000 fused fps target, so NVDEC mainly frees CPU cores for libx264.
 
