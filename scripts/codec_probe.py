@@ -5,8 +5,9 @@
 
 Opens ``h264_nvenc`` at 640x512 and 1920x1080 (encoding one frame, as the MP4 writer
 would) and NVDEC (PyAV's cuda hwaccel) for H.264, through ``ldfusion.codecs``, and prints
-FFmpeg's own reason for each failure. With ``--clip``, decodes it on the CPU and, when
-NVDEC opens, on NVDEC, and reports frames per second and the frame layout each gives.
+FFmpeg's own reason for each failure. With ``--clip``, probes NVDEC for the clip's codec,
+decodes it on the CPU and, when NVDEC opens, on NVDEC, and reports frames per second and
+the frame layout each gives.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def decode_speed(path: Path, choice: codecs.DecoderChoice) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clip", type=Path, default=None, help="an H.264 video to time decoding on")
+    parser.add_argument("--clip", type=Path, default=None, help="a video to time decoding on (the M3SVD clips are MPEG-4 Part 2)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -53,8 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     result["encoder_auto_640x512"] = codecs.choose_encoder("auto", 640, 512).name
     result["nvdec_h264"] = codecs.decoder_problem("h264") or "opens"
     if args.clip is not None:
+        with av.open(str(args.clip)) as container:
+            codec = container.streams.video[0].codec_context.name
+        result["clip_codec"] = codec
+        result[f"nvdec_{codec}"] = codecs.decoder_problem(codec) or "opens"
         result["decode_cpu"] = decode_speed(args.clip, codecs.DecoderChoice("cpu"))
-        choice = codecs.choose_decoder("cuda", "h264")
+        choice = codecs.choose_decoder("cuda", codec)
         if choice.device == "cuda":
             result["decode_nvdec"] = decode_speed(args.clip, choice)
     print(json.dumps(result, indent=2))

@@ -18,8 +18,10 @@
 #   tests    pytest -k cuda (TF32-aware batch test, inductor test), codec/batching tests   tests_*.xml
 #   bench    ldfusion bench --devices cuda: model_on_device, model, pipeline;
 #            batches 8 and 32; 640x512 and 1920x1080                                 bench.json
-#   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
 #   streams  ldfusion bench --streams 8 at 640x512 (only once the bench has it)     bench_streams.json
+#   latency  ldfusion run, live mode, the M3SVD pair replayed at its recorded 22 fps,
+#            MP4 sink: capture-to-sink p50/p99 (target p99 <= 50 ms at 30 fps)      latency_summary.json
+#   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
 set -uo pipefail  # no -e: a failing section must not stop the others
 
 LDFUSION_MODULE="ldfusion.cli.main"  # the CLI dispatcher; change this one line if it moves
@@ -29,7 +31,7 @@ DRY_RUN=0
 case "${1:-}" in
   --dry-run) DRY_RUN=1 ;;
   "") ;;
-  -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
   *) echo "gpu_check.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
 
@@ -155,16 +157,33 @@ run_streams() {
   fi
 }
 
-export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams
+run_latency() {  # live mode: the carried M3SVD pair replayed at its recorded rate, one MP4 sink
+  local device=cuda limit=""
+  if ((DRY_RUN)); then device=cpu limit=", max_frames: 5"; fi
+  cat > "$SCRATCH/latency.yaml" <<YAML
+streams:
+  - id: pair0
+    ir: {kind: video, path: $REPO/../shared/data/video/m3svd/infrared/1230_1202.mp4}
+    visible: {kind: video, path: $REPO/$CLIP}
+model: {device: $device}
+sinks:
+  - {kind: mp4, path: "{stream}.mp4"}
+run: {out_dir: $SCRATCH/latency, mode: live, realtime: true, progress: false$limit}
+YAML
+  ldfusion run "$SCRATCH/latency.yaml" && cp "$SCRATCH/latency/summary.json" "$OUT/latency_summary.json"
+}
+
+export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency
 export CLIP
 
 section env 30 env_info
 section install 60 install_wheels
 section codecs 40 probe_codecs
 section tests 80 run_tests
-section bench 110 run_bench
+section bench 100 run_bench
+section streams 45 run_streams
+section latency 30 run_latency
 section compile 100 run_compile
-section streams 60 run_streams
 
 echo "== done in $(($(date +%s) - START))s; results in $OUT"
 column -t "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"

@@ -29,7 +29,7 @@ with_clip=0
 case "${1:-}" in
   --with-clip) with_clip=1 ;;
   "") ;;
-  -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
   *) echo "gpu_wheels.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
 esac
 
