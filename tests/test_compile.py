@@ -110,3 +110,18 @@ def test_pipeline_config_takes_model_compile(tmp_path):
     assert load_pipeline_config(path, ["model.compile='auto'"]).model.compile == "auto"
     with pytest.raises(ConfigError, match="compile must be one of auto, on, off; got 'fast'"):
         load_pipeline_config(path, ["model.compile=fast"])
+
+
+def test_fixed_batch_keeps_the_compiled_network_at_one_shape(caplog):
+    """Partial batches of 3, 4 and 1 frames, padded to 4: one compile, outputs as eager."""
+    from ldfusion.fixed_batch import FixedBatch
+
+    caplog.set_level(logging.INFO, logger="ldfusion.inference")
+    eager, compiled = _fuser("off"), _fuser("on")
+    fixed = FixedBatch(4)
+    for rows in (3, 4, 1):
+        vi, ir = _inputs(batch=rows)
+        torch.testing.assert_close(fixed(compiled.fuse_y, vi, ir), eager.fuse_y(vi, ir), atol=1e-5, rtol=1e-4)
+    (line,) = _compile_records(caplog, logging.INFO)
+    assert "(4, 1, 24, 40)" in line.getMessage()
+    assert fixed.padded_rows == 1 + 0 + 3
