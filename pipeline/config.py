@@ -9,7 +9,7 @@ model, the sinks and a few run settings::
         visible: {kind: video, path: data/vi.mp4}
         registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
         sync: {slop_s: null, offset_s: null, leader: visible, max_delay_s: 0.1}
-    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true}
+    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true, compile: auto}
     sinks:
       - {kind: mp4, path: "{stream}.mp4"}
       - {kind: zmq, endpoint: "tcp://127.0.0.1:5555"}
@@ -32,9 +32,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldfusion.codecs import DECODES, ENCODERS
 from ldfusion.config import from_dict, parse_overrides, read_yaml
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
+from ldfusion.inference import COMPILE_MODES
 
 SOURCE_KINDS = ("video", "images", "camera")
 WARPS = ("ir_to_visible", "visible_to_ir")
@@ -62,6 +64,7 @@ class SourceConfig:
     reconnect_max_s: float = 10.0  # camera: longest wait between attempts
     max_reconnects: int | None = None  # camera: give up (an error) after this many failed attempts; None = never
     read_timeout_s: float = 5.0  # camera (URL): a read that takes longer counts as stopped
+    decode: str = "auto"  # video: auto (NVDEC when it opens) | cpu | cuda (NVDEC, else the CPU with a warning)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -80,6 +83,8 @@ class SourceConfig:
             raise ValueError("need 0 < reconnect_backoff_s <= reconnect_max_s")
         if self.max_reconnects is not None and self.max_reconnects < 0:
             raise ValueError(f"max_reconnects must be >= 0; got {self.max_reconnects}")
+        if self.decode not in DECODES:
+            raise ValueError(f"decode must be one of {', '.join(DECODES)}; got {self.decode!r}")
 
     @property
     def camera_id(self) -> int | str:
@@ -157,6 +162,7 @@ class ModelConfig:
     max_wait_ms: float = 10.0  # ... or whatever arrived within this long after the first
     smoothing: bool = True  # EMA over time of the ldfusion style codes (a no-op for ld-lite)
     smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
+    compile: str | bool = "auto"  # torch.compile the network: auto (on for CUDA, off on the CPU) | on | off
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -165,6 +171,10 @@ class ModelConfig:
             raise ValueError(f"max_wait_ms must be >= 0; got {self.max_wait_ms}")
         if not 0.0 <= self.smoothing_momentum < 1.0:
             raise ValueError(f"smoothing_momentum must be in [0, 1); got {self.smoothing_momentum}")
+        if isinstance(self.compile, bool):  # YAML 1.1 reads a bare on/off as true/false
+            object.__setattr__(self, "compile", "on" if self.compile else "off")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,8 @@ class SinkConfig:
     path: str | None = None  # mp4: file; png: folder. May contain {stream}; relative to run.out_dir
     content: str = "fused"  # fused | side_by_side (IR | visible | fused)
     crf: int = 18  # mp4: x264 quality, 0 (lossless) .. 51
-    preset: str = "veryfast"  # mp4: x264 speed/size trade-off
+    preset: str = "veryfast"  # mp4: x264 speed/size trade-off (mapped onto NVENC's p1..p7)
+    encoder: str = "auto"  # mp4: auto (h264_nvenc when it opens, else libx264) | libx264 | h264_nvenc
     fragmented: bool = False  # mp4: fragmented MP4 stays playable even if the process is killed
     endpoint: str = "tcp://127.0.0.1:5555"  # zmq: where to bind
     topic: str = "fused"  # zmq: messages go out as "<topic>/<stream id>"
@@ -192,6 +203,8 @@ class SinkConfig:
             raise ValueError(f"content must be one of {', '.join(CONTENTS)}; got {self.content!r}")
         if not 0 <= self.crf <= 51:
             raise ValueError(f"crf must be in 0..51; got {self.crf}")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.kind == "zmq" and self.content != "fused":
             raise ValueError("a zmq sink publishes fused frames only")
         if self.hwm < 1:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -10,18 +12,57 @@ from ldfusion.networks import build_network
 from ldfusion.variants import VARIANTS, get_variant
 
 
+@contextmanager
+def tf32_off():
+    """TF32 off for float32 convolutions and matmuls inside the block, restored afterwards.
+
+    On Ampere and newer GPUs cuDNN computes float32 convolutions in TF32 (10-bit mantissa)
+    by default, and picks different algorithms for batch 4 and batch 1: on an H200 the
+    batched and per-frame outputs then differed by 1.5e-4 (ld-lite) and 8e-4 (ldfusion),
+    rounding noise rather than a batching bug. With TF32 off both run in full float32 and
+    the 1e-5 tolerance tests batch independence itself. cuDNN autotuning is off as well
+    (``Fuser`` turns it on for the whole process), so whichever test ran first cannot
+    steer this one to a less exact algorithm. (A no-op on the CPU.)
+    """
+    saved = _precision_flags()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def _precision_flags() -> tuple[bool, bool, bool]:
+    return torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_batch_output_equals_per_frame_output(variant, device):
     torch.manual_seed(1)
     net = build_network(get_variant(variant)).to(device).eval()
     vi, ir = torch.rand(4, 1, 40, 56, device=device), torch.rand(4, 1, 40, 56, device=device)
-    with torch.no_grad():
+    with torch.no_grad(), tf32_off():
         batched = net(vi, ir)
         single = torch.cat([net(vi[k : k + 1], ir[k : k + 1]) for k in range(4)])
     assert batched.shape == (4, 1, 40, 56)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
     # Frames differ, so outputs must differ too: the batch is not collapsed to one sample.
     assert not torch.allclose(batched[0], batched[1])
+
+
+def test_tf32_off_restores_the_flags_even_after_an_error():
+    """cuDNN's TF32 default must come back: other tests and the pipeline rely on it."""
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True  # as a Fuser on CUDA leaves it
+    try:
+        before = _precision_flags()
+        with pytest.raises(RuntimeError), tf32_off():
+            assert _precision_flags() == (False, False, False)
+            raise RuntimeError("a failing comparison")
+        assert _precision_flags() == before
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# Issue 11's GPU check: one run on a device machine, under 5 minutes, every result in $OUT.
+#
+#   1. here:      scripts/gpu_wheels.sh           (wheels into .whl/, weights + one M3SVD pair into .devcarry/)
+#   2. device:    run(command="bash scripts/gpu_check.sh", carry=[".whl", ".devcarry"], timeout_s=420)
+#   dry run here: PYTHON=/work/main/.venv/bin/python bash scripts/gpu_check.sh --dry-run
+#
+# The dry run goes through the same sections on the CPU with tiny sizes (about 2 minutes
+# on a loaded 2-core machine), to check the script, not to measure.
+#
+# Sections, in order of what matters most if time runs short; each has its own timeout
+# and the whole run a budget (BUDGET_S, default 285 s). A section that fails or times out
+# is recorded in $OUT/summary.tsv (section, exit status, seconds; 124 = timed out) and the
+# next one runs; each writes $OUT/<section>.log and its results:
+#   env      GPU, driver, torch/CUDA/cuDNN, PyAV's FFmpeg and hardware devices   env.log
+#   install  .whl/*.whl into a scratch folder: pip --no-index --no-deps --target
+#   codecs   NVENC/NVDEC probe with FFmpeg's reasons, CPU vs NVDEC decode fps     codecs.json
+#   tests    pytest -k cuda (TF32-aware batch test, inductor test), codec/batching tests   tests_*.xml
+#   bench    ldfusion bench --devices cuda: model_on_device, model, pipeline;
+#            batches 8 and 32; 640x512 and 1920x1080                                 bench.json
+#   streams  ldfusion bench --streams 8 at 640x512 (only once the bench has it)     bench_streams.json
+#   latency  ldfusion run, live mode, the M3SVD pair replayed at its recorded 22 fps,
+#            MP4 sink: capture-to-sink p50/p99 (target p99 <= 50 ms at 30 fps)      latency_summary.json
+#   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
+set -uo pipefail  # no -e: a failing section must not stop the others
+
+LDFUSION_MODULE="ldfusion.cli.main"  # the CLI dispatcher; change this one line if it moves
+BUDGET_S=${BUDGET_S:-285}
+PY=${PYTHON:-python3}
+DRY_RUN=0
+case "${1:-}" in
+  --dry-run) DRY_RUN=1 ;;
+  "") ;;
+  -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
+  *) echo "gpu_check.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+esac
+
+cd "$(dirname "$0")/.."
+REPO=$PWD
+OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
+SCRATCH=$(mktemp -d /tmp/gpu_check_scratch.XXXXXX)
+mkdir -p "$OUT" "$SCRATCH/bin" "$SCRATCH/site"
+START=$(date +%s)
+printf 'section\texit\tseconds\n' > "$OUT/summary.tsv"
+
+# The wheels are cp312; on the device they go on the path. In a dry run the local venv
+# already has the packages, and the install only checks that the wheels install.
+if ((DRY_RUN)); then
+  export PYTHONPATH="$REPO"
+else
+  export PYTHONPATH="$REPO:$SCRATCH/site"
+fi
+# `ldfusion` as a command, whatever the dispatcher's module is called.
+printf '#!/usr/bin/env bash\nexec %q -m %s "$@"\n' "$PY" "$LDFUSION_MODULE" > "$SCRATCH/bin/ldfusion"
+chmod +x "$SCRATCH/bin/ldfusion"
+export PATH="$SCRATCH/bin:$PATH"
+export PY OUT SCRATCH REPO DRY_RUN
+
+# The carried data, where the tests' shared_data fixture looks (../shared/data); never
+# replaces data that is already there.
+if [[ ! -e ../shared/data && -d .devcarry/data ]]; then
+  mkdir -p ../shared && ln -s "$REPO/.devcarry/data" ../shared/data
+fi
+CLIP=../shared/data/video/m3svd/visible/1230_1202.mp4
+
+section() {  # section NAME MAX_SECONDS FUNCTION: run FUNCTION under a timeout, log it, record it
+  local name=$1 max=$2 fn=$3 left limit started rc
+  left=$((BUDGET_S - ($(date +%s) - START)))
+  limit=$((max < left ? max : left))
+  if ((limit < 10)); then
+    printf '%s\tskipped\t0\n' "$name" >> "$OUT/summary.tsv"
+    echo "== $name: skipped, the ${BUDGET_S}s budget is spent"
+    return
+  fi
+  echo "== $name (up to ${limit}s)"
+  started=$(date +%s)
+  timeout --kill-after=5 "$limit" bash -c "$fn" > "$OUT/$name.log" 2>&1
+  rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - started))" >> "$OUT/summary.tsv"
+  tail -n 12 "$OUT/$name.log"
+}
+
+env_info() {
+  date -u
+  nvidia-smi || echo "no nvidia-smi"
+  nvidia-smi -q 2>/dev/null | grep -iE "product name|driver version|cuda version|encoder|decoder" || true
+  "$PY" -c 'import torch, platform; print("python", platform.python_version(), "torch", torch.__version__, "cuda", torch.version.cuda, "cudnn", torch.backends.cudnn.version(), "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else None)'
+  "$PY" -c 'import av; print("pyav", av.__version__, av.library_versions); print("hwdevices", av.codec.hwaccel.hwdevices_available())'
+  ls -l .whl .devcarry/data 2>&1
+}
+
+install_wheels() {
+  local target=(--target "$SCRATCH/site")
+  if ((DRY_RUN)); then
+    target+=(--python-version 3.12 --implementation cp --abi cp312 --only-binary=:all:
+      --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64)
+  fi
+  if "$PY" -m pip --version > /dev/null 2>&1; then
+    "$PY" -m pip install --quiet --no-index --no-deps "${target[@]}" .whl/*.whl
+  else  # no pip in the image: a wheel without dependencies installs by unpacking it
+    echo "no pip; unpacking the wheels"
+    for wheel in .whl/*.whl; do "$PY" -m zipfile -e "$wheel" "$SCRATCH/site"; done
+  fi
+  ls "$SCRATCH/site"
+  "$PY" -c 'import av, zmq, yaml, tqdm; print("imports ok: av", av.__version__, "zmq", zmq.__version__)'
+}
+
+probe_codecs() {
+  "$PY" scripts/codec_probe.py --clip "$CLIP" --out "$OUT/codecs.json"
+}
+
+run_tests() {
+  local rc=0 ignore=()
+  # The training and loss tests need torchvision and open_clip, which are carried only
+  # with gpu_wheels.sh --with-clip; without them those two modules are left out.
+  if ! "$PY" -c 'import torchvision, open_clip' > /dev/null 2>&1; then
+    ignore=(--ignore=tests/test_losses.py --ignore=tests/test_training.py)
+  fi
+  # Every CUDA-parametrised test: networks with TF32 off, registration, inductor vs eager.
+  "$PY" -m pytest -q -p no:cacheprovider "${ignore[@]}" -k cuda --junitxml="$OUT/tests_cuda.xml" tests || rc=$?
+  "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests_codecs_batching.xml" \
+    tests/test_codecs.py tests/test_fixed_batch.py tests/test_batching.py || rc=$?
+  return $rc
+}
+
+run_bench() {
+  if ((DRY_RUN)); then
+    ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths model_on_device model pipeline \
+      --frames 4 --warmup 1 --out "$OUT/bench.json"
+  else
+    ldfusion bench --devices cuda --resolutions 640x512 1920x1080 --batch-sizes 8 32 \
+      --paths model_on_device model pipeline --frames 256 --warmup 3 --out "$OUT/bench.json"
+  fi
+}
+
+run_compile() {
+  if ((DRY_RUN)); then
+    "$PY" scripts/compile_speed.py --device cpu --resolution 64x48 --batch-sizes 2 --iterations 2 \
+      --backend aot_eager --out "$OUT/compile.json"
+  else
+    "$PY" scripts/compile_speed.py --device cuda --resolution 640x512 --batch-sizes 32 8 --iterations 50 \
+      --out "$OUT/compile.json"
+  fi
+}
+
+run_streams() {
+  if ! ldfusion bench --help | grep -q -- "--streams"; then
+    echo "ldfusion bench has no --streams yet (issue 10); nothing measured"
+    return 0
+  fi
+  if ((DRY_RUN)); then
+    ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths pipeline --streams 2 \
+      --frames 4 --warmup 1 --out "$OUT/bench_streams.json"
+  else
+    ldfusion bench --devices cuda --resolutions 640x512 --batch-sizes 32 --paths pipeline --streams 8 \
+      --frames 512 --warmup 3 --out "$OUT/bench_streams.json"
+  fi
+}
+
+run_latency() {  # live mode: the carried M3SVD pair replayed at its recorded rate, one MP4 sink
+  local device=cuda limit=""
+  if ((DRY_RUN)); then device=cpu limit=", max_frames: 5"; fi
+  cat > "$SCRATCH/latency.yaml" <<YAML
+streams:
+  - id: pair0
+    ir: {kind: video, path: $REPO/../shared/data/video/m3svd/infrared/1230_1202.mp4}
+    visible: {kind: video, path: $REPO/$CLIP}
+model: {device: $device}
+sinks:
+  - {kind: mp4, path: "{stream}.mp4"}
+run: {out_dir: $SCRATCH/latency, mode: live, realtime: true, progress: false$limit}
+YAML
+  ldfusion run "$SCRATCH/latency.yaml" && cp "$SCRATCH/latency/summary.json" "$OUT/latency_summary.json"
+}
+
+export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency
+export CLIP
+
+section env 30 env_info
+section install 60 install_wheels
+section codecs 40 probe_codecs
+section tests 80 run_tests
+section bench 100 run_bench
+section streams 45 run_streams
+section latency 30 run_latency
+section compile 100 run_compile
+
+echo "== done in $(($(date +%s) - START))s; results in $OUT"
+column -t "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
+rm -rf "$SCRATCH"

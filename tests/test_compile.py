@@ -1,0 +1,127 @@
+"""The compiled network behind ``compile: auto|on|off``: same output as eager, one log line, a safe fallback.
+
+On the CPU these tests compile with the ``aot_eager`` backend: it runs TorchDynamo's
+tracing and AOTAutograd like inductor does, but skips inductor's C++ code generation,
+which took 123 s for ld-lite on this 2-core machine. Inductor itself is checked on CUDA
+(``test_inductor_matches_eager_on_cuda``, run by scripts/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from ldfusion.errors import ConfigError
+from ldfusion.inference import CompiledNetwork, Fuser, FuserOptions
+from ldfusion.networks import build_network
+from ldfusion.variants import get_variant
+
+
+def _fuser(compile: str, backend: str = "aot_eager", device: str = "cpu", variant: str = "ld-lite") -> Fuser:
+    torch.manual_seed(0)
+    return Fuser(build_network(get_variant(variant)), FuserOptions(device=device, compile=compile, compile_backend=backend))
+
+
+def _inputs(batch: int = 2, height: int = 24, width: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    return torch.rand(batch, 1, height, width, generator=generator), torch.rand(batch, 1, height, width, generator=generator)
+
+
+def _compile_records(caplog, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "ldfusion.inference" and r.levelno == level and "compile" in r.getMessage()]
+
+
+def test_auto_compiles_on_cuda_only_and_off_means_eager():
+    assert not _fuser("auto").compiled  # the CPU: eager
+    assert not _fuser("off").compiled
+    assert _fuser("on").compiled
+
+
+@pytest.mark.parametrize("variant", ["ld-lite", pytest.param("ldfusion", marks=pytest.mark.slow)])
+def test_compiled_output_equals_eager_and_the_compile_is_logged_once_per_shape(caplog, variant):
+    caplog.set_level(logging.INFO, logger="ldfusion.inference")
+    eager, compiled = _fuser("off", variant=variant), _fuser("on", variant=variant)
+    vi, ir = _inputs()
+    expected = eager.fuse_y(vi, ir)
+    for _ in range(3):  # the same shape: compiled once, reused
+        torch.testing.assert_close(compiled.fuse_y(vi, ir), expected, atol=1e-5, rtol=1e-4)
+    assert compiled.compiled
+    (line,) = _compile_records(caplog, logging.INFO)
+    assert f"{variant} for input (2, 1, 24, 40) float32 compiled in" in line.getMessage()
+    other_vi, other_ir = _inputs(batch=3)  # a new shape compiles (and is logged) once more
+    torch.testing.assert_close(compiled.fuse_y(other_vi, other_ir), eager.fuse_y(other_vi, other_ir), atol=1e-5, rtol=1e-4)
+    assert len(_compile_records(caplog, logging.INFO)) == 2
+    assert not _compile_records(caplog, logging.WARNING)
+
+
+def test_compile_that_fails_falls_back_to_eager_with_one_warning(caplog):
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C compiler found")
+
+    caplog.set_level(logging.INFO, logger="ldfusion.inference")
+    torch.manual_seed(0)
+    model = build_network(get_variant("ld-lite")).eval()
+    network = CompiledNetwork(model, backend=broken_backend)
+    vi, ir = _inputs()
+    with torch.inference_mode():
+        expected = model(vi, ir)
+        for _ in range(3):
+            torch.testing.assert_close(network(vi, ir), expected)
+    assert network.failure is not None and "no C compiler found" in network.failure
+    (warning,) = _compile_records(caplog, logging.WARNING)
+    assert "running it eagerly" in warning.getMessage() and "\n" not in warning.getMessage()
+
+
+def test_unknown_backend_falls_back_when_the_fuser_is_built(caplog):
+    caplog.set_level(logging.INFO, logger="ldfusion.inference")
+    fuser = _fuser("on", backend="no_such_backend")
+    assert not fuser.compiled
+    vi, ir = _inputs()
+    torch.testing.assert_close(fuser.fuse_y(vi, ir), _fuser("off").fuse_y(vi, ir))
+    assert len(_compile_records(caplog, logging.WARNING)) == 1
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "", "ON"])
+def test_unknown_compile_mode_is_a_config_error(value):
+    with pytest.raises(ConfigError, match="compile must be one of auto, on, off"):
+        FuserOptions(compile=value)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor on CUDA needs a GPU")
+def test_inductor_matches_eager_on_cuda():
+    """The production setting: inductor, half precision, channels_last, batch padded to a fixed size."""
+    eager, compiled = _fuser("off", backend="inductor", device="cuda"), _fuser("auto", backend="inductor", device="cuda")
+    assert compiled.compiled and compiled.dtype == torch.float16
+    vi, ir = _inputs(batch=8, height=64, width=80)
+    torch.testing.assert_close(compiled.fuse_y(vi, ir), eager.fuse_y(vi, ir), atol=2e-3, rtol=1e-2)
+
+
+def test_pipeline_config_takes_model_compile(tmp_path):
+    from pipeline.config import load_pipeline_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("streams:\n  - ir: {kind: video, path: ir.mp4}\n    visible: {kind: video, path: vi.mp4}\n")
+    assert load_pipeline_config(path).model.compile == "auto"
+    # YAML reads a bare on/off as a boolean; the config takes it back to the name.
+    assert load_pipeline_config(path, ["model.compile=off"]).model.compile == "off"
+    assert load_pipeline_config(path, ["model.compile=on"]).model.compile == "on"
+    assert load_pipeline_config(path, ["model.compile='auto'"]).model.compile == "auto"
+    with pytest.raises(ConfigError, match="compile must be one of auto, on, off; got 'fast'"):
+        load_pipeline_config(path, ["model.compile=fast"])
+
+
+def test_fixed_batch_keeps_the_compiled_network_at_one_shape(caplog):
+    """Partial batches of 3, 4 and 1 frames, padded to 4: one compile, outputs as eager."""
+    from ldfusion.fixed_batch import FixedBatch
+
+    caplog.set_level(logging.INFO, logger="ldfusion.inference")
+    eager, compiled = _fuser("off"), _fuser("on")
+    fixed = FixedBatch(4)
+    for rows in (3, 4, 1):
+        vi, ir = _inputs(batch=rows)
+        torch.testing.assert_close(fixed(compiled.fuse_y, vi, ir), eager.fuse_y(vi, ir), atol=1e-5, rtol=1e-4)
+    (line,) = _compile_records(caplog, logging.INFO)
+    assert "(4, 1, 24, 40)" in line.getMessage()
+    assert fixed.padded_rows == 1 + 0 + 3
