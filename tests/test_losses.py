@@ -283,6 +283,13 @@ def test_openai_weights_with_gelu_are_refused(backbones, monkeypatch, model_name
         load_clip(ClipConfig(model=model_name, pretrained="openai", quick_gelu=False))
 
 
+def test_gelu_trained_weights_with_quickgelu_are_refused_before_any_download():
+    # open_clip's own metadata: LAION's ViT-B-32 was trained with GELU. The check runs
+    # before the download, so this needs no network.
+    with pytest.raises(ConfigError, match="trained with GELU.*quick_gelu: false"):
+        load_clip(ClipConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k", quick_gelu=True))
+
+
 def test_a_local_clip_file_runs_the_activation_the_config_names(backbones, loaded):
     clip_config, _ = backbones
     quick = loaded[0]
