@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,16 +96,13 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
     pretrained = config.pretrained
     if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise CheckpointError(f"CLIP checkpoint not found: {pretrained}")
-    conflict = _activation_conflict(open_clip, config)
+    conflict = _activation_conflict(config)
     if conflict:
         raise ConfigError(conflict)
     try:
-        with warnings.catch_warnings():
-            # open_clip only warns about a QuickGELU mismatch; _activation_conflict refused it already.
-            warnings.filterwarnings("ignore", message="QuickGELU mismatch")
-            model = open_clip.create_model(
-                config.model, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=config.quick_gelu
-            )
+        model = open_clip.create_model(
+            config.model, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=config.quick_gelu
+        )
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "not found" in str(exc):
             raise ConfigError(f"unknown CLIP model {config.model!r} ({first_line(exc)})") from None
@@ -124,12 +120,14 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
     return encoder.to(device)
 
 
-def _activation_conflict(open_clip, config: ClipConfig) -> str | None:
+def _activation_conflict(config: ClipConfig) -> str | None:
     """Why ``config`` pairs weights with an activation they were not trained with, or None.
 
     open_clip knows the activation of its named models and pretrained tags (``openai``:
     QuickGELU) but builds ``ViT-B-32`` with GELU and only warns when given OpenAI weights.
     """
+    import open_clip
+
     if ":" in config.model:  # hf-hub: / local-dir: models carry their own config
         return None
     name = config.model.replace("/", "-")
