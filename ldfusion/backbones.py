@@ -3,6 +3,10 @@
 Both load real weights by the standard means (an open_clip model name with a pretrained
 tag or a local checkpoint file; a local torchvision VGG19 state_dict, or ``imagenet`` to
 let torchvision download it) and never unpickle arbitrary objects.
+
+Both match what the authors' trainer runs: CLIP with the activation its weights were
+trained with (QuickGELU for every OpenAI checkpoint, as ``clip.load("ViT-B/32")`` builds
+it), and VGG19 activations after the ReLUs (see ``VGG_LAYERS``).
 """
 
 from __future__ import annotations
@@ -21,15 +25,21 @@ from ldfusion.errors import CheckpointError, ConfigError, first_line
 
 log = logging.getLogger(__name__)
 
-# torchvision VGG19 ``features`` indices of the layers the perceptual loss reads.
-VGG_LAYERS = {"conv2_1": 5, "conv3_1": 10, "conv4_2": 21}
+# torchvision VGG19 ``features`` indices of the activations the perceptual loss compares.
+# The authors store the outputs of conv2_1, conv3_1 and conv4_2, but the in-place ReLU
+# after each overwrites the stored tensor, so their loss compares relu2_1, relu3_1, relu4_2.
+VGG_LAYERS = {"relu2_1": 6, "relu3_1": 11, "relu4_2": 22}
 
 
 @dataclass(frozen=True)
 class ClipConfig:
-    model: str = "ViT-B-32"
+    model: str = "ViT-B-32-quickgelu"
     pretrained: str | None = "openai"  # open_clip tag, or a local checkpoint file
     model_config: str | None = None  # JSON model config to register first (custom or tiny models)
+    # The activation the weights were trained with: QuickGELU for all OpenAI CLIP weights
+    # (the paper's), GELU for most others (LAION, DataComp). Weights in a local file do not
+    # say which; this does.
+    quick_gelu: bool = True
 
 
 @dataclass(frozen=True)
@@ -55,6 +65,7 @@ class ClipEncoder(nn.Module):
         self.image_size = image_size
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.eval()
 
     def train(self, mode: bool = True) -> "ClipEncoder":
         return super().train(False)  # always frozen
@@ -74,6 +85,7 @@ class ClipEncoder(nn.Module):
 
 
 def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEncoder:
+    """The frozen CLIP of ``config``, built with the activation its weights were trained with."""
     import open_clip
 
     if config.model_config:
@@ -84,8 +96,13 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
     pretrained = config.pretrained
     if pretrained and _looks_like_path(pretrained) and not Path(pretrained).is_file():
         raise CheckpointError(f"CLIP checkpoint not found: {pretrained}")
+    conflict = _activation_conflict(config)
+    if conflict:
+        raise ConfigError(conflict)
     try:
-        model = open_clip.create_model(config.model, pretrained=pretrained, device=device, weights_only=True)
+        model = open_clip.create_model(
+            config.model, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=config.quick_gelu
+        )
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "not found" in str(exc):
             raise ConfigError(f"unknown CLIP model {config.model!r} ({first_line(exc)})") from None
@@ -95,6 +112,7 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
             f"could not load CLIP {config.model!r} with pretrained={pretrained!r} ({type(exc).__name__}: {first_line(exc)}); "
             "without network access pass a local checkpoint file as clip.pretrained"
         ) from None
+    _check_built_activation(model, config)
     preprocess = open_clip.get_model_preprocess_cfg(model)
     size = preprocess.get("size", 224)
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -102,8 +120,55 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
     return encoder.to(device)
 
 
+def _activation_conflict(config: ClipConfig) -> str | None:
+    """Why ``config`` pairs weights with an activation they were not trained with, or None.
+
+    open_clip knows the activation of its named models and pretrained tags (``openai``:
+    QuickGELU) but builds ``ViT-B-32`` with GELU and only warns when given OpenAI weights.
+    """
+    import open_clip
+
+    if ":" in config.model:  # hf-hub: / local-dir: models carry their own config
+        return None
+    name = config.model.replace("/", "-")
+    wanted = "QuickGELU" if config.quick_gelu else "GELU"
+    model_cfg = open_clip.get_model_config(name) or {}
+    if model_cfg.get("quick_gelu", False) and not config.quick_gelu:
+        return f"CLIP model {config.model!r} is a QuickGELU model but clip.quick_gelu is false"
+    tag_cfg = open_clip.get_pretrained_cfg(name, config.pretrained) if config.pretrained else {}
+    if tag_cfg:
+        trained = "QuickGELU" if tag_cfg.get("quick_gelu", False) else "GELU"
+        if trained != wanted:
+            return (
+                f"CLIP weights {config.model}/{config.pretrained} were trained with {trained}, but clip.quick_gelu "
+                f"asks for {wanted}: set clip.quick_gelu: {str(trained == 'QuickGELU').lower()}"
+            )
+    return None
+
+
+def clip_activations(model: nn.Module) -> set[str]:
+    """Names of the MLP activation types in an open_clip transformer: {"QuickGELU"}, {"GELU"}, ..."""
+    from open_clip.transformer import QuickGELU
+
+    return {type(m).__name__ for m in model.modules() if isinstance(m, (QuickGELU, nn.GELU))}
+
+
+def _check_built_activation(model: nn.Module, config: ClipConfig) -> None:
+    found = clip_activations(model)
+    wanted = {"QuickGELU"} if config.quick_gelu else {"GELU"}
+    source = config.pretrained or "random weights"
+    if not found:  # timm / Hugging Face towers: their activation is theirs to choose
+        log.warning("CLIP %s (%s): no open_clip transformer activations to check", config.model, source)
+    elif found != wanted:
+        raise ConfigError(
+            f"CLIP {config.model!r} was built with {'/'.join(sorted(found))} but clip.quick_gelu asks for {'/'.join(wanted)}"
+        )
+    else:
+        log.info("CLIP %s with %s weights built with %s activations", config.model, source, "/".join(found))
+
+
 class VggFeatures(nn.Module):
-    """Frozen VGG19 ``features`` up to conv4_2, returning the activations the loss compares."""
+    """Frozen VGG19 ``features`` up to relu4_2, returning the activations the loss compares."""
 
     def __init__(self, features: nn.Sequential, normalize: bool = False) -> None:
         super().__init__()
@@ -111,6 +176,7 @@ class VggFeatures(nn.Module):
         self.normalize = normalize
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1), persistent=False)
+        self.eval()
 
     def train(self, mode: bool = True) -> "VggFeatures":
         return super().train(False)

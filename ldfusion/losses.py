@@ -7,8 +7,13 @@ authors' trainer:
   embedding to the fused image's should match the direction from that source's text
   ("a visible gray image", "an infrared image") to the objective's text;
 - CLIP similarity: the fused embedding stays close to both sources';
-- perceptual: fused VGG19 features match the element-wise max of the sources';
+- perceptual: fused VGG19 activations (relu2_1, relu3_1, relu4_2 of unnormalised [0, 1]
+  images) match the element-wise max of the sources';
 - distillation (with a teacher): L1 + (1 - SSIM) to a frozen teacher's fused output.
+
+The patch direction term compares each fused patch with the *whole* source images'
+embeddings, and averages over all patches with the dropped ones counted as zero: both as in
+the authors' trainer. tests/test_losses.py checks every term against their formulas.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ loading code (no model hub is reachable in CI)."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 from ldfusion.backbones import ClipConfig, VggConfig
 
 TINY_CLIP_NAME = "ldfusion-test-tiny-clip"
+# The layout of open_clip's ViT-B-32 (a ViT image tower, a causal text transformer, the
+# same tokenizer), shrunk. No "quick_gelu" key: the activation comes from ClipConfig.quick_gelu.
 TINY_CLIP_CONFIG = {
     "embed_dim": 32,
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
@@ -33,12 +36,30 @@ def make_tiny_clip(folder: Path) -> ClipConfig:
     return ClipConfig(model=TINY_CLIP_NAME, pretrained=str(checkpoint), model_config=str(model_config))
 
 
+def pose_tiny_clip_as_openai(monkeypatch, clip: ClipConfig, model_name: str) -> None:
+    """Make open_clip's ``model_name`` + ``pretrained="openai"`` resolve offline to the tiny CLIP.
+
+    Only the architecture's size and the download are replaced: the tag's metadata (trained
+    with QuickGELU, OpenAI mean/std) and the model name's own config flags stay open_clip's.
+    """
+    import open_clip.factory
+
+    real_config = open_clip.get_model_config(model_name)
+    tiny = copy.deepcopy(TINY_CLIP_CONFIG)
+    if real_config.get("quick_gelu"):
+        tiny["quick_gelu"] = True
+    monkeypatch.setitem(open_clip.factory._MODEL_CONFIGS, model_name, tiny)
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda *args, **kwargs: clip.pretrained)
+
+
 def make_random_vgg(folder: Path) -> VggConfig:
-    """A randomly initialised torchvision VGG19 state_dict, saved as a user's local file would be."""
+    """A randomly initialised torchvision VGG19 ``features`` state_dict, saved as a user's local
+    file would be (``features.``-prefixed keys; the classifier is not needed)."""
     from torchvision.models import vgg19
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     path = folder / "vgg19_random.pth"
-    torch.save(vgg19(weights=None).state_dict(), path)
+    state = {k: v for k, v in vgg19(weights=None).state_dict().items() if k.startswith("features.")}
+    torch.save(state, path)
     return VggConfig(weights=str(path))
