@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ldfusion.config import from_dict, parse_overrides, read_yaml
+from ldfusion.config import load_config
 from ldfusion.errors import ConfigError
 
 SOURCE_KINDS = ("video", "images", "camera")
@@ -228,28 +228,4 @@ class PipelineConfig:
 
 def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:
     """Read ``path`` (YAML), apply ``key=value`` overrides (list items by index), and check it."""
-    data = read_yaml(path) if path is not None else {}
-    data = merge_overrides(data, parse_overrides(overrides))
-    return from_dict(PipelineConfig, data, where=str(path) if path else "config")
-
-
-def merge_overrides(base, extra: dict, where: str = ""):
-    """Like a deep dict merge, but a numeric key indexes into a list (``streams.0.id=x``)."""
-    if isinstance(base, list):
-        merged_list = list(base)
-        for key, value in extra.items():
-            if not str(key).isdigit() or int(key) >= len(merged_list):
-                raise ConfigError(f"override {where}{key}: {where.rstrip('.') or 'list'} has {len(merged_list)} item(s)")
-            index = int(key)
-            merged_list[index] = _merge_value(merged_list[index], value, f"{where}{key}.")
-        return merged_list
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merge_value(merged.get(key), value, f"{where}{key}.")
-    return merged
-
-
-def _merge_value(old, new, where: str):
-    if isinstance(new, dict) and isinstance(old, (dict, list)):
-        return merge_overrides(old, new, where)
-    return new
+    return load_config(PipelineConfig, path, overrides)
