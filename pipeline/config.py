@@ -35,6 +35,7 @@ LEADERS = ("visible", "ir")
 MODES = ("auto", "file", "live")
 SINK_KINDS = ("mp4", "png", "zmq")
 CONTENTS = ("fused", "side_by_side")
+ZMQ_PIXEL_FORMATS = ("rgb24", "bgr24", "gray")
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ class SinkConfig:
     content: str = "fused"  # fused | side_by_side (IR | visible | fused)
     crf: int = 18  # mp4: x264 quality, 0 (lossless) .. 51
     preset: str = "veryfast"  # mp4: x264 speed/size trade-off
-    fragmented: bool = False  # mp4: fragmented MP4 stays playable even if the process is killed
+    fragmented: bool = False  # mp4: fragmented MP4 stays playable (to the last GOP) even if the process is killed
+    keyint: int | None = None  # mp4: frames per GOP, one fragment each when fragmented (None: 1 s if fragmented, else the encoder default)
+    pixel_format: str = "rgb24"  # zmq: rgb24 | bgr24 | gray (the fused luma)
     endpoint: str = "tcp://127.0.0.1:5555"  # zmq: where to bind
     topic: str = "fused"  # zmq: messages go out as "<topic>/<stream id>"
     hwm: int = 8  # zmq: frames queued per subscriber (keep >= batch size); beyond it that subscriber misses frames
@@ -160,6 +163,10 @@ class SinkConfig:
             raise ValueError(f"crf must be in 0..51; got {self.crf}")
         if self.kind == "zmq" and self.content != "fused":
             raise ValueError("a zmq sink publishes fused frames only")
+        if self.keyint is not None and self.keyint < 1:
+            raise ValueError(f"keyint must be at least 1; got {self.keyint}")
+        if self.pixel_format not in ZMQ_PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {', '.join(ZMQ_PIXEL_FORMATS)}; got {self.pixel_format!r}")
         if self.hwm < 1:
             raise ValueError(f"hwm must be at least 1; got {self.hwm}")
         if self.wait_subscribers < 0 or self.wait_timeout_s < 0:

@@ -5,9 +5,13 @@ first pair, whichever comes first, so a busy pipeline gets full batches and a qu
 never holds a frame longer than ``max_wait_s``. Pairs of different streams share a batch
 when their registered frames have the same size.
 
-On CUDA, frames travel as uint8 (a quarter of float32's bytes) through pinned memory with
-non-blocking copies, are registered on the GPU (``Registrar.warp_tensor``), and the
-network runs in half precision, ``channels_last`` (``Fuser`` options).
+Frames arrive as planes in the cameras' own layouts and are uploaded as uint8 (a quarter
+of float32's bytes; infrared as its luma alone). On the device they become full-range
+Y, Cr, Cb (``ldfusion.color``), are registered (``Registrar.apply``), the network fuses
+the visible Y with the infrared, and the fused Y is joined with the visible chroma. Then
+exactly the views the sinks asked for are rendered, batched, on the device, and each is
+downloaded once (``pipeline.views``). On CUDA the network runs in half precision,
+``channels_last`` (``Fuser`` options).
 
 Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
 small changes in it from frame to frame show up as flicker of the whole image's contrast.
@@ -26,15 +30,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from ldfusion.color import merge_fused_y, rgb_to_y
-from ldfusion.inference import Fuser, to_uint8
+from ldfusion.color import planes_to_luma, planes_to_ycrcb
+from ldfusion.inference import Fuser
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
 from pipeline.queues import FrameQueue
 from pipeline.registration import Registrar
+from pipeline.views import render
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,10 @@ class FusionWorker:
         smoothing: bool = True,
         momentum: float = 0.8,
         on_batch: Callable[[int], None] | None = None,
+        views: frozenset[str] = frozenset(),
     ) -> None:
         self.fuser = fuser
+        self.views = frozenset(views)  # what the sinks need rendered (pipeline.views)
         self._on_batch = on_batch
         self.registrars = registrars
         self.batch_size = batch_size
@@ -82,11 +88,6 @@ class FusionWorker:
             log.info("temporal smoothing: %s has no style code, so there is nothing to smooth (no-op)", fuser.spec.name)
         self.batches = 0
         self.frames = 0
-
-    @property
-    def warps_on_device(self) -> bool:
-        """Register on the GPU next to the network; on the CPU, OpenCV in the pairing threads does it."""
-        return self.fuser.device.type == "cuda"
 
     def run(self, pairs: FrameQueue, out: FrameQueue, streams: list[str]) -> None:
         """Fuse until every stream has ended, then put one end sentinel on ``out``."""
@@ -137,36 +138,27 @@ class FusionWorker:
         return results  # type: ignore[return-value]
 
     def _output_size(self, pair: FramePair) -> tuple[int, int]:
-        if pair.registered:
-            return pair.visible.shape[1], pair.visible.shape[0]
-        plan = self.registrars[pair.meta.stream].plan
-        assert plan is not None
-        return plan.output_size
+        return self.registrars[pair.meta.stream].check(pair.ir.size, pair.visible.size).output_size
 
     @torch.inference_mode()
     def _fuse_same_size(self, pairs: list[FramePair]) -> list[FusedFrame]:
         ir_parts, vi_parts, order = [], [], []
-        for stream, indices in _group_by_stream(pairs).items():
-            ir = self._upload(np.stack([pairs[i].ir for i in indices])).unsqueeze(1)  # (b, 1, h, w)
-            vi = self._upload(np.stack([pairs[i].visible for i in indices])).permute(0, 3, 1, 2)  # (b, 3, H, W)
-            ir, vi = ir.float().div_(255.0), vi.float().div_(255.0)
-            if not pairs[indices[0]].registered:
-                ir, vi = self.registrars[stream].warp_tensor(ir, vi)
+        device = self.fuser.device
+        for stream, indices in _group_by_layout(pairs).items():
+            ir = planes_to_luma([pairs[i].ir for i in indices], device)  # (b, 1, h, w)
+            vi = planes_to_ycrcb([pairs[i].visible for i in indices], device)  # (b, 3, H, W) Y, Cr, Cb
+            ir, vi = self.registrars[stream[0]].apply(ir, vi)
             ir_parts.append(ir)
             vi_parts.append(vi)
             order += indices
         ir, vi = torch.cat(ir_parts), torch.cat(vi_parts)  # (B, 1, H, W), (B, 3, H, W), rows in `order`
         streams = [pairs[i].meta.stream for i in order]
-        fused_y = self._fuse_y(rgb_to_y(vi), ir, streams)  # (B, 1, H, W) float32
-        fused = _to_hwc_u8(merge_fused_y(fused_y, vi))  # (B, H, W, 3)
-        registered_on_device = not pairs[order[0]].registered
-        if registered_on_device:
-            ir_u8, vi_u8 = _to_hwc_u8(ir)[..., 0], _to_hwc_u8(vi)
+        fused_y = self._fuse_y(vi[:, :1], ir, streams).clamp_(0.0, 1.0)  # (B, 1, H, W) float32
+        fused = torch.cat([fused_y, vi[:, 1:]], dim=1)  # the fused Y with the visible chroma
+        views = render(self.views, fused, ir, vi)
         out: list[FusedFrame | None] = [None] * len(pairs)
         for row, i in enumerate(order):
-            pair = pairs[i]
-            ir_image, vi_image = (ir_u8[row], vi_u8[row]) if registered_on_device else (pair.ir, pair.visible)
-            out[i] = FusedFrame(pair.meta, fused[row], ir_image, vi_image)
+            out[i] = FusedFrame(pairs[i].meta, {name: items[row] for name, items in views.items()})
         return out  # type: ignore[return-value]
 
     def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
@@ -175,20 +167,11 @@ class FusionWorker:
         codes = self.fuser.encode(vi_y, ir)
         return self.fuser.decode(replace(codes, style=self.smoother(codes.style, streams)))
 
-    def _upload(self, array: np.ndarray) -> Tensor:
-        tensor = torch.from_numpy(array)
-        if self.fuser.device.type != "cuda":
-            return tensor
-        return tensor.pin_memory().to(self.fuser.device, non_blocking=True)
 
-
-def _group_by_stream(pairs: list[FramePair]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = defaultdict(list)
+def _group_by_layout(pairs: list[FramePair]) -> dict[tuple, list[int]]:
+    """Rows that upload together: same stream, same layouts (a camera may change its own)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
     for i, pair in enumerate(pairs):
-        groups[pair.meta.stream].append(i)
+        key = (pair.meta.stream, pair.ir.layout, pair.ir.full_range, pair.visible.layout, pair.visible.full_range)
+        groups[key].append(i)
     return groups
-
-
-def _to_hwc_u8(x: Tensor) -> np.ndarray:
-    """(B, C, H, W) float in [0, 1] on any device -> (B, H, W, C) uint8 numpy."""
-    return to_uint8(x).permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -15,23 +15,19 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import av
-
+from ldfusion.video import probe_frames
 from pipeline.config import load_pipeline_config
 from pipeline.runner import run_pipeline
 
 
 def count_frames(path: str) -> tuple[int, object]:
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        return sum(1 for _ in container.decode(stream)), stream.average_rate
+    count, rate, _ = probe_frames(path)
+    return count, rate
 
 
 def check_output(path: Path) -> tuple[int, object, bool]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        pts = [frame.pts for frame in container.decode(stream)]
-        return len(pts), stream.average_rate, all(b > a for a, b in zip(pts, pts[1:]))
+    count, rate, times = probe_frames(path)
+    return count, rate, all(b > a for a, b in zip(times, times[1:]))
 
 
 def main() -> int:
@@ -65,7 +61,7 @@ def main() -> int:
         good = n_out == min(n_ir, n_vi) and rate_out == rate_vi and monotonic
         ok &= good
         print(f"{stream.id}: ir {n_ir} @ {rate_ir}, visible {n_vi} @ {rate_vi} -> {fused.name} {n_out} @ {rate_out}, "
-              f"pts {'increasing' if monotonic else 'NOT increasing'}: {'ok' if good else 'MISMATCH'}")
+              f"timestamps {'increasing' if monotonic else 'NOT increasing'}: {'ok' if good else 'MISMATCH'}")
     return 0 if ok else 1
 
 
