@@ -4,8 +4,8 @@ Entry points (imported from their modules, so ``import pipeline`` stays light):
 
 - ``pipeline.config.load_pipeline_config(path, overrides) -> PipelineConfig``
 - ``pipeline.runner.run_pipeline(config, fuser=None, *, extra_sinks=(), open_capture=None) -> RunSummary``
-- ``pipeline.frames(config, fuser=None)``: iterate over fused frames as tensors on the
-  fusion device, in this process (``pipeline.runner.frames``)
+- ``pipeline.fused_frames(config, fuser=None)``: iterate over fused frames as tensors on the
+  fusion device, in this process (``pipeline.runner.fused_frames``)
 - ``pipeline.subscriber.Subscriber``: read the ZeroMQ stream in another process
 - ``ldfusion run CONFIG`` (``pipeline.cli``) and ``ldfusion subscribe`` (``pipeline.subscriber``)
 
@@ -15,8 +15,8 @@ travel between them and ``stats`` counts what passes.
 """
 
 
-def frames(config, fuser=None, **options):
-    """``pipeline.runner.frames``: fused frames as tensors on the fusion device (see there)."""
-    from pipeline.runner import frames as run_frames  # late: keeps `import pipeline` light
+def fused_frames(config, fuser=None, **options):
+    """``pipeline.runner.fused_frames``: fused frames as tensors on the fusion device (see there)."""
+    from pipeline.runner import fused_frames as run_frames  # late: keeps `import pipeline` light
 
     return run_frames(config, fuser, **options)

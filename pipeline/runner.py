@@ -438,7 +438,7 @@ class _ConsumerSink(Sink):
         self._handoff.put(DeviceFrame(frame.meta, rgb, ycrcb, ir))
 
 
-def frames(
+def fused_frames(
     config: PipelineConfig, fuser: Fuser | None = None, *, queue_size: int = 8, open_capture: OpenCapture | None = None
 ) -> Iterator[DeviceFrame]:
     """Fused frames as ``DeviceFrame`` tensors on the fusion device, for a consumer in this
