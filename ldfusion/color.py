@@ -57,17 +57,20 @@ def merge_fused_y(fused_y: Tensor, visible_rgb: Tensor) -> Tensor:
 # order Y, Cr, Cb. An image (RGB) gets there by ``rgb_to_ycrcb`` above, which is exactly
 # full-range BT.601 (JPEG) YCbCr. A video frame keeps its own Y, Cb and Cr (BT.601 or
 # BT.709, whatever it was encoded with) and only has its range converted: limited-range
-# ("MPEG", Y in 16..235, chroma in 16..240) is stretched to full. Chroma planes of 4:2:0
-# video are upsampled by repetition (each sample covers its 2x2 luma block), which
-# ``ycrcb_to_yuv420p``'s 2x2 average undoes exactly, so the visible chroma reaches an MP4
-# sink unchanged. Tensors are (B, C, H, W); everything runs on the tensors' device.
+# ("MPEG", Y in 16..235, chroma in 16..240) is stretched to full. The chroma of 4:2:0
+# video stays at half resolution (``YCrCbBatch``) until something needs it at full
+# resolution (RGB, a warp of the visible image, an odd crop); it is then upsampled by
+# repetition (each sample covers its 2x2 luma block), which the 2x2 average of
+# ``ycrcb_to_yuv420p`` undoes exactly. So the visible chroma reaches an MP4 sink unchanged,
+# and the fusion, which needs only Y, never pays for chroma. Tensors are (B, C, H, W);
+# everything runs on the tensors' device.
 
 _LIMITED_Y = (16.0, 219.0)  # offset, span of limited-range luma in 8-bit codes
 _LIMITED_C = (128.0, 224.0)  # centre, span of limited-range chroma
 
 
 def luma_to_unit(y: Tensor, full_range: bool) -> Tensor:
-    """(B, 1, H, W) uint8 luma -> float in [0, 1] (full range; limited range stretched, clamped)."""
+    """uint8 luma -> float in [0, 1] (full range; limited range stretched, clamped)."""
     y = y.float()
     if full_range:
         return y.div_(255.0)
@@ -86,15 +89,61 @@ def chroma_to_unit(c: Tensor, full_range: bool) -> Tensor:
 
 def upsample_chroma(c: Tensor, height: int, width: int) -> Tensor:
     """(B, C, ceil(H/2), ceil(W/2)) -> (B, C, H, W) by repeating each sample over its 2x2 block."""
-    return c.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :height, :width]
+    b, channels, h, w = c.shape
+    c = c[:, :, :, None, :, None].expand(b, channels, h, 2, w, 2).reshape(b, channels, 2 * h, 2 * w)
+    return c[..., :height, :width]
 
 
-def yuv420p_to_ycrcb(y: Tensor, u: Tensor, v: Tensor, full_range: bool) -> Tensor:
-    """uint8 planes (B, H, W), (B, h, w), (B, h, w) -> (B, 3, H, W) Y, Cr, Cb float in [0, 1]."""
-    height, width = y.shape[-2:]
-    luma = luma_to_unit(y[:, None], full_range)
-    crcb = chroma_to_unit(torch.stack([v, u], dim=1), full_range)  # (B, 2, h, w): Cr is V, Cb is U
-    return torch.cat([luma, upsample_chroma(crcb, height, width)], dim=1)
+class YCrCbBatch:
+    """Frames on the device as full-range Y (B, 1, H, W) and Cr, Cb (B, 2, h, w), float in [0, 1].
+
+    ``crcb`` is at full resolution (h, w = H, W) or, for 4:2:0 video, at half resolution
+    (h, w = ceil(H/2), ceil(W/2)), left so until ``full`` or a crop that needs it.
+    """
+
+    def __init__(self, y: Tensor, crcb: Tensor) -> None:
+        self.y = y
+        self.crcb = crcb
+
+    @property
+    def subsampled(self) -> bool:
+        return self.crcb.shape[-2:] != self.y.shape[-2:]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.y.shape[0], 3, *self.y.shape[-2:])
+
+    def full_chroma(self) -> Tensor:
+        """(B, 2, H, W) Cr, Cb."""
+        return upsample_chroma(self.crcb, *self.y.shape[-2:]) if self.subsampled else self.crcb
+
+    def full(self) -> Tensor:
+        """(B, 3, H, W) Y, Cr, Cb."""
+        return torch.cat([self.y, self.full_chroma()], dim=1)
+
+    def with_luma(self, y: Tensor) -> "YCrCbBatch":
+        return YCrCbBatch(y, self.crcb)
+
+    def crop(self, x: int, y: int, w: int, h: int) -> "YCrCbBatch":
+        if (x, y, w, h) == (0, 0, self.y.shape[-1], self.y.shape[-2]):
+            return self
+        luma = self.y[..., y : y + h, x : x + w]
+        if not self.subsampled:
+            return YCrCbBatch(luma, self.crcb[..., y : y + h, x : x + w])
+        if x % 2 or y % 2:  # the crop splits 2x2 blocks: chroma at full resolution first
+            return YCrCbBatch(luma, self.full_chroma()[..., y : y + h, x : x + w])
+        return YCrCbBatch(luma, self.crcb[..., y // 2 : (y + h + 1) // 2, x // 2 : (x + w + 1) // 2])
+
+    @staticmethod
+    def cat(parts: list["YCrCbBatch"]) -> "YCrCbBatch":
+        """Along the batch; mixed chroma resolutions are brought to full resolution."""
+        if len({p.subsampled for p in parts}) == 1:
+            return YCrCbBatch(torch.cat([p.y for p in parts]), torch.cat([p.crcb for p in parts]))
+        return YCrCbBatch(torch.cat([p.y for p in parts]), torch.cat([p.full_chroma() for p in parts]))
+
+    @staticmethod
+    def from_full(ycrcb: Tensor) -> "YCrCbBatch":
+        return YCrCbBatch(ycrcb[:, :1], ycrcb[:, 1:])
 
 
 def gray_to_ycrcb(y: Tensor, full_range: bool = True) -> Tensor:
@@ -109,44 +158,58 @@ def packed_to_ycrcb(image: Tensor, bgr: bool = False) -> Tensor:
     return rgb_to_ycrcb(rgb.flip(1) if bgr else rgb)
 
 
-def ycrcb_to_yuv420p(ycrcb: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(B, 3, H, W) Y, Cr, Cb in [0, 1] -> limited-range uint8 planes Y (B, H, W), U and V
-    (B, ceil(H/2), ceil(W/2)): chroma is the average of each 2x2 block (edges repeated)."""
-    height, width = ycrcb.shape[-2:]
+def ycrcb_to_yuv420p(ycrcb: Tensor | YCrCbBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Y, Cr, Cb in [0, 1] -> limited-range uint8 planes Y (B, H, W), U and V (B, ceil(H/2),
+    ceil(W/2)). Full-resolution chroma is averaged over each 2x2 block (edges repeated);
+    half-resolution chroma is used as it is."""
+    batch = ycrcb if isinstance(ycrcb, YCrCbBatch) else YCrCbBatch.from_full(ycrcb)
+    height, width = batch.y.shape[-2:]
     offset, span = _LIMITED_Y
-    y = ycrcb[:, 0].clamp(0.0, 1.0).mul(span).add_(offset)
-    crcb = F.pad(ycrcb[:, 1:], (0, width % 2, 0, height % 2), mode="replicate")
-    crcb = F.avg_pool2d(crcb, 2)
+    y = batch.y[:, 0].clamp(0.0, 1.0).mul(span).add_(offset)
+    crcb = batch.crcb
+    if not batch.subsampled:
+        crcb = F.avg_pool2d(F.pad(crcb, (0, width % 2, 0, height % 2), mode="replicate"), 2)
     centre, span_c = _LIMITED_C
     crcb = crcb.clamp(0.0, 1.0).sub_(0.5).mul_(span_c).add_(centre)
     as_u8 = lambda x: x.round_().to(torch.uint8)  # noqa: E731
     return as_u8(y), as_u8(crcb[:, 1].contiguous()), as_u8(crcb[:, 0].contiguous())
 
 
-def ycrcb_to_rgb_u8(ycrcb: Tensor) -> Tensor:
-    """(B, 3, H, W) Y, Cr, Cb -> (B, H, W, 3) RGB uint8, rounded."""
-    rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
+def ycrcb_to_rgb_u8(ycrcb: Tensor | YCrCbBatch) -> Tensor:
+    """Y, Cr, Cb -> (B, H, W, 3) RGB uint8, rounded."""
+    full = ycrcb.full() if isinstance(ycrcb, YCrCbBatch) else ycrcb
+    rgb = ycrcb_to_rgb(full).clamp_(0.0, 1.0)
     return rgb.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:
-    """Same-layout, same-size frames -> (B, 3, H, W) Y, Cr, Cb on ``device`` (uploaded as uint8)."""
+def _upload(planes: list[Planes], index: int, device: torch.device | str) -> Tensor:
+    return torch.from_numpy(np.stack([p.data[index] for p in planes])).to(device, non_blocking=True)
+
+
+def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu") -> YCrCbBatch:
+    """Same-layout, same-size frames -> ``YCrCbBatch`` on ``device`` (uploaded as uint8)."""
     first = planes[0]
-    parts = [torch.from_numpy(np.stack([p.data[i] for p in planes])).to(device, non_blocking=True) for i in range(len(first.data))]
     if first.layout == YUV420:
-        return yuv420p_to_ycrcb(*parts, first.full_range)
+        y, u, v = (_upload(planes, i, device) for i in range(3))
+        return YCrCbBatch(luma_to_unit(y[:, None], first.full_range), chroma_to_unit(torch.stack([v, u], dim=1), first.full_range))
     if first.layout == GRAY:
-        return gray_to_ycrcb(parts[0], first.full_range)
-    return packed_to_ycrcb(parts[0], bgr=first.layout == BGR)
+        y = luma_to_unit(_upload(planes, 0, device)[:, None], first.full_range)
+        b, _, height, width = y.shape
+        return YCrCbBatch(y, torch.full((b, 2, (height + 1) // 2, (width + 1) // 2), _DELTA, device=y.device))
+    return YCrCbBatch.from_full(packed_to_ycrcb(_upload(planes, 0, device), bgr=first.layout == BGR))
+
+
+def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:
+    """Same-layout, same-size frames -> (B, 3, H, W) Y, Cr, Cb on ``device``."""
+    return planes_to_batch(planes, device).full()
 
 
 def planes_to_luma(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:
     """Same-size frames -> (B, 1, H, W) luma in [0, 1] on ``device``; only Y is uploaded."""
     first = planes[0]
     if first.layout in (YUV420, GRAY):
-        y = torch.from_numpy(np.stack([p.data[0] for p in planes])).to(device, non_blocking=True)
-        return luma_to_unit(y[:, None], first.full_range)
-    return planes_to_ycrcb(planes, device)[:, :1]
+        return luma_to_unit(_upload(planes, 0, device)[:, None], first.full_range)
+    return planes_to_batch(planes, device).y
 
 
 def planes_to_image(planes: Planes) -> np.ndarray:
@@ -154,4 +217,4 @@ def planes_to_image(planes: Planes) -> np.ndarray:
     (H, W) uint8 full-range luma for gray."""
     if planes.layout == GRAY:
         return (luma_to_unit(torch.from_numpy(planes.data[0])[None, None], planes.full_range) * 255.0).round_().to(torch.uint8)[0, 0].numpy()
-    return ycrcb_to_rgb_u8(planes_to_ycrcb([planes]))[0].numpy()
+    return ycrcb_to_rgb_u8(planes_to_batch([planes]))[0].numpy()

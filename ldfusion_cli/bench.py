@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ldfusion bench",
         description="Measure fused frames per second, p50/p99 latency and peak memory for the authors' "
-        "per-frame reference path, the model alone (Fuser) and the whole streaming pipeline, on the same "
+        "per-frame reference path, the model alone (Fuser), the whole streaming pipeline, the pipeline with an "
+        "identity network (passthrough) and decoding alone (decode), on the same "
         "synthetic frames in one run, on the CPU and on CUDA when present. Prints a table with the "
         "speed-ups over the reference and writes the numbers as JSON.",
     )
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="what to measure (default: all)")
     parser.add_argument("--frames", type=int, default=16, help="timed frames per measurement (default: 16)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: 2)")
+    parser.add_argument("--streams", type=int, default=1, help="stream pairs in one pipeline for pipeline, passthrough, decode (default: 1)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
     add_logging_arguments(parser)
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    settings = BenchSettings(tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32)
+    settings = BenchSettings(tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams)
     resolutions = [parse_resolution(text) for text in args.resolutions]
     model = resolve_model(args.weights, args.model)
     devices = [resolve_device(name) for name in (args.devices or default_devices())]

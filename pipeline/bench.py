@@ -13,6 +13,13 @@ resolution, so their ratios mean something:
   and the colour conversion alone, no host transfers.
 - ``pipeline``: the streaming pipeline (``pipeline.runner.run_pipeline``) on the same
   frames written to a pair of MP4 files, decoding included, no sinks.
+- ``decode``: only PyAV decoding of both files to planes (``ldfusion.video.VideoReader``),
+  the floor under the pipeline's own cost.
+- ``passthrough``: the whole pipeline with an identity network (the fused Y is the visible
+  Y), so the pipeline's own overhead shows.
+
+``streams`` runs N copies of the stream pair in one pipeline (decode: N pairs one after
+another); ``fps`` always counts fused (or decoded) pairs of all streams per second.
 
 The command (argument parsing, JSON, the table) is ``ldfusion_cli.bench``.
 
@@ -44,13 +51,14 @@ from ldfusion.config import from_dict
 from ldfusion.errors import ConfigError
 from ldfusion.inference import Fuser, FuserOptions, resolve_device
 from ldfusion.networks import FusionNet
-from ldfusion.video import VideoWriter
+from ldfusion.variants import VariantSpec
+from ldfusion.video import VideoReader, VideoWriter
 from pipeline.config import PipelineConfig
 from pipeline.runner import run_pipeline
 
 log = logging.getLogger(__name__)
 
-PATHS = ("reference", "model", "model_on_device", "pipeline")
+PATHS = ("reference", "model", "model_on_device", "pipeline", "decode", "passthrough")
 DEFAULT_RESOLUTIONS = ("640x480", "1280x720")
 _DISTINCT_FRAMES = 8  # the synthetic clip cycles through this many frames
 
@@ -74,6 +82,7 @@ class Measurement:
     device: str
     resolution: str
     batch: int
+    streams: int = 1
     frames: int = 0
     wall_s: float = 0.0
     fps: float = 0.0
@@ -96,8 +105,11 @@ class BenchSettings:
     frames: int = 16  # timed frames per measurement
     warmup: int = 2  # untimed calls before each measurement
     fp32: bool = False  # keep float32 on CUDA (default: half)
+    streams: int = 1  # stream pairs in one pipeline (pipeline, passthrough, decode)
 
     def __post_init__(self) -> None:
+        if self.streams < 1:
+            raise ConfigError(f"--streams must be at least 1; got {self.streams}")
         if self.frames < 1 or self.warmup < 0:
             raise ConfigError(f"--frames must be at least 1 and --warmup at least 0; got {self.frames} and {self.warmup}")
         if any(batch < 1 for batch in self.batch_sizes):
@@ -152,8 +164,38 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
         if "model_on_device" in settings.paths:
             results.append(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup))
         if "pipeline" in settings.paths:
-            results.append(measure_pipeline(fuser, frames, batch, settings.frames))
+            results.append(measure_pipeline(fuser, frames, batch, settings.frames, settings.streams))
+        if "passthrough" in settings.paths:
+            identity = Fuser(IdentityFusion(), FuserOptions(device=str(device), half=False))
+            results.append(measure_pipeline(identity, frames, batch, settings.frames, settings.streams, path="passthrough"))
+    if "decode" in settings.paths:
+        results.append(measure_decode(device, frames, settings.frames, settings.streams))
     return results
+
+
+class IdentityFusion(torch.nn.Module):
+    """A network that returns the visible Y unchanged: the pipeline's cost without a model's."""
+
+    spec = VariantSpec(name="identity", content_dim=1, n_downsample=2, n_residual=0)  # no style path: nothing to smooth
+
+    def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        return vi_y
+
+
+def measure_decode(device: torch.device, frames: Frames, count: int, streams: int) -> Measurement:
+    """PyAV decoding of the IR (luma) and visible files to planes, ``streams`` pairs in turn."""
+    with tempfile.TemporaryDirectory(prefix="ldfusion-bench-") as folder:
+        ir_path, vi_path = write_clip(frames, Path(folder), count=count)
+        started = time.perf_counter()
+        decoded = 0
+        for _ in range(streams):
+            with VideoReader(ir_path, luma_only=True) as ir, VideoReader(vi_path) as vi:
+                decoded += sum(1 for _ in zip(ir, vi))
+        wall = time.perf_counter() - started
+    return Measurement(
+        path="decode", device=str(device), resolution="{}x{}".format(*frames.size), batch=1, streams=streams,
+        frames=decoded, wall_s=wall, fps=decoded / wall, peak_rss_mb=peak_rss_mb(),
+    )
 
 
 def measure_reference(model: FusionNet, device: torch.device, frames: Frames, count: int, warmup: int) -> Measurement:
@@ -259,19 +301,20 @@ def peak_rss_mb() -> float:
 # --- the streaming pipeline ---------------------------------------------------------------
 
 
-def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int) -> Measurement:
+def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int, streams: int = 1, path: str = "pipeline") -> Measurement:
     """Run the whole pipeline (decode, pair, fuse; no sinks) on the clip written as two MP4 files."""
     with tempfile.TemporaryDirectory(prefix="ldfusion-bench-") as folder:
         ir_path, vi_path = write_clip(frames, Path(folder), count=max(count, 2 * batch))
-        config = pipeline_config(ir_path, vi_path, batch, str(fuser.device))
+        config = pipeline_config(ir_path, vi_path, batch, str(fuser.device), streams)
         if fuser.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(fuser.device)
         summary = run_pipeline(config, fuser=fuser)
     return Measurement(
-        path="pipeline",
+        path=path,
         device=str(fuser.device),
         resolution="{}x{}".format(*frames.size),
         batch=batch,
+        streams=streams,
         frames=int(summary.frames_out),
         wall_s=float(summary.wall_s),
         fps=float(summary.fps),
@@ -283,13 +326,14 @@ def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int) -> Me
     )
 
 
-def pipeline_config(ir_path: Path, vi_path: Path, batch: int, device: str) -> PipelineConfig:
-    """The pipeline config for a file pair with no sinks (fused frames are discarded)."""
+def pipeline_config(ir_path: Path, vi_path: Path, batch: int, device: str, streams: int = 1) -> PipelineConfig:
+    """The pipeline config for ``streams`` copies of a file pair with no sinks (fused frames are discarded)."""
+    pair = {"ir": {"kind": "video", "path": str(ir_path)}, "visible": {"kind": "video", "path": str(vi_path)}}
     data = {
-        "streams": [{"id": "bench", "ir": {"kind": "video", "path": str(ir_path)}, "visible": {"kind": "video", "path": str(vi_path)}}],
+        "streams": [{"id": f"bench{i}", **pair} for i in range(streams)],
         "model": {"batch_size": batch, "device": device},
         "sinks": [],
-        "run": {"mode": "file", "progress": False},
+        "run": {"mode": "file", "progress": False, "stats_interval_s": 3600},
     }
     return from_dict(PipelineConfig, data)
 
@@ -338,6 +382,7 @@ _COLUMNS = (
     ("size", 9),
     ("path", 15),
     ("batch", 5),
+    ("streams", 7),
     ("fps", 8),
     ("frame p50 ms", 12),
     ("frame p99 ms", 12),
@@ -364,6 +409,7 @@ def format_table(results: list[Measurement]) -> str:
             r.resolution,
             r.path,
             str(r.batch),
+            str(r.streams),
             f"{r.fps:.2f}",
             _ms(r.latency_ms_frame_p50),
             _ms(r.latency_ms_frame_p99),

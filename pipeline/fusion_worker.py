@@ -33,7 +33,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from ldfusion.color import planes_to_luma, planes_to_ycrcb
+from ldfusion.color import YCrCbBatch, planes_to_batch, planes_to_luma
 from ldfusion.inference import Fuser
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
 from pipeline.queues import FrameQueue
@@ -146,15 +146,15 @@ class FusionWorker:
         device = self.fuser.device
         for stream, indices in _group_by_layout(pairs).items():
             ir = planes_to_luma([pairs[i].ir for i in indices], device)  # (b, 1, h, w)
-            vi = planes_to_ycrcb([pairs[i].visible for i in indices], device)  # (b, 3, H, W) Y, Cr, Cb
+            vi = planes_to_batch([pairs[i].visible for i in indices], device)  # Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
             ir, vi = self.registrars[stream[0]].apply(ir, vi)
             ir_parts.append(ir)
             vi_parts.append(vi)
             order += indices
-        ir, vi = torch.cat(ir_parts), torch.cat(vi_parts)  # (B, 1, H, W), (B, 3, H, W), rows in `order`
+        ir, vi = torch.cat(ir_parts), YCrCbBatch.cat(vi_parts)  # (B, 1, H, W) and Y (B, 1, H, W), rows in `order`
         streams = [pairs[i].meta.stream for i in order]
-        fused_y = self._fuse_y(vi[:, :1], ir, streams).clamp_(0.0, 1.0)  # (B, 1, H, W) float32
-        fused = torch.cat([fused_y, vi[:, 1:]], dim=1)  # the fused Y with the visible chroma
+        fused_y = self._fuse_y(vi.y, ir, streams).clamp_(0.0, 1.0)  # (B, 1, H, W) float32
+        fused = vi.with_luma(fused_y)  # the fused Y with the visible chroma
         views = render(self.views, fused, ir, vi)
         out: list[FusedFrame | None] = [None] * len(pairs)
         for row, i in enumerate(order):

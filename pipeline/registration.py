@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from calibration.fileformat import Registration
+from ldfusion.color import YCrCbBatch
 from ldfusion.errors import DataError
 from pipeline.frames import IR, VISIBLE
 
@@ -149,19 +150,20 @@ class Registrar:
                 raise DataError(f"stream {self.stream}: {what} frames are {_wxh(got)} but {origin} {_wxh(expected)}")
         return plan
 
-    def apply(self, ir: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
-        """Device side: warp and crop a batch of (B, 1, h, w) IR and (B, 3, H, W) visible Y, Cr, Cb."""
-        plan = self.check((ir.shape[-1], ir.shape[-2]), (visible.shape[-1], visible.shape[-2]))
+    def apply(self, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, YCrCbBatch]:
+        """Device side: warp and crop a batch of (B, 1, h, w) IR and visible Y, Cr, Cb."""
+        plan = self.check((ir.shape[-1], ir.shape[-2]), (visible.y.shape[-1], visible.y.shape[-2]))
         x, y, w, h = plan.crop or (0, 0, *plan.fixed_size)
         if plan.is_identity:
-            return ir[..., y : y + h, x : x + w], visible[..., y : y + h, x : x + w]
-        moving = ir if plan.moving == IR else visible
+            return ir[..., y : y + h, x : x + w], visible.crop(x, y, w, h)
+        moving = ir if plan.moving == IR else visible.y
         grid = self._grid_on(moving.device).to(moving.dtype).expand(moving.shape[0], -1, -1, -1)
         if plan.moving == IR:  # the grid covers only the crop, so the warped image comes out cropped
-            return F.grid_sample(ir, grid, mode="bilinear", padding_mode="zeros", align_corners=False), visible[..., y : y + h, x : x + w]
+            return F.grid_sample(ir, grid, mode="bilinear", padding_mode="zeros", align_corners=False), visible.crop(x, y, w, h)
         # Black outside the visible image: Y 0 and neutral chroma (0.5), not zero chroma (green).
-        warped = F.grid_sample(visible - _NEUTRAL.to(visible), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return ir[..., y : y + h, x : x + w], warped + _NEUTRAL.to(visible)
+        neutral = _NEUTRAL.to(visible.y)
+        warped = F.grid_sample(visible.full() - neutral, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + neutral
+        return ir[..., y : y + h, x : x + w], YCrCbBatch.from_full(warped)
 
     def _first_plan(self, ir_size: Size, vi_size: Size) -> WarpPlan:
         with self._lock:

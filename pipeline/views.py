@@ -11,8 +11,9 @@ those, batched, on the device, and downloads each once. A view is ``"<content>:<
 - ``device``: the batch's tensors on the fusion device, not downloaded (``DeviceFrame``),
   for a consumer in the same process.
 
-Convention: the inputs are (B, 3, H, W) Y, Cr, Cb and (B, 1, H, W) IR luma, float in
-[0, 1], full range (``ldfusion.color``).
+Convention: the inputs are Y, Cr, Cb batches (``ldfusion.color.YCrCbBatch``: 4:2:0 chroma
+stays at half resolution, so ``fused:yuv420p`` needs no resampling) and (B, 1, H, W) IR
+luma, float in [0, 1], full range.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ldfusion.color import gray_to_ycrcb, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
+from ldfusion.color import YCrCbBatch, gray_to_ycrcb, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
 
 CONTENTS = ("fused", "side_by_side", "ir", "visible")
 FORMATS = ("yuv420p", "rgb24", "bgr24", "gray")
@@ -35,21 +36,22 @@ def view_name(content: str, pixel_format: str) -> str:
     return f"{content}:{pixel_format}"
 
 
-def render(views: Iterable[str], fused: Tensor, ir: Tensor, visible: Tensor) -> dict[str, list]:
+def render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> dict[str, list]:
     """{view: one item per row}; host views are numpy arrays (or tuples of planes)."""
     out: dict[str, list] = {}
     for view in sorted(set(views)):
         if view == DEVICE:
-            rgb = ycrcb_to_rgb(fused).clamp_(0.0, 1.0)
-            out[view] = [(rgb[i], fused[i], ir[i]) for i in range(fused.shape[0])]
+            ycrcb = fused.full()
+            rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
+            out[view] = [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])]
             continue
         content, pixel_format = view.split(":")
         out[view] = _download(_content(content, fused, ir, visible), pixel_format)
     return out
 
 
-def _content(content: str, fused: Tensor, ir: Tensor, visible: Tensor) -> Tensor:
-    """(B, 3, H, W') Y, Cr, Cb of the content."""
+def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> YCrCbBatch | Tensor:
+    """Y, Cr, Cb of the content (a batch, or a (B, 3, H, W') tensor)."""
     if content == "fused":
         return fused
     if content == "visible":
@@ -57,15 +59,15 @@ def _content(content: str, fused: Tensor, ir: Tensor, visible: Tensor) -> Tensor
     ir_ycrcb = gray_to_ycrcb(ir[:, 0].mul(255.0).round_().to(torch.uint8))
     if content == "ir":
         return ir_ycrcb
-    return torch.cat([ir_ycrcb, visible, fused], dim=-1)
+    return torch.cat([ir_ycrcb, visible.full(), fused.full()], dim=-1)
 
 
-def _download(ycrcb: Tensor, pixel_format: str) -> list:
+def _download(ycrcb: YCrCbBatch | Tensor, pixel_format: str) -> list:
     if pixel_format == "yuv420p":
         y, u, v = (plane.cpu().numpy() for plane in ycrcb_to_yuv420p(ycrcb))
         return [(y[i], u[i], v[i]) for i in range(y.shape[0])]
     if pixel_format == "gray":
-        luma = ycrcb[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu().numpy()
+        luma = (ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu().numpy()
         return list(luma)
     rgb = ycrcb_to_rgb_u8(ycrcb)
     if pixel_format == "bgr24":

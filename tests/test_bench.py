@@ -81,3 +81,25 @@ def test_scripts_bench_is_the_same_command():
         [sys.executable, str(REPO_ROOT / "scripts" / "bench.py"), "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0 and "usage: ldfusion bench" in result.stdout
+
+
+def test_bench_decode_and_passthrough_paths_with_several_streams(random_weights, tmp_path):
+    out = tmp_path / "bench.json"
+    args = ["--weights", str(random_weights["ld-lite"]), "--devices", "cpu", "--paths", "decode", "passthrough", "--out", str(out)]
+    assert bench_cli.main([*args, "--streams", "2", "--batch-sizes", "2", "--resolutions", "64x48", "--frames", "6", "-q"]) == 0
+    results = {r["path"]: r for r in json.loads(out.read_text())["results"]}
+    assert set(results) == {"decode", "passthrough"}
+    for r in results.values():
+        assert r["streams"] == 2 and r["frames"] == 12 and r["fps"] > 0 and r["device"] == "cpu" and r["resolution"] == "64x48"
+    assert results["passthrough"]["batch"] == 2
+
+
+def test_passthrough_network_returns_the_visible_luma():
+    y = torch.rand(2, 1, 8, 8)
+    fuser = Fuser(bench.IdentityFusion(), FuserOptions(device="cpu"))
+    assert torch.equal(fuser.fuse_y(y, torch.zeros_like(y)), y)
+
+
+def test_streams_must_be_positive(random_weights, capsys):
+    assert bench_cli.main(["--weights", str(random_weights["ld-lite"]), "--streams", "0"]) == 2
+    assert "--streams must be at least 1" in capsys.readouterr().err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from calibration.fileformat import Registration
-from ldfusion.color import planes_to_luma, planes_to_ycrcb
+from ldfusion.color import planes_to_batch, planes_to_luma, planes_to_ycrcb
 from ldfusion.errors import DataError
 from ldfusion.video import Planes
 from pipeline.registration import Registrar, common_field_of_view, plan_from_calibration
@@ -19,9 +19,9 @@ from tests.pipeline_helpers import texture
 def register(registrar: Registrar, ir: np.ndarray, visible: np.ndarray, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """What the fusion worker does with one pair: (registered IR (h, w), visible Y, Cr, Cb (h, w, 3)) in 0..255."""
     ir_t = planes_to_luma([Planes.gray(ir)], device)
-    vi_t = planes_to_ycrcb([Planes.packed(visible)], device)
+    vi_t = planes_to_batch([Planes.packed(visible)], device)
     ir_r, vi_r = registrar.apply(ir_t, vi_t)
-    return (ir_r[0, 0] * 255).cpu().numpy(), (vi_r[0].permute(1, 2, 0) * 255).cpu().numpy()
+    return (ir_r[0, 0] * 255).cpu().numpy(), (vi_r.full()[0].permute(1, 2, 0) * 255).cpu().numpy()
 
 
 def translation(dx: float, dy: float) -> np.ndarray:

@@ -116,3 +116,33 @@ def test_writer_pts_follow_timestamps_on_the_given_clock(tmp_path):
     with VideoReader(tmp_path / "t.mp4") as reader:
         times = [frame.t for frame in reader]
     assert times[:3] == pytest.approx([0.0, 0.033, 0.1], abs=1e-3) and times[3] > times[2]
+
+
+def test_training_reads_video_pairs_through_the_one_reader(tmp_path):
+    from ldfusion.training.data import VideoSource, load_video_pairs
+    from tests.pipeline_helpers import marked_frame, read_mark, write_video
+
+    write_video(tmp_path / "ir.mp4", [marked_frame(i, 64, 48, color=False) for i in range(7)], 10)
+    write_video(tmp_path / "vi.mp4", [marked_frame(i, 64, 48, seed=1) for i in range(7)], 10)
+    pairs = load_video_pairs(VideoSource(str(tmp_path / "ir.mp4"), str(tmp_path / "vi.mp4"), every=3))
+    assert [p.name for p in pairs] == ["vi#0", "vi#3", "vi#6"]
+    for k, pair in enumerate(pairs):
+        assert pair.ir.shape == (48, 64) and pair.ir.dtype == np.uint8
+        assert pair.visible.shape == (48, 64, 3) and pair.visible.dtype == np.uint8
+        assert read_mark(pair.ir) == read_mark(pair.visible) == 3 * k
+
+
+@pytest.mark.parametrize("box", [(2, 4, 31, 17), (3, 1, 20, 10), (0, 0, 51, 37)])
+def test_crops_keep_half_size_chroma_exact_or_resample_it(box):
+    """An even-offset crop keeps 4:2:0 chroma at half size; an odd one resamples it; both
+    equal cropping the full-resolution frame."""
+    from ldfusion.color import planes_to_batch
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(16, 236, (37, 51), dtype=np.uint8)
+    u, v = (rng.integers(16, 241, (19, 26), dtype=np.uint8) for _ in range(2))
+    batch = planes_to_batch([Planes("yuv420p", (y, u, v), full_range=False)])
+    x0, y0, w, h = box
+    cropped = batch.crop(*box)
+    assert cropped.subsampled == (x0 % 2 == 0 and y0 % 2 == 0 and (w, h) != (1, 1))
+    assert torch.equal(cropped.full(), batch.full()[..., y0 : y0 + h, x0 : x0 + w])
