@@ -183,16 +183,16 @@ class VideoReader:
         return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), False)
 
     def _luma(self, frame: av.VideoFrame, name: str) -> Planes:
+        """The Y plane alone: 8-bit as it is, deeper by the infrared rule (then full range)."""
         bits = _GRAY_FORMATS.get(name) or _luma_bits(frame)
-        if bits is None:  # RGB and other packed layouts: FFmpeg computes the luma (full range)
-            depth = max(c.bits for c in frame.format.components)
-            frame, name, bits = frame.reformat(format="gray16le" if depth > 8 else "gray"), "", 16 if depth > 8 else 8
-            full = True
-        else:
-            full = name in _GRAY_FORMATS or name in ("yuvj420p", "yuvj422p", "yuvj444p") or _full_range(frame)
+        full = name in _GRAY_FORMATS or name.startswith("yuvj") or _full_range(frame)
+        if bits is None:  # packed RGB-like layouts: FFmpeg computes the luma, full range
+            deep = max(c.bits for c in frame.format.components) > 8
+            frame = frame.reformat(format="gray16le" if deep else "gray")
+            name, bits, full = frame.format.name, 16 if deep else 8, True
         if bits == 8:
             return Planes.gray(_plane(frame, 0), full)
-        luma = _plane(frame, 0, np.dtype("<u2") if not name.endswith("be") else np.dtype(">u2"))
+        luma = _plane(frame, 0, np.dtype(">u2" if name.endswith("be") else "<u2")).astype(np.uint16, copy=False)
         if self._limits is None and self._ir_16bit == "stretch":
             self._limits = stretch_limits(luma)
         unit = infrared_to_unit(luma, self._ir_16bit, source=str(self.path), bits=bits, limits=self._limits)
