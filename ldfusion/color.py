@@ -7,6 +7,8 @@ conversion on the GPU next to the network instead of round-tripping through nump
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -182,21 +184,28 @@ def ycrcb_to_rgb_u8(ycrcb: Tensor | YCrCbBatch) -> Tensor:
     return rgb.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
-def _upload(planes: list[Planes], index: int, device: torch.device | str) -> Tensor:
-    return torch.from_numpy(np.stack([p.data[index] for p in planes])).to(device, non_blocking=True)
+Upload = Callable[[list[np.ndarray]], Tensor]  # same-shaped host arrays -> one stacked tensor on the device
 
 
-def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu") -> YCrCbBatch:
-    """Same-layout, same-size frames -> ``YCrCbBatch`` on ``device`` (uploaded as uint8)."""
+def _upload(planes: list[Planes], index: int, device: torch.device | str, upload: Upload | None = None) -> Tensor:
+    arrays = [p.data[index] for p in planes]
+    if upload is not None:
+        return upload(arrays)
+    return torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
+
+
+def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", upload: Upload | None = None) -> YCrCbBatch:
+    """Same-layout, same-size frames -> ``YCrCbBatch`` on ``device`` (uploaded as uint8,
+    by ``upload`` when given: e.g. through reusable pinned buffers)."""
     first = planes[0]
     if first.layout == YUV420:
-        y, u, v = (_upload(planes, i, device) for i in range(3))
+        y, u, v = (_upload(planes, i, device, upload) for i in range(3))
         return YCrCbBatch(luma_to_unit(y[:, None], first.full_range), chroma_to_unit(torch.stack([v, u], dim=1), first.full_range))
     if first.layout == GRAY:
-        y = luma_to_unit(_upload(planes, 0, device)[:, None], first.full_range)
+        y = luma_to_unit(_upload(planes, 0, device, upload)[:, None], first.full_range)
         b, _, height, width = y.shape
         return YCrCbBatch(y, torch.full((b, 2, (height + 1) // 2, (width + 1) // 2), _DELTA, device=y.device))
-    return YCrCbBatch.from_full(packed_to_ycrcb(_upload(planes, 0, device), bgr=first.layout == BGR))
+    return YCrCbBatch.from_full(packed_to_ycrcb(_upload(planes, 0, device, upload), bgr=first.layout == BGR))
 
 
 def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:
@@ -204,12 +213,12 @@ def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") ->
     return planes_to_batch(planes, device).full()
 
 
-def planes_to_luma(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:
+def planes_to_luma(planes: list[Planes], device: torch.device | str = "cpu", upload: Upload | None = None) -> Tensor:
     """Same-size frames -> (B, 1, H, W) luma in [0, 1] on ``device``; only Y is uploaded."""
     first = planes[0]
     if first.layout in (YUV420, GRAY):
-        return luma_to_unit(_upload(planes, 0, device)[:, None], first.full_range)
-    return planes_to_batch(planes, device).y
+        return luma_to_unit(_upload(planes, 0, device, upload)[:, None], first.full_range)
+    return planes_to_batch(planes, device, upload).y
 
 
 def planes_to_image(planes: Planes) -> np.ndarray:

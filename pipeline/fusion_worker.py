@@ -11,7 +11,10 @@ Y, Cr, Cb (``ldfusion.color``), are registered (``Registrar.apply``), the networ
 the visible Y with the infrared, and the fused Y is joined with the visible chroma. Then
 exactly the views the sinks asked for are rendered, batched, on the device, and each is
 downloaded once (``pipeline.views``). On CUDA the network runs in half precision,
-``channels_last`` (``Fuser`` options).
+``channels_last`` (``Fuser`` options), frames are uploaded through reusable pinned
+buffers (``PinnedStaging``: no page-locking per batch, copies that do not block the host),
+and partial batches are padded to ``batch_size`` (``pad_batches``), so the network always
+sees one input shape and cuDNN tunes it once.
 
 Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
 small changes in it from frame to frame show up as flicker of the whole image's contrast.
@@ -26,10 +29,11 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -76,9 +80,13 @@ class FusionWorker:
         momentum: float = 0.8,
         on_batch: Callable[[int], None] | None = None,
         views: frozenset[str] = frozenset(),
+        pad_batches: bool | None = None,
     ) -> None:
         self.fuser = fuser
         self.views = frozenset(views)  # what the sinks need rendered (pipeline.views)
+        on_cuda = fuser.device.type == "cuda"
+        self.pad_batches = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
+        self._upload = PinnedStaging(fuser.device).upload if on_cuda else None
         self._on_batch = on_batch
         self.registrars = registrars
         self.batch_size = batch_size
@@ -145,8 +153,8 @@ class FusionWorker:
         ir_parts, vi_parts, order = [], [], []
         device = self.fuser.device
         for stream, indices in _group_by_layout(pairs).items():
-            ir = planes_to_luma([pairs[i].ir for i in indices], device)  # (b, 1, h, w)
-            vi = planes_to_batch([pairs[i].visible for i in indices], device)  # Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
+            ir = planes_to_luma([pairs[i].ir for i in indices], device, self._upload)  # (b, 1, h, w)
+            vi = planes_to_batch([pairs[i].visible for i in indices], device, self._upload)  # Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
             ir, vi = self.registrars[stream[0]].apply(ir, vi)
             ir_parts.append(ir)
             vi_parts.append(vi)
@@ -162,10 +170,54 @@ class FusionWorker:
         return out  # type: ignore[return-value]
 
     def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
+        """(B, 1, H, W) fused Y; padded rows go through the network but not into the smoother."""
+        rows = vi_y.shape[0]
+        vi_y, ir = self._padded(vi_y), self._padded(ir)
         if self.smoother is None:
-            return self.fuser.fuse_y(vi_y, ir)
+            return self.fuser.fuse_y(vi_y, ir)[:rows]
         codes = self.fuser.encode(vi_y, ir)
-        return self.fuser.decode(replace(codes, style=self.smoother(codes.style, streams)))
+        style = codes.style.clone()
+        style[:rows] = self.smoother(codes.style[:rows], streams)
+        return self.fuser.decode(replace(codes, style=style))[:rows]
+
+    def _padded(self, x: Tensor) -> Tensor:
+        """``x`` (B, ...) with its last row repeated up to ``batch_size`` rows, when padding is on."""
+        missing = self.batch_size - x.shape[0]
+        if not self.pad_batches or missing <= 0:
+            return x
+        return torch.cat([x, x[-1:].expand(missing, *x.shape[1:])])
+
+
+class PinnedStaging:
+    """Host-to-device uploads (CUDA) through reusable pinned buffers, a small ring per shape.
+
+    A buffer is refilled only after the copy that last read it has finished (a CUDA event
+    recorded after the copy), so the next batch never overwrites data still in flight.
+    """
+
+    def __init__(self, device: torch.device, depth: int = 3) -> None:
+        self.device = device
+        self.depth = depth
+        self._rings: dict[tuple, deque] = {}
+
+    def upload(self, arrays: list[np.ndarray]) -> Tensor:
+        """Stack same-shaped arrays into a pinned buffer and start its copy to the device."""
+        key = ((len(arrays), *arrays[0].shape), arrays[0].dtype.str)
+        ring = self._rings.setdefault(key, deque())
+        if len(ring) < self.depth:
+            buffer, done = torch.empty(key[0], dtype=_TORCH_DTYPES[arrays[0].dtype.str], pin_memory=True), None
+        else:
+            buffer, done = ring.popleft()
+            done.synchronize()  # the copy that last read this buffer has finished
+        np.stack(arrays, out=buffer.numpy())
+        on_device = buffer.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        ring.append((buffer, event))
+        return on_device
+
+
+_TORCH_DTYPES = {np.dtype(np.uint8).str: torch.uint8}  # planes are uint8 (ldfusion.video.Planes)
 
 
 def _group_by_layout(pairs: list[FramePair]) -> dict[tuple, list[int]]:

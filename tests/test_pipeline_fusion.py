@@ -136,3 +136,39 @@ def test_the_worker_registers_like_opencv(random_weights):
         # OpenCV interpolates with 5-bit fixed-point weights: allow one grey level.
         assert np.abs(out.ir.astype(int) - expected.astype(int)).max() <= 1
         assert np.array_equal(out.visible, pair_in.visible.data[0][y : y + h, x : x + w])
+
+
+@pytest.mark.parametrize("variant", ["ld-lite", "ldfusion"])
+def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
+    """Padding a partial batch to batch_size keeps the network's input shape fixed; the padded
+    rows change no output and never reach a stream's style average."""
+    frames = [pair("a", i, brightness=0.6 + 0.3 * i) for i in range(5)]
+
+    def run(pad: bool) -> tuple[list, list]:
+        w = worker(random_weights[variant], smoothing=True, batch_size=4)
+        w.pad_batches = pad
+        shapes = []
+        fuse_y, encode = w.fuser.fuse_y, w.fuser.encode
+        w.fuser.fuse_y = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or fuse_y(vi_y, ir)
+        w.fuser.encode = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or encode(vi_y, ir)
+        return w.fuse(frames[:3]) + w.fuse(frames[3:]), shapes
+
+    padded, padded_shapes = run(True)
+    plain, plain_shapes = run(False)
+    assert padded_shapes == [4, 4] and plain_shapes == [3, 2]
+    assert [f.meta.seq for f in padded] == [0, 1, 2, 3, 4]
+    for x, y in zip(padded, plain):
+        assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 1
+
+
+def test_pinned_staging_reuses_its_buffers_safely():
+    if not torch.cuda.is_available():
+        pytest.skip("pinned staging is for CUDA")
+    from pipeline.fusion_worker import PinnedStaging
+
+    staging = PinnedStaging(torch.device("cuda"), depth=2)
+    arrays = [[np.full((4, 6), 10 * k + i, np.uint8) for i in range(3)] for k in range(5)]
+    uploaded = [staging.upload(batch) for batch in arrays]
+    for batch, tensor in zip(arrays, uploaded):
+        assert torch.equal(tensor.cpu(), torch.from_numpy(np.stack(batch)))
+    assert len(staging._rings) == 1 and len(next(iter(staging._rings.values()))) == 2
