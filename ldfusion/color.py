@@ -73,11 +73,10 @@ _LIMITED_C = (128.0, 224.0)  # centre, span of limited-range chroma
 
 def luma_to_unit(y: Tensor, full_range: bool) -> Tensor:
     """uint8 luma -> float in [0, 1] (full range; limited range stretched, clamped)."""
-    y = y.float()
     if full_range:
-        return y.div_(255.0)
+        return y.float().div_(255.0)
     offset, span = _LIMITED_Y
-    return y.sub_(offset).div_(span).clamp_(0.0, 1.0)
+    return y.float().sub_(offset).div_(span).clamp_(0.0, 1.0)
 
 
 def chroma_to_unit(c: Tensor, full_range: bool) -> Tensor:
@@ -191,7 +190,8 @@ def _upload(planes: list[Planes], index: int, device: torch.device | str, upload
     arrays = [p.data[index] for p in planes]
     if upload is not None:
         return upload(arrays)
-    return torch.from_numpy(np.stack(arrays)).to(device, non_blocking=True)
+    stacked = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # one frame: a view, no copy
+    return torch.from_numpy(stacked).to(device, non_blocking=True)
 
 
 def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", upload: Upload | None = None) -> YCrCbBatch:

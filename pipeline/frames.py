@@ -72,7 +72,7 @@ class FramePair:
 
 @dataclass(frozen=True)
 class DeviceFrame:
-    """A fused frame as tensors on the fusion device (``pipeline.frames(config)``, the
+    """A fused frame as tensors on the fusion device (``pipeline.fused_frames(config)``, the
     ``device`` view): ``rgb`` (3, H, W) and ``ycrcb`` (3, H, W) float in [0, 1], ``ir``
     (1, H, W) the registered infrared luma. Views into the batch: no copy was made."""
 
