@@ -258,6 +258,7 @@ class VideoWriter:
         fragmented: bool = False,
         options: dict[str, str] | None = None,
         container_options: dict[str, str] | None = None,
+        pixel_format: str = YUV420,
     ) -> None:
         self.path = Path(path)
         self.rate = Fraction(rate).limit_denominator(1001)
@@ -267,6 +268,7 @@ class VideoWriter:
         if self.keyint is not None and self.keyint < 1:
             raise ConfigError(f"keyint must be at least 1; got {keyint}")
         self.fragmented = fragmented
+        self.pixel_format = pixel_format  # what the encoder stores: yuv420p, or e.g. gray16le for lossless ffv1
         self._container_options = dict(container_options or {})
         if fragmented:  # a fragment per keyframe, each written out at once
             self._container_options.update({"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
@@ -288,7 +290,7 @@ class VideoWriter:
         try:
             stream = self._container.add_stream(self.codec, rate=self.rate, options=self._options)
             stream.width, stream.height = _even(width), _even(height)
-            stream.pix_fmt = YUV420
+            stream.pix_fmt = self.pixel_format
             stream.codec_context.time_base = self.time_base
             if self.keyint is not None:
                 stream.codec_context.gop_size = self.keyint
@@ -311,10 +313,11 @@ class VideoWriter:
         self._encode(frame, t)
 
     def write_image(self, image: np.ndarray, t: float | None = None) -> None:
-        """An (H, W, 3) RGB or (H, W) gray uint8 image; FFmpeg converts it to yuv420p (BT.601, limited)."""
+        """An (H, W, 3) RGB uint8, (H, W) gray uint8 or (H, W) gray uint16 image; FFmpeg converts it
+        to the stored pixel format (yuv420p: BT.601, limited range)."""
         if self._container is None:
             self._open(image.shape[1], image.shape[0])
-        layout = RGB if image.ndim == 3 else GRAY
+        layout = RGB if image.ndim == 3 else "gray16le" if image.dtype == np.uint16 else GRAY
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_to_even(image)), format=layout)
         self._encode(frame, t)
 
