@@ -20,14 +20,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
 from calibration.fileformat import CalibrationError
-from ldfusion.errors import DataError
-from ldfusion.video import ffmpeg_reason, open_video
+from ldfusion.color import planes_to_image
+from ldfusion.video import VideoReader
 from calibration.imaging import Size
 
 log = logging.getLogger(__name__)
@@ -64,9 +63,8 @@ class OffsetResult:
 
 def video_size(path: str | os.PathLike) -> Size:
     """(width, height) of a video's first stream, without decoding it."""
-    container, stream = open_video(path)
-    with container:
-        return int(stream.codec_context.width), int(stream.codec_context.height)
+    with VideoReader(path) as reader:
+        return int(reader.width), int(reader.height)
 
 
 def motion_energy(
@@ -80,26 +78,21 @@ def motion_energy(
     ``progress``: a label for a progress bar while decoding (no bar when None).
     """
     path = Path(path)
-    container, stream = open_video(path)
-    try:
-        with container:
-            return _motion_energy(container, stream, path, max_seconds, width, progress)
-    except av.FFmpegError as exc:
-        raise DataError(f"cannot decode video {path}: {ffmpeg_reason(exc)}") from None
+    with VideoReader(path, luma_only=True) as reader:
+        return _motion_energy(reader, path, max_seconds, width, progress)
 
 
-def _motion_energy(container, stream, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
-    stream.thread_type = "AUTO"
-    fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-    size = (stream.codec_context.width, stream.codec_context.height)
+def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
+    fps = float(reader.rate) if reader.rate_stated else 0.0
+    size = (reader.width, reader.height)
     height = max(2, round(width * size[1] / max(size[0], 1)) // 2 * 2)
     times, energies, previous, previous_time = [], [], None, None
-    frames = tqdm(container.decode(stream), total=stream.frames or None, unit="frame", desc=progress, disable=progress is None)
-    for index, frame in enumerate(frames):
-        time = float(frame.time) if frame.time is not None else (index / fps if fps else float(index))
+    frames = tqdm(reader, total=reader.declared_frames, unit="frame", desc=progress, disable=progress is None)
+    for frame in frames:
+        time = frame.t
         if max_seconds is not None and times and time - times[0] > max_seconds:
             break
-        gray = frame.reformat(width=width, height=height, format="gray").to_ndarray().astype(np.float32)
+        gray = cv2.resize(planes_to_image(frame.planes), (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
         gray = cv2.GaussianBlur(gray, (0, 0), 1.0)  # compression noise is not motion
         if previous is not None:
             energies.append(float(np.mean(np.abs(gray - previous))))

@@ -66,19 +66,31 @@ def parse_overrides(items: list[str] | None) -> dict:
     return result
 
 
-def deep_merge(base: dict, extra: dict) -> dict:
+def apply_overrides(base: Any, extra: Any, where: str = "") -> Any:
+    """Deep-merge ``extra`` (from ``parse_overrides``) into ``base``; the one override rule.
+
+    Mappings merge key by key; a numeric key indexes into a list (``streams.0.id=x``), and an
+    index past the list's end is a ``ConfigError``. Anything else is replaced.
+    """
+    if not isinstance(extra, dict) or not isinstance(base, (dict, list)):
+        return extra
+    if isinstance(base, list):
+        merged_list = list(base)
+        for key, value in extra.items():
+            if not str(key).isdigit() or int(key) >= len(merged_list):
+                raise ConfigError(f"override {where}{key}: {where.rstrip('.') or 'list'} has {len(merged_list)} item(s)")
+            merged_list[int(key)] = apply_overrides(merged_list[int(key)], value, f"{where}{key}.")
+        return merged_list
     merged = dict(base)
     for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
+        merged[key] = apply_overrides(merged.get(key), value, f"{where}{key}.")
     return merged
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None, overrides: list[str] | None = None) -> C:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (``apply_overrides``), and check it."""
     data = read_yaml(path) if path is not None else {}
-    data = deep_merge(data, parse_overrides(overrides))
+    data = apply_overrides(data, parse_overrides(overrides))
     return from_dict(cls, data, where=str(path) if path else "config")
 
 

@@ -132,16 +132,31 @@ def read_infrared(path: str | os.PathLike, mode_16bit: str = "stretch") -> np.nd
     return infrared_to_unit(image, mode_16bit, source=str(path))
 
 
-def infrared_to_unit(image: np.ndarray, mode_16bit: str = "stretch", source: str = "ir") -> np.ndarray:
+def stretch_limits(image: np.ndarray) -> tuple[float, float]:
+    """The robust (low, high) of raw infrared counts that ``stretch`` maps to 0 and 1."""
+    low, high = np.percentile(image, _STRETCH_PERCENTILES)
+    return float(low), float(high)
+
+
+def infrared_to_unit(
+    image: np.ndarray, mode_16bit: str = "stretch", source: str = "ir", bits: int | None = None, limits: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Infrared samples -> (H, W) float32 in [0, 1]: the one rule for images and video.
+
+    8-bit samples are divided by 255. Deeper samples (16-bit images; 10- to 16-bit video,
+    ``bits``) are stretched between robust percentiles (``stretch``: raw thermal counts fill
+    a narrow band) or divided by the largest value (``scale``). ``limits``: the stretch's
+    (low, high); a video passes its first frame's, so the stretch does not flicker.
+    """
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     if image.dtype != np.uint16:
         raise DataError(f"{source}: unsupported infrared image type {image.dtype}")
     if mode_16bit == "scale":
-        return image.astype(np.float32) / 65535.0
+        return image.astype(np.float32) / np.float32(2 ** (bits or 16) - 1)
     if mode_16bit != "stretch":
         raise DataError(f"unknown 16-bit infrared mode {mode_16bit!r}; choose one of {IR_16BIT_MODES}")
-    low, high = np.percentile(image, _STRETCH_PERCENTILES)
+    low, high = limits if limits is not None else stretch_limits(image)
     if high <= low:
         return np.zeros(image.shape, np.float32)
     scaled = (image.astype(np.float32) - np.float32(low)) / np.float32(high - low)

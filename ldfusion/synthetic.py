@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
+
+from ldfusion.video import VideoWriter
 
 
 @dataclass(frozen=True)
@@ -87,22 +87,9 @@ def write_paired_clip(
     folder.mkdir(parents=True, exist_ok=True)
     ir_path, vi_path = folder / "ir.mp4", folder / "visible.mp4"
     background = _background(width, height)
-    with av.open(str(ir_path), "w") as ir_out, av.open(str(vi_path), "w") as vi_out:
-        streams = [_h264_stream(c, fps, width, height) for c in (ir_out, vi_out)]
+    with VideoWriter(ir_path, fps, crf=23) as ir_out, VideoWriter(vi_path, fps, crf=23) as vi_out:
         for index in range(int(round(seconds * fps))):
             ir, visible = render_pair(index / fps, width, height, background)
-            for container, stream, image, fmt in ((ir_out, streams[0], ir, "gray"), (vi_out, streams[1], visible, "rgb24")):
-                frame = av.VideoFrame.from_ndarray(image, format=fmt)
-                frame.pts = index
-                container.mux(stream.encode(frame))
-        for container, stream in zip((ir_out, vi_out), streams):
-            container.mux(stream.encode(None))
+            ir_out.write_image(ir)
+            vi_out.write_image(visible)
     return ir_path, vi_path
-
-
-def _h264_stream(container, fps: int, width: int, height: int):
-    stream = container.add_stream("libx264", rate=fps)
-    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-    stream.time_base = Fraction(1, fps)
-    stream.options = {"crf": "23", "preset": "veryfast"}
-    return stream

@@ -1,13 +1,92 @@
-"""Opening video files with PyAV, with the checks every reader needs and errors that name the file."""
+"""Video I/O: the one reader and the one writer (PyAV), used by every part of ldfusion.
+
+Convention.
+- A decoded frame stays in the decoder's own layout: ``Planes``. 8-bit 4:2:0 video
+  (``yuv420p``, ``yuvj420p``) is handed out as its three planes without any conversion;
+  gray video as its one plane. Other layouts are converted by FFmpeg only when needed:
+  to ``yuv420p`` for colour, to gray for luma-only readers (infrared).
+- Bit depth: luma deeper than 8 bits (10-bit, 16-bit video) follows the same rule as
+  16-bit infrared images (``ldfusion.imageio.infrared_to_unit``), with the stretch limits
+  taken from the stream's first frame and then held, so a video does not flicker.
+  Deep colour video is reduced to 8 bits by FFmpeg.
+- Range: ``Planes.full_range`` tells whether the samples use the full 0..255 range (JPEG;
+  gray video; a stretched deep luma) or the limited 16..235 / 16..240 range (MPEG, the
+  default of video). The samples are never rescaled here: ``ldfusion.color`` does it on
+  the device.
+- Timestamps: seconds from the stream's first frame, ``(pts - start) * time_base``; a
+  frame without pts gets ``index / rate``.
+- Damaged or cut-off packets are skipped and counted; a stream that ends early ends with
+  one warning saying how many frames were read. A file that cannot be opened, or that
+  holds no decodable frame, is a one-line ``DataError``.
+
+The writer encodes planes as they are (``write_planes``) or RGB/gray arrays
+(``write_image``), takes pts from timestamps (strictly increasing), pads odd sizes to
+even ones for 4:2:0, and flushes the encoder and closes the file on every exit path.
+``fragmented`` writes a fragmented MP4 flushed at every keyframe, so a killed process
+leaves a file that plays up to its last complete fragment (one GOP, ``keyint`` frames).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
-from ldfusion.errors import DataError
+from ldfusion.errors import ConfigError, DataError
+from ldfusion.imageio import infrared_to_unit, stretch_limits
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATE = Fraction(30)
+YUV420 = "yuv420p"
+GRAY = "gray"
+RGB = "rgb24"
+BGR = "bgr24"
+_AS_IS = {"yuv420p": False, "yuvj420p": True}  # layouts handed out untouched -> full range?
+_GRAY_FORMATS = {"gray": 8, "gray10le": 10, "gray12le": 12, "gray16le": 16, "gray10be": 10, "gray12be": 12, "gray16be": 16}
+
+
+@dataclass(frozen=True)
+class Planes:
+    """One frame's pixels in the layout they came in; nothing is converted on the host.
+
+    ``layout``: ``yuv420p`` (``data`` = Y (H, W), U and V (ceil(H/2), ceil(W/2))),
+    ``gray`` (Y only), ``rgb24`` or ``bgr24`` (one (H, W, 3) array). All uint8.
+    """
+
+    layout: str
+    data: tuple[np.ndarray, ...]
+    full_range: bool = True
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return self.data[0].shape[1], self.data[0].shape[0]
+
+    @classmethod
+    def gray(cls, y: np.ndarray, full_range: bool = True) -> "Planes":
+        return cls(GRAY, (np.ascontiguousarray(y),), full_range)
+
+    @classmethod
+    def packed(cls, image: np.ndarray, bgr: bool = False) -> "Planes":
+        """An (H, W, 3) RGB (or BGR) or (H, W) gray uint8 image."""
+        if image.ndim == 2:
+            return cls.gray(image)
+        return cls(BGR if bgr else RGB, (np.ascontiguousarray(image),), True)
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    index: int  # position in the file, from 0
+    t: float  # seconds from the first frame (see the module docstring)
+    planes: Planes
+    pts: int | None = None  # the container's own timestamp, in ``VideoReader.time_base`` units
 
 
 def ffmpeg_reason(exc: BaseException) -> str:
@@ -15,20 +94,296 @@ def ffmpeg_reason(exc: BaseException) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
-def open_video(path: str | os.PathLike) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open ``path`` and return (container, first video stream); the caller closes the container.
+class VideoReader:
+    """Frames of a video file's first video stream as ``DecodedFrame``s.
 
-    Missing files, files FFmpeg cannot read and files without a video stream are a
-    ``DataError`` naming the file.
+    ``luma_only``: hand out the Y plane alone (infrared). ``ir_16bit``: the deep-luma rule
+    (``stretch`` or ``scale``, as for 16-bit infrared images). Use as a context manager, or
+    call ``close``.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"video not found: {path}")
-    try:
-        container = av.open(str(path))
-    except av.FFmpegError as exc:
-        raise DataError(f"cannot read video {path}: {ffmpeg_reason(exc)} (corrupt, truncated or not a video)") from None
-    if not container.streams.video:
-        container.close()
-        raise DataError(f"{path} holds no video stream")
-    return container, container.streams.video[0]
+
+    def __init__(self, path: str | os.PathLike, luma_only: bool = False, max_frames: int | None = None, ir_16bit: str = "stretch"):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"video not found: {self.path}")
+        try:
+            self._container = av.open(str(self.path))
+        except av.FFmpegError as exc:
+            raise DataError(f"cannot read video {self.path}: {ffmpeg_reason(exc)} (corrupt, truncated or not a video)") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise DataError(f"{self.path} holds no video stream")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"  # frame-parallel decoding
+        self._luma_only = luma_only
+        self._max_frames = max_frames
+        self._ir_16bit = ir_16bit
+        self._limits: tuple[float, float] | None = None  # deep-luma stretch, from the first frame
+        self._origin = self._stream.start_time
+        stated = self._stream.average_rate or self._stream.guessed_rate
+        self.rate_stated = bool(stated)
+        self.rate: Fraction = Fraction(stated) if stated else DEFAULT_RATE
+        self.time_base: Fraction = self._stream.time_base or Fraction(1, 90000)
+        self.declared_frames: int | None = self._stream.frames or None
+        self.width, self.height = self._stream.codec_context.width, self._stream.codec_context.height
+        self.codec = self._stream.codec_context.name
+        self.frames_read = 0
+        self.damaged = 0
+
+    @property
+    def expected_frames(self) -> int | None:
+        """Frames this reader will hand out, when the container says (and ``max_frames`` caps)."""
+        declared, cap = self.declared_frames, self._max_frames
+        return min(declared, cap) if declared and cap else declared or cap
+
+    def __iter__(self) -> Iterator[DecodedFrame]:
+        reason = ""
+        try:
+            for packet in self._container.demux(self._stream):
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError as exc:  # a damaged or cut-off packet: skip it, keep going
+                    self.damaged, reason = self.damaged + 1, ffmpeg_reason(exc)
+                    continue
+                for frame in decoded:
+                    if self._max_frames is not None and self.frames_read >= self._max_frames:
+                        return
+                    yield DecodedFrame(self.frames_read, self._timestamp(frame), self._planes(frame), frame.pts)
+                    self.frames_read += 1
+        except av.FFmpegError as exc:  # the container itself ends mid-packet
+            self.damaged, reason = self.damaged + 1, ffmpeg_reason(exc)
+        if self.frames_read == 0:
+            raise DataError(f"no decodable video frames in {self.path}" + (f" ({reason})" if reason else ""))
+        self._report_short_read(reason)
+
+    def images(self) -> Iterator[np.ndarray]:
+        """The frames as host arrays, for consumers that need RGB: (H, W, 3) RGB uint8, or
+        (H, W) uint8 luma (full range) for a luma-only reader. Converted by ``ldfusion.color``."""
+        from ldfusion.color import planes_to_image  # late: color imports torch
+
+        for frame in self:
+            yield planes_to_image(frame.planes)
+
+    def _timestamp(self, frame: av.VideoFrame) -> float:
+        if frame.pts is None:
+            return float(self.frames_read / self.rate)
+        if self._origin is None:
+            self._origin = frame.pts
+        return float((frame.pts - self._origin) * self.time_base)
+
+    def _planes(self, frame: av.VideoFrame) -> Planes:
+        name = frame.format.name
+        if self._luma_only:
+            return self._luma(frame, name)
+        if name in _AS_IS:
+            return Planes(YUV420, tuple(_plane(frame, i) for i in range(3)), _AS_IS[name] or _full_range(frame))
+        if name == "gray":
+            return Planes.gray(_plane(frame, 0))
+        converted = frame.reformat(format=YUV420)
+        return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), False)
+
+    def _luma(self, frame: av.VideoFrame, name: str) -> Planes:
+        """The Y plane alone: 8-bit as it is, deeper by the infrared rule (then full range)."""
+        bits = _GRAY_FORMATS.get(name) or _luma_bits(frame)
+        full = name in _GRAY_FORMATS or name.startswith("yuvj") or _full_range(frame)
+        if bits is None:  # packed RGB-like layouts: FFmpeg computes the luma, full range
+            deep = max(c.bits for c in frame.format.components) > 8
+            frame = frame.reformat(format="gray16le" if deep else "gray")
+            name, bits, full = frame.format.name, 16 if deep else 8, True
+        if bits == 8:
+            return Planes.gray(_plane(frame, 0), full)
+        luma = _plane(frame, 0, np.dtype(">u2" if name.endswith("be") else "<u2")).astype(np.uint16, copy=False)
+        if self._limits is None and self._ir_16bit == "stretch":
+            self._limits = stretch_limits(luma)
+        unit = infrared_to_unit(luma, self._ir_16bit, source=str(self.path), bits=bits, limits=self._limits)
+        return Planes.gray((unit * 255.0 + 0.5).astype(np.uint8), full_range=True)
+
+    def _report_short_read(self, reason: str) -> None:
+        expected = self.declared_frames
+        short = expected is not None and self.frames_read < expected and (self._max_frames is None or self.frames_read < self._max_frames)
+        if self.damaged or short:
+            of = f" of {expected}" if expected else ""
+            why = f"; {self.damaged} damaged packet(s) skipped ({reason})" if self.damaged else ""
+            log.warning("%s is truncated or damaged: read %d%s frame(s)%s; its stream ends here", self.path, self.frames_read, of, why)
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _plane(frame: av.VideoFrame, index: int, dtype: np.dtype = np.dtype(np.uint8)) -> np.ndarray:
+    """Plane ``index`` as a compact (h, w) array (a copy: the decoder reuses its buffers)."""
+    plane = frame.planes[index]
+    rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // dtype.itemsize)
+    return rows[:, : plane.width].copy()
+
+
+def _luma_bits(frame: av.VideoFrame) -> int | None:
+    """Bit depth of a planar YUV frame's luma; None for packed RGB-like layouts."""
+    components = frame.format.components
+    if not frame.format.name.startswith(("yuv", "nv", "p0", "p2")) or components[0].plane != 0:
+        return None
+    return components[0].bits
+
+
+def _full_range(frame: av.VideoFrame) -> bool:
+    return getattr(frame, "color_range", 0) == 2  # AVCOL_RANGE_JPEG
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+class VideoWriter:
+    """One video file (H.264 in MP4 by default), opened at the first frame, when its size is known.
+
+    ``time_base``: the clock of the timestamps given to ``write_*`` (the input file's own, so
+    pts stay exact); ``keyint``: frames per GOP (None: one second when ``fragmented``, else
+    the encoder's default). Use as a context manager: the encoder is flushed on every exit.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        rate: Fraction | float = DEFAULT_RATE,
+        time_base: Fraction | None = None,
+        codec: str = "libx264",
+        crf: int | None = 18,
+        preset: str | None = "veryfast",
+        keyint: int | None = None,
+        fragmented: bool = False,
+        options: dict[str, str] | None = None,
+        container_options: dict[str, str] | None = None,
+        pixel_format: str = YUV420,
+    ) -> None:
+        self.path = Path(path)
+        self.rate = Fraction(rate).limit_denominator(1001)
+        self.time_base = time_base or 1 / self.rate
+        self.codec = codec
+        self.keyint = keyint if keyint is not None else (max(1, round(self.rate)) if fragmented else None)
+        if self.keyint is not None and self.keyint < 1:
+            raise ConfigError(f"keyint must be at least 1; got {keyint}")
+        self.fragmented = fragmented
+        self.pixel_format = pixel_format  # what the encoder stores: yuv420p, or e.g. gray16le for lossless ffv1
+        self._container_options = dict(container_options or {})
+        if fragmented:  # a fragment per keyframe, each written out at once
+            self._container_options.update({"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
+        self._options = dict(options or {})  # the encoder's
+        if codec == "libx264":
+            self._options.update({k: str(v) for k, v in (("crf", crf), ("preset", preset)) if v is not None})
+        self._container = None
+        self._stream = None
+        self._origin: float | None = None
+        self._last_pts = -1
+        self.frames = 0
+
+    def _open(self, width: int, height: int) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._container = av.open(str(self.path), "w", options=self._container_options)
+        except (av.FFmpegError, OSError) as exc:
+            raise DataError(f"cannot create {self.path}: {ffmpeg_reason(exc)}") from None
+        try:
+            stream = self._container.add_stream(self.codec, rate=self.rate, options=self._options)
+            stream.width, stream.height = _even(width), _even(height)
+            stream.pix_fmt = self.pixel_format
+            stream.codec_context.time_base = self.time_base
+            if self.keyint is not None:
+                stream.codec_context.gop_size = self.keyint
+        except (av.FFmpegError, ValueError) as exc:
+            self._container.close()
+            self._container = None
+            raise ConfigError(f"cannot set up {self.codec} encoding for {self.path}: {exc}") from None
+        self._stream = stream
+        if width % 2 or height % 2:
+            log.info("%s: %dx%d is padded to even sides for yuv420p", self.path, width, height)
+
+    def write_planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, t: float | None = None) -> None:
+        """Limited-range yuv420p planes: Y (H, W), U and V (ceil(H/2), ceil(W/2)), uint8."""
+        height, width = y.shape
+        if self._container is None:
+            self._open(width, height)
+        frame = av.VideoFrame(_even(width), _even(height), YUV420)
+        for index, plane in enumerate((_pad_to_even(y), u, v)):
+            _fill_plane(frame.planes[index], plane)
+        self._encode(frame, t)
+
+    def write_image(self, image: np.ndarray, t: float | None = None) -> None:
+        """An (H, W, 3) RGB uint8, (H, W) gray uint8 or (H, W) gray uint16 image; FFmpeg converts it
+        to the stored pixel format (yuv420p: BT.601, limited range)."""
+        if self._container is None:
+            self._open(image.shape[1], image.shape[0])
+        layout = RGB if image.ndim == 3 else "gray16le" if image.dtype == np.uint16 else GRAY
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(_pad_to_even(image)), format=layout)
+        self._encode(frame, t)
+
+    def _encode(self, frame: av.VideoFrame, t: float | None) -> None:
+        if t is None:
+            pts = self._last_pts + 1
+        else:
+            if self._origin is None:
+                self._origin = t  # the file starts at pts 0
+            pts = max(round((t - self._origin) / self.time_base), self._last_pts + 1)  # strictly increasing
+        frame.pts, frame.time_base = pts, self.time_base
+        try:
+            self._container.mux(self._stream.encode(frame))
+        except (av.FFmpegError, OSError) as exc:  # e.g. the disk is full
+            raise DataError(f"cannot write {self.path}: {ffmpeg_reason(exc)}{self._what_remains()}") from None
+        self._last_pts = pts
+        self.frames += 1
+
+    def _what_remains(self) -> str:
+        if self.fragmented:
+            return "; the file plays up to its last complete fragment"
+        return "; a plain MP4 cannot be finished without space (use fragmented: true to keep what was written)"
+
+    def close(self) -> None:
+        """Flush the encoder and write the index; runs on every exit path."""
+        if self._container is None:
+            return
+        container, self._container = self._container, None
+        try:
+            container.mux(self._stream.encode(None))
+        except (av.FFmpegError, OSError) as exc:
+            container.close()
+            raise DataError(f"cannot finish {self.path}: {ffmpeg_reason(exc)}{self._what_remains()}") from None
+        try:
+            container.close()
+        except (av.FFmpegError, OSError) as exc:
+            raise DataError(f"cannot finish {self.path}: {ffmpeg_reason(exc)}{self._what_remains()}") from None
+        log.debug("wrote %d frame(s) to %s", self.frames, self.path)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def _fill_plane(plane, array: np.ndarray) -> None:
+    """Copy a compact (h, w) uint8 array into a frame plane whose rows may be padded."""
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    rows[: array.shape[0], : array.shape[1]] = array
+
+
+def _even(n: int) -> int:
+    return n + (n % 2)
+
+
+def _pad_to_even(image: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sides: repeat the last row/column when one is odd."""
+    pad_h, pad_w = image.shape[0] % 2, image.shape[1] % 2
+    if not (pad_h or pad_w):
+        return image
+    return np.pad(image, ((0, pad_h), (0, pad_w)) + ((0, 0),) * (image.ndim - 2), mode="edge")
+
+
+def probe_frames(path: str | os.PathLike) -> tuple[int, Fraction, list[float]]:
+    """(frames decoded, the stream's stated rate, their timestamps): for checks and tests."""
+    with VideoReader(path, luma_only=True) as reader:
+        times = [frame.t for frame in reader]
+        return len(times), reader.rate, times

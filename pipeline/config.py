@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldfusion.codecs import DECODES, ENCODERS
-from ldfusion.config import from_dict, parse_overrides, read_yaml
+from ldfusion.config import load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
 from ldfusion.inference import COMPILE_MODES
@@ -50,6 +50,7 @@ MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # containers the mp4 sink's options (mo
 # pictures are given the rate they should play at instead.
 MIN_FPS, MAX_FPS = 0.1, 1000.0
 RUN_ARTEFACTS = ("config.yaml", "summary.json")  # written into out_dir by every run
+ZMQ_PIXEL_FORMATS = ("rgb24", "bgr24", "gray")
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,9 @@ class SinkConfig:
     crf: int = 18  # mp4: x264 quality, 0 (lossless) .. 51
     preset: str = "veryfast"  # mp4: x264 speed/size trade-off (mapped onto NVENC's p1..p7)
     encoder: str = "auto"  # mp4: auto (h264_nvenc when it opens, else libx264) | libx264 | h264_nvenc
-    fragmented: bool = False  # mp4: fragmented MP4 stays playable even if the process is killed
+    fragmented: bool = False  # mp4: fragmented MP4 stays playable (to the last GOP) even if the process is killed
+    keyint: int | None = None  # mp4: frames per GOP, one fragment each when fragmented (None: 1 s if fragmented, else the encoder default)
+    pixel_format: str = "rgb24"  # zmq: rgb24 | bgr24 | gray (the fused luma)
     endpoint: str = "tcp://127.0.0.1:5555"  # zmq: where to bind
     topic: str = "fused"  # zmq: messages go out as "<topic>/<stream id>"
     hwm: int = 8  # zmq: frames queued per subscriber (keep >= batch size); beyond it that subscriber misses frames
@@ -207,6 +210,10 @@ class SinkConfig:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.kind == "zmq" and self.content != "fused":
             raise ValueError("a zmq sink publishes fused frames only")
+        if self.keyint is not None and self.keyint < 1:
+            raise ValueError(f"keyint must be at least 1; got {self.keyint}")
+        if self.pixel_format not in ZMQ_PIXEL_FORMATS:
+            raise ValueError(f"pixel_format must be one of {', '.join(ZMQ_PIXEL_FORMATS)}; got {self.pixel_format!r}")
         if self.hwm < 1:
             raise ValueError(f"hwm must be at least 1; got {self.hwm}")
         if self.wait_subscribers < 0 or self.wait_timeout_s < 0:
@@ -336,28 +343,4 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:
     """Read ``path`` (YAML), apply ``key=value`` overrides (list items by index), and check it."""
-    data = read_yaml(path) if path is not None else {}
-    data = merge_overrides(data, parse_overrides(overrides))
-    return from_dict(PipelineConfig, data, where=str(path) if path else "config")
-
-
-def merge_overrides(base, extra: dict, where: str = ""):
-    """Like a deep dict merge, but a numeric key indexes into a list (``streams.0.id=x``)."""
-    if isinstance(base, list):
-        merged_list = list(base)
-        for key, value in extra.items():
-            if not str(key).isdigit() or int(key) >= len(merged_list):
-                raise ConfigError(f"override {where}{key}: {where.rstrip('.') or 'list'} has {len(merged_list)} item(s)")
-            index = int(key)
-            merged_list[index] = _merge_value(merged_list[index], value, f"{where}{key}.")
-        return merged_list
-    merged = dict(base)
-    for key, value in extra.items():
-        merged[key] = _merge_value(merged.get(key), value, f"{where}{key}.")
-    return merged
-
-
-def _merge_value(old, new, where: str):
-    if isinstance(new, dict) and isinstance(old, (dict, list)):
-        return merge_overrides(old, new, where)
-    return new
+    return load_config(PipelineConfig, path, overrides)

@@ -12,13 +12,12 @@ import argparse
 import logging
 from pathlib import Path
 
-import av
-import numpy as np
-
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.color import planes_to_image
 from ldfusion.errors import DataError
 from ldfusion.imageio import write_image
 from ldfusion.synthetic import write_paired_clip
+from ldfusion.video import VideoReader
 from pipeline.config import ModelConfig, PipelineConfig, RunConfig, SinkConfig, SourceConfig, StreamConfig
 from pipeline.runner import run_pipeline
 
@@ -84,11 +83,9 @@ def demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineCo
 
 def write_preview(video: Path, target: Path) -> Path:
     """Save the middle frame of ``video`` as a PNG."""
-    with av.open(str(video)) as container:
-        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
-    if not frames:
-        raise DataError(f"{video} holds no frames")
-    write_image(target, np.ascontiguousarray(frames[len(frames) // 2]))
+    with VideoReader(video) as reader:
+        frames = list(reader)
+    write_image(target, planes_to_image(frames[len(frames) // 2].planes))
     return target
 
 

@@ -11,10 +11,13 @@ was read, which subscribers in other processes can compare with their own clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
-import numpy as np
+from torch import Tensor
+
+from ldfusion.video import Planes
 
 IR = "ir"
 VISIBLE = "visible"
@@ -23,9 +26,10 @@ KINDS = (IR, VISIBLE)
 
 @dataclass(frozen=True)
 class CameraFrame:
-    """One frame from one camera (or file) before pairing.
+    """One frame from one camera (or file) before pairing, in the layout it arrived in.
 
-    ``image`` is (H, W) uint8 for infrared and (H, W, 3) RGB uint8 for visible.
+    ``planes``: a video's own planes (infrared: luma only), an image folder's RGB, a
+    camera's BGR; ``ldfusion.color`` converts them on the fusion device.
     """
 
     stream: str
@@ -34,7 +38,7 @@ class CameraFrame:
     t: float  # capture timestamp, seconds (see the module docstring)
     captured_mono: float  # time.monotonic() when read: latency is measured from here
     captured_unix: float  # time.time() when read
-    image: np.ndarray
+    planes: Planes
 
 
 @dataclass(frozen=True)
@@ -59,29 +63,52 @@ class FrameMeta:
 
 @dataclass(frozen=True)
 class FramePair:
-    """A synchronised pair. ``ir`` (H, W) and ``visible`` (H, W, 3) RGB, both uint8.
-
-    ``registered`` tells whether the registration warp has already been applied (on the
-    CPU in the pairing thread) or is still to come (on the GPU in the fusion worker).
-    """
+    """A synchronised pair, still in the cameras' layouts; registered on the fusion device."""
 
     meta: FrameMeta
-    ir: np.ndarray
-    visible: np.ndarray
-    registered: bool
+    ir: Planes
+    visible: Planes
+
+
+@dataclass(frozen=True)
+class DeviceFrame:
+    """A fused frame as tensors on the fusion device (``pipeline.fused_frames(config)``, the
+    ``device`` view): ``rgb`` (3, H, W) and ``ycrcb`` (3, H, W) float in [0, 1], ``ir``
+    (1, H, W) the registered infrared luma. Views into the batch: no copy was made."""
+
+    meta: FrameMeta
+    rgb: Tensor
+    ycrcb: Tensor
+    ir: Tensor
 
 
 @dataclass(frozen=True)
 class FusedFrame:
-    """A fused frame with the registered inputs it came from, all the same H and W.
-
-    ``fused`` and ``visible`` are (H, W, 3) RGB uint8; ``ir`` is (H, W) uint8.
-    """
+    """A fused frame with the renderings the sinks asked for (``pipeline.views``)."""
 
     meta: FrameMeta
-    fused: np.ndarray
-    ir: np.ndarray
-    visible: np.ndarray
+    views: dict[str, Any] = field(default_factory=dict)
+
+    def view(self, name: str) -> Any:
+        try:
+            return self.views[name]
+        except KeyError:
+            raise KeyError(f"view {name!r} was not rendered; a sink must list it in its views (have: {sorted(self.views)})") from None
+
+    @property
+    def fused(self):
+        """(H, W, 3) RGB uint8."""
+        return self.view("fused:rgb24")
+
+    @property
+    def ir(self):
+        """(H, W) uint8: the registered infrared frame."""
+        return self.view("ir:gray")
+
+    @property
+    def visible(self):
+        """(H, W, 3) RGB uint8: the registered visible frame."""
+        return self.view("visible:rgb24")
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,16 @@ first pair, whichever comes first, so a busy pipeline gets full batches and a qu
 never holds a frame longer than ``max_wait_s``. Pairs of different streams share a batch
 when their registered frames have the same size.
 
-On CUDA, frames travel as uint8 (a quarter of float32's bytes) through pinned memory with
-non-blocking copies, are registered on the GPU (``Registrar.warp_tensor``), and the
-network runs in half precision, ``channels_last`` (``Fuser`` options).
+Frames arrive as planes in the cameras' own layouts and are uploaded as uint8 (a quarter
+of float32's bytes; infrared as its luma alone). On the device they become full-range
+Y, Cr, Cb (``ldfusion.color``), are registered (``Registrar.apply``), the network fuses
+the visible Y with the infrared, and the fused Y is joined with the visible chroma. Then
+exactly the views the sinks asked for are rendered, batched, on the device, and each is
+downloaded once (``pipeline.views``). On CUDA the network runs in half precision,
+``channels_last`` (``Fuser`` options), frames are uploaded through reusable pinned
+buffers (``PinnedStaging``: no page-locking per batch, copies that do not block the host),
+and partial batches are padded to ``batch_size`` (``pad_batches``), so the network always
+sees one input shape and cuDNN tunes it once.
 
 Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
 small changes in it from frame to frame show up as flicker of the whole image's contrast.
@@ -22,7 +29,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -30,11 +37,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldfusion.color import merge_fused_y, rgb_to_y
-from ldfusion.inference import Fuser, to_uint8
+from ldfusion.color import YCrCbBatch, planes_to_batch, planes_to_luma
+from ldfusion.inference import Fuser
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
 from pipeline.queues import FrameQueue
 from pipeline.registration import Registrar
+from pipeline.views import render
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +79,14 @@ class FusionWorker:
         smoothing: bool = True,
         momentum: float = 0.8,
         on_batch: Callable[[int], None] | None = None,
+        views: frozenset[str] = frozenset(),
+        pad_batches: bool | None = None,
     ) -> None:
         self.fuser = fuser
+        self.views = frozenset(views)  # what the sinks need rendered (pipeline.views)
+        on_cuda = fuser.device.type == "cuda"
+        self.pad_batches = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
+        self._upload = PinnedStaging(fuser.device).upload if on_cuda else None
         self._on_batch = on_batch
         self.registrars = registrars
         self.batch_size = batch_size
@@ -82,11 +96,6 @@ class FusionWorker:
             log.info("temporal smoothing: %s has no style code, so there is nothing to smooth (no-op)", fuser.spec.name)
         self.batches = 0
         self.frames = 0
-
-    @property
-    def warps_on_device(self) -> bool:
-        """Register on the GPU next to the network; on the CPU, OpenCV in the pairing threads does it."""
-        return self.fuser.device.type == "cuda"
 
     def run(self, pairs: FrameQueue, out: FrameQueue, streams: list[str]) -> None:
         """Fuse until every stream has ended, then put one end sentinel on ``out``."""
@@ -137,58 +146,84 @@ class FusionWorker:
         return results  # type: ignore[return-value]
 
     def _output_size(self, pair: FramePair) -> tuple[int, int]:
-        if pair.registered:
-            return pair.visible.shape[1], pair.visible.shape[0]
-        plan = self.registrars[pair.meta.stream].plan
-        assert plan is not None
-        return plan.output_size
+        return self.registrars[pair.meta.stream].check(pair.ir.size, pair.visible.size).output_size
 
     @torch.inference_mode()
     def _fuse_same_size(self, pairs: list[FramePair]) -> list[FusedFrame]:
         ir_parts, vi_parts, order = [], [], []
-        for stream, indices in _group_by_stream(pairs).items():
-            ir = self._upload(np.stack([pairs[i].ir for i in indices])).unsqueeze(1)  # (b, 1, h, w)
-            vi = self._upload(np.stack([pairs[i].visible for i in indices])).permute(0, 3, 1, 2)  # (b, 3, H, W)
-            ir, vi = ir.float().div_(255.0), vi.float().div_(255.0)
-            if not pairs[indices[0]].registered:
-                ir, vi = self.registrars[stream].warp_tensor(ir, vi)
+        device = self.fuser.device
+        for stream, indices in _group_by_layout(pairs).items():
+            ir = planes_to_luma([pairs[i].ir for i in indices], device, self._upload)  # (b, 1, h, w)
+            vi = planes_to_batch([pairs[i].visible for i in indices], device, self._upload)  # Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
+            ir, vi = self.registrars[stream[0]].apply(ir, vi)
             ir_parts.append(ir)
             vi_parts.append(vi)
             order += indices
-        ir, vi = torch.cat(ir_parts), torch.cat(vi_parts)  # (B, 1, H, W), (B, 3, H, W), rows in `order`
+        ir, vi = torch.cat(ir_parts), YCrCbBatch.cat(vi_parts)  # (B, 1, H, W) and Y (B, 1, H, W), rows in `order`
         streams = [pairs[i].meta.stream for i in order]
-        fused_y = self._fuse_y(rgb_to_y(vi), ir, streams)  # (B, 1, H, W) float32
-        fused = _to_hwc_u8(merge_fused_y(fused_y, vi))  # (B, H, W, 3)
-        registered_on_device = not pairs[order[0]].registered
-        if registered_on_device:
-            ir_u8, vi_u8 = _to_hwc_u8(ir)[..., 0], _to_hwc_u8(vi)
+        fused_y = self._fuse_y(vi.y, ir, streams).clamp_(0.0, 1.0)  # (B, 1, H, W) float32
+        fused = vi.with_luma(fused_y)  # the fused Y with the visible chroma
+        views = render(self.views, fused, ir, vi)
         out: list[FusedFrame | None] = [None] * len(pairs)
         for row, i in enumerate(order):
-            pair = pairs[i]
-            ir_image, vi_image = (ir_u8[row], vi_u8[row]) if registered_on_device else (pair.ir, pair.visible)
-            out[i] = FusedFrame(pair.meta, fused[row], ir_image, vi_image)
+            out[i] = FusedFrame(pairs[i].meta, {name: items[row] for name, items in views.items()})
         return out  # type: ignore[return-value]
 
     def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
+        """(B, 1, H, W) fused Y; padded rows go through the network but not into the smoother."""
+        rows = vi_y.shape[0]
+        vi_y, ir = self._padded(vi_y), self._padded(ir)
         if self.smoother is None:
-            return self.fuser.fuse_y(vi_y, ir)
+            return self.fuser.fuse_y(vi_y, ir)[:rows]
         codes = self.fuser.encode(vi_y, ir)
-        return self.fuser.decode(replace(codes, style=self.smoother(codes.style, streams)))
+        style = codes.style.clone()
+        style[:rows] = self.smoother(codes.style[:rows], streams)
+        return self.fuser.decode(replace(codes, style=style))[:rows]
 
-    def _upload(self, array: np.ndarray) -> Tensor:
-        tensor = torch.from_numpy(array)
-        if self.fuser.device.type != "cuda":
-            return tensor
-        return tensor.pin_memory().to(self.fuser.device, non_blocking=True)
+    def _padded(self, x: Tensor) -> Tensor:
+        """``x`` (B, ...) with its last row repeated up to ``batch_size`` rows, when padding is on."""
+        missing = self.batch_size - x.shape[0]
+        if not self.pad_batches or missing <= 0:
+            return x
+        return torch.cat([x, x[-1:].expand(missing, *x.shape[1:])])
 
 
-def _group_by_stream(pairs: list[FramePair]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = defaultdict(list)
+class PinnedStaging:
+    """Host-to-device uploads (CUDA) through reusable pinned buffers, a small ring per shape.
+
+    A buffer is refilled only after the copy that last read it has finished (a CUDA event
+    recorded after the copy), so the next batch never overwrites data still in flight.
+    """
+
+    def __init__(self, device: torch.device, depth: int = 3) -> None:
+        self.device = device
+        self.depth = depth
+        self._rings: dict[tuple, deque] = {}
+
+    def upload(self, arrays: list[np.ndarray]) -> Tensor:
+        """Stack same-shaped arrays into a pinned buffer and start its copy to the device."""
+        key = ((len(arrays), *arrays[0].shape), arrays[0].dtype.str)
+        ring = self._rings.setdefault(key, deque())
+        if len(ring) < self.depth:
+            buffer, done = torch.empty(key[0], dtype=_TORCH_DTYPES[arrays[0].dtype.str], pin_memory=True), None
+        else:
+            buffer, done = ring.popleft()
+            done.synchronize()  # the copy that last read this buffer has finished
+        np.stack(arrays, out=buffer.numpy())
+        on_device = buffer.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        ring.append((buffer, event))
+        return on_device
+
+
+_TORCH_DTYPES = {np.dtype(np.uint8).str: torch.uint8}  # planes are uint8 (ldfusion.video.Planes)
+
+
+def _group_by_layout(pairs: list[FramePair]) -> dict[tuple, list[int]]:
+    """Rows that upload together: same stream, same layouts (a camera may change its own)."""
+    groups: dict[tuple, list[int]] = defaultdict(list)
     for i, pair in enumerate(pairs):
-        groups[pair.meta.stream].append(i)
+        key = (pair.meta.stream, pair.ir.layout, pair.ir.full_range, pair.visible.layout, pair.visible.full_range)
+        groups[key].append(i)
     return groups
-
-
-def _to_hwc_u8(x: Tensor) -> np.ndarray:
-    """(B, C, H, W) float in [0, 1] on any device -> (B, H, W, C) uint8 numpy."""
-    return to_uint8(x).permute(0, 2, 3, 1).contiguous().cpu().numpy()

@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.frames import EndOfStream
@@ -27,7 +28,10 @@ class Cancelled(Exception):
 
 
 class FrameQueue:
-    def __init__(self, name: str, maxsize: int, drop_oldest: bool = False, condition: threading.Condition | None = None):
+    def __init__(
+        self, name: str, maxsize: int, drop_oldest: bool = False, condition: threading.Condition | None = None,
+        on_drop: Callable[[Any], None] | None = None,
+    ):
         if maxsize < 1:
             raise ValueError(f"queue {name}: maxsize must be at least 1; got {maxsize}")
         self.name = name
@@ -39,15 +43,26 @@ class FrameQueue:
         self.dropped = 0
         self.dropped_by_stream: Counter[str] = Counter()
         self.max_depth = 0
+        self._on_drop = on_drop  # told about each dropped item (after the queue's lock is released)
 
     def put(self, item: Any) -> bool:
         """Add ``item``; False when the queue was cancelled before there was room."""
+        dropped: list[Any] = []
+        try:
+            return self._put(item, dropped)
+        finally:
+            if self._on_drop is not None:
+                for old in dropped:
+                    self._on_drop(old)
+
+    def _put(self, item: Any, dropped: list[Any]) -> bool:
         with self.condition:
             if self._cancelled:
                 return False
             if self.drop_oldest:
                 while len(self._items) >= self.maxsize and not isinstance(self._items[0], EndOfStream):
-                    self._count_drop(self._items.popleft())
+                    dropped.append(self._items.popleft())
+                    self._count_drop(dropped[-1])
             else:
                 self.condition.wait_for(lambda: len(self._items) < self.maxsize or self._cancelled)
                 if self._cancelled:

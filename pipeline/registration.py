@@ -9,9 +9,16 @@ Without a calibration file frames are used as they are when the sizes agree (ide
 said once in the log); when the sizes differ the moving image is only scaled to the
 other's size, with a warning to calibrate.
 
-The warp runs with OpenCV on the CPU, or batched with ``grid_sample`` on the GPU when the
-fusion does (``warp_tensor``). Both use OpenCV's pixel convention: (0, 0) is the centre
-of the top-left pixel; samples outside the moving image are black.
+``Registrar`` owns one stream's registration. Where it runs is decided once, at start:
+on the fusion device, batched with ``grid_sample``, next to the network, on whatever device
+that is. Frames arrive there as planes, and warping them anywhere else would mean
+converting them on the host first. Its plan is made at start from the calibration file's
+sizes, or, without a file, from the first pair's sizes. It has one call for each side:
+``check`` in the pairing thread (sizes, before a pair is queued) and ``apply`` in the
+fusion worker (the warp and crop of a batch of tensors).
+
+Convention: OpenCV's pixel grid: (0, 0) is the centre of the top-left pixel; samples
+outside the moving image are black (for colour: Y 0, neutral chroma).
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import cv2
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -29,8 +37,9 @@ from torch import Tensor
 
 from calibration.fileformat import Registration
 from calibration.imaging import coverage
+from ldfusion.color import YCrCbBatch
 from ldfusion.errors import DataError
-from pipeline.frames import IR, VISIBLE, FramePair
+from pipeline.frames import IR, VISIBLE
 
 log = logging.getLogger(__name__)
 
@@ -129,37 +138,72 @@ def common_field_of_view(plan: WarpPlan, source_name: str) -> tuple[int, int, in
 
 
 class Registrar:
-    """One stream's registration. The plan is made from the first pair's sizes."""
+    """One stream's registration on ``device``: ``check`` on the pairing side, ``apply`` on the device side."""
 
-    def __init__(self, stream: str, registration: Registration | None, warp: str, crop: bool, calibration_path: Path | None = None):
+    def __init__(
+        self, stream: str, registration: Registration | None, warp: str, crop: bool,
+        calibration_path: Path | None = None, device: torch.device | str = "cpu",
+    ):
         self.stream = stream
+        self.device = torch.device(device)
         self._registration = registration
         self._warp = warp
         self._crop = crop
         self._calibration_name = str(calibration_path) if calibration_path else "calibration"
+        self._lock = threading.Lock()  # the two sides may make the plan at once
         self.plan: WarpPlan | None = None
-        self._grids: dict[torch.device, Tensor] = {}
+        self._grid: Tensor | None = None
+        if registration is not None:  # the file gives the sizes: everything is ready at start
+            self._set_plan(self._plan_from_file())
 
-    def check(self, ir: np.ndarray, visible: np.ndarray) -> WarpPlan:
-        """Make the plan on the first call; afterwards, frames must keep their sizes."""
-        ir_size, vi_size = (ir.shape[1], ir.shape[0]), (visible.shape[1], visible.shape[0])
-        first = self.plan is None
-        if self.plan is None:
-            self.plan = self._make_plan(ir_size, vi_size)
-        for what, got, expected in (("infrared", ir_size, self.plan.ir_size), ("visible", vi_size, self.plan.vi_size)):
+    def check(self, ir_size: Size, vi_size: Size) -> WarpPlan:
+        """Pairing side: the plan (made from these sizes when there is no calibration file);
+        frames that do not have the plan's sizes are a ``DataError``."""
+        plan = self.plan or self._first_plan(ir_size, vi_size)
+        for what, got, expected in (("infrared", ir_size, plan.ir_size), ("visible", vi_size, plan.vi_size)):
             if got != expected:
                 origin = f"the calibration file {self._calibration_name} is for" if self._registration else "the stream started with"
                 raise DataError(f"stream {self.stream}: {what} frames are {_wxh(got)} but {origin} {_wxh(expected)}")
-        if first and self._registration is not None:  # after the sizes: a wrong-size file is that error alone
-            check_overlap(self.plan, self._calibration_name)
-        return self.plan
+        return plan
 
-    def _make_plan(self, ir_size: Size, vi_size: Size) -> WarpPlan:
-        if self._registration is not None:
-            plan = plan_from_calibration(self._registration, self._warp, self._crop, self._calibration_name)
-            log.info("stream %s: %s from %s onto a %s grid%s", self.stream, "identity registration" if plan.is_identity else "registering",
-                     self._calibration_name, _wxh(plan.output_size), " (cropped to the common field of view)" if plan.crop else "")
-            return plan
+    def apply(self, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, YCrCbBatch]:
+        """Device side: warp and crop a batch of (B, 1, h, w) IR and visible Y, Cr, Cb."""
+        plan = self.check((ir.shape[-1], ir.shape[-2]), (visible.y.shape[-1], visible.y.shape[-2]))
+        x, y, w, h = plan.crop or (0, 0, *plan.fixed_size)
+        if plan.is_identity:
+            return ir[..., y : y + h, x : x + w], visible.crop(x, y, w, h)
+        moving = ir if plan.moving == IR else visible.y
+        grid = self._grid_on(moving.device).to(moving.dtype).expand(moving.shape[0], -1, -1, -1)
+        if plan.moving == IR:  # the grid covers only the crop, so the warped image comes out cropped
+            return F.grid_sample(ir, grid, mode="bilinear", padding_mode="zeros", align_corners=False), visible.crop(x, y, w, h)
+        # Black outside the visible image: Y 0 and neutral chroma (0.5), not zero chroma (green).
+        neutral = _NEUTRAL.to(visible.y)
+        warped = F.grid_sample(visible.full() - neutral, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + neutral
+        return ir[..., y : y + h, x : x + w], YCrCbBatch.from_full(warped)
+
+    def _first_plan(self, ir_size: Size, vi_size: Size) -> WarpPlan:
+        with self._lock:
+            if self.plan is None:
+                self._set_plan(self._plan_without_file(ir_size, vi_size))
+            return self.plan
+
+    def _set_plan(self, plan: WarpPlan) -> None:
+        self._grid = None if plan.is_identity else sampling_grid(plan).to(self.device)
+        self.plan = plan
+
+    def _grid_on(self, device: torch.device) -> Tensor:
+        assert self._grid is not None  # made with the plan, for every plan that warps
+        return self._grid if self._grid.device == device else self._grid.to(device)
+
+    def _plan_from_file(self) -> WarpPlan:
+        assert self._registration is not None
+        plan = plan_from_calibration(self._registration, self._warp, self._crop, self._calibration_name)
+        check_overlap(plan, self._calibration_name)
+        log.info("stream %s: %s from %s onto a %s grid on %s%s", self.stream, "identity registration" if plan.is_identity else "registering",
+                 self._calibration_name, _wxh(plan.output_size), self.device, " (cropped to the common field of view)" if plan.crop else "")
+        return plan
+
+    def _plan_without_file(self, ir_size: Size, vi_size: Size) -> WarpPlan:
         plan = plan_without_calibration(ir_size, vi_size, self._warp, self._crop)
         if ir_size == vi_size:
             log.info("stream %s: no calibration file; IR and visible frames are used as they are (identity registration)", self.stream)
@@ -171,53 +215,8 @@ class Registrar:
             )
         return plan
 
-    # --- CPU ------------------------------------------------------------------------------
 
-    def apply_cpu(self, pair: FramePair) -> FramePair:
-        plan = self.check(pair.ir, pair.visible)
-        ir, visible = pair.ir, pair.visible
-        if not plan.is_identity:
-            if plan.moving == IR:
-                ir = warp_image(ir, plan.matrix, plan.fixed_size, plan.affine)
-            else:
-                visible = warp_image(visible, plan.matrix, plan.fixed_size, plan.affine)
-        if plan.crop:
-            x, y, w, h = plan.crop
-            ir, visible = ir[y : y + h, x : x + w], visible[y : y + h, x : x + w]
-        return FramePair(pair.meta, np.ascontiguousarray(ir), np.ascontiguousarray(visible), registered=True)
-
-    # --- GPU ------------------------------------------------------------------------------
-
-    def warp_tensor(self, ir: Tensor, visible: Tensor) -> tuple[Tensor, Tensor]:
-        """Warp a batch of this stream's (B, 1, h, w) IR and (B, 3, H, W) visible, float, on any device.
-
-        ``check`` must have seen this stream's first pair (the pairing thread does it).
-        """
-        plan = self.plan
-        assert plan is not None, "Registrar.check must run before warp_tensor"
-        x, y, w, h = plan.crop or (0, 0, *plan.fixed_size)
-        if plan.is_identity:
-            return ir[..., y : y + h, x : x + w], visible[..., y : y + h, x : x + w]
-        moving = ir if plan.moving == IR else visible
-        grid = self._grid(moving.device).to(moving.dtype).expand(moving.shape[0], -1, -1, -1)
-        # The grid covers only the crop, so the warped image comes out cropped.
-        warped = F.grid_sample(moving, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        if plan.moving == IR:
-            return warped, visible[..., y : y + h, x : x + w]
-        return ir[..., y : y + h, x : x + w], warped
-
-    def _grid(self, device: torch.device) -> Tensor:
-        if device not in self._grids:
-            assert self.plan is not None
-            self._grids[device] = sampling_grid(self.plan).to(device)
-        return self._grids[device]
-
-
-def warp_image(image: np.ndarray, matrix: np.ndarray, size: Size, affine: bool) -> np.ndarray:
-    """OpenCV warp of an (H, W) or (H, W, 3) image onto a ``size`` (w, h) grid; outside is black."""
-    if affine:
-        return cv2.warpAffine(image, matrix[:2], size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return cv2.warpPerspective(image, matrix, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+_NEUTRAL = torch.tensor([0.0, 0.5, 0.5]).view(1, 3, 1, 1)  # black in Y, Cr, Cb
 
 
 def sampling_grid(plan: WarpPlan) -> Tensor:

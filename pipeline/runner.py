@@ -2,9 +2,12 @@
 
 Threads and the bounded queues between them::
 
-    reader ir ─┐                      ┌─ (other streams' pairing threads)
-               ├─> pairing (+ CPU registration) ─> paired ─> fusion ─> fused ─> sinks
-    reader vi ─┘        one per stream pair                 one thread      one thread
+    reader ir ─┐             ┌─ (other streams' pairing threads)        ┌─> queue ─> sink 1
+               ├─> pairing ─> paired ─> fusion ─> fused ─> fan-out ─┼─> queue ─> sink 2
+    reader vi ─┘  one per stream pair   one thread (device)  one thread └─> ...  a thread each
+
+Frames travel as planes in their cameras' layouts up to the fusion worker, which
+converts, registers and fuses them on its device and renders what the sinks asked for.
 
 Stopping. The first SIGINT/SIGTERM (or ``Pipeline.stop``, ``run.duration_s``,
 ``run.max_frames``) stops the readers; every frame already read is still paired, fused and
@@ -21,7 +24,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,11 +35,12 @@ from ldfusion.config import to_dict, write_yaml
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.redact import mask_credentials
 from pipeline.config import PipelineConfig, StreamConfig
-from pipeline.frames import IR, VISIBLE, EndOfStream, FramePair, StreamInfo
+from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
 from pipeline.fusion_worker import FusionWorker
 from pipeline.queues import Cancelled, FrameQueue
 from pipeline.registration import Registrar
-from pipeline.sinks import Sink, build_sinks
+from pipeline.sinks import CallbackSink, Sink, SinkFanout, build_sinks
+from pipeline.views import DEVICE
 from pipeline.sources import OpenCapture, Source, open_source, run_capture
 from pipeline.stats import PipelineStats
 from pipeline.sync import NearestPairer, run_pairing
@@ -129,7 +133,6 @@ class Pipeline:
         self._stopped_by: str | None = None
         self._aborted = False
         self._done = threading.Event()
-        self._register_on_cpu = True
         self._batch = config.model.batch_size or 1  # resolved against the device in run()
         self._signals: list[str] = []  # appended by the signal handler, read by _supervise
 
@@ -172,11 +175,10 @@ class Pipeline:
             worker = FusionWorker(
                 fuser, {s.id: s.registrar for s in self._streams}, self._batch,
                 config.model.max_wait_ms / 1000.0, config.model.smoothing, config.model.smoothing_momentum,
-                on_batch=self.stats.batch_fused,
+                on_batch=self.stats.batch_fused, views=frozenset(view for sink in sinks for view in sink.views),
             )
             log.info("running %d stream(s) in %s mode: %s on %s, batch %d", len(self._streams), "live" if live else "file",
                      fuser.spec.name, fuser.device, self._batch)
-            self._register_on_cpu = not worker.warps_on_device
             self.stats.start()
             threads = self._start_threads(worker, sinks, live, origin, infos)
             try:
@@ -215,7 +217,7 @@ class Pipeline:
             condition = threading.Condition()  # both cameras' queues share it: pairing waits on either
             queues = tuple(FrameQueue(f"{config.id}.{kind}", size, drop_oldest=live, condition=condition) for kind in (IR, "vi"))
             path = Path(config.registration.calibration) if config.registration.calibration else None
-            registrar = Registrar(config.id, registration, config.registration.warp, config.registration.crop, path)
+            registrar = Registrar(config.id, registration, config.registration.warp, config.registration.crop, path, fuser.device)
             stream = _Stream(config, ir, visible, registrar, pairer, queues)
             self._streams.append(stream)
             self._queues += list(queues)
@@ -251,7 +253,14 @@ class Pipeline:
                 threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired, live, origin))
         threads.append(self._thread("fuse", worker.run, paired, fused, [s.id for s in self._streams]))
-        threads.append(self._thread("sink", self._write, sinks, fused, infos, live))
+        sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
+        fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
+        self._queues += fanout.queues
+        for q in fanout.queues:
+            self.stats.watch_queue(q)
+        sink_threads = [self._thread(f"sink-{i}-{sink.kind or type(sink).__name__}", fanout.drain, i) for i, sink in enumerate(sinks)]
+        threads += sink_threads  # started before the fan-out, which joins them
+        threads.append(self._thread("sinks", self._fan_out, fanout, fused, infos, live, sink_threads))
         for thread in threads:
             thread.start()
         return threads
@@ -266,7 +275,7 @@ class Pipeline:
                 log.debug("thread %s failed", name, exc_info=True)
                 self._fail(exc)
             finally:
-                if name == "sink":
+                if name == "sinks":
                     self._done.set()
 
         return threading.Thread(target=body, name=name, daemon=True)
@@ -275,10 +284,7 @@ class Pipeline:
         max_frames = self.config.run.max_frames
 
         def emit(pair: FramePair) -> bool:
-            if self._register_on_cpu:
-                pair = stream.registrar.apply_cpu(pair)
-            else:
-                stream.registrar.check(pair.ir, pair.visible)
+            stream.registrar.check(pair.ir.size, pair.visible.size)
             if not out.put(pair):
                 return False
             return max_frames is None or pair.meta.seq + 1 < max_frames
@@ -288,16 +294,21 @@ class Pipeline:
         finally:
             out.put_end(EndOfStream(stream.id))
 
-    def _write(self, sinks: list[Sink], fused: FrameQueue, infos: dict[str, StreamInfo], live: bool) -> None:
+    def _fan_out(self, fanout: SinkFanout, fused: FrameQueue, infos: dict[str, StreamInfo], live: bool, sink_threads: list[threading.Thread]) -> None:
+        """Hand each fused frame to every sink's queue; at the end, wait for the sinks to finish."""
         expected = [info.expected_frames for info in infos.values()]
         total = None if live or None in expected else sum(min(n, self.config.run.max_frames or n) for n in expected)
         show = self.config.run.progress and not live
-        with tqdm(total=total, unit="frame", desc="fuse", disable=not show, leave=False) as bar:
-            while not isinstance(frame := fused.get(), EndOfStream):
-                for sink in sinks:
-                    sink.write(frame)
-                self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono)
-                bar.update(1)
+        try:
+            with tqdm(total=total, unit="frame", desc="fuse", disable=not show, leave=False) as bar:
+                while not isinstance(frame := fused.get(), EndOfStream):
+                    if not fanout.put(frame):
+                        return
+                    bar.update(1)
+        finally:
+            fanout.end()
+            for thread in sink_threads:
+                thread.join()
 
     def _supervise(self) -> None:
         """Main thread: log statistics, enforce run.duration_s, and report signals."""
@@ -424,3 +435,55 @@ def run_pipeline(
     ``cv2.VideoCapture`` for camera sources (fake cameras in tests).
     """
     return Pipeline(config, fuser, extra_sinks=extra_sinks, open_capture=open_capture).run()
+
+
+class _ConsumerSink(Sink):
+    """Puts each fused frame, as tensors on the fusion device, on the consumer's queue."""
+
+    kind = "consumer"
+    views = (DEVICE,)
+
+    def __init__(self, handoff: FrameQueue) -> None:
+        super().__init__()
+        self._handoff = handoff
+
+    def write(self, frame: FusedFrame) -> None:
+        rgb, ycrcb, ir = frame.view(DEVICE)
+        self._handoff.put(DeviceFrame(frame.meta, rgb, ycrcb, ir))
+
+
+def fused_frames(
+    config: PipelineConfig, fuser: Fuser | None = None, *, queue_size: int = 8, open_capture: OpenCapture | None = None
+) -> Iterator[DeviceFrame]:
+    """Fused frames as ``DeviceFrame`` tensors on the fusion device, for a consumer in this
+    process (a detector): no download, no copy. The configured sinks run as well.
+
+    The pipeline runs in a background thread; up to ``queue_size`` frames wait for the
+    consumer. File mode: nothing is lost, the pipeline waits for a slow consumer. Live mode:
+    the newest frames are kept. Leaving the loop early stops the pipeline; an error in it
+    is raised here, after the frames fused before it.
+    """
+    handoff = FrameQueue("consumer", queue_size, drop_oldest=config.live)
+    pipeline = Pipeline(config, fuser, extra_sinks=[_ConsumerSink(handoff)], open_capture=open_capture)
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            pipeline.run()
+        except BaseException as exc:  # noqa: BLE001 (raised in the consumer's thread)
+            errors.append(exc)
+        finally:
+            handoff.put_end(EndOfStream("*"))
+
+    thread = threading.Thread(target=body, name="pipeline", daemon=True)
+    thread.start()
+    try:
+        while not isinstance(item := handoff.get(), EndOfStream):
+            yield item
+    finally:
+        if thread.is_alive():  # the consumer left early
+            pipeline.abort()
+            handoff.cancel()
+        thread.join()
+    if errors:
+        raise errors[0]

@@ -1,11 +1,16 @@
 """Where fused frames go: MP4 files, PNG folders, a ZeroMQ publisher, or a callback.
 
-Every sink is a context manager and handles all streams; files are opened at a stream's
-first frame (when its size is known). The MP4 writer always flushes the encoder and closes
-the container on exit, whatever ended the run, so what was written plays.
+Sinks are looked up by kind in ``SINKS`` (an unknown kind is a one-line ``ConfigError``).
+Each sink names the renderings it needs (``views``, see ``pipeline.views``), which the
+fusion worker makes on the device; the runner gives every sink its own thread and
+bounded queue (``SinkThread``), so a slow one never holds back another. Every sink is a
+context manager and handles all streams, with each stream's rate and time base
+(``StreamInfo``); files are opened at a stream's first frame, when its size is known.
+The MP4 writer encodes the fused Y with the visible chroma as yuv420p planes, with no RGB
+in between, and always flushes the encoder and closes the file, whatever ended the run.
 
 ZeroMQ messages are three frames: the topic ``<topic>/<stream id>``, a JSON header, and
-the raw pixels (C order)::
+the raw pixels (C order) in the sink's ``pixel_format`` (``rgb24`` default, ``bgr24``, ``gray``)::
 
     {"stream": "cam0", "seq": 12, "t_fused": 0.4, "t_ir": 0.4, "t_vi": 0.4,
      "ir_index": 12, "vi_index": 12, "captured_unix": ..., "published_unix": ...,
@@ -18,30 +23,39 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
-import av
 import numpy as np
 import zmq
 
-from ldfusion.errors import ConfigError, DataError
-from ldfusion.imageio import side_by_side, write_image
+from ldfusion.errors import ConfigError, DataError, LDFusionError
+from ldfusion.imageio import write_image
+from ldfusion.video import VideoWriter
 from pipeline.config import PipelineConfig, SinkConfig
-from pipeline.frames import FusedFrame, StreamInfo
+from pipeline.frames import EndOfStream, FusedFrame, StreamInfo
+from pipeline.queues import FrameQueue
+from pipeline.views import view_name
 
 log = logging.getLogger(__name__)
-
-PIXEL_FORMATS = {3: "rgb24", 1: "gray"}
 
 
 class Sink(ABC):
     """Writes fused frames; ``outputs`` names what it wrote (paths or endpoints)."""
 
+    kind: ClassVar[str] = ""
+    views: tuple[str, ...] = ()  # the renderings ``write`` reads from ``FusedFrame.views``
+
     def __init__(self) -> None:
         self.outputs: list[str] = []
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig, sink: SinkConfig, streams: dict[str, StreamInfo]) -> "Sink":
+        raise NotImplementedError(f"{cls.__name__} is not built from a config")
 
     @abstractmethod
     def write(self, frame: FusedFrame) -> None: ...
@@ -56,123 +70,99 @@ class Sink(ABC):
         self.close()
 
 
-def render(frame: FusedFrame, content: str) -> np.ndarray:
-    """The image a sink writes: the fused frame, or IR | visible | fused side by side."""
-    if content == "side_by_side":
-        return side_by_side(frame.ir, frame.visible, frame.fused)
-    return frame.fused
+SINKS: dict[str, type[Sink]] = {}
+
+
+def register_sink(cls: type[Sink]) -> type[Sink]:
+    SINKS[cls.kind] = cls
+    return cls
+
+
+def build_sinks(config: PipelineConfig, streams: dict[str, StreamInfo]) -> list[Sink]:
+    """The sinks a config asks for. If one fails to open, those opened are closed again."""
+    sinks: list[Sink] = []
+    try:
+        for sink in config.sinks:
+            if sink.kind not in SINKS:
+                raise ConfigError(f"sinks: unknown sink kind {sink.kind!r}; choose one of {', '.join(sorted(SINKS))}")
+            sinks.append(SINKS[sink.kind].from_config(config, sink, streams))
+    except BaseException:
+        for opened in sinks:
+            opened.close()
+        raise
+    return sinks
+
+
+def _path_for(config: PipelineConfig, sink: SinkConfig) -> Callable[[str], Path]:
+    return lambda stream: config.sink_path(sink, stream)
 
 
 # --- MP4 -------------------------------------------------------------------------------------
 
 
-class Mp4Writer:
-    """One H.264 MP4 file; pts come from the frames' capture timestamps."""
-
-    def __init__(self, path: Path, info: StreamInfo, width: int, height: int, crf: int = 18, preset: str = "veryfast", fragmented: bool = False):
-        options = {"movflags": "frag_keyframe+empty_moov+default_base_moof"} if fragmented else {}
-        self.path = path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._container = av.open(str(path), "w", options=options)
-        except (av.FFmpegError, OSError) as exc:
-            raise DataError(f"cannot create {path}: {exc}") from None
-        try:
-            self._stream = self._container.add_stream("libx264", rate=info.rate, options={"crf": str(crf), "preset": preset})
-            self._stream.width, self._stream.height = _even(width), _even(height)
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.codec_context.time_base = info.time_base
-        except (av.FFmpegError, ValueError) as exc:
-            self._container.close()
-            raise ConfigError(f"cannot set up H.264 encoding for {path}: {exc}") from None
-        self._time_base = info.time_base
-        self._origin: float | None = None
-        self._last_pts = -1
-        self.frames = 0
-
-    def write(self, image: np.ndarray, t: float) -> None:
-        if self._origin is None:
-            self._origin = t  # the file starts at pts 0
-        pts = round((t - self._origin) / self._time_base)
-        pts = max(pts, self._last_pts + 1)  # strictly increasing, whatever the clock did
-        frame = av.VideoFrame.from_ndarray(_pad_to_even(image), format="rgb24")
-        frame.pts, frame.time_base = pts, self._time_base
-        try:
-            self._container.mux(self._stream.encode(frame))
-        except (av.FFmpegError, OSError) as exc:  # e.g. the disk is full
-            raise DataError(f"cannot write {self.path}: {exc}") from None
-        self._last_pts = pts
-        self.frames += 1
-
-    def close(self) -> None:
-        """Flush the encoder and write the index; runs on every exit path."""
-        try:
-            self._container.mux(self._stream.encode(None))
-        finally:
-            self._container.close()
-        log.info("wrote %d frame(s) to %s", self.frames, self.path)
-
-
+@register_sink
 class Mp4Sink(Sink):
-    def __init__(self, path_for: Callable[[str], Path], streams: dict[str, StreamInfo], content: str = "fused", crf: int = 18, preset: str = "veryfast", fragmented: bool = False):
+    """One H.264 MP4 per stream, encoded from yuv420p planes; pts from the frames' timestamps."""
+
+    kind = "mp4"
+
+    def __init__(
+        self, path_for: Callable[[str], Path], streams: dict[str, StreamInfo], content: str = "fused", crf: int = 18,
+        preset: str = "veryfast", fragmented: bool = False, keyint: int | None = None,
+    ):
         super().__init__()
         self._path_for = path_for
         self._streams = streams
-        self._content = content
-        self._options = {"crf": crf, "preset": preset, "fragmented": fragmented}
-        self._writers: dict[str, Mp4Writer] = {}
+        self._view = view_name(content, "yuv420p")
+        self.views = (self._view,)
+        self._options = {"crf": crf, "preset": preset, "fragmented": fragmented, "keyint": keyint}
+        self._writers: dict[str, VideoWriter] = {}
+
+    @classmethod
+    def from_config(cls, config, sink, streams):
+        return cls(_path_for(config, sink), streams, sink.content, sink.crf, sink.preset, sink.fragmented, sink.keyint)
 
     def write(self, frame: FusedFrame) -> None:
-        image = render(frame, self._content)
-        writer = self._writers.get(frame.meta.stream)
+        stream = frame.meta.stream
+        writer = self._writers.get(stream)
         if writer is None:
-            writer = self._open(frame.meta.stream, image)
-        writer.write(image, frame.meta.t)
-
-    def _open(self, stream: str, image: np.ndarray) -> Mp4Writer:
-        height, width = image.shape[:2]
-        if width % 2 or height % 2:
-            log.info("stream %s: %dx%d is padded to even sides for yuv420p", stream, width, height)
-        path = self._path_for(stream)
-        writer = Mp4Writer(path, self._streams[stream], width, height, **self._options)
-        self._writers[stream] = writer
-        self.outputs.append(str(path))
-        return writer
+            info = self._streams[stream]
+            writer = VideoWriter(self._path_for(stream), info.rate, info.time_base, **self._options)
+            self._writers[stream] = writer
+            self.outputs.append(str(writer.path))
+        writer.write_planes(*frame.view(self._view), t=frame.meta.t)
 
     def close(self) -> None:
         errors = []
         for writer in self._writers.values():
             try:
                 writer.close()
-            except (av.FFmpegError, OSError) as exc:
-                errors.append(f"{writer.path}: {exc}")
+                log.info("wrote %d frame(s) to %s", writer.frames, writer.path)
+            except LDFusionError as exc:
+                errors.append(str(exc))
         if errors:
             raise DataError("could not finish MP4 file(s): " + "; ".join(errors))
-
-
-def _even(n: int) -> int:
-    return n + (n % 2)
-
-
-def _pad_to_even(image: np.ndarray) -> np.ndarray:
-    """yuv420p needs even sides: repeat the last row/column when one is odd."""
-    pad_h, pad_w = image.shape[0] % 2, image.shape[1] % 2
-    if not (pad_h or pad_w):
-        return image
-    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
 
 
 # --- PNG -------------------------------------------------------------------------------------
 
 
+@register_sink
 class PngSink(Sink):
     """``<folder>/<seq>.png`` per frame (the folder may hold ``{stream}``)."""
+
+    kind = "png"
 
     def __init__(self, folder_for: Callable[[str], Path], content: str = "fused"):
         super().__init__()
         self._folder_for = folder_for
-        self._content = content
+        self._view = view_name(content, "rgb24")
+        self.views = (self._view,)
         self._folders: dict[str, Path] = {}
+
+    @classmethod
+    def from_config(cls, config, sink, streams):
+        return cls(_path_for(config, sink), sink.content)
 
     def write(self, frame: FusedFrame) -> None:
         folder = self._folders.get(frame.meta.stream)
@@ -181,13 +171,13 @@ class PngSink(Sink):
             folder.mkdir(parents=True, exist_ok=True)
             self._folders[frame.meta.stream] = folder
             self.outputs.append(str(folder))
-        write_image(folder / f"{frame.meta.seq:06d}.png", render(frame, self._content))
+        write_image(folder / f"{frame.meta.seq:06d}.png", frame.view(self._view))
 
 
 # --- ZeroMQ ----------------------------------------------------------------------------------
 
 
-def frame_header(frame: FusedFrame, image: np.ndarray, content: str = "fused") -> dict:
+def frame_header(frame: FusedFrame, image: np.ndarray, content: str = "fused", pixel_format: str = "rgb24") -> dict:
     meta = frame.meta
     return {
         "stream": meta.stream,
@@ -201,18 +191,27 @@ def frame_header(frame: FusedFrame, image: np.ndarray, content: str = "fused") -
         "published_unix": time.time(),
         "shape": list(image.shape),
         "dtype": str(image.dtype),
-        "pixel_format": PIXEL_FORMATS[image.shape[2] if image.ndim == 3 else 1],
+        "pixel_format": pixel_format,
         "content": content,
     }
 
 
+@register_sink
 class ZmqSink(Sink):
     """A PUB socket (XPUB, to see subscribers join). It never blocks the pipeline: a
     subscriber that falls ``hwm`` frames behind misses frames, the others do not."""
 
-    def __init__(self, endpoint: str, topic: str = "fused", hwm: int = 8, wait_subscribers: int = 0, wait_timeout_s: float = 10.0, linger_s: float = 1.0):
+    kind = "zmq"
+
+    def __init__(
+        self, endpoint: str, topic: str = "fused", hwm: int = 8, wait_subscribers: int = 0, wait_timeout_s: float = 10.0,
+        linger_s: float = 1.0, pixel_format: str = "rgb24",
+    ):
         super().__init__()
         self._topic = topic
+        self._pixel_format = pixel_format
+        self._view = view_name("fused", pixel_format)
+        self.views = (self._view,)
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
@@ -231,6 +230,10 @@ class ZmqSink(Sink):
         if wait_subscribers:
             self._wait_for(wait_subscribers, wait_timeout_s)
 
+    @classmethod
+    def from_config(cls, config, sink, streams):
+        return cls(sink.endpoint, sink.topic, sink.hwm, sink.wait_subscribers, sink.wait_timeout_s, pixel_format=sink.pixel_format)
+
     def _wait_for(self, count: int, timeout_s: float) -> None:
         """Hold the run until ``count`` subscriptions arrived, so the first frames are not lost."""
         log.info("waiting up to %.0f s for %d subscriber(s) on %s", timeout_s, count, self.endpoint)
@@ -244,8 +247,8 @@ class ZmqSink(Sink):
                 joined += 1
 
     def write(self, frame: FusedFrame) -> None:
-        image = np.ascontiguousarray(frame.fused)
-        header = json.dumps(frame_header(frame, image)).encode()
+        image = np.ascontiguousarray(frame.view(self._view))
+        header = json.dumps(frame_header(frame, image, pixel_format=self._pixel_format)).encode()
         topic = f"{self._topic}/{frame.meta.stream}".encode()
         try:
             self._socket.send_multipart([topic, header, image], flags=zmq.NOBLOCK, copy=False)
@@ -269,35 +272,77 @@ def _is_local(endpoint: str) -> bool:
 
 
 class CallbackSink(Sink):
-    """Hands every fused frame to a function (tests, demos, an in-process detector)."""
+    """Hands every fused frame to a function (tests, demos). ``views``: what the function
+    reads from ``FusedFrame.views`` (default: the fused RGB and the registered inputs)."""
 
-    def __init__(self, callback: Callable[[FusedFrame], None]):
+    kind = "callback"
+
+    def __init__(self, callback: Callable[[FusedFrame], None], views: tuple[str, ...] = ("fused:rgb24", "ir:gray", "visible:rgb24")):
         super().__init__()
         self._callback = callback
+        self.views = tuple(views)
 
     def write(self, frame: FusedFrame) -> None:
         self._callback(frame)
 
 
-def build_sinks(config: PipelineConfig, streams: dict[str, StreamInfo]) -> list[Sink]:
-    """The sinks a config asks for. If one fails to open, those opened are closed again."""
-    sinks: list[Sink] = []
-    try:
-        for sink in config.sinks:
-            sinks.append(_build_sink(config, sink, streams))
-    except BaseException:
-        for opened in sinks:
-            opened.close()
-        raise
-    return sinks
+# --- one thread per sink -----------------------------------------------------------------
 
 
-def _build_sink(config: PipelineConfig, sink: SinkConfig, streams: dict[str, StreamInfo]) -> Sink:
-    def path_for(stream: str, sink: SinkConfig = sink) -> Path:
-        return config.sink_path(sink, stream)
+class SinkFanout:
+    """Hands every fused frame to each sink's own bounded queue; each sink runs ``drain``
+    on its own thread.
 
-    if sink.kind == "mp4":
-        return Mp4Sink(path_for, streams, sink.content, sink.crf, sink.preset, sink.fragmented)
-    if sink.kind == "png":
-        return PngSink(path_for, sink.content)
-    return ZmqSink(sink.endpoint, sink.topic, sink.hwm, sink.wait_subscribers, sink.wait_timeout_s)
+    File mode: ``put`` waits while a sink's queue is full, so nothing is lost (a slow sink
+    slows the run only once its queue is full). Live mode: each queue keeps the newest
+    frames and counts what it drops, so a slow sink never holds back another.
+    ``on_done(frame)`` runs once every sink has written the frame (not for a frame a live
+    queue dropped: the queue counts it).
+    """
+
+    def __init__(self, sinks: list[Sink], queue_size: int, live: bool, on_done: Callable[[FusedFrame], None]):
+        self.sinks = sinks
+        self.queues = [
+            FrameQueue(f"sink{i}-{sink.kind or type(sink).__name__}", queue_size, drop_oldest=live, on_drop=self._dropped)
+            for i, sink in enumerate(sinks)
+        ]
+        self._on_done = on_done
+        self._remaining: dict[tuple[str, int], list] = {}  # [sinks still to write, none dropped it]
+        self._lock = threading.Lock()
+
+    def put(self, frame: FusedFrame) -> bool:
+        """False when the run was aborted."""
+        if not self.sinks:
+            self._on_done(frame)
+            return True
+        with self._lock:
+            self._remaining[(frame.meta.stream, frame.meta.seq)] = [len(self.sinks), True]
+        return all(q.put(frame) for q in self.queues)
+
+    def end(self) -> None:
+        for q in self.queues:
+            q.put_end(EndOfStream("*"))
+
+    def drain(self, index: int) -> None:
+        """Sink ``index``'s thread: write until the end sentinel."""
+        sink, q = self.sinks[index], self.queues[index]
+        while not isinstance(frame := q.get(), EndOfStream):
+            sink.write(frame)
+            self._finished(frame)
+
+    def _dropped(self, frame: FusedFrame) -> None:
+        self._finished(frame, wrote=False)
+
+    def _finished(self, frame: FusedFrame, wrote: bool = True) -> None:
+        key = (frame.meta.stream, frame.meta.seq)
+        with self._lock:
+            state = self._remaining.get(key)
+            if state is None:
+                return
+            state[0] -= 1
+            state[1] = state[1] and wrote
+            if state[0] > 0:
+                return
+            del self._remaining[key]
+        if state[1]:
+            self._on_done(frame)

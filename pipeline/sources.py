@@ -1,8 +1,10 @@
 """Where frames come from: video files (PyAV), image folders, and live cameras (OpenCV).
 
-Every source yields ``(index, t, image)``: ``t`` in seconds on the source's clock, the
-image as (H, W) uint8 for infrared and (H, W, 3) RGB uint8 for visible. ``run_capture``
-drives one source in its own thread and puts ``CameraFrame``s on the stage's queue.
+Every source yields ``(index, t, planes)``: ``t`` in seconds on the source's clock, the
+pixels as ``ldfusion.video.Planes`` in the layout they arrived in, converted later, once,
+on the fusion device: a video's own planes (infrared keeps only its luma), an image
+folder's RGB (infrared as 8-bit luma), a camera's BGR. ``run_capture`` drives one source
+in its own thread and puts ``CameraFrame``s on the stage's queue.
 
 Files: timestamps are ``(pts - start_time) * time_base``, so two recordings of one scene
 line up from their first frame (a constant ``sync.offset_s`` fixes a late start). A file
@@ -42,21 +44,19 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
 
-import av
 import cv2
 import numpy as np
 
-from ldfusion.video import ffmpeg_reason, open_video
 from ldfusion.errors import DataError
 from ldfusion.imageio import infrared_to_unit, read_infrared, read_visible, sorted_images
 from ldfusion.redact import mask_credentials
+from ldfusion.video import DEFAULT_RATE, Planes, VideoReader
 from pipeline.config import SourceConfig
 from pipeline.frames import IR, CameraFrame, EndOfStream
 from pipeline.queues import FrameQueue
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RATE = Fraction(30)
 LIVE_TIME_BASE = Fraction(1, 90000)  # the MPEG clock: fine enough for any camera's timestamps
 
 
@@ -88,81 +88,36 @@ class Source(ABC):
         self.stale = 0  # live: frames buffered while (re)connecting, skipped
 
     @abstractmethod
-    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
-        """Yield (index, t seconds, image) until the source ends or ``stop`` is set."""
+    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
+        """Yield (index, t seconds, planes) until the source ends or ``stop`` is set."""
 
     def close(self) -> None:
         pass
-
-    def convert(self, image: np.ndarray, bgr: bool = False) -> np.ndarray:
-        if image.size == 0:  # OpenCV would raise a bare cv2.error on it
-            raise DataError(f"{self.name} delivered an empty frame ({image.shape})")
-        return to_gray_u8(image, bgr, self.name) if self.kind == IR else to_rgb_u8(image, bgr, self.name)
 
 
 # --- video files ------------------------------------------------------------------------
 
 
 class VideoFileSource(Source):
+    """A video file through ``ldfusion.video.VideoReader``: planes as decoded, infrared as luma."""
+
     def __init__(self, path: Path, kind: str, max_frames: int | None = None) -> None:
         super().__init__(kind, str(path))
-        self._container, self._stream = open_video(path)
-        self._closed = False
-        self._stream.thread_type = "AUTO"  # frame-parallel decoding
-        self._max_frames = max_frames
-        self._origin = self._stream.start_time
-        self.time_base = self._stream.time_base or LIVE_TIME_BASE
-        self.rate = self._stream.average_rate or self._stream.guessed_rate or DEFAULT_RATE
-        if not (self._stream.average_rate or self._stream.guessed_rate):
+        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames)
+        self.time_base = self._reader.time_base
+        self.rate = self._reader.rate
+        if not self._reader.rate_stated:
             log.warning("%s does not state its frame rate; assuming %s fps", path, DEFAULT_RATE)
-        declared = self._stream.frames or None
-        self.expected_frames = min(declared, max_frames) if declared and max_frames else declared or max_frames
-        self._declared_frames = declared
+        self.expected_frames = self._reader.expected_frames
 
-    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
-        count, damaged, reason = 0, 0, ""
-        try:
-            for packet in self._container.demux(self._stream):
-                try:
-                    decoded = packet.decode()
-                except av.FFmpegError as exc:  # a damaged or cut-off packet: skip it, keep going
-                    damaged, reason = damaged + 1, ffmpeg_reason(exc)
-                    continue
-                for frame in decoded:
-                    if stop.is_set() or (self._max_frames is not None and count >= self._max_frames):
-                        return
-                    yield count, self._timestamp(frame, count), self.convert(frame.to_ndarray(format=self._format))
-                    count += 1
-        except av.FFmpegError as exc:  # the container itself ends mid-packet
-            damaged, reason = damaged + 1, ffmpeg_reason(exc)
-        if count == 0:
-            raise DataError(f"no decodable video frames in {self.name}" + (f" ({reason})" if reason else ""))
-        self._report_short_read(count, damaged, reason)
-
-    @property
-    def _format(self) -> str:
-        # IR recordings are often stored as three equal channels; gray is their luma.
-        return "gray" if self.kind == IR else "rgb24"
-
-    def _timestamp(self, frame: av.VideoFrame, count: int) -> float:
-        if frame.pts is None:
-            return float(count / self.rate)
-        if self._origin is None:
-            self._origin = frame.pts
-        return float((frame.pts - self._origin) * self.time_base)
-
-    def _report_short_read(self, count: int, damaged: int, reason: str) -> None:
-        expected = self._declared_frames
-        short = expected is not None and count < expected and (self._max_frames is None or count < self._max_frames)
-        if damaged or short:
-            of = f" of {expected}" if expected else ""
-            why = f"; {damaged} damaged packet(s) skipped ({reason})" if damaged else ""
-            log.warning("%s is truncated or damaged: read %d%s frame(s)%s; its stream ends here", self.name, count, of, why)
+    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
+        for frame in self._reader:
+            if stop.is_set():
+                return
+            yield frame.index, frame.t, frame.planes
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._container.close()
+        self._reader.close()
 
 
 # --- image folders ----------------------------------------------------------------------
@@ -185,12 +140,15 @@ class ImageFolderSource(Source):
         self.time_base = 1 / self.rate
         self.expected_frames = len(self._paths)
 
-    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
         for index, path in enumerate(self._paths):
             if stop.is_set():
                 return
-            image = read_infrared(path) if self.kind == IR else read_visible(path)
-            yield index, index / self._fps, self.convert(image)
+            if self.kind == IR:
+                planes = Planes.gray((read_infrared(path) * 255.0 + 0.5).astype(np.uint8))
+            else:
+                planes = Planes.packed(read_visible(path))
+            yield index, index / self._fps, planes
 
 
 # --- live cameras ---------------------------------------------------------------------------
@@ -267,7 +225,7 @@ class LiveCameraSource(Source):
         self._settled_delay: float | None = None  # the backlog's delivery delay when it last shrank
         self._settled_since = 0.0
 
-    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, np.ndarray]]:
+    def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
         count, failures = 0, 0
         delay = self._config.reconnect_backoff_s
         while not stop.is_set():
@@ -280,7 +238,7 @@ class LiveCameraSource(Source):
                     log.info("%s delivers again after %d attempt(s)", self.name, failures)
                     self.reconnects += 1
                 failures, delay = 0, self._config.reconnect_backoff_s
-                yield count, self._clock.stamp(arrival - self._origin, stream_t), self.convert(image, bgr=True)
+                yield count, self._clock.stamp(arrival - self._origin, stream_t), camera_planes(image, self.name)
                 count += 1
                 continue
             if stop.is_set():
@@ -369,27 +327,18 @@ _JUDGED_AFTER = 3  # frames after a (re)connect skipped before any rule can judg
 # --- conversions ------------------------------------------------------------------------
 
 
-def to_gray_u8(image: np.ndarray, bgr: bool = False, name: str = "ir") -> np.ndarray:
-    """Infrared as (H, W) uint8: colour is turned to its luma, 16-bit is stretched."""
-    if image.ndim == 3:
-        image = image[:, :, 0] if image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if bgr else cv2.COLOR_RGB2GRAY)
-    if image.dtype == np.uint8:
-        return np.ascontiguousarray(image)
-    unit = image if np.issubdtype(image.dtype, np.floating) else infrared_to_unit(image, source=name)
-    return (np.clip(unit, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
-def to_rgb_u8(image: np.ndarray, bgr: bool = False, name: str = "visible") -> np.ndarray:
-    """Visible as (H, W, 3) RGB uint8; gray is repeated into three channels."""
-    if image.dtype == np.uint16:
-        image = (image.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+def camera_planes(image: np.ndarray, name: str = "camera") -> Planes:
+    """An OpenCV camera frame as it came: BGR (colour is converted once, on the device),
+    gray, or deep gray stretched by the infrared rule; an alpha channel is dropped."""
+    if image.size == 0:  # some drivers hand back empty arrays; OpenCV would raise a bare cv2.error
+        raise DataError(f"{name} delivered an empty frame ({image.shape})")
+    if image.dtype == np.uint16 and image.ndim == 2:
+        return Planes.gray((infrared_to_unit(image, source=name) * 255.0 + 0.5).astype(np.uint8))
     if image.dtype != np.uint8:
-        raise DataError(f"{name}: unsupported visible pixel type {image.dtype}")
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    if image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB if bgr else cv2.COLOR_RGBA2RGB)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if bgr else np.ascontiguousarray(image)
+        raise DataError(f"{name}: unsupported camera pixel type {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    return Planes.packed(image[:, :, :3] if image.ndim == 3 else image, bgr=True)
 
 
 # --- opening and driving ------------------------------------------------------------------
@@ -419,13 +368,13 @@ def run_capture(
     """
     pace_origin: float | None = None
     try:
-        for index, t, image in source.frames(stop):
+        for index, t, planes in source.frames(stop):
             if realtime and not source.live:
                 if pace_origin is None:
                     pace_origin = time.monotonic() - t
                 if stop.wait(max(0.0, pace_origin + t - time.monotonic())):
                     break
-            frame = CameraFrame(stream, source.kind, index, t, time.monotonic(), time.time(), image)
+            frame = CameraFrame(stream, source.kind, index, t, time.monotonic(), time.time(), planes)
             if on_frame is not None:
                 on_frame(frame)
             if not out.put(frame):

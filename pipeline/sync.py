@@ -197,7 +197,7 @@ class NearestPairer:
         )
         self._seq += 1
         self.counts.paired += 1
-        return FramePair(meta, ir.image, vi.image, registered=False)
+        return FramePair(meta, ir.planes, vi.planes)
 
 
 Emit = Callable[[FramePair], bool]  # False: stop pairing (max_frames reached or run aborted)

@@ -12,7 +12,7 @@ from pathlib import Path
 # Run from a checkout without installing: the repository root holds the packages.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ldfusion.cli.bench import main  # noqa: E402
+from ldfusion_cli.bench import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

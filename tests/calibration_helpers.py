@@ -191,17 +191,9 @@ def moving_blobs(frames: int, size: tuple[int, int] = (64, 48), seed: int = 0) -
 
 
 def write_video(path, frames: np.ndarray, fps: int) -> None:
-    """Gray float frames in [0, 1] to an MPEG-4 file (PyAV)."""
-    import av
+    """Gray float frames in [0, 1] to an MPEG-4 file (``ldfusion.video``)."""
+    from ldfusion.video import VideoWriter
 
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"qscale": "2"}
+    with VideoWriter(path, fps, codec="mpeg4", crf=None, preset=None, options={"qscale": "2"}) as writer:
         for frame in frames:
-            rgb = np.repeat((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8)[:, :, None], 3, axis=2)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            writer.write_image((np.clip(frame, 0, 1) * 255 + 0.5).astype(np.uint8))

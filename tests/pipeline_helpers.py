@@ -7,13 +7,15 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 
 from ldfusion.checkpoint import load_model
+from ldfusion.color import planes_to_image
 from ldfusion.config import from_dict
+from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.video import VideoReader, VideoWriter
 from pipeline.config import PipelineConfig
 from pipeline.sinks import CallbackSink
 
@@ -54,16 +56,10 @@ def write_video(
     crf: int = 0,
     container_options: dict | None = None,
 ) -> Path:
-    """H.264 (crf 0: lossless luma) MP4; gray frames are stored as three equal channels."""
-    rate = Fraction(rate).limit_denominator(1001)
-    with av.open(str(path), "w", options=container_options or {}) as container:
-        stream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "ultrafast"})
-        height, width = frames[0].shape[:2]
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    """H.264 (crf 0: lossless luma) MP4 through ``ldfusion.video``; gray frames become gray video."""
+    with VideoWriter(path, Fraction(rate).limit_denominator(1001), crf=crf, preset="ultrafast", container_options=container_options) as writer:
         for image in frames:
-            rgb = np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-        container.mux(stream.encode(None))
+            writer.write_image(image)
     return path
 
 
@@ -73,13 +69,12 @@ def marked_video(path: Path, n: int, rate: float, width: int = 64, height: int =
 
 def read_video(path: Path) -> dict:
     """Frames (RGB), pts, rate and time base of the first video stream."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+    with VideoReader(path) as reader:
         frames, pts = [], []
-        for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+        for frame in reader:
+            frames.append(planes_to_image(frame.planes))
             pts.append(frame.pts)
-        return {"frames": frames, "pts": pts, "rate": stream.average_rate, "time_base": stream.time_base, "codec": stream.codec_context.name}
+        return {"frames": frames, "pts": pts, "rate": reader.rate, "time_base": reader.time_base, "codec": reader.codec}
 
 
 def make_config(ir: Path | str, vi: Path | str, sinks: list[dict] | None = None, out_dir: Path | None = None, **sections) -> PipelineConfig:
@@ -159,15 +154,9 @@ class Collect:
 
 
 def decodable_frames(path: Path) -> int:
-    """How many frames PyAV decodes before the file ends or breaks."""
-    count = 0
-    with av.open(str(path)) as container:
-        try:
-            for packet in container.demux(video=0):
-                try:
-                    count += len(packet.decode())
-                except av.FFmpegError:
-                    pass
-        except av.FFmpegError:
-            pass
-    return count
+    """How many frames the reader decodes before the file ends or breaks."""
+    try:
+        with VideoReader(path, luma_only=True) as reader:
+            return sum(1 for _ in reader)
+    except DataError:
+        return 0

@@ -13,7 +13,7 @@ from calibration.fileformat import Registration, identity_registration, load_reg
 from calibration.imaging import corner_error
 from calibration.target import BoardSpec
 from calibration.verify import verify
-from ldfusion.cli.main import main as ldfusion_main
+from ldfusion_cli.main import main as ldfusion_main
 from ldfusion.imageio import read_infrared, read_visible, write_image
 
 IR_SIZE, VI_SIZE = (256, 192), (320, 240)

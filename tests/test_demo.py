@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import av
 import cv2
 
+from ldfusion.color import planes_to_image
+from ldfusion.video import VideoReader
 from ldfusion.weights import BUNDLED_DIR
 from pipeline.demo import main as demo_main
 
 
 def _frames(path) -> list:
-    with av.open(str(path)) as container:
-        return [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    with VideoReader(path) as reader:
+        return [planes_to_image(frame.planes) for frame in reader]
 
 
 def test_demo_on_a_rendered_clip_writes_playable_mp4s_and_a_preview(tmp_path, random_weights):

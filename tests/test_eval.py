@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from ldfusion.cli.evaluate import luma_255, main
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
 from ldfusion.temporal_metrics import TEMPORAL_NAMES
+from ldfusion.video import VideoWriter
 
 H, W = 48, 64
 
@@ -140,17 +139,9 @@ FRAMES = 5
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 10) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
-        stream.options = {"qscale": "2"}
+    with VideoWriter(path, fps, codec="mpeg4", crf=None, preset=None, options={"qscale": "2"}) as writer:
         for image in frames:
-            rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
+            writer.write_image(image)
     return path
 
 

@@ -35,7 +35,7 @@ from pipeline import subscriber as subscriber_cli
 from pipeline.config import SourceConfig
 from pipeline.frames import VISIBLE
 from pipeline.registration import check_overlap, plan_from_calibration
-from pipeline.sources import LiveCameraSource
+from pipeline.sources import LiveCameraSource, camera_planes
 from pipeline.subscriber import Subscriber, decode_message
 from tests.pipeline_helpers import marked_frame, marked_video
 
@@ -595,6 +595,6 @@ def test_an_empty_camera_frame_is_a_failed_read_not_a_cv2_error():
         frames.append(image)
         if len(frames) == 4:
             stop.set()
-    assert all(image.shape == (48, 64, 3) for image in frames)
+    assert all(planes.size == (64, 48) for planes in frames)
     with pytest.raises(DataError, match="delivered an empty frame"):
-        source.convert(np.empty((0, 0), np.uint8))
+        camera_planes(np.empty((0, 0), np.uint8))

@@ -63,7 +63,7 @@ def test_a_signal_half_way_leaves_a_valid_mp4_of_the_frames_fused_so_far(tmp_pat
         "model": {"device": "cpu", "weights": str(random_weights["ld-lite"])},
     }
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "ldfusion.cli.main", "run", str(tmp_path / "run.yaml"), "-q"]
+    command = [sys.executable, "-m", "ldfusion_cli.main", "run", str(tmp_path / "run.yaml"), "-q"]
     process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         png = tmp_path / "out" / "png"

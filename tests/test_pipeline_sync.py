@@ -7,13 +7,14 @@ import threading
 import numpy as np
 import pytest
 
+from ldfusion.video import Planes
 from pipeline.frames import IR, VISIBLE, CameraFrame, EndOfStream
 from pipeline.queues import FrameQueue
 from pipeline.sync import NearestPairer, run_pairing
 
 
 def frame(kind: str, index: int, t: float) -> CameraFrame:
-    return CameraFrame("s", kind, index, t, captured_mono=t, captured_unix=t, image=np.zeros((1, 1), np.uint8))
+    return CameraFrame("s", kind, index, t, captured_mono=t, captured_unix=t, planes=Planes.gray(np.zeros((1, 1), np.uint8)))
 
 
 def camera(kind: str, fps: float, n: int, start: float = 0.0) -> list[CameraFrame]:

@@ -74,7 +74,7 @@ def test_subscriber_receives_every_frame_in_order(tmp_path, random_weights):
 def _fused(seq: int) -> FusedFrame:
     meta = FrameMeta("cam0", seq, seq / 10, seq / 10, seq / 10, seq, seq, 0.0, 0.0)
     image = np.full((4, 6, 3), seq, np.uint8)
-    return FusedFrame(meta, image, image[:, :, 0], image)
+    return FusedFrame(meta, {"fused:rgb24": image})
 
 
 def test_subscribe_command_prints_frames_and_stops_at_count(capsys):

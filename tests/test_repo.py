@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ldfusion.cli.main import COMMANDS, main
+from ldfusion_cli.main import COMMANDS, main
 from tests.conftest import REPO_ROOT
 
 

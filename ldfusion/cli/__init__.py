@@ -1,1 +1,1 @@
-"""Command-line entry points. Each command is ``main(argv) -> int``; ``ldfusion.cli.main`` dispatches."""
+"""The library's own commands (`fuse`, `eval`) and what commands share; ``ldfusion_cli.main`` dispatches."""

@@ -32,6 +32,7 @@ from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folder
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
+from ldfusion.video import VideoReader
 
 log = logging.getLogger("ldfusion.eval")
 
@@ -201,75 +202,49 @@ def _check_same_size(name: str, shape_a: tuple, shape_b: tuple, what_a: str, wha
 
 def _video_samples(args: argparse.Namespace, stack: ExitStack) -> tuple[Iterator[Sample], int | None, float | None]:
     """Frame triples of the IR, visible (and fused) videos, with the count to expect and the rate."""
-    ir = stack.enter_context(VideoReader(args.ir))
+    ir = stack.enter_context(VideoReader(args.ir, luma_only=True))
     vi = stack.enter_context(VideoReader(args.vi))
     fused = stack.enter_context(VideoReader(args.fused)) if args.fused else None
     _check_frame_rates(ir, vi, "ir", "vi")
     if fused is not None:
         _check_frame_rates(fused, vi, "fused", "vi")
-    if ir.frames and vi.frames and ir.frames != vi.frames:
-        log.info("ir has %d frames and vi %d; pairing the first %d", ir.frames, vi.frames, min(ir.frames, vi.frames))
-    expected = min(ir.frames, vi.frames) if ir.frames and vi.frames else None
-    if fused is not None and fused.frames and expected and fused.frames != expected:
-        raise DataError(f"{args.fused} has {fused.frames} frames but the ir/vi pair has {expected}; they must match")
+    ir_n, vi_n = ir.declared_frames, vi.declared_frames
+    if ir_n and vi_n and ir_n != vi_n:
+        log.info("ir has %d frames and vi %d; pairing the first %d", ir_n, vi_n, min(ir_n, vi_n))
+    expected = min(ir_n, vi_n) if ir_n and vi_n else None
+    if fused is not None and fused.declared_frames and expected and fused.declared_frames != expected:
+        raise DataError(f"{args.fused} has {fused.declared_frames} frames but the ir/vi pair has {expected}; they must match")
     total = min(expected, args.max_frames) if expected and args.max_frames else expected or args.max_frames
-    return _paired_frames(ir, vi, fused, args.max_frames), total, vi.rate
+    return _paired_frames(ir, vi, fused, args.max_frames), total, float(vi.rate) if vi.rate_stated else None
 
 
-def _check_frame_rates(a: "VideoReader", b: "VideoReader", name_a: str, name_b: str) -> None:
-    if a.rate and b.rate and abs(a.rate - b.rate) > _FRAME_RATE_TOLERANCE * b.rate:
-        raise DataError(f"{name_a} and {name_b} videos have different frame rates: {a.rate:g} vs {b.rate:g} fps")
+def _check_frame_rates(a: VideoReader, b: VideoReader, name_a: str, name_b: str) -> None:
+    rate_a, rate_b = float(a.rate), float(b.rate)
+    if a.rate_stated and b.rate_stated and abs(rate_a - rate_b) > _FRAME_RATE_TOLERANCE * rate_b:
+        raise DataError(f"{name_a} and {name_b} videos have different frame rates: {rate_a:g} vs {rate_b:g} fps")
 
 
-def _paired_frames(ir: "VideoReader", vi: "VideoReader", fused: "VideoReader | None", limit: int | None) -> Iterator[Sample]:
-    ir_frames, vi_frames = iter(ir), iter(vi)
-    fused_frames = iter(fused) if fused is not None else None
+def _paired_frames(ir: VideoReader, vi: VideoReader, fused: VideoReader | None, limit: int | None) -> Iterator[Sample]:
+    """IR frames are (H, W) luma, visible and fused (H, W, 3) RGB (``ldfusion.color``'s conversion)."""
+    ir_frames, vi_frames = ir.images(), vi.images()
+    fused_frames = fused.images() if fused is not None else None
     index = 0
     while limit is None or index < limit:
-        ir_rgb, vi_rgb = next(ir_frames, None), next(vi_frames, None)
-        if ir_rgb is None or vi_rgb is None:
+        ir_luma, vi_rgb = next(ir_frames, None), next(vi_frames, None)
+        if ir_luma is None or vi_rgb is None:
             break
         fused_rgb = next(fused_frames, None) if fused_frames is not None else None
         name = f"frame_{index:06d}"
         if fused_frames is not None and fused_rgb is None:
             raise DataError(f"{fused.path} ended after {index} frames, before the ir/vi pair")
-        _check_same_size(name, ir_rgb.shape[:2], vi_rgb.shape[:2], "ir", "vi")
+        _check_same_size(name, ir_luma.shape[:2], vi_rgb.shape[:2], "ir", "vi")
         if fused_rgb is not None:
             _check_same_size(name, fused_rgb.shape[:2], vi_rgb.shape[:2], "fused", "sources")
-        ir_gray = cv2.cvtColor(ir_rgb, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        ir_gray = ir_luma.astype(np.float32) / 255.0
         yield Sample(name, vi_rgb, ir_gray, fused_rgb)
         index += 1
     if limit is None and fused_frames is not None and next(fused_frames, None) is not None:
         raise DataError(f"{fused.path} has more frames than the ir/vi pair ({index})")
-
-
-class VideoReader:
-    """Decodes a video file to RGB uint8 frames with PyAV; decoding errors become DataError."""
-
-    def __init__(self, path: Path) -> None:
-        import av  # late: only video evaluation needs it
-
-        from ldfusion.video import open_video
-
-        self.path = path
-        self._av = av
-        self._container, stream = open_video(path)
-        self._stream = stream
-        self.frames = int(stream.frames or 0)  # 0: the container does not say
-        self.rate = float(stream.average_rate) if stream.average_rate else None
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        try:
-            for frame in self._container.decode(self._stream):
-                yield frame.to_ndarray(format="rgb24")
-        except self._av.FFmpegError as exc:
-            raise DataError(f"cannot decode {self.path} (corrupt or truncated?): {exc}") from None
-
-    def __enter__(self) -> "VideoReader":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self._container.close()
 
 
 # --- fusing first ----------------------------------------------------------------------

@@ -13,7 +13,6 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
@@ -23,7 +22,7 @@ from torch.utils.data import Dataset
 from ldfusion.color import rgb_to_y
 from ldfusion.errors import DataError
 from ldfusion.imageio import pair_folders, read_pair
-from ldfusion.video import open_video
+from ldfusion.video import VideoReader
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +88,8 @@ def load_folder_pairs(source: FolderSource) -> list[Pair]:
 
 def load_video_pairs(source: VideoSource) -> list[Pair]:
     """Frames of two frame-synchronised videos, one in ``every``, as pairs."""
-    vi_frames = _decode_every(Path(source.vi), source.every, source.max_frames, "rgb24")
-    ir_frames = _decode_every(Path(source.ir), source.every, source.max_frames, "gray")
+    vi_frames = _decode_every(Path(source.vi), source.every, source.max_frames, luma_only=False)
+    ir_frames = _decode_every(Path(source.ir), source.every, source.max_frames, luma_only=True)
     count = min(len(vi_frames), len(ir_frames))
     if vi_frames and ir_frames and vi_frames[0].shape[:2] != ir_frames[0].shape:
         raise DataError(f"{source.ir}: ir and vi videos differ in size: {ir_frames[0].shape} vs {vi_frames[0].shape[:2]}")
@@ -98,22 +97,15 @@ def load_video_pairs(source: VideoSource) -> list[Pair]:
     return [Pair(f"{stem}#{k * source.every}", vi_frames[k], ir_frames[k]) for k in range(count)]
 
 
-def _decode_every(path: Path, every: int, max_frames: int, pix_fmt: str) -> list[np.ndarray]:
+def _decode_every(path: Path, every: int, max_frames: int, luma_only: bool) -> list[np.ndarray]:
+    """Every ``every``-th frame: (H, W, 3) RGB, or (H, W) luma when ``luma_only`` (``ldfusion.video``)."""
     frames = []
-    container, stream = open_video(path)
-    try:
-        with container:
-            for index, frame in enumerate(container.decode(stream)):
-                if index % every == 0:
-                    frames.append(frame.to_ndarray(format=pix_fmt))
-                    if max_frames and len(frames) >= max_frames:
-                        break
-    except av.error.FFmpegError as exc:
-        if not frames:
-            raise DataError(f"cannot decode video {path}: {exc}") from None
-        log.warning("%s: decoding stopped after %d frames (%s)", path, len(frames), exc)
-    if not frames:
-        raise DataError(f"no frames decoded from {path}")
+    with VideoReader(path, luma_only=luma_only) as reader:
+        for index, image in enumerate(reader.images()):
+            if index % every == 0:
+                frames.append(image)
+                if max_frames and len(frames) >= max_frames:
+                    break
     return frames
 
 

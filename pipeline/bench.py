@@ -1,4 +1,4 @@
-"""``ldfusion bench``: fused frames per second, latency and peak memory, measured side by side.
+"""The benchmark engine behind ``ldfusion bench``: fused frames per second, latency and peak memory.
 
 Three ways of fusing the same synthetic frames are timed in one run, per device and
 resolution, so their ratios mean something:
@@ -13,6 +13,15 @@ resolution, so their ratios mean something:
   and the colour conversion alone, no host transfers.
 - ``pipeline``: the streaming pipeline (``pipeline.runner.run_pipeline``) on the same
   frames written to a pair of MP4 files, decoding included, no sinks.
+- ``decode``: only PyAV decoding of both files to planes (``ldfusion.video.VideoReader``),
+  the floor under the pipeline's own cost.
+- ``passthrough``: the whole pipeline with an identity network (the fused Y is the visible
+  Y), so the pipeline's own overhead shows.
+
+``streams`` runs N copies of the stream pair in one pipeline (decode: N pairs one after
+another); ``fps`` always counts fused (or decoded) pairs of all streams per second.
+
+The command (argument parsing, JSON, the table) is ``ldfusion_cli.bench``.
 
 Latency is per call (a batch; one frame for the reference) and per frame (call / batch);
 p50 and p99 over the timed calls. Peak memory: CUDA ``max_memory_allocated`` per
@@ -21,9 +30,7 @@ measurement, and the process's peak resident set size (``ru_maxrss``, which only
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import logging
 import math
 import os
@@ -34,48 +41,26 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.config import from_dict
 from ldfusion.errors import ConfigError
 from ldfusion.inference import Fuser, FuserOptions, resolve_device
 from ldfusion.networks import FusionNet
-from ldfusion.variants import VARIANTS
+from ldfusion.variants import VariantSpec
+from ldfusion.video import VideoReader, VideoWriter
+from pipeline.config import PipelineConfig
+from pipeline.runner import run_pipeline
 
-log = logging.getLogger("ldfusion.bench")
+log = logging.getLogger(__name__)
 
-PATHS = ("reference", "model", "model_on_device", "pipeline")
+PATHS = ("reference", "model", "model_on_device", "pipeline", "decode", "passthrough")
 DEFAULT_RESOLUTIONS = ("640x480", "1280x720")
 _DISTINCT_FRAMES = 8  # the synthetic clip cycles through this many frames
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="ldfusion bench",
-        description="Measure fused frames per second, p50/p99 latency and peak memory for the authors' "
-        "per-frame reference path, the model alone (Fuser) and the whole streaming pipeline, on the same "
-        "synthetic frames in one run, on the CPU and on CUDA when present. Prints a table with the "
-        "speed-ups over the reference and writes the numbers as JSON.",
-    )
-    parser.add_argument("--weights", default=None, help="weights file or registry name (default: the bundled 'default')")
-    parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant (default: read from the weights)")
-    parser.add_argument(
-        "--resolutions", nargs="+", default=list(DEFAULT_RESOLUTIONS), metavar="WxH", help="frame sizes (default: 640x480 1280x720)"
-    )
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4], metavar="N", help="batch sizes (default: 1 4)")
-    parser.add_argument("--devices", nargs="+", help="devices to measure (default: cpu, and cuda when present)")
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="what to measure (default: all)")
-    parser.add_argument("--frames", type=int, default=16, help="timed frames per measurement (default: 16)")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: 2)")
-    parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
-    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
-    add_logging_arguments(parser)
-    return parser
 
 
 @dataclass(frozen=True)
@@ -97,6 +82,7 @@ class Measurement:
     device: str
     resolution: str
     batch: int
+    streams: int = 1
     frames: int = 0
     wall_s: float = 0.0
     fps: float = 0.0
@@ -110,46 +96,27 @@ class Measurement:
     skipped: str | None = None
 
 
-class PipelineUnavailable(Exception):
-    """The streaming pipeline cannot be measured here; the message says why."""
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure at each device and resolution."""
+
+    paths: tuple[str, ...] = PATHS
+    batch_sizes: tuple[int, ...] = (1, 4)
+    frames: int = 16  # timed frames per measurement
+    warmup: int = 2  # untimed calls before each measurement
+    fp32: bool = False  # keep float32 on CUDA (default: half)
+    streams: int = 1  # stream pairs in one pipeline (pipeline, passthrough, decode)
+
+    def __post_init__(self) -> None:
+        if self.streams < 1:
+            raise ConfigError(f"--streams must be at least 1; got {self.streams}")
+        if self.frames < 1 or self.warmup < 0:
+            raise ConfigError(f"--frames must be at least 1 and --warmup at least 0; got {self.frames} and {self.warmup}")
+        if any(batch < 1 for batch in self.batch_sizes):
+            raise ConfigError(f"batch sizes must be at least 1; got {list(self.batch_sizes)}")
 
 
-@one_line_errors("ldfusion bench")
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose, args.quiet)
-    _check_arguments(args)
-    from ldfusion.weights import resolve_model  # late: the registry imports checkpoint I/O
-
-    model = resolve_model(args.weights, args.model)
-    devices = [resolve_device(name) for name in (args.devices or _default_devices())]
-    resolutions = [parse_resolution(text) for text in args.resolutions]
-
-    pipeline_problem = pipeline_unavailable_reason() if "pipeline" in args.paths else None
-    if pipeline_problem:
-        log.warning("pipeline not measured: %s", pipeline_problem)
-
-    results: list[Measurement] = []
-    for device in devices:
-        for width, height in resolutions:
-            frames = synthetic_frames(width, height)
-            results += measure_all(model, device, frames, args, pipeline_problem)
-    report = {"machine": machine_info(devices), "settings": _settings(args, model), "results": [asdict(r) for r in results]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(format_table(results))
-    print(f"\n{report['machine']['summary']}; JSON written to {args.out}")
-    return 0
-
-
-def _check_arguments(args: argparse.Namespace) -> None:
-    if args.frames < 1 or args.warmup < 0:
-        raise ConfigError(f"--frames must be at least 1 and --warmup at least 0; got {args.frames} and {args.warmup}")
-    if any(batch < 1 for batch in args.batch_sizes):
-        raise ConfigError(f"batch sizes must be at least 1; got {args.batch_sizes}")
-
-
-def _default_devices() -> list[str]:
+def default_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
@@ -184,36 +151,51 @@ def synthetic_frames(width: int, height: int, count: int = _DISTINCT_FRAMES, see
 # --- measuring ---------------------------------------------------------------------------
 
 
-def measure_all(
-    model: FusionNet, device: torch.device, frames: Frames, args: argparse.Namespace, pipeline_problem: str | None = None
-) -> list[Measurement]:
-    """Every chosen path at one device and resolution; the reference once, the others per batch size.
-
-    ``pipeline_problem``: why the pipeline cannot run here (recorded instead of measuring it).
-    """
+def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings: BenchSettings) -> list[Measurement]:
+    """Every chosen path at one device and resolution; the reference once, the others per batch size."""
     results = []
     log.info("measuring on %s at %dx%d", device, *frames.size)
-    if "reference" in args.paths:
-        results.append(measure_reference(model, device, frames, args.frames, args.warmup))
-    fuser = Fuser(copy.deepcopy(model), FuserOptions(device=str(device), half=False if args.fp32 else None))
-    for batch in args.batch_sizes:
-        if "model" in args.paths:
-            results.append(measure_model(fuser, frames, batch, args.frames, args.warmup))
-        if "model_on_device" in args.paths:
-            results.append(measure_model_on_device(fuser, frames, batch, args.frames, args.warmup))
-        if "pipeline" in args.paths:
-            results.append(_pipeline_or_skip(fuser, frames, batch, args.frames, pipeline_problem))
+    if "reference" in settings.paths:
+        results.append(measure_reference(model, device, frames, settings.frames, settings.warmup))
+    fuser = Fuser(copy.deepcopy(model), FuserOptions(device=str(device), half=False if settings.fp32 else None))
+    for batch in settings.batch_sizes:
+        if "model" in settings.paths:
+            results.append(measure_model(fuser, frames, batch, settings.frames, settings.warmup))
+        if "model_on_device" in settings.paths:
+            results.append(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup))
+        if "pipeline" in settings.paths:
+            results.append(measure_pipeline(fuser, frames, batch, settings.frames, settings.streams))
+        if "passthrough" in settings.paths:
+            identity = Fuser(IdentityFusion(), FuserOptions(device=str(device), half=False))
+            results.append(measure_pipeline(identity, frames, batch, settings.frames, settings.streams, path="passthrough"))
+    if "decode" in settings.paths:
+        results.append(measure_decode(device, frames, settings.frames, settings.streams))
     return results
 
 
-def _pipeline_or_skip(fuser: Fuser, frames: Frames, batch: int, count: int, problem: str | None) -> Measurement:
-    if not problem:
-        try:
-            return measure_pipeline(fuser, frames, batch, count)
-        except PipelineUnavailable as exc:
-            problem = str(exc)
-            log.warning("pipeline not measured: %s", problem)
-    return Measurement("pipeline", str(fuser.device), "{}x{}".format(*frames.size), batch, skipped=problem)
+class IdentityFusion(torch.nn.Module):
+    """A network that returns the visible Y unchanged: the pipeline's cost without a model's."""
+
+    spec = VariantSpec(name="identity", content_dim=1, n_downsample=2, n_residual=0)  # no style path: nothing to smooth
+
+    def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        return vi_y
+
+
+def measure_decode(device: torch.device, frames: Frames, count: int, streams: int) -> Measurement:
+    """PyAV decoding of the IR (luma) and visible files to planes, ``streams`` pairs in turn."""
+    with tempfile.TemporaryDirectory(prefix="ldfusion-bench-") as folder:
+        ir_path, vi_path = write_clip(frames, Path(folder), count=count)
+        started = time.perf_counter()
+        decoded = 0
+        for _ in range(streams):
+            with VideoReader(ir_path, luma_only=True) as ir, VideoReader(vi_path) as vi:
+                decoded += sum(1 for _ in zip(ir, vi))
+        wall = time.perf_counter() - started
+    return Measurement(
+        path="decode", device=str(device), resolution="{}x{}".format(*frames.size), batch=1, streams=streams,
+        frames=decoded, wall_s=wall, fps=decoded / wall, peak_rss_mb=peak_rss_mb(),
+    )
 
 
 def measure_reference(model: FusionNet, device: torch.device, frames: Frames, count: int, warmup: int) -> Measurement:
@@ -319,40 +301,20 @@ def peak_rss_mb() -> float:
 # --- the streaming pipeline ---------------------------------------------------------------
 
 
-def _import_pipeline():
-    """The pipeline's entry points, imported only when measured: ``ldfusion`` never needs them."""
-    try:
-        from pipeline.config import PipelineConfig
-        from pipeline.runner import run_pipeline
-    except ImportError as exc:
-        raise PipelineUnavailable(
-            f"the streaming pipeline is not importable ({exc}); measured the reference and model paths only"
-        ) from None
-    return PipelineConfig, run_pipeline
-
-
-def pipeline_unavailable_reason() -> str | None:
-    try:
-        _import_pipeline()
-    except PipelineUnavailable as exc:
-        return str(exc)
-    return None
-
-
-def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int) -> Measurement:
+def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int, streams: int = 1, path: str = "pipeline") -> Measurement:
     """Run the whole pipeline (decode, pair, fuse; no sinks) on the clip written as two MP4 files."""
-    config_class, run_pipeline = _import_pipeline()
     with tempfile.TemporaryDirectory(prefix="ldfusion-bench-") as folder:
         ir_path, vi_path = write_clip(frames, Path(folder), count=max(count, 2 * batch))
-        config = pipeline_config(config_class, ir_path, vi_path, batch, str(fuser.device))
+        config = pipeline_config(ir_path, vi_path, batch, str(fuser.device), streams)
         if fuser.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(fuser.device)
         summary = run_pipeline(config, fuser=fuser)
     return Measurement(
-        path="pipeline",
+        path=path,
         device=str(fuser.device),
         resolution="{}x{}".format(*frames.size),
         batch=batch,
+        streams=streams,
         frames=int(summary.frames_out),
         wall_s=float(summary.wall_s),
         fps=float(summary.fps),
@@ -364,38 +326,25 @@ def measure_pipeline(fuser: Fuser, frames: Frames, batch: int, count: int) -> Me
     )
 
 
-def pipeline_config(config_class: type, ir_path: Path, vi_path: Path, batch: int, device: str):
-    """The pipeline config for a file pair with no sinks (fused frames are discarded)."""
-    from ldfusion.config import from_dict
-
+def pipeline_config(ir_path: Path, vi_path: Path, batch: int, device: str, streams: int = 1) -> PipelineConfig:
+    """The pipeline config for ``streams`` copies of a file pair with no sinks (fused frames are discarded)."""
+    pair = {"ir": {"kind": "video", "path": str(ir_path)}, "visible": {"kind": "video", "path": str(vi_path)}}
     data = {
-        "streams": [{"id": "bench", "ir": {"kind": "video", "path": str(ir_path)}, "visible": {"kind": "video", "path": str(vi_path)}}],
+        "streams": [{"id": f"bench{i}", **pair} for i in range(streams)],
         "model": {"batch_size": batch, "device": device},
         "sinks": [],
-        "run": {"mode": "file", "progress": False},
+        "run": {"mode": "file", "progress": False, "stats_interval_s": 3600},
     }
-    try:
-        return from_dict(config_class, data)
-    except ConfigError as exc:
-        raise PipelineUnavailable(f"could not build a pipeline config for the benchmark clip: {exc}") from None
+    return from_dict(PipelineConfig, data)
 
 
 def write_clip(frames: Frames, folder: Path, count: int, fps: int = 30) -> tuple[Path, Path]:
-    """The frames, cycled to ``count``, as ir.mp4 (3 equal channels) and vi.mp4 (MPEG-4, high quality)."""
-    import av  # late: only the pipeline measurement needs files
-
+    """The frames, cycled to ``count``, as ir.mp4 and vi.mp4 (MPEG-4 part 2, high quality: fast to decode)."""
     paths = folder / "ir.mp4", folder / "vi.mp4"
-    width, height = frames.size
     for path, images in zip(paths, (frames.ir, frames.visible)):
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mpeg4", rate=Fraction(fps))
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"qscale": "2"}
+        with VideoWriter(path, fps, codec="mpeg4", crf=None, preset=None, options={"qscale": "2"}) as writer:
             for index in range(count):
-                image = images[index % len(images)]
-                rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")))
-            container.mux(stream.encode(None))
+                writer.write_image(images[index % len(images)])
     return paths
 
 
@@ -428,22 +377,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _settings(args: argparse.Namespace, model: FusionNet) -> dict:
-    return {
-        "model": model.spec.name,
-        "weights": args.weights or "default",
-        "frames": args.frames,
-        "warmup": args.warmup,
-        "half_on_cuda": not args.fp32,
-        "paths": list(args.paths),
-    }
-
-
 _COLUMNS = (
     ("device", 6),
     ("size", 9),
     ("path", 15),
     ("batch", 5),
+    ("streams", 7),
     ("fps", 8),
     ("frame p50 ms", 12),
     ("frame p99 ms", 12),
@@ -470,6 +409,7 @@ def format_table(results: list[Measurement]) -> str:
             r.resolution,
             r.path,
             str(r.batch),
+            str(r.streams),
             f"{r.fps:.2f}",
             _ms(r.latency_ms_frame_p50),
             _ms(r.latency_ms_frame_p99),

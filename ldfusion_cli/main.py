@@ -1,4 +1,7 @@
-"""``ldfusion COMMAND ...``: dispatches to each command's own ``main(argv)``."""
+"""``ldfusion COMMAND ...``: dispatches to each command's own ``main(argv)``.
+
+``python -m ldfusion_cli.main COMMAND ...`` runs it from a checkout without installing.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("ldfusion.training.cli", "train a fusion network with the language-driven loss (and --teacher)"),
     "calibrate": ("calibration.cli", "estimate, store and verify IR-to-visible registration"),
     "eval": ("ldfusion.cli.evaluate", "score fused images with the standard fusion metrics"),
-    "bench": ("ldfusion.cli.bench", "measure model-only and pipeline throughput and latency"),
+    "bench": ("ldfusion_cli.bench", "measure model-only and pipeline throughput and latency"),
 }
 
 

@@ -1,0 +1,71 @@
+"""``ldfusion bench``: parse the arguments, run ``pipeline.bench``, print the table, write JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.inference import resolve_device
+from ldfusion.variants import VARIANTS
+from ldfusion.weights import resolve_model
+from pipeline.bench import (
+    DEFAULT_RESOLUTIONS, PATHS, BenchSettings, Measurement, default_devices, format_table, machine_info, measure_all,
+    parse_resolution, synthetic_frames,
+)
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ldfusion bench",
+        description="Measure fused frames per second, p50/p99 latency and peak memory for the authors' "
+        "per-frame reference path, the model alone (Fuser), the whole streaming pipeline, the pipeline with an "
+        "identity network (passthrough) and decoding alone (decode), on the same "
+        "synthetic frames in one run, on the CPU and on CUDA when present. Prints a table with the "
+        "speed-ups over the reference and writes the numbers as JSON.",
+    )
+    parser.add_argument("--weights", default=None, help="weights file or registry name (default: the bundled 'default')")
+    parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant (default: read from the weights)")
+    parser.add_argument(
+        "--resolutions", nargs="+", default=list(DEFAULT_RESOLUTIONS), metavar="WxH", help="frame sizes (default: 640x480 1280x720)"
+    )
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4], metavar="N", help="batch sizes (default: 1 4)")
+    parser.add_argument("--devices", nargs="+", help="devices to measure (default: cpu, and cuda when present)")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="what to measure (default: all)")
+    parser.add_argument("--frames", type=int, default=16, help="timed frames per measurement (default: 16)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: 2)")
+    parser.add_argument("--streams", type=int, default=1, help="stream pairs in one pipeline for pipeline, passthrough, decode (default: 1)")
+    parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
+    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
+    add_logging_arguments(parser)
+    return parser
+
+
+@one_line_errors("ldfusion bench")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    settings = BenchSettings(tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams)
+    resolutions = [parse_resolution(text) for text in args.resolutions]
+    model = resolve_model(args.weights, args.model)
+    devices = [resolve_device(name) for name in (args.devices or default_devices())]
+
+    results: list[Measurement] = []
+    for device in devices:
+        for width, height in resolutions:
+            results += measure_all(model, device, synthetic_frames(width, height), settings)
+    report = {
+        "machine": machine_info(devices),
+        "settings": {**asdict(settings), "model": model.spec.name, "weights": args.weights or "default"},
+        "results": [asdict(r) for r in results],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(format_table(results))
+    print(f"\n{report['machine']['summary']}; JSON written to {args.out}")
+    return 0

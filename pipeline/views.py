@@ -1,0 +1,75 @@
+"""What the sinks ask for: renderings of a fused batch, made on the fusion device.
+
+Each sink names the views it needs (``Sink.views``); the fusion worker renders exactly
+those, batched, on the device, and downloads each once. A view is ``"<content>:<format>"``:
+
+- content ``fused``, ``side_by_side`` (IR | visible | fused), ``ir`` or ``visible`` (the
+  registered inputs);
+- format ``yuv420p`` (limited-range planes Y, U, V: what the MP4 encoder takes, with no RGB
+  in between), ``rgb24`` / ``bgr24`` ((H, W, 3) uint8) or ``gray`` ((H, W) uint8 full-range
+  luma);
+- ``device``: the batch's tensors on the fusion device, not downloaded (``DeviceFrame``),
+  for a consumer in the same process.
+
+Convention: the inputs are Y, Cr, Cb batches (``ldfusion.color.YCrCbBatch``: 4:2:0 chroma
+stays at half resolution, so ``fused:yuv420p`` needs no resampling) and (B, 1, H, W) IR
+luma, float in [0, 1], full range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from ldfusion.color import YCrCbBatch, gray_to_ycrcb, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
+
+CONTENTS = ("fused", "side_by_side", "ir", "visible")
+FORMATS = ("yuv420p", "rgb24", "bgr24", "gray")
+DEVICE = "device"
+
+
+def view_name(content: str, pixel_format: str) -> str:
+    if content not in CONTENTS or pixel_format not in FORMATS:
+        raise ValueError(f"no view {content}:{pixel_format}; contents {CONTENTS}, formats {FORMATS}")
+    return f"{content}:{pixel_format}"
+
+
+def render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> dict[str, list]:
+    """{view: one item per row}; host views are numpy arrays (or tuples of planes)."""
+    out: dict[str, list] = {}
+    for view in sorted(set(views)):
+        if view == DEVICE:
+            ycrcb = fused.full()
+            rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
+            out[view] = [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])]
+            continue
+        content, pixel_format = view.split(":")
+        out[view] = _download(_content(content, fused, ir, visible), pixel_format)
+    return out
+
+
+def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> YCrCbBatch | Tensor:
+    """Y, Cr, Cb of the content (a batch, or a (B, 3, H, W') tensor)."""
+    if content == "fused":
+        return fused
+    if content == "visible":
+        return visible
+    ir_ycrcb = gray_to_ycrcb(ir[:, 0].mul(255.0).round_().to(torch.uint8))
+    if content == "ir":
+        return ir_ycrcb
+    return torch.cat([ir_ycrcb, visible.full(), fused.full()], dim=-1)
+
+
+def _download(ycrcb: YCrCbBatch | Tensor, pixel_format: str) -> list:
+    if pixel_format == "yuv420p":
+        y, u, v = (plane.cpu().numpy() for plane in ycrcb_to_yuv420p(ycrcb))
+        return [(y[i], u[i], v[i]) for i in range(y.shape[0])]
+    if pixel_format == "gray":
+        luma = (ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu().numpy()
+        return list(luma)
+    rgb = ycrcb_to_rgb_u8(ycrcb)
+    if pixel_format == "bgr24":
+        rgb = rgb.flip(-1)
+    return list(rgb.cpu().numpy())

@@ -1,0 +1,29 @@
+"""One override rule (``ldfusion.config.apply_overrides``) for every command's ``--set``."""
+
+from __future__ import annotations
+
+import pytest
+
+from ldfusion.config import apply_overrides, load_config, parse_overrides
+from ldfusion.errors import ConfigError
+from ldfusion.training.config import TrainConfig
+
+
+def test_overrides_merge_mappings_and_index_lists():
+    base = {"streams": [{"id": "a", "sync": {"slop_s": 0.1}}, {"id": "b"}], "model": {"batch_size": 1}}
+    merged = apply_overrides(base, parse_overrides(["streams.0.sync.slop_s=0.02", "streams.1.id=c", "model.device=cpu"]))
+    assert merged == {"streams": [{"id": "a", "sync": {"slop_s": 0.02}}, {"id": "c"}], "model": {"batch_size": 1, "device": "cpu"}}
+    assert base["streams"][0]["sync"]["slop_s"] == 0.1  # the input is not changed
+
+
+@pytest.mark.parametrize("override", ["streams.2.id=x", "streams.first.id=x"])
+def test_an_index_outside_the_list_is_a_one_line_error(override):
+    with pytest.raises(ConfigError, match="streams has 1 item"):
+        apply_overrides({"streams": [{"id": "a"}]}, parse_overrides([override]))
+
+
+def test_the_trainer_uses_the_same_rule(tmp_path):
+    config = load_config(TrainConfig, None, ["data.crop=128", "data.pairs=[{ir: ir, vi: vi}]", "optim.lr=0.0005"])
+    assert config.optim.lr == 0.0005
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(TrainConfig, None, ["data.crop=128", "data.pairs=[{ir: ir, vi: vi}]", "optim.no_such_key=1"])

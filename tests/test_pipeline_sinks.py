@@ -1,0 +1,141 @@
+"""Sinks: the registry, one thread and queue each (a slow sink stalls no other), the in-process consumer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import pipeline
+from ldfusion.errors import ConfigError
+from pipeline.config import SINK_KINDS, SinkConfig
+from pipeline.frames import FrameMeta, FusedFrame
+from pipeline.runner import run_pipeline
+from pipeline.sinks import SINKS, CallbackSink, SinkFanout, build_sinks
+from tests.conftest import REPO_ROOT
+from tests.pipeline_helpers import Collect, cpu_fuser, decodable_frames, make_config, marked_video
+
+
+def test_every_configurable_kind_is_registered_and_no_other():
+    assert set(SINK_KINDS) == set(SINKS)
+
+
+def test_an_unknown_sink_kind_is_a_one_line_config_error(tmp_path):
+    config = make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4")
+    config = type(config)(config.streams, sinks=(SinkConfig(kind="mp4", path="o.mp4"),))
+    object.__setattr__(config.sinks[0], "kind", "rtmp")  # past the config check: the registry still refuses it
+    with pytest.raises(ConfigError, match=r"^sinks: unknown sink kind 'rtmp'; choose one of mp4, png, zmq$"):
+        build_sinks(config, {})
+
+
+def _frame(seq: int) -> FusedFrame:
+    return FusedFrame(FrameMeta("s", seq, seq / 30, seq / 30, seq / 30, seq, seq, 0.0, 0.0), {})
+
+
+class _Gate:
+    """A sink that waits for ``release`` before each write."""
+
+    kind, views = "gate", ()
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.seen: list[int] = []
+        self.outputs: list[str] = []
+
+    def write(self, frame: FusedFrame) -> None:
+        self.release.wait(10)
+        self.seen.append(frame.meta.seq)
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_a_slow_sink_does_not_stall_another(live):
+    slow, fast = _Gate(), Collect()
+    done = []
+    fanout = SinkFanout([slow, fast.sink()], queue_size=4, live=live, on_done=lambda f: done.append(f.meta.seq))
+    threads = [threading.Thread(target=fanout.drain, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    n = 4 if not live else 20  # file mode: as many as the slow sink's queue holds; live: any number
+    for seq in range(n):
+        assert fanout.put(_frame(seq))
+        if live:  # a camera's pace, which the fast sink keeps up with
+            time.sleep(0.01)
+    deadline = time.monotonic() + 5
+    while len(fast.frames) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [f.meta.seq for f in fast.frames] == list(range(n)) and slow.seen == []  # the fast sink did not wait
+    slow.release.set()
+    fanout.end()
+    for thread in threads:
+        thread.join(5)
+    if live:  # the slow sink kept the newest frames and its queue counted the rest
+        assert slow.seen[-1] == n - 1 and len(slow.seen) + fanout.queues[0].dropped == n
+        assert done == slow.seen  # a frame counts as written once every sink wrote it
+    else:  # nothing is lost in file mode
+        assert slow.seen == list(range(n)) and done == list(range(n))
+
+
+def test_in_process_consumer_gets_device_tensors(tmp_path, random_weights):
+    ir, vi = marked_video(tmp_path / "ir.mp4", 5, 30), marked_video(tmp_path / "vi.mp4", 5, 30, seed=1)
+    fuser = cpu_fuser(random_weights["ld-lite"])
+    collect = Collect()
+    run_pipeline(make_config(ir, vi, model={"smoothing": False}), fuser, extra_sinks=[collect.sink()])
+    got = list(pipeline.fused_frames(make_config(ir, vi, model={"smoothing": False}), fuser))
+    assert [f.meta.seq for f in got] == [0, 1, 2, 3, 4]
+    for frame, reference in zip(got, collect.frames):
+        assert frame.rgb.shape == (3, 48, 64) and frame.rgb.dtype == torch.float32 and frame.rgb.device == fuser.device
+        assert frame.ir.shape == (1, 48, 64) and frame.ycrcb.shape == (3, 48, 64)
+        as_u8 = (frame.rgb * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.abs(as_u8.astype(int) - reference.fused.astype(int)).max() <= 1  # what the sinks get
+
+
+def test_leaving_the_consumer_loop_early_stops_the_pipeline(tmp_path, random_weights):
+    ir, vi = marked_video(tmp_path / "ir.mp4", 30, 30), marked_video(tmp_path / "vi.mp4", 30, 30, seed=1)
+    before = threading.active_count()
+    for frame in pipeline.fused_frames(make_config(ir, vi), cpu_fuser(random_weights["ld-lite"]), queue_size=2):
+        if frame.meta.seq == 2:
+            break
+    deadline = time.monotonic() + 10
+    while threading.active_count() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert threading.active_count() <= before
+
+
+@pytest.mark.slow
+def test_fragmented_mp4_survives_kill_9_up_to_the_last_fragment(tmp_path, random_weights):
+    """A real `ldfusion run` killed with SIGKILL after more than two GOPs leaves a file that
+    decodes to its last complete fragment."""
+    n, keyint = 90, 5
+    ir, vi = marked_video(tmp_path / "ir.mp4", n, 15), marked_video(tmp_path / "vi.mp4", n, 15, seed=1)
+    config = {
+        "streams": [{"id": "cam0", "ir": {"path": str(ir)}, "visible": {"path": str(vi)}}],
+        "model": {"weights": str(random_weights["ld-lite"]), "device": "cpu"},
+        "sinks": [{"kind": "mp4", "path": "o.mp4", "fragmented": True, "keyint": keyint}],
+        "run": {"out_dir": str(tmp_path / "out"), "realtime": True, "progress": False},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "ldfusion_cli.main", "run", str(tmp_path / "run.yaml"), "-q"], env=env)
+    output = tmp_path / "out" / "o.mp4"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if output.is_file() and decodable_frames(output) >= 2 * keyint + 1:
+                break
+            time.sleep(0.2)
+        assert process.poll() is None, "the run ended before it could be killed"
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(10)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    frames = decodable_frames(output)
+    assert frames >= 2 * keyint and frames < n  # whole GOPs up to the kill, not the full clip

@@ -1,0 +1,146 @@
+"""The one video layer and the plane data path: odd sizes, deep and gray video, colour round trips."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from ldfusion.color import planes_to_luma, planes_to_ycrcb, rgb_to_ycrcb, ycrcb_to_yuv420p
+from ldfusion.imageio import infrared_to_unit
+from ldfusion.video import Planes, VideoReader, VideoWriter, probe_frames
+from tests.pipeline_helpers import texture
+
+
+def _raw_video(path, frames: list[np.ndarray], pix_fmt: str) -> None:
+    """A lossless clip (FFV1) in a layout the pipeline's MP4s never use: deep or gray."""
+    with VideoWriter(path, 10, codec="ffv1", crf=None, preset=None, pixel_format=pix_fmt) as writer:
+        for image in frames:
+            writer.write_image(image)
+
+
+@pytest.mark.parametrize("size", [(51, 37), (64, 48), (9, 8)])
+def test_planes_survive_the_device_round_trip_exactly(size):
+    """yuv420p -> full-range Y, Cr, Cb on the device -> yuv420p gives the same planes, odd sizes included."""
+    width, height = size
+    rng = np.random.default_rng(1)
+    y = rng.integers(16, 236, (height, width), dtype=np.uint8)
+    u, v = (rng.integers(16, 241, ((height + 1) // 2, (width + 1) // 2), dtype=np.uint8) for _ in range(2))
+    back = ycrcb_to_yuv420p(planes_to_ycrcb([Planes("yuv420p", (y, u, v), full_range=False)]))
+    for got, expected in zip(back, (y, u, v)):
+        assert np.array_equal(got[0].numpy(), expected)
+
+
+def test_odd_sized_frames_are_written_padded_and_read_back(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(16, 236, (37, 51), dtype=np.uint8)
+    u, v = (np.full((19, 26), 128, np.uint8) for _ in range(2))
+    with VideoWriter(tmp_path / "odd.mp4", 10, crf=0) as writer:
+        for i in range(3):
+            writer.write_planes(y, u, v, t=i / 10)
+    count, rate, times = probe_frames(tmp_path / "odd.mp4")
+    assert (count, rate) == (3, 10) and times == pytest.approx([0.0, 0.1, 0.2])
+    with VideoReader(tmp_path / "odd.mp4") as reader:
+        planes = next(iter(reader)).planes
+    assert planes.size == (52, 38) and np.array_equal(planes.data[0][:37, :51], y)
+    assert np.array_equal(planes.data[0][37, :51], y[36])  # padding repeats the edge
+
+
+def test_sixteen_bit_ir_video_is_stretched_like_a_sixteen_bit_png(tmp_path):
+    """Raw thermal counts 30000..30500 fill the 8-bit range, by the same rule as 16-bit images,
+    with the first frame's limits kept (no flicker when the scene warms up)."""
+    raw = (30000 + 500 * texture(48, 32, seed=3).astype(np.float64) / 255).astype(np.uint16)
+    _raw_video(tmp_path / "ir16.mkv", [raw, raw + 100], "gray16le")
+    with VideoReader(tmp_path / "ir16.mkv", luma_only=True) as reader:
+        first, warmer = (frame.planes for frame in reader)
+    assert first.layout == "gray" and first.full_range
+    expected = (infrared_to_unit(raw) * 255 + 0.5).astype(np.uint8)  # the image rule
+    assert np.abs(first.data[0].astype(int) - expected).max() <= 1
+    assert first.data[0].max() - first.data[0].min() > 200
+    assert warmer.data[0].mean() > first.data[0].mean() + 20  # held limits: warmer looks warmer
+
+
+def test_ten_bit_ir_video_is_read_at_full_depth(tmp_path):
+    levels = (200 + 40 * texture(48, 32, seed=4).astype(np.float64) / 255).astype(np.uint16)  # a narrow 10-bit band
+    # Exact 10-bit samples, which only PyAV's own frames can carry (the writer converts from 8/16-bit arrays).
+    frame = av.VideoFrame(48, 32, "yuv420p10le")
+    for index, plane in enumerate(frame.planes):
+        rows = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2)
+        rows[:, : plane.width] = levels if index == 0 else 512
+    with av.open(str(tmp_path / "ir10.mkv"), "w") as container:
+        stream = container.add_stream("ffv1", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p10le"
+        container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with VideoReader(tmp_path / "ir10.mkv", luma_only=True) as reader:
+        planes = next(iter(reader)).planes
+    assert planes.layout == "gray" and planes.size == (48, 32)
+    expected = (infrared_to_unit(levels, bits=10) * 255 + 0.5).astype(np.uint8)
+    assert np.abs(planes.data[0].astype(int) - expected).max() <= 1
+    assert planes.data[0].max() - planes.data[0].min() > 200  # 40 levels of 1024 are stretched too
+
+
+def test_gray_visible_video_gets_neutral_chroma(tmp_path):
+    gray = texture(40, 30, seed=5)
+    _raw_video(tmp_path / "gray.mkv", [gray], "gray")
+    with VideoReader(tmp_path / "gray.mkv") as reader:
+        planes = next(iter(reader)).planes
+    assert planes.layout == "gray"
+    ycrcb = planes_to_ycrcb([planes])
+    assert torch.allclose(ycrcb[0, 0], torch.from_numpy(gray).float() / 255)
+    assert torch.all(ycrcb[0, 1:] == 0.5)
+
+
+def test_limited_range_luma_is_stretched_to_full():
+    y = np.array([[16, 126, 235, 0, 255]], np.uint8)
+    out = planes_to_luma([Planes.gray(y, full_range=False)])[0, 0, 0].numpy()
+    assert out == pytest.approx([0.0, 110 / 219, 1.0, 0.0, 1.0], abs=1e-6)
+
+
+def test_camera_bgr_is_converted_on_the_device_like_rgb_images():
+    rgb = np.random.default_rng(6).integers(0, 256, (8, 10, 3), dtype=np.uint8)
+    from_bgr = planes_to_ycrcb([Planes.packed(rgb[:, :, ::-1].copy(), bgr=True)])
+    expected = rgb_to_ycrcb(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)
+    assert torch.allclose(from_bgr, expected, atol=1e-6)
+
+
+def test_writer_pts_follow_timestamps_on_the_given_clock(tmp_path):
+    with VideoWriter(tmp_path / "t.mp4", Fraction(30), time_base=Fraction(1, 90000), crf=30) as writer:
+        for t in (0.0, 0.033, 0.1, 0.1):  # a repeated timestamp still gets a later pts
+            writer.write_image(np.zeros((16, 16, 3), np.uint8), t)
+    with VideoReader(tmp_path / "t.mp4") as reader:
+        times = [frame.t for frame in reader]
+    assert times[:3] == pytest.approx([0.0, 0.033, 0.1], abs=1e-3) and times[3] > times[2]
+
+
+def test_training_reads_video_pairs_through_the_one_reader(tmp_path):
+    from ldfusion.training.data import VideoSource, load_video_pairs
+    from tests.pipeline_helpers import marked_frame, read_mark, write_video
+
+    write_video(tmp_path / "ir.mp4", [marked_frame(i, 64, 48, color=False) for i in range(7)], 10)
+    write_video(tmp_path / "vi.mp4", [marked_frame(i, 64, 48, seed=1) for i in range(7)], 10)
+    pairs = load_video_pairs(VideoSource(str(tmp_path / "ir.mp4"), str(tmp_path / "vi.mp4"), every=3))
+    assert [p.name for p in pairs] == ["vi#0", "vi#3", "vi#6"]
+    for k, pair in enumerate(pairs):
+        assert pair.ir.shape == (48, 64) and pair.ir.dtype == np.uint8
+        assert pair.visible.shape == (48, 64, 3) and pair.visible.dtype == np.uint8
+        assert read_mark(pair.ir) == read_mark(pair.visible) == 3 * k
+
+
+@pytest.mark.parametrize("box", [(2, 4, 31, 17), (3, 1, 20, 10), (0, 0, 51, 37)])
+def test_crops_keep_half_size_chroma_exact_or_resample_it(box):
+    """An even-offset crop keeps 4:2:0 chroma at half size; an odd one resamples it; both
+    equal cropping the full-resolution frame."""
+    from ldfusion.color import planes_to_batch
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(16, 236, (37, 51), dtype=np.uint8)
+    u, v = (rng.integers(16, 241, (19, 26), dtype=np.uint8) for _ in range(2))
+    batch = planes_to_batch([Planes("yuv420p", (y, u, v), full_range=False)])
+    x0, y0, w, h = box
+    cropped = batch.crop(*box)
+    assert cropped.subsampled == (x0 % 2 == 0 and y0 % 2 == 0 and (w, h) != (1, 1))
+    assert torch.equal(cropped.full(), batch.full()[..., y0 : y0 + h, x0 : x0 + w])
