@@ -11,6 +11,7 @@ import sys
 
 from ldfusion import __version__
 from ldfusion.errors import first_line
+from ldfusion.redact import mask_credentials
 
 # Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 (last resort: each command turns the errors it knows into one line itself)
         if os.environ.get("LDFUSION_DEBUG"):
             raise
-        print(f"ldfusion {name}: error: {type(exc).__name__}: {first_line(exc)} (LDFUSION_DEBUG=1 shows the traceback)", file=sys.stderr)
+        message = mask_credentials(first_line(exc))  # a camera URL in the message may hold a password
+        print(f"ldfusion {name}: error: {type(exc).__name__}: {message} (LDFUSION_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
 
 

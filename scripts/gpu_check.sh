@@ -24,7 +24,7 @@
 #   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
 set -uo pipefail  # no -e: a failing section must not stop the others
 
-LDFUSION_MODULE="ldfusion.cli.main"  # the CLI dispatcher; change this one line if it moves
+LDFUSION_MODULE="ldfusion_cli.main"  # the CLI dispatcher; change this one line if it moves
 BUDGET_S=${BUDGET_S:-285}
 PY=${PYTHON:-python3}
 DRY_RUN=0

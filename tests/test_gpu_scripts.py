@@ -29,8 +29,8 @@ def test_script_help_and_unknown_option(script):
 
 def test_gpu_check_names_the_cli_module_in_one_place():
     text = (REPO / "scripts/gpu_check.sh").read_text()
-    assert text.count("ldfusion.cli.main") == 1  # the shim's target, changed in one line when the dispatcher moves
-    assert "-m ldfusion.cli.main" not in text
+    assert text.count("ldfusion_cli.main") == 1  # the shim's target, changed in one line when the dispatcher moves
+    assert "-m ldfusion_cli.main" not in text
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU answer")

@@ -429,7 +429,7 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
 def test_ctrl_c_in_the_first_second_of_a_real_process_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "ldfusion.cli.main", "run", str(REPO_ROOT / "configs" / "video_to_mp4.yaml")],
+        [sys.executable, "-m", "ldfusion_cli.main", "run", str(REPO_ROOT / "configs" / "video_to_mp4.yaml")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     time.sleep(0.7)  # Python is up; torch is still importing
