@@ -24,7 +24,7 @@ import zmq
 from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
 from ldfusion.checkpoint import FORMAT_NAME, FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from ldfusion.cli import fuse as fuse_cli
-from ldfusion.cli import main as dispatcher
+from ldfusion_cli import main as dispatcher
 from ldfusion.errors import CheckpointError, DataError
 from ldfusion.imageio import write_image
 from ldfusion.inference import Fuser, FuserOptions
