@@ -130,7 +130,7 @@ def _add_scene(commands) -> None:
     )
     sub.add_argument("--max-width", type=int, default=480, help="refine at most this wide, for speed (default: 480)")
     sub.add_argument(
-        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.5)"
+        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.7)"
     )
     sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
     _add_model(sub)

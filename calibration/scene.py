@@ -27,6 +27,7 @@ about the visible frame's centre.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ log = logging.getLogger(__name__)
 
 MOTIONS = {"homography": cv2.MOTION_HOMOGRAPHY, "affine": cv2.MOTION_AFFINE}
 AFFINE_LEVELS = 2  # the coarsest levels fit affine maps only; perspective is left to the finer ones
-MIN_CONFIDENCE = 0.5  # below this a result is refused (see quality.registration_confidence)
+MIN_CONFIDENCE = 0.7  # below this a result is refused (see quality.registration_confidence); set on the benchmark
 AGREEMENT_PX = 2.0  # two estimates within this corner distance (visible pixels) agree
 
 
@@ -171,9 +172,7 @@ def register_frames(
     winner = results[best]
     score = winner.confidence.score * share
     log.info("%d of %d frame pairs agree with the chosen registration", int(agree[best].sum()), len(results))
-    confidence = Confidence(score, winner.confidence.tiles_agreeing, winner.confidence.tiles_informative,
-                            winner.confidence.starts_agreeing, winner.confidence.starts,
-                            frames_agreeing=int(agree[best].sum()), frames=len(pairs))
+    confidence = dataclasses.replace(winner.confidence, score=score, frames_agreeing=int(agree[best].sum()), frames=len(pairs))
     return SceneResult(winner.H, winner.correlation, winner.residual, confidence, winner.method)
 
 
@@ -210,6 +209,8 @@ class EdgePyramid:
         widths = [min(options.search_width, top)]
         while widths[-1] < top:
             widths.append(min(widths[-1] * 2, top))
+        if len(widths) == 1:
+            widths.append(top)  # a small image: the search level (blurred more), then a sharp one
         vi_per_ir = _pixel_ratio(start, ir_size)
         levels = []
         for width in widths:
@@ -217,8 +218,8 @@ class EdgePyramid:
             ir_factor = min(1.0, vi_factor * vi_per_ir)  # infrared pixels as big as the visible ones
             vi_small, S_vi = _resize(vi, vi_factor)
             ir_small, S_ir = _resize(ir, ir_factor)
-            sigma = 1.5 if width == widths[0] else 1.0
-            search_level = width == widths[0]
+            search_level = not levels
+            sigma = 1.5 if search_level else 1.0
             oriented = (edge_features(vi_small, sigma, oriented=True), edge_features(ir_small, sigma, oriented=True)) if search_level else (None, None)
             levels.append(
                 EdgeLevel(edge_features(vi_small, sigma), edge_features(ir_small, sigma), S_vi, S_ir, *oriented)
@@ -269,15 +270,15 @@ def _spectrum(image: np.ndarray, window: np.ndarray) -> np.ndarray:
 
 
 def _phase_shift(reference: np.ndarray, moving: np.ndarray, max_shift: float) -> tuple[tuple[float, float], float]:
-    """The translation (dx, dy) that moves ``moving`` onto ``reference``, at most max_shift each way.
+    """The translation (dx, dy) that moves ``moving`` onto ``reference``, at most max_shift each way, and the peak height.
 
-    Phase correlation: the whitened cross-power spectrum's inverse peaks at the displacement of
-    ``moving`` relative to ``reference`` at minus that displacement; only displacements within the range are considered.
+    Phase correlation: the inverse of the whitened cross-power spectrum peaks at the
+    translation sought; only translations within the range are considered.
     """
     cross = cv2.mulSpectrums(reference, moving, 0, conjB=True)
     magnitude = cv2.magnitude(cross[..., 0], cross[..., 1]) + 1e-9
     cross /= magnitude[..., None]
-    surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # (h, w); peak at -d (mod size)
+    surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # (h, w), lags modulo the size
     surface = np.fft.fftshift(surface)
     height, width = surface.shape
     ys, xs = np.mgrid[0:height, 0:width]
