@@ -115,8 +115,8 @@ def _add_scene(commands) -> None:
         "the declared range of scale, rotation and shift (edge maps, phase correlation), then ECC on "
         "edge maps, coarse to fine, from the best few candidates. The start is the frames stretched "
         "over each other, or --init. With videos and --frames N, N frame pairs are registered and the "
-        "answer most of them agree on wins. A confidence from held-out tiles (and the agreement of "
-        "starts and frames) decides: below --min-confidence the command exits 1 with the reason and "
+        "answer most of them agree on wins. A confidence from held-out tiles (lowered when frames "
+        "disagree) decides: below --min-confidence the command exits 1 with the reason and "
         "writes nothing, unless --force.",
     )
     sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video with --frames")
@@ -128,7 +128,7 @@ def _add_scene(commands) -> None:
     sub.add_argument(
         "--max-shift", type=float, default=0.15, help="search shifts within +- this fraction of the visible width (default: 0.15)"
     )
-    sub.add_argument("--max-width", type=int, default=480, help="refine at most this wide, for speed (default: 480)")
+    sub.add_argument("--max-width", type=int, default=640, help="refine at most this wide, for speed (default: 640)")
     sub.add_argument(
         "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.7)"
     )
