@@ -355,7 +355,10 @@ def run_offset(args: argparse.Namespace) -> int:
         f"time offset {result.offset_s:+.4f} s ({result.offset_vi_frames:+.2f} visible frames at {result.vi_fps:g} fps, "
         f"{result.offset_ir_frames:+.2f} infrared frames at {result.ir_fps:g} fps); correlation peak {result.peak:.2f}"
     )
-    print(f"confidence {result.confidence:.2f} (peak-to-sidelobe ratio {result.peak_to_sidelobe:.1f})")
+    print(
+        f"confidence {result.confidence:.2f} ({result.segments_agreeing} of {result.segments} time windows find the same lag; "
+        f"peak-to-sidelobe ratio {result.peak_to_sidelobe:.1f})"
+    )
     print("add it to infrared timestamps to put them on the visible clock")
     print(f"wrote {args.out}")
     return 0

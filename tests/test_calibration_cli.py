@@ -206,7 +206,8 @@ def test_offset_command_updates_an_existing_file(tmp_path, capsys):
     assert registration.time_offset_s == pytest.approx(5 / 30, abs=0.5 / 30)
     np.testing.assert_allclose(registration.H, H)  # the spatial part is kept
     assert registration.method == "points" and registration.error_px == pytest.approx(0.4)
-    assert "visible frames" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "visible frames" in printed and "time windows find the same lag" in printed
 
 
 # --- bad input: one line and a non-zero exit ----------------------------------------------
