@@ -2,9 +2,11 @@
 
 Whatever moves in the scene changes both videos at the same moments, whichever modality
 shows it. So each video becomes a motion-energy signal (mean absolute difference of
-successive small gray frames, log-compressed and with its slow trend removed), both are
-resampled onto one time grid, and the lag of the best normalised cross-correlation,
-refined to sub-sample precision, is the offset.
+successive small gray frames, per cell of a 2x2 grid and over the whole frame,
+log-compressed and with its slow trend removed), both are resampled onto one time grid, and
+the lag of the best normalised cross-correlation (averaged over the cells), refined to
+sub-sample precision, is the offset. Its confidence is the share of time windows that, matched
+on their own, find the same lag.
 
 Sign convention (as in the registration file): ``time_offset_s`` is added to infrared
 timestamps to put them on the visible clock. If the infrared camera's clock runs 0.2 s
