@@ -29,6 +29,7 @@ examples:
   ldfusion calibrate target --ir board/ir --vi board/vi --pattern 9x6 --out calib.yaml
   ldfusion calibrate target --ir board/ir --vi board/vi --pattern 7x5 --charuco DICT_5X5_100 --out calib.yaml
   ldfusion calibrate scene --ir ir.png --vi vi.png --out calib.yaml
+  ldfusion calibrate scene --ir ir.mp4 --vi vi.mp4 --frames 5 --max-rotation 5 --out calib.yaml
   ldfusion calibrate points --file clicks.csv --ir-size 640x512 --vi-size 1920x1080 --out calib.yaml
   ldfusion calibrate offset --ir ir.mp4 --vi vi.mp4 --calib calib.yaml --out calib.yaml
   ldfusion calibrate verify --calib calib.yaml --ir ir.png --vi vi.png --out overlay.png
@@ -109,19 +110,29 @@ def _add_scene(commands) -> None:
     sub = _subparser(
         commands,
         "scene",
-        "from one ordinary scene pair, no target (edge-based ECC)",
-        "Align the infrared edges to the visible edges of one scene pair with ECC, coarse to fine, "
-        "starting from the identity (the frames stretched over each other when sizes differ), from "
-        "--init, or from --features. Works best on a pair with plenty of structure at a distance. "
-        "Prints the final edge correlation and the residual misalignment measured per tile.",
+        "from ordinary scene pairs, no target (global search, then edge-based ECC)",
+        "Register the infrared image onto the visible one from the scene itself: a global search over "
+        "the declared range of scale, rotation and shift (edge maps, phase correlation), then ECC on "
+        "edge maps, coarse to fine, from the best few candidates. The start is the frames stretched "
+        "over each other, or --init. With videos and --frames N, N frame pairs are registered and the "
+        "answer most of them agree on wins. A confidence from held-out tiles (lowered when frames "
+        "disagree) decides: below --min-confidence the command exits 1 with the reason and "
+        "writes nothing, unless --force.",
     )
-    sub.add_argument("--ir", required=True, type=Path, help="infrared image")
-    sub.add_argument("--vi", required=True, type=Path, help="visible image")
-    start = sub.add_mutually_exclusive_group()
-    start.add_argument("--init", type=Path, help="a rough registration YAML to start from (e.g. from `points`)")
-    start.add_argument("--features", action="store_true", help="start from SIFT matches on the edge maps (large misalignments)")
-    sub.add_argument("--levels", type=int, default=0, help="pyramid levels (default: 0 = automatic)")
-    sub.add_argument("--max-width", type=int, default=640, help="work at most this wide, for speed (default: 640)")
+    sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video with --frames")
+    sub.add_argument("--vi", required=True, type=Path, help="visible image, or video with --frames")
+    sub.add_argument("--init", type=Path, help="a rough registration YAML to search around (e.g. from `points`)")
+    sub.add_argument("--frames", type=int, help="the inputs are videos: register this many evenly spaced frame pairs")
+    sub.add_argument("--max-scale", type=float, default=1.25, help="search scales from 1/this to this (default: 1.25)")
+    sub.add_argument("--max-rotation", type=float, default=10.0, help="search rotations within +- this many degrees (default: 10)")
+    sub.add_argument(
+        "--max-shift", type=float, default=0.15, help="search shifts within +- this fraction of the visible width (default: 0.15)"
+    )
+    sub.add_argument("--max-width", type=int, default=640, help="refine at most this wide, for speed (default: 640)")
+    sub.add_argument(
+        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.7)"
+    )
+    sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
     _add_model(sub)
     _add_ir_16bit(sub)
     sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
@@ -250,17 +261,30 @@ def run_target(args: argparse.Namespace) -> int:
 
 
 def run_scene(args: argparse.Namespace) -> int:
-    from calibration.scene import SceneOptions, register_scene
+    from calibration.scene import MIN_CONFIDENCE, SceneOptions, SearchRange, register_frames
 
-    ir, vi = read_infrared(args.ir, args.ir_16bit), read_visible(args.vi)
-    options = SceneOptions(model=args.model, levels=args.levels, max_width=args.max_width)
+    search = SearchRange(args.max_scale, args.max_rotation, args.max_shift)
+    options = SceneOptions(model=args.model, search=search, max_width=max(args.max_width, 160))
+    min_confidence = MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence
+    pairs = _scene_pairs(args)
+    ir, vi = pairs[0]
     init, time_offset = None, 0.0
     if args.init is not None:
         start = load_registration(args.init)
         _check_init(start, ir, vi, args.init)
         init, time_offset = start.H, start.time_offset_s
-    result = register_scene(ir, vi, init, options, use_features=args.features)
-    residual = result.residual
+    result = register_frames(pairs, init, options)
+    print(f"edge correlation {result.correlation:.3f}")
+    print(_residual_line(result.residual))
+    print(result.confidence.describe())
+    if result.confidence.score < min_confidence and not args.force:
+        print(
+            f"{PROG} scene: refused: confidence {result.confidence.score:.2f} is below {min_confidence:g} "
+            f"({result.confidence.tiles_agreeing} of {result.confidence.tiles_informative} informative tiles agree); "
+            "nothing written (try more frames, a pair with more shared structure, --init, or --force)",
+            file=sys.stderr,
+        )
+        return 1
     registration = Registration(
         H=result.H,
         source_size=image_size(ir),
@@ -268,13 +292,25 @@ def run_scene(args: argparse.Namespace) -> int:
         model=args.model,
         time_offset_s=time_offset,
         method=result.method,
-        error_px=residual.rms_px,
+        error_px=result.residual.rms_px,
     )
     save_registration(args.out, registration)
-    print(f"edge correlation {result.correlation:.3f}")
-    print(_residual_line(residual))
+    if result.confidence.score < min_confidence:
+        log.warning("confidence %.2f is below %g: written anyway (--force)", result.confidence.score, min_confidence)
     print(f"wrote {args.out}")
     return 0
+
+
+def _scene_pairs(args: argparse.Namespace) -> list:
+    """The (infrared, visible) pairs to register: two images, or --frames pairs from two videos."""
+    if args.frames is None:
+        return [(read_infrared(args.ir, args.ir_16bit), read_visible(args.vi))]
+    from calibration.timing import sample_frames
+
+    if args.frames < 1:
+        raise CalibrationError(f"--frames must be at least 1; got {args.frames}")
+    ir_frames, vi_frames = sample_frames(args.ir, args.frames), sample_frames(args.vi, args.frames)
+    return list(zip(ir_frames, vi_frames))
 
 
 def run_points(args: argparse.Namespace) -> int:
@@ -319,6 +355,10 @@ def run_offset(args: argparse.Namespace) -> int:
         f"time offset {result.offset_s:+.4f} s ({result.offset_vi_frames:+.2f} visible frames at {result.vi_fps:g} fps, "
         f"{result.offset_ir_frames:+.2f} infrared frames at {result.ir_fps:g} fps); correlation peak {result.peak:.2f}"
     )
+    print(
+        f"confidence {result.confidence:.2f} ({result.segments_agreeing} of {result.segments} time windows find the same lag; "
+        f"peak-to-sidelobe ratio {result.peak_to_sidelobe:.1f})"
+    )
     print("add it to infrared timestamps to put them on the visible clock")
     print(f"wrote {args.out}")
     return 0
@@ -335,6 +375,7 @@ def run_verify(args: argparse.Namespace) -> int:
     write_image(args.out, result.overlay)
     print(f"alignment score {result.score:.3f} (edge correlation over {result.coverage:.0%} of the {_other(registration.source)} image)")
     print(_residual_line(result.residual))
+    print(result.confidence.describe())
     print(f"wrote {args.out}")
     if args.min_score is not None and not result.score >= args.min_score:
         print(f"{PROG} verify: score {result.score:.3f} is below --min-score {args.min_score}", file=sys.stderr)

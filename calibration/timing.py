@@ -2,9 +2,11 @@
 
 Whatever moves in the scene changes both videos at the same moments, whichever modality
 shows it. So each video becomes a motion-energy signal (mean absolute difference of
-successive small gray frames, log-compressed and with its slow trend removed), both are
-resampled onto one time grid, and the lag of the best normalised cross-correlation,
-refined to sub-sample precision, is the offset.
+successive small gray frames, per cell of a 2x2 grid and over the whole frame,
+log-compressed and with its slow trend removed), both are resampled onto one time grid, and
+the lag of the best normalised cross-correlation (averaged over the cells), refined to
+sub-sample precision, is the offset. Its confidence is the share of time windows that, matched
+on their own, find the same lag.
 
 Sign convention (as in the registration file): ``time_offset_s`` is added to infrared
 timestamps to put them on the visible clock. If the infrared camera's clock runs 0.2 s
@@ -33,14 +35,21 @@ log = logging.getLogger(__name__)
 
 ANALYSIS_WIDTH = 96  # motion energy needs no detail; small frames decode and diff fast
 MIN_FRAMES = 8
-WEAK_PEAK = 0.3  # a correlation peak below this is a guess: warn
+MIN_CONFIDENCE = 0.5  # below this the offset is a guess: warn
+PEAK_EXCLUSION_S = 0.15  # the sidelobes of the correlation start this far from the peak
+SIDELOBE_SECONDS = 3.0  # the correlation is evaluated over at least this many seconds of lag each way
+REGIONS = (2, 2)  # rows, columns of the per-region motion signals
+WHITEN = False
+SEGMENTS = 6  # time windows matched on their own for the confidence
+SEGMENT_FRACTION = 0.4  # of the signal, each
+AGREEMENT_S = 0.05  # window lags within this of the overall one agree
 TREND_SECONDS = 2.0  # slow changes (auto-exposure, clouds) are removed over this window
 
 
 @dataclass(frozen=True)
 class MotionSignal:
     times: np.ndarray  # (N,) seconds: midpoints between the two frames each difference spans
-    energy: np.ndarray  # (N,) mean absolute difference of successive frames, gray levels
+    energy: np.ndarray  # (N, regions) mean absolute difference of successive frames per region, gray levels
     fps: float
     size: Size  # the video's (width, height)
 
@@ -51,6 +60,10 @@ class OffsetResult:
     peak: float  # normalised correlation at the offset, in [-1, 1]
     ir_fps: float
     vi_fps: float
+    peak_to_sidelobe: float = float("nan")  # (peak - sidelobe mean) / sidelobe std of the correlation
+    confidence: float = 0.0  # share of time segments that agree, in [0, 1]; trust from MIN_CONFIDENCE up
+    segments_agreeing: int = 0
+    segments: int = 0
 
     @property
     def offset_vi_frames(self) -> float:
@@ -85,17 +98,13 @@ def motion_energy(
 def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
     fps = float(reader.rate) if reader.rate_stated else 0.0
     size = (reader.width, reader.height)
-    height = max(2, round(width * size[1] / max(size[0], 1)) // 2 * 2)
     times, energies, previous, previous_time = [], [], None, None
-    frames = tqdm(reader, total=reader.declared_frames, unit="frame", desc=progress, disable=progress is None)
-    for frame in frames:
-        time = frame.t
+    for time, gray in _gray_frames(reader, width, progress):
         if max_seconds is not None and times and time - times[0] > max_seconds:
             break
-        gray = cv2.resize(planes_to_image(frame.planes), (width, height), interpolation=cv2.INTER_AREA).astype(np.float32)
         gray = cv2.GaussianBlur(gray, (0, 0), 1.0)  # compression noise is not motion
         if previous is not None:
-            energies.append(float(np.mean(np.abs(gray - previous))))
+            energies.append(region_energy(np.abs(gray - previous)))
             times.append(0.5 * (time + previous_time))
         previous, previous_time = gray, time
     if len(energies) < MIN_FRAMES:
@@ -105,59 +114,200 @@ def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, w
     return MotionSignal(np.array(times), np.array(energies), fps, size)
 
 
+def _gray_frames(reader: VideoReader, width: int, progress: str | None):
+    """(time s, (h, width) float32 gray frame) for every decoded frame, in order."""
+    height = max(2, round(width * reader.height / max(reader.width, 1)) // 2 * 2)
+    frames = tqdm(reader, total=reader.expected_frames, unit="frame", desc=progress, disable=progress is None)
+    for frame in frames:
+        gray = cv2.resize(planes_to_image(frame.planes), (width, height), interpolation=cv2.INTER_AREA)
+        yield frame.t, gray.astype(np.float32)
+
+
+def region_energy(difference: np.ndarray) -> np.ndarray:
+    """Mean absolute frame difference in each cell of a REGIONS grid and over the whole frame, (rows * cols + 1,).
+
+    One moving car changes a few cells a lot and the frame mean a little; per-cell signals
+    keep it visible, and cells of the two (roughly registered) videos are compared one by one.
+    The whole-frame signal, last, does not depend on the registration at all.
+    """
+    rows, cols = REGIONS
+    height, width = difference.shape
+    cells = difference[: height // rows * rows, : width // cols * cols].reshape(rows, height // rows, cols, width // cols)
+    return np.append(cells.mean(axis=(1, 3)).reshape(-1), difference.mean())
+
+
 def estimate_offset(ir: MotionSignal, vi: MotionSignal, max_offset_s: float | None = None) -> OffsetResult:
-    """The lag that best lines the infrared motion up with the visible motion."""
+    """The lag that best lines the infrared motion up with the visible motion, and how sure it is.
+
+    The correlation is computed per region and averaged over the regions that move in both
+    videos; it is evaluated over at least SIDELOBE_SECONDS of lags either way, so that the
+    peak-to-sidelobe ratio sees rival peaks, including ones beyond ``max_offset_s`` (then the
+    peak within the range is not the best one, and the confidence drops).
+    """
     rate = 2.0 * max(ir.fps, vi.fps)  # finer than either stream: lags between frames count
     ir_duration, vi_duration = ir.times[-1] - ir.times[0], vi.times[-1] - vi.times[0]
     if max_offset_s is None:
         max_offset_s = min(10.0, 0.5 * min(ir_duration, vi_duration))
     if max_offset_s <= 0:
         raise CalibrationError(f"the maximum offset must be positive; got {max_offset_s}")
-    ir_signal = _prepare(ir, rate)
-    vi_signal = _prepare(vi, rate)
+    ir_signal, vi_signal = _matched_regions(_prepare(ir, rate), _prepare(vi, rate))
     # ir(t) ~ vi(t + offset). Infrared sample k (at ir_t0 + k/rate) meets visible sample
     # k + shift, so offset = shift / rate + (vi_t0 - ir_t0).
     start_difference = vi.times[0] - ir.times[0]
-    shifts = np.arange(
-        math.floor((-max_offset_s - start_difference) * rate), math.ceil((max_offset_s - start_difference) * rate) + 1
-    )
+    wide = max(max_offset_s, min(SIDELOBE_SECONDS, 0.5 * min(ir_duration, vi_duration)))
+    shifts = np.arange(math.floor((-wide - start_difference) * rate), math.ceil((wide - start_difference) * rate) + 1)
     min_overlap = max(MIN_FRAMES, int(0.25 * min(len(ir_signal), len(vi_signal))))
     scores = np.array([_correlation_at(ir_signal, vi_signal, int(shift), min_overlap) for shift in shifts])
-    if not np.any(np.isfinite(scores)):
+    in_range = np.abs(shifts / rate + start_difference) <= max_offset_s + 0.5 / rate
+    if not np.any(np.isfinite(scores[in_range])):
         raise CalibrationError("the two videos do not overlap enough in time to compare their motion")
-    best = int(np.nanargmax(scores))
+    best = int(np.nanargmax(np.where(in_range, scores, -np.inf)))
     offset = float(shifts[best] + _parabolic_peak(scores, best)) / rate + start_difference
     peak = float(scores[best])
-    if peak < WEAK_PEAK:
-        log.warning("motion correlation peak is only %.2f: the offset is unreliable (too little shared motion?)", peak)
-    return OffsetResult(offset, peak, ir.fps, vi.fps)
+    psr = peak_to_sidelobe(scores, best, int(round(PEAK_EXCLUSION_S * rate)))
+    window_lags = _window_lags(ir_signal, vi_signal, shifts)
+    tolerance = max(1, int(round(AGREEMENT_S * rate)))
+    agreeing, segments = int(np.sum(np.abs(window_lags - shifts[best]) <= tolerance)), SEGMENTS
+    # A match beyond --max-offset that more windows back than the chosen one: the range is wrong.
+    rival = int(np.nanargmax(scores))
+    rival_support = int(np.sum(np.abs(window_lags - shifts[rival]) <= tolerance))
+    beaten = abs(int(shifts[rival]) - int(shifts[best])) > tolerance and rival_support >= agreeing
+    confidence = 0.0 if beaten else agreeing / segments
+    if confidence < MIN_CONFIDENCE:
+        log.warning(
+            "the offset is unreliable (confidence %.2f: %d of %d time segments agree%s)",
+            confidence,
+            agreeing,
+            segments,
+            "; a better match lies beyond the maximum offset" if beaten else "",
+        )
+    return OffsetResult(offset, peak, ir.fps, vi.fps, psr, confidence, agreeing, segments)
+
+
+def _window_lags(ir: np.ndarray, vi: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """The best lag (one of ``shifts``) of each of SEGMENTS windows of the infrared signal, matched on its own.
+
+    The windows are SEGMENT_FRACTION of the signal long, spread evenly over it. A real offset
+    holds for every stretch of the recording; a chance peak of unrelated or motionless
+    signals does not, and the windows' own best lags scatter. A window that finds nothing
+    gets a lag no shift can match.
+    """
+    length = int(len(ir) * SEGMENT_FRACTION)
+    lags = np.full(SEGMENTS, np.iinfo(np.int64).max // 2, np.int64)
+    if length < MIN_FRAMES:
+        return lags
+    for index, first in enumerate(np.linspace(0, len(ir) - length, SEGMENTS).round().astype(int)):
+        part = ir[first : first + length]
+        # part[j] is ir[first + j], which meets vi[first + j + shift].
+        scores = np.array([_correlation_at(part, vi, int(first + shift), length // 2) for shift in shifts])
+        if np.any(np.isfinite(scores)):
+            lags[index] = int(shifts[int(np.nanargmax(scores))])
+    return lags
+
+
+def peak_to_sidelobe(scores: np.ndarray, best: int, exclusion: int) -> float:
+    """How far the peak stands above the rest of the correlation curve, in its standard deviations.
+
+    Samples within ``exclusion`` of the peak belong to it (a peak has width); the rest are
+    the sidelobes. A periodic or flat motion signal gives rival peaks and a low ratio.
+    """
+    keep = np.isfinite(scores)
+    keep[max(0, best - exclusion) : best + exclusion + 1] = False
+    sidelobes = scores[keep]
+    if len(sidelobes) < 4:
+        return float("nan")
+    spread = float(sidelobes.std())
+    return float((scores[best] - sidelobes.mean()) / max(spread, 1e-6))
+
+
+def trimmed(ir: MotionSignal, vi: MotionSignal, delay_frames: int) -> tuple[MotionSignal, MotionSignal]:
+    """Synchronised signals made ``delay_frames`` apart: infrared frame k then shows visible frame k + delay.
+
+    Both keep their own time bases starting at 0 (as two recordings do), so the offset to find
+    is +delay_frames / fps. For benchmarks and tests of :func:`estimate_offset`.
+    """
+    ir_start, vi_start = max(0, delay_frames), max(0, -delay_frames)
+    count = min(len(ir.energy) - ir_start, len(vi.energy) - vi_start)
+    if count < MIN_FRAMES:
+        raise CalibrationError(f"a delay of {delay_frames} frames leaves too few frames")
+
+    def cut(signal: MotionSignal, start: int) -> MotionSignal:
+        times = signal.times[start : start + count]
+        return MotionSignal(times - times[0] + signal.times[0], signal.energy[start : start + count], signal.fps, signal.size)
+
+    return cut(ir, ir_start), cut(vi, vi_start)
+
+
+def sample_frames(path: str | os.PathLike, count: int) -> list[np.ndarray]:
+    """``count`` evenly spaced frames of a video as (H, W, 3) RGB uint8 (for scene registration)."""
+    path = Path(path)
+    with VideoReader(path) as reader:
+        total = reader.expected_frames
+        if total is None:  # the container does not say: count once, then read again
+            total = sum(1 for _ in reader)
+    wanted = set(np.linspace(0, max(total - 1, 0), min(count, max(total, 1))).round().astype(int).tolist())
+    with VideoReader(path) as reader:
+        frames = [_rgb(planes_to_image(f.planes)) for i, f in enumerate(reader) if i in wanted]
+    if not frames:
+        raise CalibrationError(f"{path}: no frame decoded")
+    return frames
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """A gray frame as three equal channels, so scene registration sees one layout."""
+    return np.repeat(image[:, :, None], 3, axis=2) if image.ndim == 2 else image
 
 
 def _prepare(signal: MotionSignal, rate: float) -> np.ndarray:
-    """Resample to ``rate`` Hz on the signal's own time base, compress, detrend, standardise."""
+    """(samples, regions): resampled to ``rate`` Hz, compressed, detrended, differenced, standardised.
+
+    The first difference whitens the signal: motion energy changes slowly, so its raw
+    correlation has a broad hump; the correlation of its changes has a sharp peak.
+    Regions without motion are NaN columns.
+    """
+    energy = signal.energy.reshape(len(signal.energy), -1)
     grid = np.arange(signal.times[0], signal.times[-1] + 0.5 / rate, 1.0 / rate)
-    values = np.log1p(np.interp(grid, signal.times, signal.energy))
+    values = np.log1p(np.stack([np.interp(grid, signal.times, column) for column in energy.T], axis=1))
     trend_samples = max(3, int(TREND_SECONDS * rate) | 1)
     if len(values) > trend_samples:
         kernel = np.ones(trend_samples) / trend_samples
-        padded = np.pad(values, trend_samples // 2, mode="edge")
-        values = values - np.convolve(padded, kernel, mode="valid")
-    spread = float(values.std())
-    if spread < 1e-6:
+        padded = np.pad(values, ((trend_samples // 2, trend_samples // 2), (0, 0)), mode="edge")
+        trend = np.stack([np.convolve(column, kernel, mode="valid") for column in padded.T], axis=1)
+        values = values - trend
+    if WHITEN:
+        values = np.diff(values, axis=0, prepend=values[:1])
+    spread = values.std(axis=0)
+    moving = spread > 1e-6
+    if not moving.any():
         raise CalibrationError("one of the videos shows no motion; the offset needs something moving in view")
-    return (values - values.mean()) / spread
+    prepared = np.full_like(values, np.nan)
+    prepared[:, moving] = (values[:, moving] - values[:, moving].mean(axis=0)) / spread[moving]
+    return prepared
+
+
+def _matched_regions(ir: np.ndarray, vi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The region columns that move in both videos (all regions pooled when the grids differ)."""
+    if ir.shape[1] != vi.shape[1]:
+        raise CalibrationError("the two motion signals have different region grids")
+    both = np.isfinite(ir[0]) & np.isfinite(vi[0])
+    if not both.any():
+        raise CalibrationError("no part of the view moves in both videos; the offset needs something moving in view")
+    return ir[:, both], vi[:, both]
 
 
 def _correlation_at(ir: np.ndarray, vi: np.ndarray, shift: int, min_overlap: int) -> float:
-    """Pearson correlation of ir[k] with vi[k + shift] over their overlap."""
+    """Mean over regions of the Pearson correlation of ir[k] with vi[k + shift] over their overlap."""
     first = max(0, -shift)
     last = min(len(ir), len(vi) - shift)
     if last - first < min_overlap:
         return float("nan")
     a, b = ir[first:last], vi[first + shift : last + shift]
-    a, b = a - a.mean(), b - b.mean()
-    denominator = math.sqrt(float(np.dot(a, a)) * float(np.dot(b, b)))
-    return float(np.dot(a, b) / denominator) if denominator > 0 else float("nan")
+    a, b = a - a.mean(axis=0), b - b.mean(axis=0)
+    denominator = np.sqrt(np.sum(a * a, axis=0) * np.sum(b * b, axis=0))
+    valid = denominator > 0
+    if not valid.any():
+        return float("nan")
+    return float(np.mean(np.sum(a * b, axis=0)[valid] / denominator[valid]))
 
 
 def _parabolic_peak(scores: np.ndarray, index: int) -> float:

@@ -18,7 +18,7 @@ import numpy as np
 
 from calibration.fileformat import CalibrationError, Registration
 from calibration.imaging import image_size, stretch_contrast, to_gray_u8, valid_mask, warp_to_destination
-from calibration.quality import Residual, alignment_score, local_residual
+from calibration.quality import Confidence, Residual, alignment_score, local_residual, registration_confidence
 
 STYLES = ("edges", "checker", "blend")
 CHECKER_TILES = 8  # across the width
@@ -31,6 +31,7 @@ class Verification:
     residual: Residual  # remaining per-tile shift, destination pixels
     overlay: np.ndarray  # (H, W, 3) RGB uint8
     coverage: float  # fraction of the destination that the warped source covers
+    confidence: Confidence  # the held-out tile score `calibrate scene` decides by
 
 
 def check_sizes(registration: Registration, ir: np.ndarray, vi: np.ndarray) -> None:
@@ -53,7 +54,8 @@ def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: st
     if coverage == 0:
         raise CalibrationError("the warped source image does not overlap the destination image at all")
     overlay = {"edges": edge_overlay, "checker": checker_overlay, "blend": blend_overlay}[style](warped, mask, destination)
-    return Verification(alignment_score(source, destination, H), local_residual(source, destination, H), overlay, coverage)
+    score, residual = alignment_score(source, destination, H), local_residual(source, destination, H)
+    return Verification(score, residual, overlay, coverage, registration_confidence(source, destination, H))
 
 
 def edge_overlay(warped: np.ndarray, mask: np.ndarray, destination: np.ndarray) -> np.ndarray:

@@ -93,8 +93,69 @@ def test_scene_command_then_verify(scene_pair, tmp_path, capsys):
     assert main([*verify_args, "--out", str(overlay)]) == 0
     written = cv2.imread(str(overlay))
     assert written is not None and written.shape == (VI_SIZE[1], VI_SIZE[0], 3)
-    assert "alignment score" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "alignment score" in printed and "confidence" in printed
     assert main([*verify_args, "--style", "checker", "--min-score", "0.99", "--out", str(tmp_path / "c.png")]) == 1
+
+
+def test_scene_command_finds_a_rig_warp_without_a_start(tmp_path, capsys):
+    """5 degrees, 15 % scale, a 13 px shift and mild perspective, no --init: the global search finds it.
+
+    (The infrared frame stays inside the visible one, as the synthetic scene has nothing beyond it.)
+    """
+    visible, thermal = two_modality_scene(VI_SIZE, seed=3)
+    a = np.radians(5.0)
+    rig = np.array([[0.85 * np.cos(a), -0.85 * np.sin(a), 12.0], [0.85 * np.sin(a), 0.85 * np.cos(a), -5.0], [2e-5, 1e-5, 1.0]])
+    H_true = np.linalg.inv(_centring(VI_SIZE)) @ rig @ _centring(VI_SIZE) @ _stretch()
+    write_image(tmp_path / "ir.png", (np.clip(infrared_view(thermal, H_true, IR_SIZE, VI_SIZE), 0, 1) * 255 + 0.5).astype(np.uint8))
+    write_image(tmp_path / "vi.png", visible)
+    out = tmp_path / "calib.yaml"
+    assert main(["scene", "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(out)]) == 0
+    assert corner_error(load_registration(out).H, H_true, IR_SIZE) < 1.0
+    assert "confidence" in capsys.readouterr().out
+
+
+def _centring(size):
+    return np.array([[1.0, 0.0, -(size[0] - 1) / 2], [0.0, 1.0, -(size[1] - 1) / 2], [0.0, 0.0, 1.0]])
+
+
+def _stretch():
+    """The infrared frame stretched over the visible one (the default start)."""
+    from calibration.imaging import size_ratio_homography
+
+    return size_ratio_homography(IR_SIZE, VI_SIZE)
+
+
+def test_scene_command_refuses_a_smoky_frame_and_writes_nothing(scene_pair, tmp_path, capsys):
+    """An infrared frame that is all smoke shares no structure: exit 1, one-line reason, no file; --force writes."""
+    folder, _ = scene_pair
+    rng = np.random.default_rng(1)
+    smoke = cv2.GaussianBlur(rng.uniform(0, 255, (IR_SIZE[1], IR_SIZE[0])).astype(np.float32), (0, 0), 5.0)
+    write_image(tmp_path / "smoke.png", cv2.normalize(smoke, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8))
+    out = tmp_path / "calib.yaml"
+    args = ["scene", "--ir", str(tmp_path / "smoke.png"), "--vi", str(folder / "vi.png"), "--out", str(out)]
+    assert main(args) == 1
+    assert not out.exists()
+    refusal = [line for line in capsys.readouterr().err.splitlines() if "refused" in line]
+    assert len(refusal) == 1 and "confidence" in refusal[0] and "nothing written" in refusal[0]
+    assert main([*args, "--force"]) == 0 and out.exists()
+
+
+def test_scene_command_on_video_frames(tmp_path, capsys):
+    """--frames N registers N frame pairs of two videos; blank frames among them do not decide."""
+    visible, thermal = two_modality_scene(VI_SIZE, seed=4)
+    H_true = centred_homography("rotation", IR_SIZE, VI_SIZE)
+    ir = infrared_view(thermal, H_true, IR_SIZE, VI_SIZE)
+    ir_frames = np.stack([np.full_like(ir, 0.4), ir, ir, np.full_like(ir, 0.4), ir])  # two blank frames
+    vi_gray = cv2.cvtColor(visible, cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+    write_video(tmp_path / "ir.mp4", ir_frames, 10)
+    write_video(tmp_path / "vi.mp4", np.stack([vi_gray] * 5), 10)
+    save_registration(tmp_path / "rough.yaml", Registration(centred_homography("none", IR_SIZE, VI_SIZE), IR_SIZE, VI_SIZE))
+    out = tmp_path / "calib.yaml"
+    args = ["scene", "--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--frames", "5"]
+    assert main([*args, "--init", str(tmp_path / "rough.yaml"), "--out", str(out)]) == 0
+    assert corner_error(load_registration(out).H, H_true, IR_SIZE) < 1.0
+    assert "frame pairs agree" in capsys.readouterr().out
 
 
 def test_verify_scores_the_right_homography_above_wrong_ones(scene_pair):
@@ -145,7 +206,8 @@ def test_offset_command_updates_an_existing_file(tmp_path, capsys):
     assert registration.time_offset_s == pytest.approx(5 / 30, abs=0.5 / 30)
     np.testing.assert_allclose(registration.H, H)  # the spatial part is kept
     assert registration.method == "points" and registration.error_px == pytest.approx(0.4)
-    assert "visible frames" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "visible frames" in printed and "time windows find the same lag" in printed
 
 
 # --- bad input: one line and a non-zero exit ----------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from calibration_helpers import centred_homography, centring, infrared_view, two_modality_scene
 
 from calibration.fileformat import CalibrationError
 from calibration.imaging import corner_error, image_size
-from calibration.scene import SceneOptions, match_edge_features, register_scene
+from calibration.scene import SceneOptions, SearchRange, register_frames, register_scene
 from ldfusion.imageio import read_infrared, read_visible
 
 DEFORMATIONS = ("shift", "rotation", "scale", "perspective")
@@ -54,33 +55,52 @@ def test_synthetic_scene_affine_model(synthetic_scene):
     assert corner_error(result.H, H_true, ir_size) < 0.5
 
 
-def test_edge_feature_matching_starts_far_away(synthetic_scene):
-    """10 degrees and a shift, the frames 25 % apart in scale: beyond ECC's reach from the size-ratio start."""
+@pytest.mark.parametrize(
+    "scale, degrees, shift",
+    [(0.96, 5.0, (15.0, -10.0)), (1.04, -4.0, (-12.0, 8.0)), (0.85, 9.0, (30.0, 20.0)), (1.12, -7.0, (-20.0, -10.0))],
+)
+def test_global_search_recovers_rig_sized_warps(synthetic_scene, scale, degrees, shift):
+    """Rig warps over the default search range, far beyond a local method's reach from the start."""
     visible, thermal = synthetic_scene
     ir_size, vi_size = _sizes(visible.shape)
-    a = np.radians(10.0)
-    big = np.array([[0.95 * np.cos(a), -0.95 * np.sin(a), 12.0], [0.95 * np.sin(a), 0.95 * np.cos(a), -6.0], [0.0, 0.0, 1.0]])
-    H_true = np.linalg.inv(centring(vi_size)) @ big @ centring(ir_size)
+    a = np.radians(degrees)
+    rig = np.array([[scale * np.cos(a), -scale * np.sin(a), shift[0]], [scale * np.sin(a), scale * np.cos(a), shift[1]], [1e-5, -2e-5, 1.0]])
+    H_true = np.linalg.inv(centring(vi_size)) @ rig @ centring(ir_size)
     ir = infrared_view(thermal, H_true, ir_size, vi_size)
-    assert corner_error(register_scene(ir, visible).H, H_true, ir_size) > 5.0  # ECC alone is lost
-    result = register_scene(ir, visible, use_features=True)
-    assert result.method == "features+ecc"
-    assert corner_error(result.H, H_true, ir_size) < 0.5
+    result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
+    assert corner_error(result.H, H_true, ir_size) < 1.0
+    assert result.confident, result.confidence.describe()
 
 
-def test_feature_matching_on_unrelated_images_is_a_clear_error():
+def test_blank_and_smoky_frames_are_not_confident(synthetic_scene):
+    """No shared structure (a blank infrared frame, smoke-like noise): the result must not be trusted."""
+    visible, _ = synthetic_scene
     rng = np.random.default_rng(0)
-    noise_a = rng.uniform(0, 1, (120, 160)).astype(np.float32)
-    noise_b = rng.uniform(0, 1, (120, 160)).astype(np.float32)
-    with pytest.raises(CalibrationError, match="start from --init"):
-        match_edge_features(noise_a, noise_b)
+    blank = np.full((190, 256), 0.4, np.float32) + rng.normal(0, 0.003, (190, 256)).astype(np.float32)
+    smoke = cv2.GaussianBlur(rng.uniform(0, 1, (190, 256)).astype(np.float32), (0, 0), 6.0)
+    for ir in (blank, smoke):
+        result = register_scene(ir, visible)
+        assert not result.confident, result.confidence.describe()
+
+
+def test_one_blank_frame_cannot_decide(synthetic_scene):
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    H_true = centred_homography("rotation", ir_size, vi_size)
+    good = infrared_view(thermal, H_true, ir_size, vi_size)
+    blank = np.full_like(good, 0.4)
+    result = register_frames([(blank, visible), (good, visible), (good, visible)], centred_homography("none", ir_size, vi_size))
+    assert corner_error(result.H, H_true, ir_size) < 0.5
+    assert result.confidence.frames == 3 and result.confidence.frames_agreeing == 2
 
 
 def test_scene_options_check_themselves():
     with pytest.raises(CalibrationError, match="model"):
         SceneOptions(model="similarity")
-    with pytest.raises(CalibrationError, match="levels"):
-        SceneOptions(levels=-1)
+    with pytest.raises(CalibrationError, match="search_width"):
+        SceneOptions(search_width=10)
+    with pytest.raises(CalibrationError, match="max scale"):
+        SearchRange(max_scale=0.5)
 
 
 # --- real pairs ---------------------------------------------------------------------------
@@ -119,6 +139,4 @@ def test_real_pair_recovers_known_warps(shared_data, pair):
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    import cv2
-
     return image if image_size(image) == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA)

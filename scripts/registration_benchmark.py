@@ -1,0 +1,166 @@
+"""Benchmark of `ldfusion calibrate scene` and `calibrate offset` on the shared real data.
+
+Scene: every registered IR/visible pair in ../shared/data/pairs (TNO, RoadScene, MSRS) gets
+its infrared image warped by a random homography from a seeded family over the default search
+range (scale 0.8-1.25, rotation +-10 deg, shift +-15 % of the width, plus mild perspective);
+the infrared frame keeps the visible frame's size and is filled by reflection where the warp
+reaches outside the original (a real infrared camera sees beyond the visible one there).
+The registration is estimated from the bare size-ratio start and compared with the known warp:
+corner error = RMS distance of the infrared frame's four corners in visible pixels. A result
+is a failure when its error exceeds 5 px; the tool must refuse each one (confidence below the
+threshold: `calibrate scene` exits non-zero and writes nothing).
+
+Offsets: the M3SVD clip pairs are synchronised; the infrared signal is delayed by a known
+number of frames (-15..+15) and the delay must come back within +-1 frame. Wrong answers are
+provoked too (unrelated clips paired; a delay outside --max-offset) to show that the
+confidence separates right from wrong.
+
+    PYTHONPATH=. python scripts/registration_benchmark.py [--limit 5] [--subset tno,msrs] [--no-offsets]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from calibration.imaging import corner_error, image_size  # noqa: E402
+from calibration.scene import SceneOptions, register_scene  # noqa: E402
+from ldfusion.imageio import pair_folders, read_infrared, read_visible  # noqa: E402
+
+DATASETS = ("tno", "roadscene", "msrs")
+FAILURE_PX = 5.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="the shared data folder")
+    parser.add_argument("--subset", default=",".join(DATASETS), help="comma-separated datasets (default: all three)")
+    parser.add_argument("--limit", type=int, help="at most this many pairs per dataset (evenly spread)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random warps")
+    parser.add_argument("--no-scene", action="store_true", help="skip the scene benchmark")
+    parser.add_argument("--no-offsets", action="store_true", help="skip the offset benchmark")
+    parser.add_argument("--verbose", action="store_true", help="one line per pair")
+    args = parser.parse_args(argv)
+    if not args.no_scene:
+        scene_benchmark(args.data / "pairs", args.subset.split(","), args.limit, args.seed, args.verbose)
+    if not args.no_offsets:
+        offset_benchmark(args.data / "video" / "m3svd", args.verbose)
+    return 0
+
+
+# --- scene ------------------------------------------------------------------------------------
+
+
+def random_rig_warp(rng: np.random.Generator, size: tuple[int, int], options: SceneOptions = SceneOptions()) -> np.ndarray:
+    """Infrared -> visible homography about the frame centre, drawn over the search range."""
+    search = options.search
+    width, height = size
+    scale = math.exp(rng.uniform(-math.log(search.max_scale), math.log(search.max_scale)))
+    angle = math.radians(rng.uniform(-search.max_rotation_deg, search.max_rotation_deg))
+    shift = rng.uniform(-search.max_shift, search.max_shift, 2) * width
+    perspective = rng.uniform(-0.01, 0.01, 2) / np.array([width / 2, height / 2])  # corners move <= ~1 %: cameras ~1.5 deg apart
+    similarity = np.array(
+        [
+            [scale * math.cos(angle), -scale * math.sin(angle), shift[0]],
+            [scale * math.sin(angle), scale * math.cos(angle), shift[1]],
+            [0.0, 0.0, 1.0],
+        ]
+    )
+    projective = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [perspective[0], perspective[1], 1.0]])
+    centre = np.array([[1.0, 0.0, -(width - 1) / 2], [0.0, 1.0, -(height - 1) / 2], [0.0, 0.0, 1.0]])
+    return np.linalg.inv(centre) @ similarity @ projective @ centre
+
+
+def warped_infrared(ir: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """The infrared frame that maps onto the (registered) visible frame through H."""
+    return cv2.warpPerspective(ir, H, image_size(ir), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+
+
+def scene_benchmark(folder: Path, datasets: list[str], limit: int | None, seed: int, verbose: bool) -> None:
+    rng = np.random.default_rng(seed)
+    rows = []  # (dataset, name, error px, confident, seconds)
+    for dataset in datasets:
+        pairs = pair_folders(folder / dataset / "ir", folder / dataset / "vi")
+        if limit is not None and limit < len(pairs):
+            pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
+        for pair in pairs:
+            ir, vi = read_infrared(pair.ir), read_visible(pair.vi)
+            H_known = random_rig_warp(rng, image_size(vi))
+            own = register_scene(ir, vi)  # the pair's own registration (datasets are off by a few px)
+            start = time.perf_counter()
+            result = register_scene(warped_infrared(ir, H_known), vi)
+            seconds = time.perf_counter() - start
+            error = corner_error(result.H, own.H @ H_known, image_size(vi))
+            bare = corner_error(result.H, H_known, image_size(vi))
+            rows.append((dataset, pair.name, error, result.confident, seconds, bare, own.confident))
+            if verbose:
+                verdict = "written" if result.confident else "refused"
+                print(
+                    f"{dataset}/{pair.name:24s} {error:8.2f} px (bare {bare:6.2f}, own {corner_error(own.H, np.eye(3), image_size(vi)):6.2f}"
+                    f"{'' if own.confident else ' refused'})  {result.confidence.describe()}  {verdict}  {seconds:.2f} s",
+                    flush=True,
+                )
+    errors = np.array([row[2] for row in rows])
+    confident = np.array([row[3] for row in rows])
+    seconds = np.array([row[4] for row in rows])
+    failed = errors > FAILURE_PX
+    print(f"\nscene registration, {len(rows)} pairs ({', '.join(datasets)}), seed {seed}, default search range:")
+    print(f"  corner error: mean {errors.mean():.2f} px, median {np.median(errors):.2f} px, p95 {np.percentile(errors, 95):.2f} px")
+    print(f"  failures (> {FAILURE_PX:g} px): {int(failed.sum())}; refused {int((failed & ~confident).sum())}, written {int((failed & confident).sum())}")
+    good = ~failed
+    print(f"  good results refused anyway: {int((good & ~confident).sum())} of {int(good.sum())}")
+    written = errors[confident]
+    if len(written):
+        print(f"  written results: {len(written)}, median {np.median(written):.2f} px, p95 {np.percentile(written, 95):.2f} px, worst {written.max():.2f} px")
+    print(f"  time per pair: mean {seconds.mean():.2f} s, median {np.median(seconds):.2f} s")
+
+
+# --- offsets ------------------------------------------------------------------------------------
+
+
+def offset_benchmark(folder: Path, verbose: bool) -> None:
+    from calibration.timing import estimate_offset, motion_energy, trimmed
+
+    clips = sorted(p.name for p in (folder / "infrared").glob("*.mp4"))
+    signals = {name: (motion_energy(folder / "infrared" / name), motion_energy(folder / "visible" / name)) for name in clips}
+    rows = []  # (case, truth frames or None, estimate frames, confidence)
+    for name, (ir, vi) in signals.items():
+        for delay in range(-15, 16):
+            # Delay the infrared by `delay` frames: its frame k shows what the visible shows at k + delay.
+            ir_delayed, vi_kept = trimmed(ir, vi, delay)
+            result = estimate_offset(ir_delayed, vi_kept, max_offset_s=20 / vi.fps)
+            rows.append((f"{name} delay {delay:+d}", delay, result.offset_vi_frames, result.confidence))
+        # Out of range: the true delay (12 frames) lies beyond --max-offset (5 frames), so any answer is wrong.
+        ir_delayed, vi_kept = trimmed(ir, vi, 12)
+        result = estimate_offset(ir_delayed, vi_kept, max_offset_s=5 / vi.fps)
+        rows.append((f"{name} delay +12, max 5 frames", 12, result.offset_vi_frames, result.confidence))
+    for ir_name, vi_name in zip(clips, clips[1:] + clips[:1]):
+        result = estimate_offset(signals[ir_name][0], signals[vi_name][1])
+        rows.append((f"unrelated {ir_name} / {vi_name}", None, result.offset_vi_frames, result.confidence))
+    right = np.array([truth is not None and abs(estimate - truth) <= 1.0 for _, truth, estimate, _ in rows])
+    confidence = np.array([row[3] for row in rows])
+    known = [row for row in rows if "delay" in row[0] and "max" not in row[0]]
+    within = sum(abs(estimate - truth) <= 1.0 for _, truth, estimate, _ in known)
+    if verbose:
+        for (case, truth, estimate, conf), ok in zip(rows, right):
+            print(f"{case:40s} truth {truth if truth is not None else '-':>4} estimate {estimate:+7.2f} confidence {conf:.2f} {'right' if ok else 'WRONG'}")
+    errors = np.array([abs(estimate - truth) for _, truth, estimate, _ in known])
+    print(f"\ntime offset, {len(clips)} M3SVD clips x delays -15..+15 frames ({len(known)} cases):")
+    print(f"  within +-1 frame: {within} of {len(known)}; error mean {errors.mean():.2f}, worst {errors.max():.2f} frames")
+    print(f"  confidence of right answers: min {confidence[right].min():.2f}, median {np.median(confidence[right]):.2f}")
+    if (~right).any():
+        print(f"  confidence of wrong answers ({int((~right).sum())}, unrelated clips / delay beyond --max-offset): "
+              f"max {confidence[~right].max():.2f}, median {np.median(confidence[~right]):.2f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
