@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: 2)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
+    add_cpu_backend_arguments(parser)
     add_logging_arguments(parser)
     return parser
 
@@ -195,7 +196,8 @@ def measure_all(
     log.info("measuring on %s at %dx%d", device, *frames.size)
     if "reference" in args.paths:
         results.append(measure_reference(model, device, frames, args.frames, args.warmup))
-    fuser = Fuser(copy.deepcopy(model), FuserOptions(device=str(device), half=False if args.fp32 else None))
+    fuser = Fuser(copy.deepcopy(model), FuserOptions(device=str(device), half=False if args.fp32 else None,
+                                                     **cpu_backend_options(args)), weights_file(args))
     for batch in args.batch_sizes:
         if "model" in args.paths:
             results.append(measure_model(fuser, frames, batch, args.frames, args.warmup))
@@ -204,6 +206,27 @@ def measure_all(
         if "pipeline" in args.paths:
             results.append(_pipeline_or_skip(fuser, frames, batch, args.frames, pipeline_problem))
     return results
+
+
+# --- the CPU backend (ldfusion.backends), kept apart from the measurements -------------------
+
+
+def add_cpu_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="CPU runtime for the model and pipeline paths: auto = OpenVINO when installed (default: auto)")
+    parser.add_argument("--int8", action="store_true", help="the OpenVINO int8 export (made by `ldfusion export --int8`)")
+
+
+def cpu_backend_options(args: argparse.Namespace) -> dict:
+    return {"backend": args.backend, "int8": args.int8}
+
+
+def weights_file(args: argparse.Namespace) -> Path | None:
+    """The weights file behind --weights, whose cached export the OpenVINO backend runs."""
+    from ldfusion.weights import resolve_weights_path
+
+    path = resolve_weights_path(args.weights)
+    return path if path.is_file() else None
 
 
 def _pipeline_or_skip(fuser: Fuser, frames: Frames, batch: int, count: int, problem: str | None) -> Measurement:
@@ -436,6 +459,7 @@ def _settings(args: argparse.Namespace, model: FusionNet) -> dict:
         "warmup": args.warmup,
         "half_on_cuda": not args.fp32,
         "paths": list(args.paths),
+        **cpu_backend_options(args),
     }
 
 
