@@ -187,9 +187,8 @@ class Decoder(nn.Module):
         if spec.n_adain_residual:
             self.model_local = nn.ModuleList(AdaINResidualBlock(dim) for _ in range(spec.n_adain_residual))
         layers: list[nn.Module] = []
-        padding = 1 if spec.exact_upsampling else 0
         for _ in range(spec.n_downsample):
-            layers += [nn.ConvTranspose2d(dim, dim // 2, spec.up_kernel, 2, padding), LayerNorm(dim // 2), nn.ReLU(inplace=True)]
+            layers += [nn.ConvTranspose2d(dim, dim // 2, 5, 2, 0), LayerNorm(dim // 2), nn.ReLU(inplace=True)]
             dim //= 2
         activation = nn.Tanh() if spec.output_activation == "tanh" else nn.Sigmoid()
         layers += [nn.ReflectionPad2d(spec.out_kernel // 2), nn.Conv2d(dim, 1, spec.out_kernel), activation]
@@ -239,8 +238,7 @@ class FusionNet(nn.Module):
         return enc.content_encoder1(vi_y), enc.content_encoder2(ir), style
 
     def decode(self, codes: FusionCodes) -> Tensor:
-        # The authors' 5x5 transposed convs overshoot (8*floor(H/8) + 21 per side); exact
-        # ones give the padded size. Either way, crop back to the input's.
+        # The transposed convs overshoot: output is 8*floor(H/8) + 21 per side; crop back.
         y = self.decode_padded(codes.content_vi, codes.content_ir, codes.style)
         height, width = codes.size
         return y[:, :, :height, :width]
@@ -261,24 +259,13 @@ class FusionNet(nn.Module):
 
 def pad_input(spec: VariantSpec, x: Tensor) -> Tensor:
     """The padding every input gets before the encoders (and before an exported graph)."""
-    x = pad_to_min_side(x)
-    if spec.exact_upsampling:
-        x = pad_to_multiple(x, 2**spec.n_downsample)
-    return x
+    return pad_to_min_side(x)
 
 
 def pad_to_min_side(x: Tensor) -> Tensor:
     """Replicate-pad bottom/right so both sides reach ``MIN_SIDE``; larger inputs pass through."""
     pad_h = max(0, MIN_SIDE - x.shape[-2])
     pad_w = max(0, MIN_SIDE - x.shape[-1])
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x
-
-
-def pad_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    """Replicate-pad bottom/right up to the next multiple of ``multiple`` on both sides."""
-    pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
     return x

@@ -3,9 +3,10 @@
 ``ldfusion`` is the paper's network (content + style encoders, AdaIN decoder); its layout
 matches the authors' ``Enc_final.pt`` / ``Dec_final.pt``. ``ld-lite`` is the authors'
 50%-channel-pruned, distilled student (no style path), matching LD-Lite's ``final.pt``.
-``fast`` is this project's CPU student of LD-Lite: half LD-Lite's width, one residual block
-per encoder, 4x4 transposed convs that upsample exactly 2x, and a 3x3 output conv
-(about 2.2 GFLOP per 640x512 frame against LD-Lite's 12.6).
+``fast`` is this project's CPU student of LD-Lite: LD-Lite's layout at half its width in
+every layer, with a 3x3 output conv (3.3 GFLOP per 640x512 frame against LD-Lite's 12.6).
+It keeps LD-Lite's 5x5 transposed convs, so each of its layers sits on the teacher's grid
+and can start from, and be hinted by, half of the teacher's channels.
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ class VariantSpec:
     mlp_dim: int = 256
     mlp_blocks: int = 3
     output_activation: str = "sigmoid"  # "sigmoid" or "tanh"; clamped to [0, 1] after
-    # Decoder transposed convs (stride 2): 5 is the authors' (padding 0; the output
-    # overshoots and is cropped), 4 upsamples exactly 2x (padding 1; the input is padded
-    # to a multiple of 2**n_downsample instead).
-    up_kernel: int = 5
     out_kernel: int = 7  # the final conv to one channel, reflect-padded to keep the size
 
     def __post_init__(self) -> None:
@@ -40,8 +37,6 @@ class VariantSpec:
             raise ConfigError(f"variant {self.name}: n_downsample must be at least 2")
         if self.n_adain_residual and not self.style_dim:
             raise ConfigError(f"variant {self.name}: AdaIN blocks need a style path (style_dim > 0)")
-        if self.up_kernel not in (4, 5):
-            raise ConfigError(f"variant {self.name}: up_kernel must be 4 or 5; got {self.up_kernel}")
         if self.out_kernel < 1 or self.out_kernel % 2 == 0:
             raise ConfigError(f"variant {self.name}: out_kernel must be odd and positive; got {self.out_kernel}")
 
@@ -54,11 +49,6 @@ class VariantSpec:
     def decoder_dim(self) -> int:
         """Channels entering the decoder: the two content codes concatenated."""
         return 2 * self.content_channels
-
-    @property
-    def exact_upsampling(self) -> bool:
-        """True when the decoder doubles sizes exactly (inputs padded to a multiple of 2**n_downsample)."""
-        return self.up_kernel == 4
 
     @property
     def has_style(self) -> bool:
@@ -92,9 +82,8 @@ VARIANTS: dict[str, VariantSpec] = {
         name="fast",
         content_dim=4,
         n_downsample=3,
-        n_residual=1,
+        n_residual=2,
         output_activation="sigmoid",
-        up_kernel=4,
         out_kernel=3,
     ),
 }

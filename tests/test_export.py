@@ -92,14 +92,15 @@ def test_fast_variant_shapes():
     vi, ir = _inputs(81, 95, batch=1)
     with torch.no_grad():
         codes = net.encode(vi, ir)
-        raw = net.decode_padded(codes.content_vi, codes.content_ir, codes.style)
-    # Half LD-Lite's width: 4 -> 32 channels at 1/8; inputs padded to a multiple of 8.
-    assert codes.content_vi.shape == (1, 32, 11, 12)
-    assert raw.shape == (1, 1, 88, 96)  # exact 2x upsampling: the padded size, no overshoot
+    # Half LD-Lite's width: 4 -> 32 channels at 1/8, the decoder 64 -> 32 -> 16 -> 8 -> 1.
+    assert codes.content_vi.shape == (1, 32, 10, 11)
+    assert [m.out_channels for m in net.decoder.model_up if isinstance(m, torch.nn.ConvTranspose2d)] == [32, 16, 8]
+    assert net.decoder.model_up[10].kernel_size == (3, 3)
     assert net(vi, ir).shape == (1, 1, 81, 95)
-    assert sum(p.numel() for p in net.parameters()) < 0.2 * sum(p.numel() for p in build_network(get_variant("ld-lite")).parameters())
-    with pytest.raises(Exception, match="up_kernel must be 4 or 5"):
-        type(spec)(name="bad", content_dim=4, n_downsample=3, n_residual=1, up_kernel=3)
+    lite = sum(p.numel() for p in build_network(get_variant("ld-lite")).parameters())
+    assert sum(p.numel() for p in net.parameters()) < 0.3 * lite
+    with pytest.raises(ConfigError, match="out_kernel must be odd"):
+        type(spec)(name="bad", content_dim=4, n_downsample=3, n_residual=1, out_kernel=4)
 
 
 # --- the export cache ---------------------------------------------------------------------

@@ -28,7 +28,8 @@ from ldfusion.losses import LanguageDrivenLoss, distillation_loss
 from ldfusion.networks import FusionNet, build_network
 from ldfusion.training.config import OptimConfig, TrainConfig
 from ldfusion.training.data import PairedDataset, load_pairs, seed_worker
-from ldfusion.training.hints import HintAdapters, hint_loss, plan_hints, tap
+from ldfusion.training.hints import HintAdapters, hint_loss, hint_points, plan_hints, tap
+from ldfusion.training.prune import plan_channels, prune_into
 from ldfusion.variants import get_variant
 from ldfusion.weights import resolve_model
 
@@ -80,6 +81,7 @@ class Trainer:
         seed_everything(config.seed + dist_info.rank)
         self.model = self._build_student().to(self.device)
         self.teacher = self._load_teacher()
+        self.teacher_channels = self._prune_from_teacher()  # {} unless config.prune_from_teacher
         self.hint_names, self.hint_adapters = self._plan_hints()  # fixed for the run; [] when hints are off
         self.criterion = self._build_criterion()
         self.loader = self._build_loader()
@@ -115,6 +117,15 @@ class Trainer:
             parameter.requires_grad_(False)
         log.info("distilling from teacher %s (%s)", self.config.teacher, teacher.spec.name)
         return teacher
+
+    def _prune_from_teacher(self) -> dict[str, Tensor]:
+        if not self.config.prune_from_teacher:
+            return {}
+        kept = plan_channels(self.model, self.teacher)
+        prune_into(self.model, self.teacher, kept)
+        log.info("student starts from the teacher's most-used channels (%s of %s parameters)",
+                 sum(p.numel() for p in self.model.parameters()), sum(p.numel() for p in self.teacher.parameters()))
+        return {name: index.to(self.device) for name, index in kept.items()}
 
     def _build_criterion(self) -> LanguageDrivenLoss:
         loss = self.config.loss
@@ -292,12 +303,16 @@ class Trainer:
             return TeacherOutputs(None, {})
         with self._autocast(), torch.no_grad(), tap(self.teacher, self.hint_names) as features:
             fused = self.teacher(batch["vi_y"], batch["ir"]).float()  # (B, 1, H, W)
+        if self.teacher_channels:
+            features = {name: value.index_select(1, self.teacher_channels[name]) for name, value in features.items()}
         return TeacherOutputs(fused, features)
 
     def _plan_hints(self) -> tuple[list[str], HintAdapters]:
         if self.teacher is None or self.config.loss.weights.distill_features <= 0:
             return [], HintAdapters({})
         hints = self.config.loss.hints
+        if self.teacher_channels:  # a pruned student: each activation is a subset of the teacher's
+            return hint_points(self.model, hints.points), HintAdapters({})
         names, adapters = plan_hints(self.model, self.teacher, hints.points, hints.teacher_forced_epochs > 0)
         if len(adapters.convs):
             log.info("feature hints through %d 1x1 adapters at %d points (the student's layout differs from the teacher's)",
