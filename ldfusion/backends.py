@@ -107,15 +107,18 @@ def build_openvino(
     threads: int | None = None,
 ) -> OpenVinoNetwork:
     """OpenVINO on ``model``: from the cached export of ``weights`` when given, else converted in memory."""
-    from ldfusion.export import convert_openvino, ensure_exported, quantize_int8
+    from ldfusion.export import convert_openvino, ensure_exported, exported_path, quantize_int8
     from ldfusion.weights import BUNDLED_DIR
 
+    if int8 and calibration is None:
+        made = exported_path(Path(weights), "openvino", True, BUNDLED_DIR) if weights is not None and Path(weights).is_file() else None
+        if made is None or not made.is_file():
+            raise ConfigError(f"no int8 export of {weights or 'these weights'} yet: run `ldfusion export --weights "
+                              f"{weights or 'FILE'} --int8 --calib-ir DIR --calib-vi DIR` first")
     if weights is not None and Path(weights).is_file():
         path, _ = ensure_exported(model, Path(weights), "openvino", int8, calibration, bundled_dir=BUNDLED_DIR)
         return OpenVinoNetwork(path, model.spec, threads)
     converted = convert_openvino(model)
     if int8:
-        if calibration is None:
-            raise ConfigError("int8 needs calibration frames")
         converted = quantize_int8(converted, calibration())
     return OpenVinoNetwork(converted, model.spec, threads)

@@ -283,3 +283,10 @@ def test_int8_export_keeps_first_and_last_convs_in_float(tmp_path):
     quantized = quantize_int8(converted, calibration_pairs(tmp_path / "ir", tmp_path / "vi", side=32))
     types = {op.get_friendly_name(): op for op in quantized.get_ordered_ops()}
     assert any(op.get_type_name() == "FakeQuantize" for op in types.values())
+
+
+def test_int8_without_an_export_says_how_to_make_one(tmp_path):
+    pytest.importorskip("openvino")
+    weights = save_checkpoint(tmp_path / "w.pt", _net("fast"))
+    with pytest.raises(ConfigError, match="no int8 export of .* run `ldfusion export --weights"):
+        Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="openvino", int8=True))
