@@ -30,6 +30,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
@@ -265,12 +266,11 @@ def _writable(folder: Path) -> bool:
     return bool(mode & 0o222) and os.access(folder, os.W_OK)
 
 
-def stale_exports(target: Path) -> list[Path]:
-    """Earlier exports of the same weights file and format, under other hashes or versions."""
-    stem, _digest, *rest = target.name.split(".")
-    pattern_suffix = ".".join(rest[1:])  # [int8.]xml / onnx
-    siblings = target.parent.glob(f"{stem}.*.{pattern_suffix}")
-    return [p for p in siblings if p != target and len(p.name.split(".")) == len(target.name.split("."))]
+def stale_exports(weights: Path, target: Path) -> list[Path]:
+    """Earlier exports of ``weights`` in ``target``'s folder and format, under other hashes or versions."""
+    tail = target.name[target.name.index(f".v{EXPORT_VERSION}") + len(f".v{EXPORT_VERSION}"):]  # ".xml", ".int8.xml", ".onnx"
+    pattern = re.compile(rf"{re.escape(weights.stem)}\.[0-9a-f]{{16}}\.v\d+{re.escape(tail)}")
+    return [p for p in target.parent.iterdir() if p != target and pattern.fullmatch(p.name)]
 
 
 def ensure_exported(
@@ -290,7 +290,7 @@ def ensure_exported(
     target.parent.mkdir(parents=True, exist_ok=True)
     # Beside the weights, an older export of the same file is stale. In the shared cache a
     # same-named file may be another folder's weights: leave those be.
-    for old in stale_exports(target) if target.parent == weights.parent else []:
+    for old in stale_exports(weights, target) if target.parent == weights.parent else []:
         log.info("removing %s: exported from other weights or by another ldfusion", old)
         old.unlink(missing_ok=True)
         old.with_suffix(".bin").unlink(missing_ok=True)

@@ -112,6 +112,10 @@ def test_export_is_cached_beside_the_weights_and_rebuilt_when_they_change(tmp_pa
 
     net = _net("fast")
     weights = save_checkpoint(tmp_path / "student.pt", net)
+    # Exports of other weights files in the folder, named alike, are not this file's: kept.
+    neighbours = [tmp_path / "student.v2.0123456789abcdef.v1.xml", tmp_path / "student.0123456789abcdef.v1.int8.xml"]
+    for path in neighbours:
+        path.write_text("")
     first, built = ensure_exported(net, weights, "openvino")
     assert built and first.parent == tmp_path and first.with_suffix(".bin").is_file()
     again, built_again = ensure_exported(net, weights, "openvino")
@@ -122,6 +126,7 @@ def test_export_is_cached_beside_the_weights_and_rebuilt_when_they_change(tmp_pa
     second, rebuilt = ensure_exported(net, weights, "openvino")
     assert rebuilt and second != first
     assert not first.exists() and not first.with_suffix(".bin").exists()  # the stale export is gone
+    assert all(path.exists() for path in neighbours)
     # The Fuser runs the current export: it agrees with the changed weights.
     fuser = Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="openvino"))
     vi, ir = _inputs(40, 56)
