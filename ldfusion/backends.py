@@ -117,6 +117,7 @@ def build_openvino(
                               f"{weights or 'FILE'} --int8 --calib-ir DIR --calib-vi DIR` first")
     if weights is not None and Path(weights).is_file():
         path, _ = ensure_exported(model, Path(weights), "openvino", int8, calibration, bundled_dir=BUNDLED_DIR)
+        log.info("running the network on OpenVINO%s from %s", " int8" if int8 else "", path)
         return OpenVinoNetwork(path, model.spec, threads)
     converted = convert_openvino(model)
     if int8:

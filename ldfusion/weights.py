@@ -114,7 +114,9 @@ def choose_weights(name: str | os.PathLike | None, device: "torch.device") -> st
     if device.type == "cpu":
         choice, why = CPU_AUTO_WEIGHTS, "the device is the CPU"
         if choice == "fast":
-            why += "; the fast student is ~5x cheaper than LD-Lite's layout"
+            why += "; the fast student is ~4x cheaper than LD-Lite's layout"
+        else:
+            why += "; the fast student is below the quality bar yet (MODEL_CARD.md)"
     else:
         choice, why = DEFAULT_WEIGHTS, f"the device is {device.type}, fast enough for the full-size network"
     log.info("weights auto: using %r (%s)", choice, why)
