@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from torch import Tensor
 from ldfusion.color import merge_fused_y, rgb_to_y
 from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionCodes, FusionNet
-from ldfusion.weights import resolve_model
+from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class FuserOptions:
     compile: str = "off"
     compile_backend: str = "inductor"  # torch.compile backend; tests use "aot_eager" (inductor takes minutes on 2 cores)
 
+    backend: str = "auto"  # torch | openvino | auto (OpenVINO on the CPU when installed); see ldfusion.backends
+    int8: bool = False  # OpenVINO only: the int8 export made by `ldfusion export --int8`
+
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
@@ -73,7 +77,7 @@ class FuserOptions:
 class Fuser:
     """A fusion network ready for inference on one device. Safe to share between threads."""
 
-    def __init__(self, model: FusionNet, options: FuserOptions = FuserOptions()) -> None:
+    def __init__(self, model: FusionNet, options: FuserOptions = FuserOptions(), weights_path: Path | None = None) -> None:
         self.device = resolve_device(options.device)
         on_cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if (options.half if options.half is not None else on_cuda) else torch.float32
@@ -93,14 +97,38 @@ class Fuser:
         # CPU inductor's compile takes minutes and the eager network is what was measured.
         compiled = options.compile == "on" or (options.compile == "auto" and on_cuda)
         self._network = CompiledNetwork(self.model, options.compile_backend) if compiled else self.model
+        self.backend, self.cpu_network = self._cpu_backend(options, weights_path)
+
+    def _cpu_backend(self, options: FuserOptions, weights_path: Path | None):
+        """("torch", None), or ("openvino", the compiled export) that ``fuse_y`` runs instead of the model.
+
+        ``auto`` takes OpenVINO only with a weights file, whose export is cached; a model
+        built in memory runs on PyTorch unless ``openvino`` is asked for (then it is
+        converted in memory, seconds per Fuser).
+        """
+        from ldfusion.backends import build_openvino, choose_backend
+        from ldfusion.threads import configure_torch_threads
+
+        requested = options.backend
+        if requested == "auto" and weights_path is None and not options.int8:
+            requested = "torch"
+        backend = choose_backend(requested, self.device)
+        if options.int8 and backend != "openvino":
+            raise ConfigError("int8 runs on the openvino backend only (on the CPU, with openvino installed)")
+        if self.device.type == "cpu":
+            configure_torch_threads()
+        if backend == "torch" or self.dtype != torch.float32:
+            return "torch", None
+        return backend, build_openvino(self.model, weights_path, int8=options.int8)
 
     @classmethod
     def from_weights(
         cls, weights: str | os.PathLike | None = None, variant: str | None = None, options: FuserOptions = FuserOptions()
     ) -> "Fuser":
-        """Load weights by path or registry name (``default``, ``ld-lite``, ``ldfusion``)."""
-        fuser = cls(resolve_model(weights, variant), options)
-        fuser.weights_name = f"weights {str(weights) if weights is not None else 'default'!r}"
+        """Load weights by path or registry name (``auto``/None, ``fast``, ``default``, ``ld-lite``, ``ldfusion``)."""
+        weights = choose_weights(weights, resolve_device(options.device))
+        fuser = cls(resolve_model(weights, variant), options, resolve_weights_path(weights))
+        fuser.weights_name = f"weights {str(weights)!r}"
         return fuser
 
     def _finite(self, out: Tensor) -> Tensor:
@@ -128,6 +156,8 @@ class Fuser:
     @torch.inference_mode()
     def fuse_y(self, vi_y: Tensor, ir: Tensor) -> Tensor:
         """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device."""
+        if self.cpu_network is not None:
+            return self._finite(self.cpu_network(vi_y.float(), ir.float()))
         return self._finite(self._network(self._prepare(vi_y), self._prepare(ir)).float())
 
     @property

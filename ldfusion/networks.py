@@ -191,7 +191,7 @@ class Decoder(nn.Module):
             layers += [nn.ConvTranspose2d(dim, dim // 2, 5, 2, 0), LayerNorm(dim // 2), nn.ReLU(inplace=True)]
             dim //= 2
         activation = nn.Tanh() if spec.output_activation == "tanh" else nn.Sigmoid()
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(dim, 1, 7), activation]
+        layers += [nn.ReflectionPad2d(spec.out_kernel // 2), nn.Conv2d(dim, 1, spec.out_kernel), activation]
         self.model_up = nn.Sequential(*layers)
         if spec.has_style:
             n_params = sum(block.num_params for block in self.model_local) if spec.n_adain_residual else 0
@@ -226,27 +226,40 @@ class FusionNet(nn.Module):
         if vi_y.shape != ir.shape or vi_y.ndim != 4 or vi_y.shape[1] != 1:
             raise ValueError(f"vi_y and ir must both be (B, 1, H, W); got {tuple(vi_y.shape)} and {tuple(ir.shape)}")
         size = (vi_y.shape[-2], vi_y.shape[-1])
-        vi_y, ir = pad_to_min_side(vi_y), pad_to_min_side(ir)
+        content_vi, content_ir, style = self.encode_padded(pad_input(self.spec, vi_y), pad_input(self.spec, ir))
+        return FusionCodes(content_vi, content_ir, style, size)
+
+    def encode_padded(self, vi_y: Tensor, ir: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """The encoders on inputs already padded by ``pad_input``: (content_vi, content_ir, style)."""
         enc = self.encoder
         style = None
         if self.spec.has_style:
             style = torch.cat([enc.style_encoder1(vi_y), enc.style_encoder2(ir)], dim=1)
-        return FusionCodes(enc.content_encoder1(vi_y), enc.content_encoder2(ir), style, size)
+        return enc.content_encoder1(vi_y), enc.content_encoder2(ir), style
 
     def decode(self, codes: FusionCodes) -> Tensor:
-        dec = self.decoder
-        x = torch.cat([codes.content_vi, codes.content_ir], dim=1)  # (B, 2C, h, w)
-        if self.spec.n_adain_residual:
-            params = dec.mlp(codes.style)  # (B, sum of 4C over blocks)
-            for block, block_params in zip(dec.model_local, params.split(dec.model_local[0].num_params, dim=1)):
-                x = block(x, block_params)
         # The transposed convs overshoot: output is 8*floor(H/8) + 21 per side; crop back.
-        y = dec.model_up(x).clamp(0, 1)
+        y = self.decode_padded(codes.content_vi, codes.content_ir, codes.style)
         height, width = codes.size
         return y[:, :, :height, :width]
 
+    def decode_padded(self, content_vi: Tensor, content_ir: Tensor, style: Tensor | None) -> Tensor:
+        """The decoder's uncropped output in [0, 1], (B, 1, H', W') with H' >= the input's H."""
+        dec = self.decoder
+        x = torch.cat([content_vi, content_ir], dim=1)  # (B, 2C, h, w)
+        if self.spec.n_adain_residual:
+            params = dec.mlp(style)  # (B, sum of 4C over blocks)
+            for block, block_params in zip(dec.model_local, params.split(dec.model_local[0].num_params, dim=1)):
+                x = block(x, block_params)
+        return dec.model_up(x).clamp(0, 1)
+
     def forward(self, vi_y: Tensor, ir: Tensor) -> Tensor:
         return self.decode(self.encode(vi_y, ir))
+
+
+def pad_input(spec: VariantSpec, x: Tensor) -> Tensor:
+    """The padding every input gets before the encoders (and before an exported graph)."""
+    return pad_to_min_side(x)
 
 
 def pad_to_min_side(x: Tensor) -> Tensor:

@@ -1,6 +1,9 @@
 """Where weights come from: one registry of names, or a path.
 
+- ``auto`` (what None means to ``Fuser.from_weights``): ``fast`` on the CPU, ``default`` on
+  CUDA; see ``choose_weights``.
 - ``default``: trained by this project and shipped inside the package (works offline).
+- ``fast``: the CPU student of LD-Lite, trained by this project, shipped in the package.
 - ``ld-lite``, ``ldfusion``: the authors' releases. Looked up, in order, in the
   environment variable named by the entry (a local file or folder), in the cache
   (``$LDFUSION_CACHE`` or ``~/.cache/ldfusion``), and finally downloaded from the
@@ -14,6 +17,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import typing
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -27,6 +31,14 @@ log = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 DEFAULT_WEIGHTS = "default"
+AUTO_WEIGHTS = "auto"
+# What ``auto`` picks on the CPU. Only weights that meet the project's quality bar against
+# LD-Lite (MODEL_CARD.md: >= 33 dB mean PSNR on the held-out pairs, none below 30 dB) may
+# stand here.
+CPU_AUTO_WEIGHTS = "default"
+
+if typing.TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,13 @@ REGISTRY: dict[str, WeightsEntry] = {
         variant="ld-lite",
         env_var="LDFUSION_WEIGHTS_DEFAULT",
         bundled="default.pt",
+        license="Apache-2.0 (see MODEL_CARD.md)",
+    ),
+    "fast": WeightsEntry(
+        name="fast",
+        variant="fast",
+        env_var="LDFUSION_WEIGHTS_FAST",
+        bundled="fast.pt",
         license="Apache-2.0 (see MODEL_CARD.md)",
     ),
     "ld-lite": WeightsEntry(
@@ -87,6 +106,26 @@ REGISTRY: dict[str, WeightsEntry] = {
 
 def cache_dir() -> Path:
     return Path(os.environ.get("LDFUSION_CACHE") or Path.home() / ".cache" / "ldfusion")
+
+
+def choose_weights(name: str | os.PathLike | None, device: "torch.device") -> str | os.PathLike:
+    """Resolve ``auto`` (or None) for ``device``; any other name or path passes through.
+
+    On the CPU, ``CPU_AUTO_WEIGHTS`` (the ``fast`` student: real time without a GPU); on
+    CUDA, ``default`` (LD-Lite's layout runs in real time there and agrees more closely).
+    """
+    if name is not None and str(name) != AUTO_WEIGHTS:
+        return name
+    if device.type == "cpu":
+        choice, why = CPU_AUTO_WEIGHTS, "the device is the CPU"
+        if choice == "fast":
+            why += "; the fast student is ~4x cheaper than LD-Lite's layout"
+        else:
+            why += "; the fast student is below the quality bar yet (MODEL_CARD.md)"
+    else:
+        choice, why = DEFAULT_WEIGHTS, f"the device is {device.type}, fast enough for the full-size network"
+    log.info("weights auto: using %r (%s)", choice, why)
+    return choice
 
 
 def resolve_weights_path(name_or_path: str | os.PathLike | None) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.inference import resolve_device
 from ldfusion.variants import VARIANTS
-from ldfusion.weights import resolve_model
+from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
 from pipeline.bench import (
     DEFAULT_RESOLUTIONS, PATHS, BenchSettings, Measurement, default_devices, format_table, machine_info, measure_all,
     parse_resolution, synthetic_frames,
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         "synthetic frames in one run, on the CPU and on CUDA when present. Prints a table with the "
         "speed-ups over the reference and writes the numbers as JSON.",
     )
-    parser.add_argument("--weights", default=None, help="weights file or registry name (default: the bundled 'default')")
+    parser.add_argument("--weights", default=None, help="weights file or registry name (default: auto, as `run` and `fuse` choose)")
     parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant (default: read from the weights)")
     parser.add_argument(
         "--resolutions", nargs="+", default=list(DEFAULT_RESOLUTIONS), metavar="WxH", help="frame sizes (default: 640x480 1280x720)"
@@ -42,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--streams", type=int, default=1, help="stream pairs in one pipeline for pipeline, passthrough, decode (default: 1)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="CPU runtime for the model and pipeline paths: auto = OpenVINO when installed (default: auto)")
+    parser.add_argument("--int8", action="store_true", help="the OpenVINO int8 export (made by `ldfusion export --int8`)")
     add_logging_arguments(parser)
     return parser
 
@@ -50,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    settings = BenchSettings(tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams)
-    resolutions = [parse_resolution(text) for text in args.resolutions]
-    model = resolve_model(args.weights, args.model)
     devices = [resolve_device(name) for name in (args.devices or default_devices())]
+    weights = choose_weights(args.weights, devices[0])
+    path = resolve_weights_path(weights)
+    settings = BenchSettings(tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
+                             args.backend, args.int8, path if path.is_file() else None)
+    resolutions = [parse_resolution(text) for text in args.resolutions]
+    model = resolve_model(weights, args.model)
 
     results: list[Measurement] = []
     for device in devices:
@@ -61,11 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             results += measure_all(model, device, synthetic_frames(width, height), settings)
     report = {
         "machine": machine_info(devices),
-        "settings": {**asdict(settings), "model": model.spec.name, "weights": args.weights or "default"},
+        "settings": {**asdict(settings), "model": model.spec.name, "weights": str(weights)},
         "results": [asdict(r) for r in results],
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")  # default=str: the weights path
     print(format_table(results))
     print(f"\n{report['machine']['summary']}; JSON written to {args.out}")
     return 0

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("calibration.cli", "estimate, store and verify IR-to-visible registration"),
     "eval": ("ldfusion.cli.evaluate", "score fused images with the standard fusion metrics"),
     "bench": ("ldfusion_cli.bench", "measure model-only and pipeline throughput and latency"),
+    "export": ("ldfusion.cli.export", "export weights as ONNX or OpenVINO IR (optionally int8) for fast CPU inference"),
 }
 
 

@@ -106,6 +106,9 @@ class BenchSettings:
     warmup: int = 2  # untimed calls before each measurement
     fp32: bool = False  # keep float32 on CUDA (default: half)
     streams: int = 1  # stream pairs in one pipeline (pipeline, passthrough, decode)
+    backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
+    int8: bool = False  # OpenVINO's int8 export
+    weights_path: Path | None = None  # the weights file whose cached export OpenVINO runs
 
     def __post_init__(self) -> None:
         if self.streams < 1:
@@ -157,7 +160,8 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
     log.info("measuring on %s at %dx%d", device, *frames.size)
     if "reference" in settings.paths:
         results.append(measure_reference(model, device, frames, settings.frames, settings.warmup))
-    fuser = Fuser(copy.deepcopy(model), FuserOptions(device=str(device), half=False if settings.fp32 else None))
+    options = FuserOptions(device=str(device), half=False if settings.fp32 else None, backend=settings.backend, int8=settings.int8)
+    fuser = Fuser(copy.deepcopy(model), options, settings.weights_path)  # the weights file's cached export, for OpenVINO
     for batch in settings.batch_sizes:
         if "model" in settings.paths:
             results.append(measure_model(fuser, frames, batch, settings.frames, settings.warmup))

@@ -7,6 +7,11 @@ Default: the bundled `default` weights against the authors' LD-Lite on
 MODEL_CARD.md come from this script.
 
     python scripts/teacher_agreement.py [--student default] [--teacher ../shared/data/weights/ld-lite/final.pt]
+        [--backend torch|openvino|auto] [--int8] [--bar 33 --floor 30]
+
+The student runs on --backend (with --int8: its OpenVINO int8 export, made first with
+`ldfusion export --int8`); the teacher always runs on PyTorch, the reference. Exits 1 when
+the mean is below --bar or a pair is below --floor (the quality bar for `weights: auto`).
 """
 
 from __future__ import annotations
@@ -54,12 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teacher", default=str(SHARED / "weights/ld-lite/final.pt"), help="teacher weights")
     parser.add_argument("--config", type=Path, default=REPO / "configs/distill_default.yaml", help="training config naming the held-out TNO pairs")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--backend", default="torch", choices=("torch", "openvino", "auto"), help="the student's runtime (default: torch)")
+    parser.add_argument("--int8", action="store_true", help="the student's OpenVINO int8 export")
+    parser.add_argument("--bar", type=float, default=33.0, help="required mean PSNR in dB (default: 33)")
+    parser.add_argument("--floor", type=float, default=30.0, help="required PSNR of every pair in dB (default: 30)")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"teacher_agreement: error: {SHARED} is not available", file=sys.stderr)
         return 2
-    options = FuserOptions(device="cpu")
-    student, teacher = Fuser.from_weights(args.student, options=options), Fuser.from_weights(args.teacher, options=options)
+    student = Fuser.from_weights(args.student, options=FuserOptions(device="cpu", backend=args.backend, int8=args.int8))
+    teacher = Fuser.from_weights(args.teacher, options=FuserOptions(device="cpu", backend="torch"))
     rows = []
     for dataset, pair in held_out_pairs(args.config):
         value = float(psnr(fused_y(student, pair), fused_y(teacher, pair))[0])
@@ -69,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"| {r['dataset']} | {r['name']} | {r['psnr_db']:.2f} |")
     print(f"| **mean** | {len(rows)} pairs | **{mean:.2f}** |")
+    worst = min(r["psnr_db"] for r in rows)
+    meets = mean >= args.bar and worst >= args.floor
+    print(f"{'meets' if meets else 'misses'} the bar: mean {mean:.2f} dB (>= {args.bar}), worst pair {worst:.2f} dB (>= {args.floor})")
     if args.json:
-        args.json.write_text(json.dumps({"student": args.student, "teacher": args.teacher, "pairs": rows, "mean_psnr_db": mean}, indent=2))
-    return 0
+        args.json.write_text(json.dumps({"student": args.student, "teacher": args.teacher, "backend": args.backend,
+                                         "int8": args.int8, "pairs": rows, "mean_psnr_db": mean,
+                                         "worst_psnr_db": worst, "meets_bar": meets}, indent=2))
+    return 0 if meets else 1
 
 
 if __name__ == "__main__":

@@ -52,3 +52,18 @@ def random_weights(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(0)
         paths[name] = save_checkpoint(folder / f"{name}.pt", build_network(get_variant(name)))
     return paths
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _exports_stay_in_a_temporary_cache(tmp_path_factory):
+    """OpenVINO exports of bundled weights go to $LDFUSION_CACHE; tests never write to the home folder."""
+    import os
+
+    if os.environ.get("LDFUSION_CACHE"):
+        yield
+        return
+    os.environ["LDFUSION_CACHE"] = str(tmp_path_factory.mktemp("ldfusion_cache"))
+    try:
+        yield
+    finally:
+        os.environ.pop("LDFUSION_CACHE", None)

@@ -280,16 +280,64 @@ def test_hint_config_names_a_bad_point_set(tmp_path, random_weights, capsys):
     assert "loss.hints.points must be one of" in capsys.readouterr().err
 
 
-def test_feature_hints_refuse_a_teacher_of_another_layout(tmp_path, random_weights, capsys):
+def test_teacher_forced_hints_refuse_a_teacher_of_another_layout(tmp_path, random_weights, capsys):
     ir, vi = _synthetic_pairs(tmp_path / "data")
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({
         "variant": "ld-lite", "teacher": str(random_weights["ldfusion"]), "device": "cpu", "out_dir": str(tmp_path / "run"),
         "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "num_workers": 0},
-        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0}},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0},
+                 "hints": {"points": "layers", "teacher_forced_epochs": 1}},
     }))
     assert train_main(["--config", str(path)]) == 2
-    assert "feature hints need a student with the teacher's layout" in capsys.readouterr().err
+    assert "teacher-forced feature hints need a student with the teacher's layout" in capsys.readouterr().err
+
+
+def _fast_student_trainer(tmp_path, teacher: Path, **fields):
+    from ldfusion.config import from_dict
+    from ldfusion.training.config import TrainConfig
+    from ldfusion.training.trainer import Trainer
+
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    config = from_dict(TrainConfig, {
+        "variant": "fast", "teacher": str(teacher), "device": "cpu", "out_dir": str(tmp_path / "run"),
+        "data": {"pairs": [{"ir": str(ir), "vi": str(vi)}], "crop": 40, "repeat": 2, "num_workers": 0, "noise_std": 0.0},
+        "loss": {"weights": {"sim": 0, "prompt_global": 0, "prompt_patch": 0, "perceptual": 0, "distill_features": 1.0},
+                 "hints": {"points": "layers"}},
+        "optim": {"batch_size": 2, "epochs": 1, "steps_per_epoch": 1, "optimizer": "lbfgs", "lr": 1.0,
+                  "lbfgs_iterations": 3, "warmup": False, "milestones": []},
+        **fields,
+    })
+    trainer = Trainer(config)
+    return trainer, next(iter(trainer.loader))
+
+
+def test_a_student_of_another_layout_gets_hints_through_adapters(tmp_path, random_weights):
+    trainer, batch = _fast_student_trainer(tmp_path, random_weights["ld-lite"])
+    names = trainer.hint_names
+    # Every norm, residual block and the logits, plus the content codes.
+    assert {"encoder.content_encoder1.model.2", "encoder.content_encoder2", "decoder.model_up.7", "decoder.model_up.10"} <= set(names)
+    # Channels differ everywhere but at the one-channel logits: an adapter per other point.
+    assert len(trainer.hint_adapters.convs) == len(names) - 1
+    adapter_params = {id(p) for p in trainer.hint_adapters.parameters()}
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert adapter_params and adapter_params <= optimised
+    with torch.no_grad():
+        before = trainer.compute_loss(batch)
+    assert float(before["hints"]) > 0
+    after = trainer.train_step(batch)
+    assert after["total"] < float(before["total"])
+
+
+def test_hint_adapters_survive_a_resume(tmp_path, random_weights):
+    from ldfusion.training.trainer import Trainer
+
+    trainer, batch = _fast_student_trainer(tmp_path, random_weights["ld-lite"])
+    trainer.fit()
+    again = Trainer(trainer.config)
+    again.resume(tmp_path / "run" / "last.pt")
+    for (name, mine), theirs in zip(trainer.hint_adapters.state_dict().items(), again.hint_adapters.state_dict().values()):
+        torch.testing.assert_close(mine, theirs, msg=name)
 
 
 def test_lbfgs_lowers_the_distillation_loss_on_a_batch(tmp_path, random_weights):
@@ -327,3 +375,44 @@ def test_lbfgs_refuses_several_processes(tmp_path, random_weights):
 def test_optim_config_names_an_unknown_optimizer():
     with pytest.raises(ValueError, match="optim.optimizer must be one of"):
         OptimConfig(optimizer="sgd")
+
+
+def test_pruning_to_the_teachers_own_width_gives_the_teacher(random_weights):
+    from ldfusion.checkpoint import load_model
+    from ldfusion.networks import build_network
+    from ldfusion.training.prune import plan_channels, prune_into
+    from ldfusion.variants import get_variant
+
+    teacher = load_model(random_weights["ld-lite"])
+    student = build_network(get_variant("ld-lite")).eval()
+    prune_into(student, teacher, plan_channels(student, teacher))
+    vi, ir = torch.rand(1, 1, 40, 56), torch.rand(1, 1, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(student(vi, ir), teacher(vi, ir))
+
+
+def test_a_pruned_student_is_hinted_on_the_teachers_kept_channels(tmp_path, random_weights):
+    from ldfusion.training.hints import tap
+
+    trainer, batch = _fast_student_trainer(tmp_path, random_weights["ld-lite"], prune_from_teacher=True)
+    assert len(trainer.hint_adapters.convs) == 0 and len(trainer.hint_names) == 2 * (4 + 2 * 3) + 3 + 1
+    first_norm = "encoder.content_encoder1.model.2"
+    teacher = trainer.teacher_outputs(batch)
+    assert teacher.features[first_norm].shape[1] == 4  # 4 of the teacher's 8 channels
+    with torch.no_grad(), tap(trainer.model, [first_norm]) as student_features:
+        trainer.model(batch["vi_y_noisy"], batch["ir_noisy"])
+    # The first conv reads the one input channel: its kept channels are the teacher's exactly.
+    torch.testing.assert_close(student_features[first_norm], teacher.features[first_norm], atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        before = float(trainer.compute_loss(batch)["total"])
+    assert trainer.train_step(batch)["total"] < before
+
+
+def test_prune_from_teacher_needs_a_teacher():
+    from ldfusion.config import from_dict
+    from ldfusion.errors import ConfigError
+    from ldfusion.training.config import TrainConfig
+
+    with pytest.raises(ConfigError, match="prune_from_teacher needs a teacher"):
+        from_dict(TrainConfig, {"variant": "fast", "prune_from_teacher": True, "data": {"pairs": [{"ir": "a", "vi": "b"}]},
+                                "loss": {"weights": {"sim": 1.0}}})

@@ -40,13 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights",
         default=None,
         help="weights: a file, an Enc_*/Dec_* folder, or a registry name "
-        "(default: the bundled 'default'; also 'ld-lite', 'ldfusion')",
+        "(default: auto, bundled weights chosen for the device, named in the log; "
+        "also 'default', 'fast', 'ld-lite', 'ldfusion')",
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
     parser.add_argument(
         "--batch", type=int, default=None, help="pairs of the same size fused together (default: 8 on CUDA, 1 on the CPU)"
     )
     parser.add_argument("--half", action="store_true", help="half precision (CUDA only)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="CPU runtime: auto = OpenVINO when installed, else PyTorch (default: auto)")
     parser.add_argument(
         "--ir-16bit",
         choices=IR_16BIT_MODES,
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"--batch must be at least 1; got {args.batch}")
     pairs = pair_folders(args.ir, args.vi)
     check_outputs(pairs, args.out, args.side_by_side, args.overwrite)
-    fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None))
+    fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None, backend=args.backend))
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("fusing %d pair(s) with %s on %s", len(pairs), fuser.spec.name, fuser.device)
     batch = args.batch or default_batch_size(fuser.device)

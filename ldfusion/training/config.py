@@ -61,6 +61,9 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     teacher: str | None = None  # frozen teacher weights: adds the distillation term
     init: str | None = None  # start the student from these weights instead of random
+    # Start the student from the teacher's most-used channels (a narrower student of the
+    # teacher's structure; ldfusion/training/prune.py); hints then read those channels.
+    prune_from_teacher: bool = False
     out_dir: str = "runs/train"
     device: str = "auto"
     amp: str = "auto"  # mixed precision on CUDA: bf16 where supported, else fp16
@@ -73,5 +76,7 @@ class TrainConfig:
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}; got {self.amp!r}")
         uses_teacher = self.teacher is not None and self.loss.weights.distill > 0
+        if self.prune_from_teacher and (not uses_teacher or self.init is not None):
+            raise ValueError("prune_from_teacher needs a teacher (and no init: the student starts from the teacher)")
         if not uses_teacher and not (self.loss.weights.needs_clip or self.loss.weights.needs_vgg):
             raise ValueError("every loss weight is zero: set a teacher or a language/perceptual weight")

@@ -1,8 +1,12 @@
 """Feature hints for distillation (FitNets-style): the student's intermediate activations
 are pulled towards the teacher's at the same places.
 
-Only for a student whose layout equals the teacher's (the default weights are trained that
-way: an ld-lite student of the ld-lite teacher). The output-only distillation term still
+A student with the teacher's layout (the default weights: an ld-lite student of the ld-lite
+teacher) is matched at every hint point directly. A student of another layout (the ``fast``
+CPU student) is matched FitNets-style: a 1x1 conv per point maps the student's channels to
+the teacher's (trained with it, thrown away after), at the points where both networks have
+the same spatial layout, plus the content codes and the output logits (compared on the
+image's own top-left region, which both decoders align to). The output-only distillation term still
 decides what the student produces; hints make the optimisation far easier, because every
 stage gets its own target instead of a gradient that has crossed the whole network.
 
@@ -101,12 +105,62 @@ def tap(model: nn.Module, names: list[str], replace: Mapping[str, Tensor] | None
             handle.remove()
 
 
-def check_same_layout(student: nn.Module, teacher: nn.Module) -> None:
+def same_layout(student: nn.Module, teacher: nn.Module) -> bool:
     s, t = student.state_dict(), teacher.state_dict()
-    if s.keys() != t.keys() or any(s[k].shape != t[k].shape for k in s):
-        raise ConfigError("feature hints need a student with the teacher's layout; set loss.weights.distill_features to 0")
+    return s.keys() == t.keys() and all(s[k].shape == t[k].shape for k in s)
 
 
-def hint_loss(student: dict[str, Tensor], teacher: dict[str, Tensor]) -> Tensor:
-    """Mean over hint points of the MSE between activations (they are instance/layer normalised)."""
-    return torch.stack([F.mse_loss(student[name].float(), teacher[name].float()) for name in teacher]).mean()
+class HintAdapters(nn.Module):
+    """FitNets regressors: a 1x1 conv per hint point where the student's channels differ from the teacher's."""
+
+    def __init__(self, channels: Mapping[str, tuple[int, int]]) -> None:
+        super().__init__()
+        # ModuleDict keys may not contain dots.
+        self.convs = nn.ModuleDict({_key(name): nn.Conv2d(s, t, 1) for name, (s, t) in channels.items() if s != t})
+
+    def forward(self, name: str, x: Tensor) -> Tensor:
+        key = _key(name)
+        return self.convs[key](x) if key in self.convs else x
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__")
+
+
+# Probe size for comparing layouts: a multiple of 8 above networks.MIN_SIDE.
+_PROBE_SIDE = 64
+
+
+def plan_hints(student: nn.Module, teacher: nn.Module, points: str, teacher_forced: bool) -> tuple[list[str], HintAdapters]:
+    """The hint points for this student/teacher pair, and the adapters between them."""
+    if same_layout(student, teacher):
+        return hint_points(student, points), HintAdapters({})
+    if teacher_forced:
+        raise ConfigError("teacher-forced feature hints need a student with the teacher's layout; "
+                          "set loss.hints.teacher_forced_epochs to 0")
+    teacher_points = set(hint_points(teacher, points))
+    logits = hint_points(student, "layers")[-1]
+    candidates = [n for n in hint_points(student, points) if n in teacher_points]
+    candidates += [n for n in ("encoder.content_encoder1", "encoder.content_encoder2") if n not in candidates]
+    probe = torch.rand(1, 1, _PROBE_SIDE, _PROBE_SIDE)
+    with torch.no_grad(), tap(student, candidates) as s_out, tap(teacher, candidates) as t_out:
+        student(probe, probe)
+        teacher(probe, probe)
+    # Elsewhere the decoders may sit on grids shifted against each other: no hint there.
+    names = [n for n in candidates if n == logits or s_out[n].shape[-2:] == t_out[n].shape[-2:]]
+    if not names:
+        raise ConfigError("feature hints: the student and the teacher share no hint point; set loss.weights.distill_features to 0")
+    return names, HintAdapters({n: (s_out[n].shape[1], t_out[n].shape[1]) for n in names})
+
+
+def hint_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], adapters: HintAdapters | None = None) -> Tensor:
+    """Mean over hint points of the MSE between activations (they are instance/layer normalised).
+
+    Activations of different sizes are compared on their common top-left region.
+    """
+    losses = []
+    for name, target in teacher.items():
+        mine = adapters(name, student[name]) if adapters is not None else student[name]
+        height, width = min(mine.shape[-2], target.shape[-2]), min(mine.shape[-1], target.shape[-1])
+        losses.append(F.mse_loss(mine[..., :height, :width].float(), target[..., :height, :width].float()))
+    return torch.stack(losses).mean()

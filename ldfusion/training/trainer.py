@@ -28,7 +28,8 @@ from ldfusion.losses import LanguageDrivenLoss, distillation_loss
 from ldfusion.networks import FusionNet, build_network
 from ldfusion.training.config import OptimConfig, TrainConfig
 from ldfusion.training.data import PairedDataset, load_pairs, seed_worker
-from ldfusion.training.hints import check_same_layout, hint_loss, hint_points, tap
+from ldfusion.training.hints import HintAdapters, hint_loss, hint_points, plan_hints, tap
+from ldfusion.training.prune import plan_channels, prune_into
 from ldfusion.variants import get_variant
 from ldfusion.weights import resolve_model
 
@@ -80,7 +81,8 @@ class Trainer:
         seed_everything(config.seed + dist_info.rank)
         self.model = self._build_student().to(self.device)
         self.teacher = self._load_teacher()
-        self.hint_names = self._hint_names()  # fixed for the run; [] when hints are off
+        self.teacher_channels = self._prune_from_teacher()  # {} unless config.prune_from_teacher
+        self.hint_names, self.hint_adapters = self._plan_hints()  # fixed for the run; [] when hints are off
         self.criterion = self._build_criterion()
         self.loader = self._build_loader()
         self.steps_per_epoch = config.optim.steps_per_epoch or len(self.loader)
@@ -113,10 +115,17 @@ class Trainer:
         teacher = resolve_model(self.config.teacher).to(self.device).eval()
         for parameter in teacher.parameters():
             parameter.requires_grad_(False)
-        if self.config.loss.weights.distill_features > 0:
-            check_same_layout(self.model, teacher)
         log.info("distilling from teacher %s (%s)", self.config.teacher, teacher.spec.name)
         return teacher
+
+    def _prune_from_teacher(self) -> dict[str, Tensor]:
+        if not self.config.prune_from_teacher:
+            return {}
+        kept = plan_channels(self.model, self.teacher)
+        prune_into(self.model, self.teacher, kept)
+        log.info("student starts from the teacher's most-used channels (%s of %s parameters)",
+                 sum(p.numel() for p in self.model.parameters()), sum(p.numel() for p in self.teacher.parameters()))
+        return {name: index.to(self.device) for name, index in kept.items()}
 
     def _build_criterion(self) -> LanguageDrivenLoss:
         loss = self.config.loss
@@ -151,14 +160,18 @@ class Trainer:
     def uses_lbfgs(self) -> bool:
         return self.config.optim.optimizer == "lbfgs"
 
+    def _trained_parameters(self) -> list[nn.Parameter]:
+        """The student's parameters and those of its hint adapters (when its layout differs from the teacher's)."""
+        return list(self.model.parameters()) + list(self.hint_adapters.parameters())
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim
         if not self.uses_lbfgs:
-            return torch.optim.Adam(self.model.parameters(), lr=optim.lr, betas=optim.betas)
+            return torch.optim.Adam(self._trained_parameters(), lr=optim.lr, betas=optim.betas)
         if self.dist.world_size > 1:
             # Each rank's line search would take its own number of steps and DDP would hang.
             raise ConfigError("optim.optimizer lbfgs runs in a single process; use adam under torchrun")
-        return torch.optim.LBFGS(self.model.parameters(), lr=optim.lr, max_iter=optim.lbfgs_iterations,
+        return torch.optim.LBFGS(self._trained_parameters(), lr=optim.lr, max_iter=optim.lbfgs_iterations,
                                  history_size=optim.lbfgs_history, line_search_fn="strong_wolfe")
 
     def _pick_autocast_dtype(self) -> torch.dtype | None:
@@ -280,7 +293,7 @@ class Trainer:
             if teacher.fused is not None:
                 terms["distill"] = weights.distill * distillation_loss(fused, teacher.fused)
                 if names:
-                    terms["hints"] = weights.distill_features * hint_loss(student_features, teacher.features)
+                    terms["hints"] = weights.distill_features * hint_loss(student_features, teacher.features, self.hint_adapters)
                 terms["total"] = terms["total"] + sum(terms[k] for k in ("distill", "hints") if k in terms)
         return terms
 
@@ -290,12 +303,21 @@ class Trainer:
             return TeacherOutputs(None, {})
         with self._autocast(), torch.no_grad(), tap(self.teacher, self.hint_names) as features:
             fused = self.teacher(batch["vi_y"], batch["ir"]).float()  # (B, 1, H, W)
+        if self.teacher_channels:
+            features = {name: value.index_select(1, self.teacher_channels[name]) for name, value in features.items()}
         return TeacherOutputs(fused, features)
 
-    def _hint_names(self) -> list[str]:
+    def _plan_hints(self) -> tuple[list[str], HintAdapters]:
         if self.teacher is None or self.config.loss.weights.distill_features <= 0:
-            return []
-        return hint_points(self.model, self.config.loss.hints.points)
+            return [], HintAdapters({})
+        hints = self.config.loss.hints
+        if self.teacher_channels:  # a pruned student: each activation is a subset of the teacher's
+            return hint_points(self.model, hints.points), HintAdapters({})
+        names, adapters = plan_hints(self.model, self.teacher, hints.points, hints.teacher_forced_epochs > 0)
+        if len(adapters.convs):
+            log.info("feature hints through %d 1x1 adapters at %d points (the student's layout differs from the teacher's)",
+                     len(adapters.convs), len(names))
+        return names, adapters.to(self.device)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -310,6 +332,7 @@ class Trainer:
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "hint_adapters": self.hint_adapters.state_dict(),
         }
         config = to_dict(self.config)
         save_checkpoint(self.out_dir / "last.pt", self.model, config=config, training=state)
@@ -326,6 +349,7 @@ class Trainer:
         self.model.load_state_dict(model_from_checkpoint(ckpt).state_dict())
         self.optimizer.load_state_dict(ckpt.training["optimizer"])
         self.scaler.load_state_dict(ckpt.training.get("scaler", {}))
+        self.hint_adapters.load_state_dict(ckpt.training.get("hint_adapters", {}))
         self.epoch, self.step = int(ckpt.training["epoch"]), int(ckpt.training["step"])
         if self.dist.is_main:
             log.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)

@@ -1,0 +1,125 @@
+"""Where the network runs on the CPU: eager PyTorch, or OpenVINO on an exported graph.
+
+``backend``: ``torch`` runs the ``FusionNet`` itself; ``openvino`` runs its export (see
+``ldfusion.export``), about 3x faster for LD-Lite on a 2-core x86 CPU; ``auto`` takes
+OpenVINO for a CPU device when it is installed and says in one log line when it falls
+back to PyTorch. On CUDA only ``torch`` runs.
+
+Convention: the backend sees (B, 1, H, W) float32 tensors in [0, 1] on the CPU and returns
+the fused Y the same way, cropped to (H, W). OpenVINO compiles the graph once per input
+shape (video has one), with float32 inference precision, so it agrees with PyTorch to
+float rounding (int8 aside).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ldfusion.errors import ConfigError
+from ldfusion.networks import FusionNet, pad_input
+from ldfusion.threads import network_threads
+from ldfusion.variants import VariantSpec
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "openvino")
+
+
+def openvino_available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def choose_backend(requested: str, device: torch.device) -> str:
+    """``torch`` or ``openvino`` for ``requested`` on ``device``; errors name what cannot run."""
+    if requested not in BACKENDS:
+        raise ConfigError(f"backend must be one of {BACKENDS}; got {requested!r}")
+    if requested == "torch":
+        return "torch"
+    if device.type != "cpu":
+        if requested == "openvino":
+            raise ConfigError(f"backend 'openvino' runs on the CPU only; the device is {device.type!r}")
+        return "torch"
+    if openvino_available():
+        return "openvino"
+    if requested == "openvino":
+        raise ConfigError("backend 'openvino' was asked for but openvino is not installed (pip install openvino)")
+    log.info("backend auto: openvino is not installed, running the network on PyTorch (pip install openvino: ~3x faster on the CPU)")
+    return "torch"
+
+
+class OpenVinoNetwork:
+    """An exported fusion network compiled by OpenVINO for the CPU. Safe to share between threads."""
+
+    def __init__(self, model_or_path, spec: VariantSpec, threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.spec = spec
+        self._core = ov.Core()
+        self._core.set_property("CPU", {
+            "INFERENCE_NUM_THREADS": threads or network_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+            # Not bf16 on CPUs that have it: the exported graph must agree with PyTorch.
+            "INFERENCE_PRECISION_HINT": "f32",
+        })
+        self._model = self._core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+        self._compiled: dict[tuple[int, ...], object] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # one infer request per thread and shape
+
+    def _request(self, shape: tuple[int, ...]):
+        requests = self._local.__dict__.setdefault("requests", {})
+        if shape not in requests:
+            with self._lock:
+                if shape not in self._compiled:
+                    model = self._model.clone()
+                    model.reshape({name: list(shape) for name in ("vi_y", "ir")})
+                    self._compiled[shape] = self._core.compile_model(model, "CPU")
+                    log.debug("openvino compiled for input %s", shape)
+                compiled = self._compiled[shape]
+            requests[shape] = compiled.create_infer_request()
+        return requests[shape]
+
+    def __call__(self, vi_y: Tensor, ir: Tensor) -> Tensor:
+        """Fuse (B, 1, H, W) float32 CPU tensors; returns (B, 1, H, W) float32."""
+        if vi_y.shape != ir.shape or vi_y.ndim != 4 or vi_y.shape[1] != 1:
+            raise ValueError(f"vi_y and ir must both be (B, 1, H, W); got {tuple(vi_y.shape)} and {tuple(ir.shape)}")
+        height, width = vi_y.shape[-2:]
+        vi_p, ir_p = pad_input(self.spec, vi_y.float()), pad_input(self.spec, ir.float())
+        request = self._request(tuple(vi_p.shape))
+        request.infer({"vi_y": np.ascontiguousarray(vi_p.numpy()), "ir": np.ascontiguousarray(ir_p.numpy())})
+        out = request.get_output_tensor(0).data  # (B, 1, H', W'), owned by the request
+        return torch.from_numpy(out[:, :, :height, :width].copy())
+
+
+def build_openvino(
+    model: FusionNet,
+    weights: Path | None,
+    int8: bool = False,
+    calibration: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
+    threads: int | None = None,
+) -> OpenVinoNetwork:
+    """OpenVINO on ``model``: from the cached export of ``weights`` when given, else converted in memory."""
+    from ldfusion.export import convert_openvino, ensure_exported, exported_path, quantize_int8
+    from ldfusion.weights import BUNDLED_DIR
+
+    if int8 and calibration is None:
+        made = exported_path(Path(weights), "openvino", True, BUNDLED_DIR) if weights is not None and Path(weights).is_file() else None
+        if made is None or not made.is_file():
+            raise ConfigError(f"no int8 export of {weights or 'these weights'} yet: run `ldfusion export --weights "
+                              f"{weights or 'FILE'} --int8 --calib-ir DIR --calib-vi DIR` first")
+    if weights is not None and Path(weights).is_file():
+        path, _ = ensure_exported(model, Path(weights), "openvino", int8, calibration, bundled_dir=BUNDLED_DIR)
+        log.info("running the network on OpenVINO%s from %s", " int8" if int8 else "", path)
+        return OpenVinoNetwork(path, model.spec, threads)
+    converted = convert_openvino(model)
+    if int8:
+        converted = quantize_int8(converted, calibration())
+    return OpenVinoNetwork(converted, model.spec, threads)

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Speed-ups on the CPU, interleaved in one process so a loaded machine slows every
+configuration alike: each round times one 640x512 frame through every configuration in
+turn, and the table gives median milliseconds and the ratio to LD-Lite on PyTorch.
+
+    PYTHONPATH=. python scripts/cpu_speed.py [--rounds 15] [--size 640x512]
+
+Configurations: LD-Lite on PyTorch (the baseline) and on OpenVINO; `fast` on PyTorch, on
+OpenVINO and, when its int8 export exists (`ldfusion export --weights fast --int8 ...`),
+int8; the same for LD-Lite int8. `ldfusion bench` measures each one alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ldfusion.errors import LDFusionError
+from ldfusion.inference import Fuser, FuserOptions
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+LD_LITE = str(SHARED / "weights/ld-lite/final.pt")
+CONFIGS = (
+    ("ld-lite, torch", LD_LITE, "torch", False),
+    ("ld-lite, openvino", LD_LITE, "openvino", False),
+    ("ld-lite, openvino int8", LD_LITE, "openvino", True),
+    ("fast, torch", "fast", "torch", False),
+    ("fast, openvino", "fast", "openvino", False),
+    ("fast, openvino int8", "fast", "openvino", True),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--size", default="640x512", help="WxH")
+    args = parser.parse_args(argv)
+    width, height = (int(v) for v in args.size.split("x"))
+    fusers = {}
+    for label, weights, backend, int8 in CONFIGS:
+        try:
+            fusers[label] = Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend=backend, int8=int8))
+        except LDFusionError as exc:
+            print(f"{label}: skipped ({exc})", file=sys.stderr)
+    rng = np.random.default_rng(0)
+    visible = [(rng.random((height, width, 3)) * 255).astype(np.uint8)]
+    ir = [(rng.random((height, width)) * 255).astype(np.uint8)]
+    times: dict[str, list[float]] = {label: [] for label in fusers}
+    for fuser in fusers.values():
+        fuser.fuse_arrays(visible, ir)  # compile / warm up
+    for _ in range(args.rounds):
+        for label, fuser in fusers.items():
+            start = time.perf_counter()
+            fuser.fuse_arrays(visible, ir)
+            times[label].append(time.perf_counter() - start)
+    base = statistics.median(times[CONFIGS[0][0]])
+    print(f"{width}x{height}, batch 1, {args.rounds} interleaved rounds (fuse_arrays: colour in, colour out)")
+    print("| configuration | median ms | fps | vs LD-Lite on PyTorch |\n|---|---|---|---|")
+    for label, values in times.items():
+        median = statistics.median(values)
+        print(f"| {label} | {median * 1000:.1f} | {1 / median:.1f} | {base / median:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Which layers lose accuracy in int8: quantize a network's OpenVINO export with NNCF,
+keeping different sets of convs in float (symmetric or asymmetric "mixed" activations), and measure agreement with float PyTorch on
+held-out pairs and the speed at 640x512 (interleaved in one process).
+
+    PYTHONPATH=. python scripts/int8_layers.py [--weights ../shared/data/weights/ld-lite/final.pt]
+
+Calibration: training pairs (MSRS by default), never the held-out ones measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ldfusion.backends import OpenVinoNetwork
+from ldfusion.export import Int8Options, agreement_db, calibration_pairs, convert_openvino, quantize_int8
+from ldfusion.imageio import pair_folders, read_pair
+from ldfusion.inference import to_chw_float, to_y_batch
+from ldfusion.weights import resolve_model
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CHOICES = {
+    "none": ((), False),
+    "first": (("first",), False),
+    "last": (("last",), False),
+    "first+last": (("first", "last"), False),
+    "first+last, mixed": (("first", "last"), True),
+    "first+last+transposed, mixed": (("first", "last", "transposed"), True),
+}
+
+
+def held_out(count: int):
+    pairs = pair_folders(SHARED / "pairs/ldlite_test/ir", SHARED / "pairs/ldlite_test/vi")
+    tno = pair_folders(SHARED / "pairs/tno/ir", SHARED / "pairs/tno/vi")
+    chosen = pairs + [p for p in tno if p.name in {"3", "7", "11", "15", "19", "23", "27", "31", "35", "39"}]
+    out = []
+    for pair in chosen[:count]:
+        visible, ir = read_pair(pair)
+        out.append((to_y_batch(visible), to_chw_float(ir)[None]))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", default=str(SHARED / "weights/ld-lite/final.pt"))
+    parser.add_argument("--calib-ir", default=str(SHARED / "pairs/msrs/ir"))
+    parser.add_argument("--calib-vi", default=str(SHARED / "pairs/msrs/vi"))
+    parser.add_argument("--pairs", type=int, default=6, help="held-out pairs to measure agreement on")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--only", nargs="+", choices=list(CHOICES), help="measure only these (default: all)")
+    args = parser.parse_args(argv)
+    model = resolve_model(args.weights).eval()
+    calibration = calibration_pairs(args.calib_ir, args.calib_vi, 32)
+    float_ov = convert_openvino(model)
+    runs = {"float32": OpenVinoNetwork(float_ov, model.spec)}
+    chosen = args.only or list(CHOICES)
+    for label in chosen:
+        keep, mixed = CHOICES[label]
+        options = Int8Options(keep_float=keep, mixed=mixed)
+        runs[f"int8, float: {label}"] = OpenVinoNetwork(quantize_int8(convert_openvino(model), calibration, options), model.spec)
+    pairs = held_out(args.pairs)
+    with torch.inference_mode():
+        references = [model(vi, ir) for vi, ir in pairs]
+    frame = (torch.rand(1, 1, 512, 640), torch.rand(1, 1, 512, 640))
+    times: dict[str, list[float]] = {label: [] for label in runs}
+    for network in runs.values():
+        network(*frame)
+    for _ in range(args.repeats):
+        for label, network in runs.items():
+            start = time.perf_counter()
+            network(*frame)
+            times[label].append(time.perf_counter() - start)
+    base = statistics.median(times["float32"])
+    print(f"{Path(args.weights).name}: agreement with float PyTorch on {len(pairs)} held-out pairs; speed at 640x512")
+    print("| OpenVINO | mean PSNR (dB) | worst (dB) | median ms | vs float32 |\n|---|---|---|---|---|")
+    for label, network in runs.items():
+        scores = [agreement_db(ref, network(vi, ir)) for ref, (vi, ir) in zip(references, pairs)]
+        median = statistics.median(times[label])
+        print(f"| {label} | {statistics.mean(scores):.1f} | {min(scores):.1f} | {median * 1000:.1f} | {base / median:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""CPU export and backends: exact rewrites, OpenVINO parity, the export cache, fallback, auto choices."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+import pytest
+import torch
+
+from ldfusion.backends import choose_backend
+from ldfusion.checkpoint import save_checkpoint
+from ldfusion.errors import ConfigError
+from ldfusion.export import ExportCore, exported_path, rewrite_for_export, zero_biases_before_instance_norm
+from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.networks import build_network, pad_input
+from ldfusion.variants import VARIANTS, get_variant
+from ldfusion.weights import CPU_AUTO_WEIGHTS, choose_weights
+
+# Sizes users meet: odd, below the network's minimum side, not multiples of 8.
+ODD_SIZES = [(5, 7), (17, 33), (81, 95)]
+
+
+def _net(variant: str, seed: int = 0):
+    torch.manual_seed(seed)
+    net = build_network(get_variant(variant)).eval()
+    # Biases as large as LD-Lite's first conv's (hundreds of times the spread of the output):
+    # rewrite 1 must remove them exactly.
+    with torch.no_grad():
+        net.encoder.content_encoder1.model[1].bias.uniform_(-3, 3)
+    return net
+
+
+def _inputs(height: int, width: int, batch: int = 2, seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, height, width, generator=generator), torch.rand(batch, 1, height, width, generator=generator)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_export_rewrites_keep_the_output(variant):
+    net = _net(variant)
+    rewritten = ExportCore(rewrite_for_export(net))
+    for height, width in ODD_SIZES:
+        vi, ir = _inputs(height, width)
+        with torch.no_grad():
+            expected = net(vi, ir)
+            got = rewritten(pad_input(net.spec, vi), pad_input(net.spec, ir))[:, :, :height, :width]
+        # Rewrite 2 drops a factor 1 + 1/(2N) of the LayerNorm, N = C*H*W of a decoder
+        # stage: about 1e-3 at the 16x16 minimum, 1e-7 at 640x512. 1e-4 is 1/40 of a uint8 step.
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # The original network is left as it was.
+    assert float(net.encoder.content_encoder1.model[1].bias.detach().abs().max()) > 1.0
+
+
+def test_every_conv_bias_before_an_instance_norm_is_zeroed():
+    net = _net("ld-lite")
+    # Per content encoder: the 7x7 conv, three stride-2 convs, two convs in each of 2 residual blocks.
+    assert zero_biases_before_instance_norm(net) == 2 * (1 + 3 + 2 * 2)
+    assert float(net.encoder.content_encoder2.model[13].block[5].bias.detach().abs().max()) == 0.0
+    # The decoder's transposed convs feed LayerNorms, which do not cancel a per-channel bias.
+    assert float(net.decoder.model_up[0].bias.detach().abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_openvino_agrees_with_torch(variant):
+    pytest.importorskip("openvino")
+    net = _net(variant)
+    torch_fuser = Fuser(net, FuserOptions(device="cpu", backend="torch"))
+    ov_fuser = Fuser(net, FuserOptions(device="cpu", backend="openvino"))
+    assert ov_fuser.backend == "openvino" and ov_fuser.cpu_network is not None
+    for height, width in ODD_SIZES:
+        vi, ir = _inputs(height, width)
+        expected = torch_fuser.fuse_y(vi, ir)
+        got = ov_fuser.fuse_y(vi, ir)
+        assert got.shape == (2, 1, height, width)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # Batch members stay apart.
+    assert not torch.allclose(got[0], got[1])
+
+
+def test_openvino_network_names_mismatched_inputs():
+    pytest.importorskip("openvino")
+    fuser = Fuser(_net("fast"), FuserOptions(device="cpu", backend="openvino"))
+    with pytest.raises(ValueError, match="must both be"):
+        fuser.fuse_y(torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 24))
+
+
+def test_fast_variant_shapes():
+    spec = get_variant("fast")
+    net = build_network(spec).eval()
+    vi, ir = _inputs(81, 95, batch=1)
+    with torch.no_grad():
+        codes = net.encode(vi, ir)
+    # Half LD-Lite's width: 4 -> 32 channels at 1/8, the decoder 64 -> 32 -> 16 -> 8 -> 1.
+    assert codes.content_vi.shape == (1, 32, 10, 11)
+    assert [m.out_channels for m in net.decoder.model_up if isinstance(m, torch.nn.ConvTranspose2d)] == [32, 16, 8]
+    assert net.decoder.model_up[10].kernel_size == (3, 3)
+    assert net(vi, ir).shape == (1, 1, 81, 95)
+    lite = sum(p.numel() for p in build_network(get_variant("ld-lite")).parameters())
+    assert sum(p.numel() for p in net.parameters()) < 0.3 * lite
+    with pytest.raises(ConfigError, match="out_kernel must be odd"):
+        type(spec)(name="bad", content_dim=4, n_downsample=3, n_residual=1, out_kernel=4)
+
+
+# --- the export cache ---------------------------------------------------------------------
+
+
+def test_export_is_cached_beside_the_weights_and_rebuilt_when_they_change(tmp_path):
+    pytest.importorskip("openvino")
+    from ldfusion.export import ensure_exported
+
+    net = _net("fast")
+    weights = save_checkpoint(tmp_path / "student.pt", net)
+    # Exports of other weights files in the folder, named alike, are not this file's: kept.
+    neighbours = [tmp_path / "student.v2.0123456789abcdef.v1.xml", tmp_path / "student.0123456789abcdef.v1.int8.xml"]
+    for path in neighbours:
+        path.write_text("")
+    first, built = ensure_exported(net, weights, "openvino")
+    assert built and first.parent == tmp_path and first.with_suffix(".bin").is_file()
+    again, built_again = ensure_exported(net, weights, "openvino")
+    assert again == first and not built_again
+    with torch.no_grad():
+        net.decoder.model_up[0].weight.add_(0.01)
+    save_checkpoint(weights, net)
+    second, rebuilt = ensure_exported(net, weights, "openvino")
+    assert rebuilt and second != first
+    assert not first.exists() and not first.with_suffix(".bin").exists()  # the stale export is gone
+    assert all(path.exists() for path in neighbours)
+    # The Fuser runs the current export: it agrees with the changed weights.
+    fuser = Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="openvino"))
+    vi, ir = _inputs(40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(fuser.fuse_y(vi, ir), net(vi, ir), atol=1e-4, rtol=0)
+
+
+def test_read_only_weights_export_into_the_cache(tmp_path, monkeypatch):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    weights = save_checkpoint(folder / "w.pt", _net("fast"))
+    monkeypatch.setenv("LDFUSION_CACHE", str(tmp_path / "cache"))
+    folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+    try:
+        # Even as root, a folder marked read-only (a shared data set) is not written.
+        assert exported_path(weights, "openvino").parent == tmp_path / "cache" / "exported"
+    finally:
+        folder.chmod(0o755)
+    assert exported_path(weights, "onnx").parent == folder
+    assert exported_path(weights, "openvino", int8=True).name.endswith(".int8.xml")
+
+
+def test_bundled_weights_export_into_the_cache(tmp_path, monkeypatch):
+    from ldfusion.weights import BUNDLED_DIR
+
+    monkeypatch.setenv("LDFUSION_CACHE", str(tmp_path))
+    path = exported_path(BUNDLED_DIR / "default.pt", "openvino", bundled_dir=BUNDLED_DIR)
+    assert path.parent == tmp_path / "exported"
+
+
+# --- backend choice and fallback ----------------------------------------------------------
+
+
+def test_auto_falls_back_to_torch_without_openvino(monkeypatch, caplog, tmp_path):
+    monkeypatch.setattr("ldfusion.backends.openvino_available", lambda: False)
+    with caplog.at_level(logging.INFO, logger="ldfusion.backends"):
+        assert choose_backend("auto", torch.device("cpu")) == "torch"
+    assert "openvino is not installed" in caplog.text
+    with pytest.raises(ConfigError, match="openvino is not installed"):
+        choose_backend("openvino", torch.device("cpu"))
+    # A Fuser asked for auto with a weights file still fuses, on PyTorch.
+    weights = save_checkpoint(tmp_path / "w.pt", _net("fast"))
+    fuser = Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="auto"))
+    assert fuser.backend == "torch" and fuser.cpu_network is None
+    assert fuser.fuse_y(*_inputs(17, 33)).shape == (2, 1, 17, 33)
+    with pytest.raises(ConfigError, match="int8 runs on the openvino backend only"):
+        Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="auto", int8=True))
+
+
+def test_backend_choice_by_device():
+    assert choose_backend("torch", torch.device("cpu")) == "torch"
+    assert choose_backend("auto", torch.device("cuda")) == "torch"
+    with pytest.raises(ConfigError, match="CPU only"):
+        choose_backend("openvino", torch.device("cuda"))
+    with pytest.raises(ConfigError, match="backend must be one of"):
+        choose_backend("tensorrt", torch.device("cpu"))
+
+
+def test_auto_weights_follow_the_device(caplog):
+    with caplog.at_level(logging.INFO, logger="ldfusion.weights"):
+        assert choose_weights(None, torch.device("cpu")) == CPU_AUTO_WEIGHTS
+        assert choose_weights("auto", torch.device("cuda")) == "default"
+    assert f"using {CPU_AUTO_WEIGHTS!r}" in caplog.text and "the device is the CPU" in caplog.text
+    assert "the device is cuda" in caplog.text
+    # Names and paths the user gives pass through.
+    assert choose_weights("ld-lite", torch.device("cpu")) == "ld-lite"
+    assert choose_weights("/some/file.pt", torch.device("cuda")) == "/some/file.pt"
+
+
+def test_auto_weights_on_the_cpu_are_bundled_and_load():
+    from ldfusion.weights import REGISTRY, resolve_model
+
+    entry = REGISTRY[CPU_AUTO_WEIGHTS]
+    assert entry.bundled, "auto must work offline: its CPU choice ships in the package"
+    assert resolve_model(CPU_AUTO_WEIGHTS).spec.name == entry.variant
+
+
+def test_passive_waiting_is_set_before_torch_loads():
+    import subprocess
+    import sys
+
+    code = "import ldfusion, os, sys; import torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own choice wins
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "ACTIVE"
+
+
+def test_network_threads_follow_the_environment(monkeypatch):
+    from ldfusion.threads import available_cores, network_threads
+
+    monkeypatch.delenv("LDFUSION_NETWORK_THREADS", raising=False)
+    assert network_threads() == available_cores() >= 1
+    monkeypatch.setenv("LDFUSION_NETWORK_THREADS", "1")
+    assert network_threads() == 1
+    monkeypatch.setenv("LDFUSION_NETWORK_THREADS", "zero")
+    with pytest.raises(ConfigError, match="positive whole number"):
+        network_threads()
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def test_export_help(capsys):
+    from ldfusion.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--format" in out and "--int8" in out and "sha256" in out
+
+
+def test_export_command_prints_parity(tmp_path, capsys):
+    pytest.importorskip("openvino")
+    from ldfusion.cli.export import main
+
+    weights = save_checkpoint(tmp_path / "w.pt", _net("ld-lite"))
+    assert main(["--weights", str(weights), "--format", "openvino", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote:" in out
+    parity = [line for line in out.splitlines() if line.startswith("parity")]
+    assert len(parity) == 2
+    assert all(float(line.split(": ")[1].split(" dB")[0]) > 80 for line in parity)
+    assert main(["--weights", str(weights), "--format", "openvino", "-q"]) == 0
+    assert "up to date:" in capsys.readouterr().out
+
+
+def test_export_command_rejects_bad_combinations(tmp_path, capsys):
+    from ldfusion.cli.export import main
+
+    weights = save_checkpoint(tmp_path / "w.pt", _net("fast"))
+    assert main(["--weights", str(weights), "--format", "onnx", "--int8"]) == 2
+    assert "--int8 needs --format openvino" in capsys.readouterr().err
+    assert main(["--weights", str(weights), "--int8"]) == 2
+    assert "--calib-ir" in capsys.readouterr().err
+    assert main(["--weights", str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_int8_export_keeps_first_and_last_convs_in_float(tmp_path):
+    pytest.importorskip("nncf")
+    from ldfusion.export import calibration_pairs, convert_openvino, float_layer_names, quantize_int8
+    from ldfusion.imageio import write_image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for folder in ("ir", "vi"):
+        (tmp_path / folder).mkdir()
+        for k in range(4):
+            write_image(tmp_path / folder / f"{k}.png", (rng.random((48, 64)) * 255).astype(np.uint8))
+    net = _net("fast")
+    converted = convert_openvino(net)
+    kept = float_layer_names(converted, ("first", "last"))
+    # One first conv per encoder, and the output conv (depthwise + sum).
+    assert len(kept) == 4
+    quantized = quantize_int8(converted, calibration_pairs(tmp_path / "ir", tmp_path / "vi", side=32))
+    types = {op.get_friendly_name(): op for op in quantized.get_ordered_ops()}
+    assert any(op.get_type_name() == "FakeQuantize" for op in types.values())
+
+
+def test_int8_without_an_export_says_how_to_make_one(tmp_path):
+    pytest.importorskip("openvino")
+    weights = save_checkpoint(tmp_path / "w.pt", _net("fast"))
+    with pytest.raises(ConfigError, match="no int8 export of .* run `ldfusion export --weights"):
+        Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="openvino", int8=True))
