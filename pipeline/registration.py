@@ -152,6 +152,7 @@ class Registrar:
         self._calibration_name = str(calibration_path) if calibration_path else "calibration"
         self._lock = threading.Lock()  # the two sides may make the plan at once
         self.plan: WarpPlan | None = None
+        self._overlap_checked = False
         self._grid: Tensor | None = None
         if registration is not None:  # the file gives the sizes: everything is ready at start
             self._set_plan(self._plan_from_file())
@@ -164,6 +165,10 @@ class Registrar:
             if got != expected:
                 origin = f"the calibration file {self._calibration_name} is for" if self._registration else "the stream started with"
                 raise DataError(f"stream {self.stream}: {what} frames are {_wxh(got)} but {origin} {_wxh(expected)}")
+        if not self._overlap_checked and self._registration is not None:
+            # After the sizes, so a calibration file for another camera is that one error alone.
+            check_overlap(plan, self._calibration_name)
+            self._overlap_checked = True  # both sides may check at once: at worst it is checked twice
         return plan
 
     def apply(self, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, YCrCbBatch]:
@@ -198,7 +203,6 @@ class Registrar:
     def _plan_from_file(self) -> WarpPlan:
         assert self._registration is not None
         plan = plan_from_calibration(self._registration, self._warp, self._crop, self._calibration_name)
-        check_overlap(plan, self._calibration_name)
         log.info("stream %s: %s from %s onto a %s grid on %s%s", self.stream, "identity registration" if plan.is_identity else "registering",
                  self._calibration_name, _wxh(plan.output_size), self.device, " (cropped to the common field of view)" if plan.crop else "")
         return plan

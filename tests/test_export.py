@@ -233,7 +233,7 @@ def test_network_threads_follow_the_environment(monkeypatch):
 
 
 def test_export_help(capsys):
-    from ldfusion.cli.main import main
+    from ldfusion_cli.main import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["export", "--help"])
