@@ -428,13 +428,29 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
     assert one_error_line(capsys, "ldfusion run") == "ldfusion run: interrupted"
 
 
+def _wait_until_mapped(pid: int, library: str, timeout_s: float) -> bool:
+    """Whether a shared library whose path contains ``library`` got mapped into process ``pid`` in time."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if library in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:  # the process has ended
+            return False
+        time.sleep(0.005)
+    return False
+
+
 def test_ctrl_c_in_the_first_second_of_a_real_process_is_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "ldfusion_cli.main", "run", str(REPO_ROOT / "configs" / "video_to_mp4.yaml")],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    time.sleep(0.7)  # Python is up; torch is still importing
+    # Interrupt while torch is still loading (its library mapped into the process): the
+    # moment a user gives up on a slow start. A fixed sleep raced Python's own start-up on a
+    # loaded machine (a signal before the dispatcher runs kills the interpreter outright).
+    assert _wait_until_mapped(process.pid, "libtorch", timeout_s=60), "torch never started loading"
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
