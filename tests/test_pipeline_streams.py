@@ -71,3 +71,31 @@ def test_a_fast_stream_does_not_starve_a_slow_one_and_counts_are_exact(tmp_path,
     first_fast_done = next(k for k, (_, metas) in enumerate(batches) if any(m.stream == "fast" and m.seq == FAST_FRAMES - 1 for m in metas))
     slow_before = sum(1 for _, metas in batches[:first_fast_done] for m in metas if m.stream == "slow")
     assert slow_before >= SLOW_FRAMES // 2, f"only {slow_before} slow pairs fused before the fast stream finished"
+
+
+def test_live_mode_drops_a_busy_streams_own_oldest_pairs_never_a_quiet_streams(random_weights, monkeypatch):
+    """Fusion slower than a 60 fps stream: that stream's paired queue drops its oldest pairs,
+    while a 5 fps stream beside it loses nothing (a shared drop-oldest queue evicted its pairs)."""
+    from pipeline.config import PipelineConfig as Config
+    from tests.pipeline_helpers import FakeCamera
+
+    fuse = FusionWorker.fuse
+    monkeypatch.setattr(FusionWorker, "fuse", lambda self, pairs: time.sleep(0.08) or fuse(self, pairs))  # ~25 fps at batch 2
+    cameras = {0: FakeCamera(60, seed=1), 1: FakeCamera(60, seed=2), 2: FakeCamera(5, seed=3), 3: FakeCamera(5, seed=4)}
+
+    def stream(name: str, ir: int, vi: int) -> dict:
+        return {"id": name, "ir": {"kind": "camera", "path": str(ir)}, "visible": {"kind": "camera", "path": str(vi)},
+                "sync": {"slop_s": 0.05, "max_delay_s": 0.1}}
+
+    config = from_dict(Config, {
+        "streams": [stream("busy", 0, 1), stream("quiet", 2, 3)],
+        "model": {"batch_size": 2, "max_wait_ms": 5},
+        "run": {"mode": "live", "duration_s": 2.0, "progress": False, "stats_interval_s": 60},
+    })
+    collect = Collect()
+    summary = run_pipeline(config, cpu_fuser(random_weights["ld-lite"]), extra_sinks=[collect.sink()], open_capture=cameras.__getitem__)
+    busy, quiet = summary.streams
+    assert busy.dropped > 0, summary.report  # the busy stream keeps only its newest pairs
+    quiet_seqs = [f.meta.seq for f in collect.frames if f.meta.stream == "quiet"]
+    assert len(quiet_seqs) >= 5 and quiet.dropped == 0, summary.report
+    assert quiet_seqs == list(range(len(quiet_seqs)))  # no gap: no quiet pair was dropped after pairing
