@@ -40,7 +40,8 @@ first. The measured CPU decode
 (4035 fps of 640x512 H.264 on 16 cores, two decodes per fused frame) already carries the
 1000 fused fps target, so NVDEC mainly frees CPU cores for libx264.
 
-Wiring (the one video reader and writer in ldfusion/video.py)::
+Where it is used: ``VideoWriter(codec=sink.encoder)`` and ``VideoReader(decode=source.decode)``
+in ldfusion/video.py (the MP4 sink and video sources pass their keys), which do::
 
     # writer, when it knows the frame size (even width and height, yuv420p)
     choice = choose_encoder(sink.encoder, width, height, crf=sink.crf, preset=sink.preset)
@@ -52,8 +53,10 @@ Wiring (the one video reader and writer in ldfusion/video.py)::
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cache
@@ -143,6 +146,23 @@ def encoder_options(name: str, crf: int, preset: str) -> dict[str, str]:
     raise ConfigError(f"encoder must be one of {', '.join(ENCODERS[1:])}; got {name!r}")
 
 
+def _one_at_a_time(cached: Callable) -> Callable:
+    """Serialise a cached choice: the MP4 sinks of several streams open their writers on
+    their own threads, and two probes at once would each log the fallback (the choice must
+    log once) and interleave ``_ffmpeg_log``'s save and restore of FFmpeg's global log level,
+    leaving FFmpeg's log switched on for the rest of the process."""
+    lock = threading.Lock()
+
+    @functools.wraps(cached)
+    def choose(*args, **kwargs):
+        with lock:
+            return cached(*args, **kwargs)
+
+    choose.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
+    return choose
+
+
+@_one_at_a_time
 @cache
 def choose_encoder(preference: str, width: int, height: int, crf: int = 18, preset: str = "veryfast") -> EncoderChoice:
     """The encoder a ``width`` x ``height`` yuv420p stream uses, resolved once per process.
@@ -194,6 +214,7 @@ def encoder_problem(name: str, width: int, height: int, options: Mapping[str, st
     return None
 
 
+@_one_at_a_time
 @cache
 def choose_decoder(preference: str, codec_name: str | None = None) -> DecoderChoice:
     """Where a ``codec_name`` stream decodes: NVDEC when asked for (or ``auto``) and it opens.
@@ -239,17 +260,27 @@ def decoder_problem(codec_name: str) -> str | None:
 
 
 class _ffmpeg_log:
-    """FFmpeg's log lines while a probe runs (PyAV keeps FFmpeg silent by default)."""
+    """FFmpeg's log lines while a probe runs (PyAV keeps FFmpeg silent by default).
+
+    The level is process-wide: one probe at a time (``_PROBE_LOCK``), so the level saved is
+    never another probe's VERBOSE."""
 
     def __enter__(self) -> list:
+        _PROBE_LOCK.acquire()
         self._level = av.logging.get_level()
         av.logging.set_level(av.logging.VERBOSE)
         self._capture = av.logging.Capture()
         return self._capture.__enter__()
 
     def __exit__(self, *exc_info) -> None:
-        self._capture.__exit__(*exc_info)
-        av.logging.set_level(self._level)
+        try:
+            self._capture.__exit__(*exc_info)
+            av.logging.set_level(self._level)
+        finally:
+            _PROBE_LOCK.release()
+
+
+_PROBE_LOCK = threading.Lock()
 
 
 def _reason(exc: BaseException, captured: list) -> str:

@@ -38,6 +38,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ldfusion.codecs import ENCODERS, choose_decoder, choose_encoder
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import infrared_to_unit, stretch_limits
 
@@ -98,21 +99,28 @@ class VideoReader:
     """Frames of a video file's first video stream as ``DecodedFrame``s.
 
     ``luma_only``: hand out the Y plane alone (infrared). ``ir_16bit``: the deep-luma rule
-    (``stretch`` or ``scale``, as for 16-bit infrared images). Use as a context manager, or
+    (``stretch`` or ``scale``, as for 16-bit infrared images). ``decode``: ``cpu`` (default),
+    ``cuda`` or ``auto`` (a video source's ``decode`` key), resolved by
+    ``ldfusion.codecs.choose_decoder`` for the file's codec: NVDEC when it opens, else the CPU
+    with one log line. NVDEC frames come back as ``nv12`` and are read like any other layout. Use as a context manager, or
     call ``close``.
     """
 
-    def __init__(self, path: str | os.PathLike, luma_only: bool = False, max_frames: int | None = None, ir_16bit: str = "stretch"):
+    def __init__(
+        self, path: str | os.PathLike, luma_only: bool = False, max_frames: int | None = None, ir_16bit: str = "stretch",
+        decode: str = "cpu",
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise DataError(f"video not found: {self.path}")
-        try:
-            self._container = av.open(str(self.path))
-        except av.FFmpegError as exc:
-            raise DataError(f"cannot read video {self.path}: {ffmpeg_reason(exc)} (corrupt, truncated or not a video)") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise DataError(f"{self.path} holds no video stream")
+        self._container = self._open_input()
+        self.decoder = "cpu"
+        if decode != "cpu":  # NVDEC needs the stream's codec, known only once the file is open
+            choice = choose_decoder(decode, self._container.streams.video[0].codec_context.name)
+            if choice.hwaccel is not None:
+                self._container.close()
+                self._container = self._open_input(**choice.open_options)
+                self.decoder = choice.device
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # frame-parallel decoding
         self._luma_only = luma_only
@@ -129,6 +137,16 @@ class VideoReader:
         self.codec = self._stream.codec_context.name
         self.frames_read = 0
         self.damaged = 0
+
+    def _open_input(self, **options) -> av.container.InputContainer:
+        try:
+            container = av.open(str(self.path), **options)
+        except av.FFmpegError as exc:
+            raise DataError(f"cannot read video {self.path}: {ffmpeg_reason(exc)} (corrupt, truncated or not a video)") from None
+        if not container.streams.video:
+            container.close()
+            raise DataError(f"{self.path} holds no video stream")
+        return container
 
     @property
     def expected_frames(self) -> int | None:
@@ -241,7 +259,10 @@ def _full_range(frame: av.VideoFrame) -> bool:
 class VideoWriter:
     """One video file (H.264 in MP4 by default), opened at the first frame, when its size is known.
 
-    ``time_base``: the clock of the timestamps given to ``write_*`` (the input file's own, so
+    ``codec``: ``auto``, ``libx264`` or ``h264_nvenc`` (the MP4 sink's ``encoder``) is resolved at
+    the first frame by ``ldfusion.codecs.choose_encoder`` (NVENC when it opens, else libx264 with
+    one log line; ``crf``/``preset`` translated for NVENC); any other FFmpeg encoder name is
+    used as given. ``time_base``: the clock of the timestamps given to ``write_*`` (the input file's own, so
     pts stay exact); ``keyint``: frames per GOP (None: one second when ``fragmented``, else
     the encoder's default). Use as a context manager: the encoder is flushed on every exit.
     """
@@ -263,7 +284,9 @@ class VideoWriter:
         self.path = Path(path)
         self.rate = Fraction(rate).limit_denominator(1001)
         self.time_base = time_base or 1 / self.rate
-        self.codec = codec
+        self.codec = codec  # an H.264 preference (auto, libx264, h264_nvenc) until the first frame resolves it
+        self.hardware = False  # whether the encoder resolved to NVENC
+        self._crf, self._preset = crf, preset
         self.keyint = keyint if keyint is not None else (max(1, round(self.rate)) if fragmented else None)
         if self.keyint is not None and self.keyint < 1:
             raise ConfigError(f"keyint must be at least 1; got {keyint}")
@@ -272,9 +295,7 @@ class VideoWriter:
         self._container_options = dict(container_options or {})
         if fragmented:  # a fragment per keyframe, each written out at once
             self._container_options.update({"movflags": "frag_keyframe+empty_moov+default_base_moof", "flush_packets": "1"})
-        self._options = dict(options or {})  # the encoder's
-        if codec == "libx264":
-            self._options.update({k: str(v) for k, v in (("crf", crf), ("preset", preset)) if v is not None})
+        self._options = dict(options or {})  # the encoder's, on top of the quality settings of an H.264 choice
         self._container = None
         self._stream = None
         self._origin: float | None = None
@@ -282,6 +303,7 @@ class VideoWriter:
         self.frames = 0
 
     def _open(self, width: int, height: int) -> None:
+        self._resolve_codec(_even(width), _even(height))
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._container = av.open(str(self.path), "w", options=self._container_options)
@@ -301,6 +323,18 @@ class VideoWriter:
         self._stream = stream
         if width % 2 or height % 2:
             log.info("%s: %dx%d is padded to even sides for yuv420p", self.path, width, height)
+
+    def _resolve_codec(self, width: int, height: int) -> None:
+        """An H.264 preference becomes the encoder that opens at this size (``ldfusion.codecs``:
+        NVENC when asked for and working, else libx264, with one log line); other codec names
+        (mpeg4, ffv1) are used as given."""
+        if self.codec not in ENCODERS:
+            return
+        crf = 18 if self._crf is None else self._crf
+        preset = "veryfast" if self._preset is None else self._preset
+        choice = choose_encoder(self.codec, width, height, crf, preset)
+        self.codec, self.hardware = choice.name, choice.hardware
+        self._options = {**choice.options, **self._options}
 
     def write_planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, t: float | None = None) -> None:
         """Limited-range yuv420p planes: Y (H, W), U and V (ceil(H/2), ceil(W/2)), uint8."""

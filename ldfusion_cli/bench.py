@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
-from ldfusion.inference import resolve_device
+from ldfusion.inference import COMPILE_MODES, resolve_device
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
 from pipeline.bench import (
@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=16, help="timed frames per measurement (default: 16)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before each measurement (default: 2)")
     parser.add_argument("--streams", type=int, default=1, help="stream pairs in one pipeline for pipeline, passthrough, decode (default: 1)")
+    parser.add_argument(
+        "--compile", choices=COMPILE_MODES, default="off",
+        help="torch.compile the network for model, model_on_device and pipeline: auto (on for CUDA) | on | off (default: off). "
+        "The warm-up calls compile (the time is logged); use --warmup 2 or more so the timed calls run compiled",
+    )
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
@@ -56,8 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     devices = [resolve_device(name) for name in (args.devices or default_devices())]
     weights = choose_weights(args.weights, devices[0])
     path = resolve_weights_path(weights)
-    settings = BenchSettings(tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
-                             args.backend, args.int8, path if path.is_file() else None)
+    settings = BenchSettings(
+        tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
+        compile=args.compile, compile_backend=args.compile_backend,
+        backend=args.backend, int8=args.int8, weights_path=path if path.is_file() else None,
+    )
     resolutions = [parse_resolution(text) for text in args.resolutions]
     model = resolve_model(weights, args.model)
 

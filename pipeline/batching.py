@@ -17,24 +17,13 @@ Two layers:
 - ``FairCollector``: the rule over the pipeline's per-stream ``FrameQueue``s, batching
   "``batch_size`` pairs, or ``max_wait_s`` after the first, whichever comes first".
 
-Wiring (pipeline/runner.py and pipeline/fusion_worker.py):
-
-1. runner: give each stream its own paired queue, all sharing one ``threading.Condition``
-   (as the per-camera queues already do)::
-
-       condition = threading.Condition()
-       paired = {s.id: FrameQueue(f"{s.id}.paired", size, drop_oldest=live, condition=condition)
-                 for s in config.streams}
-
-   and let stream ``s``'s pairing thread put into ``paired[s.id]`` (its ``EndOfStream``
-   with ``put_end``). Each queue keeps the old size per stream, so live mode drops a
-   stream's own oldest pair, never another stream's.
-2. fusion_worker: build ``FairCollector(paired, batch_size, max_wait_s)`` once and replace
-   ``batch, ended = self._collect(pairs)`` with ``batch, ended = collector.collect()``;
-   everything after it (fuse, then close the ended streams) stays as it is.
-3. stats: ``collector.batcher.taken[stream]`` is the number of pairs each stream has had
-   fused; with ``FixedBatch`` (ldfusion/fixed_batch.py) around the network call, a partial
-   batch is padded to ``batch_size`` so the compiled network keeps one shape.
+Where it is used: ``pipeline/runner.py`` gives each stream its own paired queue (the old
+size per stream; live mode drops a stream's own oldest pair, never another stream's), all
+sharing one ``threading.Condition``; ``FusionWorker.run`` builds one ``FairCollector`` over
+them and fuses what each ``collect()`` returns. ``collector.batcher.taken[stream]`` is the
+number of pairs each stream has had fused. The network call goes through
+``ldfusion.fixed_batch.FixedBatch`` when batches are padded, so a partial batch keeps the
+network's one input shape.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ import torch
 
 from ldfusion.config import from_dict
 from ldfusion.errors import ConfigError
-from ldfusion.inference import Fuser, FuserOptions, resolve_device
+from ldfusion.inference import COMPILE_MODES, Fuser, FuserOptions, resolve_device
 from ldfusion.networks import FusionNet
 from ldfusion.variants import VariantSpec
 from ldfusion.video import VideoReader, VideoWriter
@@ -106,11 +106,15 @@ class BenchSettings:
     warmup: int = 2  # untimed calls before each measurement
     fp32: bool = False  # keep float32 on CUDA (default: half)
     streams: int = 1  # stream pairs in one pipeline (pipeline, passthrough, decode)
+    compile: str = "off"  # torch.compile the network (FuserOptions.compile): auto | on | off
+    compile_backend: str = "inductor"
     backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
     int8: bool = False  # OpenVINO's int8 export
     weights_path: Path | None = None  # the weights file whose cached export OpenVINO runs
 
     def __post_init__(self) -> None:
+        if self.compile not in COMPILE_MODES:
+            raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         if self.streams < 1:
             raise ConfigError(f"--streams must be at least 1; got {self.streams}")
         if self.frames < 1 or self.warmup < 0:
@@ -160,13 +164,16 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
     log.info("measuring on %s at %dx%d", device, *frames.size)
     if "reference" in settings.paths:
         results.append(measure_reference(model, device, frames, settings.frames, settings.warmup))
-    options = FuserOptions(device=str(device), half=False if settings.fp32 else None, backend=settings.backend, int8=settings.int8)
+    options = FuserOptions(
+        device=str(device), half=False if settings.fp32 else None, compile=settings.compile,
+        compile_backend=settings.compile_backend, backend=settings.backend, int8=settings.int8,
+    )
     fuser = Fuser(copy.deepcopy(model), options, settings.weights_path)  # the weights file's cached export, for OpenVINO
     for batch in settings.batch_sizes:
         if "model" in settings.paths:
-            results.append(measure_model(fuser, frames, batch, settings.frames, settings.warmup))
+            results.append(_noting_compiled(measure_model(fuser, frames, batch, settings.frames, settings.warmup), fuser))
         if "model_on_device" in settings.paths:
-            results.append(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup))
+            results.append(_noting_compiled(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup), fuser))
         if "pipeline" in settings.paths:
             results.append(measure_pipeline(fuser, frames, batch, settings.frames, settings.streams))
         if "passthrough" in settings.paths:
@@ -184,6 +191,13 @@ class IdentityFusion(torch.nn.Module):
 
     def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         return vi_y
+
+
+def _noting_compiled(result: Measurement, fuser: Fuser) -> Measurement:
+    """Whether the compiled network ran (False also when compiling failed and eager took over).
+    The warm-up calls take the compile time, logged once by ``ldfusion.inference``."""
+    result.extra["compiled"] = fuser.compiled
+    return result
 
 
 def measure_decode(device: torch.device, frames: Frames, count: int, streams: int) -> Measurement:

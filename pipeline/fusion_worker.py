@@ -13,8 +13,10 @@ exactly the views the sinks asked for are rendered, batched, on the device, and 
 downloaded once (``pipeline.views``). On CUDA the network runs in half precision,
 ``channels_last`` (``Fuser`` options), frames are uploaded through reusable pinned
 buffers (``PinnedStaging``: no page-locking per batch, copies that do not block the host),
-and partial batches are padded to ``batch_size`` (``pad_batches``), so the network always
-sees one input shape and cuDNN tunes it once.
+and partial batches are padded to ``batch_size`` (``pad_batches``: ``ldfusion.fixed_batch``,
+which counts the padded rows), so the network always sees one input shape and cuDNN (and a
+compiled network) tunes it once. Batches take one pair from each stream in turn
+(``pipeline.batching.FairCollector``), so a fast stream never starves a slow one.
 
 Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
 small changes in it from frame to frame show up as flicker of the whole image's contrast.
@@ -27,8 +29,6 @@ smoothing is a no-op for it (nothing is rescaled per frame either way).
 from __future__ import annotations
 
 import logging
-import queue
-import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
@@ -38,7 +38,9 @@ import torch
 from torch import Tensor
 
 from ldfusion.color import YCrCbBatch, planes_to_batch, planes_to_luma
+from ldfusion.fixed_batch import FixedBatch, pad_rows
 from ldfusion.inference import Fuser
+from pipeline.batching import FairCollector
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
 from pipeline.queues import FrameQueue
 from pipeline.registration import Registrar
@@ -85,50 +87,46 @@ class FusionWorker:
         self.fuser = fuser
         self.views = frozenset(views)  # what the sinks need rendered (pipeline.views)
         on_cuda = fuser.device.type == "cuda"
-        self.pad_batches = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
         self._upload = PinnedStaging(fuser.device).upload if on_cuda else None
         self._on_batch = on_batch
         self.registrars = registrars
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
+        self.pad_batches = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
         self.smoother = StyleSmoother(momentum) if smoothing and momentum > 0 and fuser.spec.has_style else None
         if smoothing and not fuser.spec.has_style:
             log.info("temporal smoothing: %s has no style code, so there is nothing to smooth (no-op)", fuser.spec.name)
+        self.collector: FairCollector | None = None  # built by ``run``: per-stream ``taken`` counts
         self.batches = 0
         self.frames = 0
 
-    def run(self, pairs: FrameQueue, out: FrameQueue, streams: list[str]) -> None:
-        """Fuse until every stream has ended, then put one end sentinel on ``out``."""
-        open_streams = set(streams)
+    @property
+    def pad_batches(self) -> bool:
+        return self.fixed_batch is not None
+
+    @pad_batches.setter
+    def pad_batches(self, pad: bool) -> None:
+        self.fixed_batch = FixedBatch(self.batch_size) if pad else None  # its padded_rows are the wasted work
+
+    def run(self, pairs: dict[str, FrameQueue], out: FrameQueue) -> None:
+        """Fuse until every stream has ended, then put one end sentinel on ``out``.
+
+        ``pairs``: one queue per stream (sharing one condition); batches take from them in
+        turn (``pipeline.batching.FairCollector``), so a fast stream cannot starve a slow one.
+        """
+        self.collector = FairCollector(pairs, self.batch_size, self.max_wait_s)
         try:
-            while open_streams:
-                batch, ended = self._collect(pairs)
+            while not self.collector.batcher.finished:
+                batch, ended = self.collector.collect()
                 if batch:
                     for frame in self.fuse(batch):
                         if not out.put(frame):
                             return
                 for stream in ended:
-                    open_streams.discard(stream)
                     if self.smoother:
                         self.smoother.reset(stream)
         finally:
             out.put_end(EndOfStream("*"))
-
-    def _collect(self, pairs: FrameQueue) -> tuple[list[FramePair], list[str]]:
-        """Up to ``batch_size`` pairs, waiting at most ``max_wait_s`` after the first."""
-        first = pairs.get()
-        if isinstance(first, EndOfStream):
-            return [], [first.stream]
-        batch, deadline = [first], time.monotonic() + self.max_wait_s
-        while len(batch) < self.batch_size:
-            try:
-                item = pairs.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if isinstance(item, EndOfStream):
-                return batch, [item.stream]
-            batch.append(item)
-        return batch, []
 
     def fuse(self, pairs: list[FramePair]) -> list[FusedFrame]:
         """Fuse pairs (any streams, any sizes) in as few network calls as their sizes allow."""
@@ -171,21 +169,17 @@ class FusionWorker:
 
     def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
         """(B, 1, H, W) fused Y; padded rows go through the network but not into the smoother."""
-        rows = vi_y.shape[0]
-        vi_y, ir = self._padded(vi_y), self._padded(ir)
         if self.smoother is None:
-            return self.fuser.fuse_y(vi_y, ir)[:rows]
+            if self.fixed_batch is None:
+                return self.fuser.fuse_y(vi_y, ir)
+            return self.fixed_batch(self.fuser.fuse_y, vi_y, ir)  # counts the padded rows
+        rows = vi_y.shape[0]
+        if self.pad_batches and rows < self.batch_size:
+            vi_y, ir = pad_rows(vi_y, self.batch_size), pad_rows(ir, self.batch_size)
         codes = self.fuser.encode(vi_y, ir)
         style = codes.style.clone()
         style[:rows] = self.smoother(codes.style[:rows], streams)
         return self.fuser.decode(replace(codes, style=style))[:rows]
-
-    def _padded(self, x: Tensor) -> Tensor:
-        """``x`` (B, ...) with its last row repeated up to ``batch_size`` rows, when padding is on."""
-        missing = self.batch_size - x.shape[0]
-        if not self.pad_batches or missing <= 0:
-            return x
-        return torch.cat([x, x[-1:].expand(missing, *x.shape[1:])])
 
 
 class PinnedStaging:

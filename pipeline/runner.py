@@ -2,9 +2,10 @@
 
 Threads and the bounded queues between them::
 
-    reader ir ─┐             ┌─ (other streams' pairing threads)        ┌─> queue ─> sink 1
-               ├─> pairing ─> paired ─> fusion ─> fused ─> fan-out ─┼─> queue ─> sink 2
-    reader vi ─┘  one per stream pair   one thread (device)  one thread └─> ...  a thread each
+    reader ir ─┐                        (other streams' paired queues)    ┌─> queue ─> sink 1
+               ├─> pairing ─> paired ─┬─> fusion ─> fused ─> fan-out ─┼─> queue ─> sink 2
+    reader vi ─┘  one per stream pair, │   one thread,         one thread └─> ...  a thread each
+                  a queue each ────────┘   round-robin batches
 
 Frames travel as planes in their cameras' layouts up to the fusion worker, which
 converts, registers and fuses them on its device and renders what the sinks asked for.
@@ -199,7 +200,8 @@ class Pipeline:
 
     def _load_fuser(self) -> Fuser:
         model = self.config.model
-        options = FuserOptions(device=model.device, half=model.half, channels_last=model.channels_last)
+        # compile: auto compiles on CUDA (fixed batch shapes: FusionWorker pads there), not on the CPU
+        options = FuserOptions(device=model.device, half=model.half, channels_last=model.channels_last, compile=model.compile)
         return Fuser.from_weights(model.weights, model.variant, options)
 
     def _open_streams(self, fuser: Fuser, live: bool, origin: float, cleanup: contextlib.ExitStack) -> None:
@@ -237,13 +239,17 @@ class Pipeline:
 
     def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
         run, batch = self.config.run, self._batch
+        # One paired queue per stream, all sharing one condition: the fusion stage takes from
+        # them in turn (pipeline.batching), and live mode drops a stream's own oldest pair only.
+        condition = threading.Condition()
         if live:  # short queues that keep the newest frames: latency stays bounded when a stage is slow
-            paired = FrameQueue("paired", batch, drop_oldest=True)
+            paired = {s.id: FrameQueue(f"{s.id}.paired", batch, drop_oldest=True, condition=condition) for s in self._streams}
             fused = FrameQueue("fused", run.live_queue_size, drop_oldest=True)
         else:  # room for two batches, and producers wait: nothing is lost
-            paired = FrameQueue("paired", max(run.queue_size, 2 * batch))
-            fused = FrameQueue("fused", max(run.queue_size, 2 * batch))
-        self._queues += [paired, fused]
+            size = max(run.queue_size, 2 * batch)
+            paired = {s.id: FrameQueue(f"{s.id}.paired", size, condition=condition) for s in self._streams}
+            fused = FrameQueue("fused", size)
+        self._queues += [*paired.values(), fused]
         for q in self._queues:
             self.stats.watch_queue(q)
         threads = []
@@ -251,8 +257,8 @@ class Pipeline:
             for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
                 threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
-            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired, live, origin))
-        threads.append(self._thread("fuse", worker.run, paired, fused, [s.id for s in self._streams]))
+            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, origin))
+        threads.append(self._thread("fuse", worker.run, paired, fused))
         sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
         self._queues += fanout.queues

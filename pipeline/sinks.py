@@ -108,19 +108,20 @@ class Mp4Sink(Sink):
 
     def __init__(
         self, path_for: Callable[[str], Path], streams: dict[str, StreamInfo], content: str = "fused", crf: int = 18,
-        preset: str = "veryfast", fragmented: bool = False, keyint: int | None = None,
+        preset: str = "veryfast", fragmented: bool = False, keyint: int | None = None, encoder: str = "auto",
     ):
         super().__init__()
         self._path_for = path_for
         self._streams = streams
         self._view = view_name(content, "yuv420p")
         self.views = (self._view,)
-        self._options = {"crf": crf, "preset": preset, "fragmented": fragmented, "keyint": keyint}
+        # encoder: auto | libx264 | h264_nvenc, resolved by the writer at the first frame (ldfusion.codecs)
+        self._options = {"codec": encoder, "crf": crf, "preset": preset, "fragmented": fragmented, "keyint": keyint}
         self._writers: dict[str, VideoWriter] = {}
 
     @classmethod
     def from_config(cls, config, sink, streams):
-        return cls(_path_for(config, sink), streams, sink.content, sink.crf, sink.preset, sink.fragmented, sink.keyint)
+        return cls(_path_for(config, sink), streams, sink.content, sink.crf, sink.preset, sink.fragmented, sink.keyint, sink.encoder)
 
     def write(self, frame: FusedFrame) -> None:
         stream = frame.meta.stream

@@ -101,9 +101,9 @@ class Source(ABC):
 class VideoFileSource(Source):
     """A video file through ``ldfusion.video.VideoReader``: planes as decoded, infrared as luma."""
 
-    def __init__(self, path: Path, kind: str, max_frames: int | None = None) -> None:
+    def __init__(self, path: Path, kind: str, max_frames: int | None = None, decode: str = "cpu") -> None:
         super().__init__(kind, str(path))
-        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames)
+        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames, decode=decode)
         self.time_base = self._reader.time_base
         self.rate = self._reader.rate
         if not self._reader.rate_stated:
@@ -346,7 +346,7 @@ def camera_planes(image: np.ndarray, name: str = "camera") -> Planes:
 
 def open_source(config: SourceConfig, kind: str, clock_origin: float, open_capture: OpenCapture | None = None) -> Source:
     if config.kind == "video":
-        return VideoFileSource(Path(str(config.path)), kind, config.max_frames)
+        return VideoFileSource(Path(str(config.path)), kind, config.max_frames, config.decode)
     if config.kind == "images":
         assert config.fps is not None  # checked by SourceConfig
         return ImageFolderSource(Path(str(config.path)), kind, config.fps, config.max_frames)

@@ -103,3 +103,25 @@ def test_passthrough_network_returns_the_visible_luma():
 def test_streams_must_be_positive(random_weights, capsys):
     assert bench_cli.main(["--weights", str(random_weights["ld-lite"]), "--streams", "0"]) == 2
     assert "--streams must be at least 1" in capsys.readouterr().err
+
+
+def test_bench_measures_the_compiled_network(random_weights, tmp_path):
+    """``--compile on`` runs the model paths through torch.compile (aot_eager here: inductor takes
+    minutes on a 2-core CPU) and says so in the JSON; ``off`` (the default) measures eager."""
+    results = {}
+    for mode in ("on", "off"):
+        out = tmp_path / f"{mode}.json"
+        args = ["--weights", str(random_weights["ld-lite"]), "--devices", "cpu", "--paths", "model", "model_on_device", "--out", str(out)]
+        assert bench_cli.main([*args, "--batch-sizes", "2", "--compile", mode, "--compile-backend", "aot_eager", *TINY]) == 0
+        report = json.loads(out.read_text())
+        assert report["settings"]["compile"] == mode
+        results[mode] = {r["path"]: r for r in report["results"]}
+    assert {path: r["extra"]["compiled"] for path, r in results["on"].items()} == {"model": True, "model_on_device": True}
+    assert {path: r["extra"]["compiled"] for path, r in results["off"].items()} == {"model": False, "model_on_device": False}
+    assert all(r["fps"] > 0 and r["frames"] == 2 for r in results["on"].values())
+
+
+def test_bench_rejects_an_unknown_compile_mode(random_weights, capsys):
+    with pytest.raises(SystemExit):
+        bench_cli.main(["--weights", str(random_weights["ld-lite"]), "--compile", "fast", *TINY])
+    assert "--compile" in capsys.readouterr().err

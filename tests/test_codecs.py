@@ -207,3 +207,78 @@ def test_config_rejects_unknown_codec_names_in_one_line(tmp_path, override, mess
     with pytest.raises(ConfigError, match=message) as info:
         _pipeline_config(tmp_path, override)
     assert "\n" not in str(info.value)
+
+
+# --- the choice in use: the MP4 sink's encoder and the video source's decode keys --------------
+
+
+def _run_clip(tmp_path, random_weights, n: int, decode: str = "auto", encoder: str = "auto"):
+    from pipeline.runner import run_pipeline
+    from tests.pipeline_helpers import cpu_fuser, make_config, marked_video
+
+    ir = marked_video(tmp_path / "ir.mp4", n, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", n, 30, seed=2)
+    out = tmp_path / f"out-{decode}-{encoder}"
+    stream = {"ir": {"kind": "video", "path": str(ir), "decode": decode}, "visible": {"kind": "video", "path": str(vi), "decode": decode}}
+    config = make_config(ir, vi, sinks=[{"kind": "mp4", "path": "fused.mp4", "encoder": encoder}], out_dir=out, stream=stream)
+    return run_pipeline(config, cpu_fuser(random_weights["ld-lite"])), out / "fused.mp4"
+
+
+@no_gpu
+def test_mp4_sink_asking_for_nvenc_writes_a_playable_mp4_with_libx264_and_one_warning(tmp_path, random_weights, caplog):
+    from tests.pipeline_helpers import read_video
+
+    caplog.set_level(logging.DEBUG, logger="ldfusion.codecs")
+    summary, path = _run_clip(tmp_path, random_weights, 7, decode="cpu", encoder="h264_nvenc")
+    warnings = _records(caplog, logging.WARNING)
+    assert len(warnings) == 1 and "h264_nvenc" in warnings[0].getMessage() and "libx264" in warnings[0].getMessage()
+    video = read_video(path)
+    assert summary.frames_out == 7 and len(video["frames"]) == 7 and video["codec"] == "h264"
+    assert b"x264" in path.read_bytes()  # written by libx264 (its SEI message names it)
+
+
+@no_gpu
+def test_cuda_decode_falls_back_to_the_cpu_decoder_with_the_frame_count_unchanged(tmp_path, random_weights, caplog):
+    from ldfusion.video import VideoReader
+
+    caplog.set_level(logging.DEBUG, logger="ldfusion.codecs")
+    on_cpu, _ = _run_clip(tmp_path, random_weights, 9, decode="cpu", encoder="libx264")
+    assert not _records(caplog, logging.WARNING)
+    on_cuda, _ = _run_clip(tmp_path, random_weights, 9, decode="cuda", encoder="libx264")
+    (warning,) = _records(caplog, logging.WARNING)  # two sources of one codec: one line
+    assert "NVDEC" in warning.getMessage() and "CPU" in warning.getMessage()
+    assert on_cuda.frames_out == on_cpu.frames_out == 9
+    assert [s.read_ir for s in on_cuda.streams] == [s.read_ir for s in on_cpu.streams] == [9]
+    with VideoReader(tmp_path / "vi.mp4", decode="cuda") as reader:
+        assert sum(1 for _ in reader) == 9 and reader.decoder == "cpu"
+
+
+def test_a_reader_given_nvdec_reopens_the_file_with_the_hwaccel(tmp_path, monkeypatch):
+    """Where NVDEC opens, the reader hands ``av.open`` the choice's hwaccel for the file's codec."""
+    from ldfusion import video
+    from tests.pipeline_helpers import marked_video
+
+    path = marked_video(tmp_path / "vi.mp4", 3, 30)
+    asked, opened = [], []
+    monkeypatch.setattr(video, "choose_decoder", lambda preference, codec: asked.append((preference, codec)) or codecs.DecoderChoice("cuda", "HW"))
+    real_open = av.open
+    monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: opened.append(kwargs) or real_open(*args))
+    reader = video.VideoReader(path, decode="auto")
+    reader.close()
+    assert asked == [("auto", "h264")] and opened == [{}, {"hwaccel": "HW"}] and reader.decoder == "cuda"
+
+
+@no_gpu
+def test_choices_made_on_several_sink_threads_at_once_log_once_and_leave_ffmpeg_quiet(caplog):
+    import threading
+
+    caplog.set_level(logging.DEBUG, logger="ldfusion.codecs")
+    level = av.logging.get_level()
+    threads = [threading.Thread(target=choose_encoder, args=("h264_nvenc", 64, 48)) for _ in range(4)]
+    threads += [threading.Thread(target=choose_decoder, args=("cuda", "h264")) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(_records(caplog, logging.WARNING)) == 2  # one for the encoder, one for the decoder
+    assert av.logging.get_level() == level  # FFmpeg's log is not left switched on

@@ -125,3 +125,12 @@ def test_fixed_batch_keeps_the_compiled_network_at_one_shape(caplog):
     (line,) = _compile_records(caplog, logging.INFO)
     assert "(4, 1, 24, 40)" in line.getMessage()
     assert fixed.padded_rows == 1 + 0 + 3
+
+
+@pytest.mark.parametrize("mode, compiled", [("on", True), ("off", False), ("auto", False)])  # auto: eager on the CPU
+def test_the_pipelines_model_compile_key_reaches_the_fuser(random_weights, tmp_path, mode, compiled):
+    from pipeline.runner import Pipeline
+    from tests.pipeline_helpers import make_config
+
+    config = make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", model={"weights": str(random_weights["ld-lite"]), "device": "cpu", "compile": mode})
+    assert Pipeline(config)._load_fuser().compiled is compiled

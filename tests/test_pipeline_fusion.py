@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 import cv2
 
 from ldfusion.video import Planes
+from pipeline.batching import FairCollector
 from pipeline.frames import EndOfStream, FrameMeta, FramePair
 from pipeline.fusion_worker import FusionWorker, StyleSmoother
 from pipeline.queues import FrameQueue
@@ -90,29 +93,32 @@ def test_different_sizes_in_one_batch_are_fused_separately(random_weights):
     assert [f.fused.shape for f in fused] == [(32, 40, 3), (24, 48, 3), (32, 40, 3)]
 
 
-def test_batches_close_at_n_frames_or_when_the_wait_is_over(random_weights):
-    w = worker(random_weights["ld-lite"], smoothing=False, batch_size=3, max_wait_s=0.01)
-    q = FrameQueue("paired", 10)
+def test_batches_close_at_n_frames_or_when_the_wait_is_over():
+    q = FrameQueue("a.paired", 10)
+    collector = FairCollector({"a": q}, batch_size=3, max_wait_s=0.01)
     for i in range(5):
         q.put(pair("a", i))
-    assert [p.meta.seq for p in w._collect(q)[0]] == [0, 1, 2]  # full
-    assert [p.meta.seq for p in w._collect(q)[0]] == [3, 4]  # the wait ran out
+    assert [p.meta.seq for p in collector.collect()[0]] == [0, 1, 2]  # full
+    assert [p.meta.seq for p in collector.collect()[0]] == [3, 4]  # the wait ran out
     q.put_end(EndOfStream("a"))
-    assert w._collect(q) == ([], ["a"])
+    assert collector.collect() == ([], ["a"])
 
 
 def test_run_fuses_everything_then_ends(random_weights):
     w = worker(random_weights["ld-lite"], smoothing=False, batch_size=2)
-    paired, fused = FrameQueue("paired", 10), FrameQueue("fused", 10)
+    condition = threading.Condition()
+    paired = {s: FrameQueue(f"{s}.paired", 10, condition=condition) for s in ("a", "b")}
+    fused = FrameQueue("fused", 10)
     for i in range(3):
-        paired.put(pair("a", i))
-    paired.put_end(EndOfStream("a"))
-    paired.put(pair("b", 0))
-    paired.put_end(EndOfStream("b"))
-    w.run(paired, fused, ["a", "b"])
+        paired["a"].put(pair("a", i))
+    paired["a"].put_end(EndOfStream("a"))
+    paired["b"].put(pair("b", 0))
+    paired["b"].put_end(EndOfStream("b"))
+    w.run(paired, fused)
     items = [fused.get(timeout=1) for _ in range(5)]
-    assert [(f.meta.stream, f.meta.seq) for f in items[:4]] == [("a", 0), ("a", 1), ("a", 2), ("b", 0)]
+    assert [(f.meta.stream, f.meta.seq) for f in items[:4]] == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]  # in turn
     assert isinstance(items[4], EndOfStream)
+    assert w.collector.batcher.taken == {"a": 3, "b": 1}
 
 
 def test_the_worker_registers_like_opencv(random_weights):
@@ -151,7 +157,10 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
         fuse_y, encode = w.fuser.fuse_y, w.fuser.encode
         w.fuser.fuse_y = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or fuse_y(vi_y, ir)
         w.fuser.encode = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or encode(vi_y, ir)
-        return w.fuse(frames[:3]) + w.fuse(frames[3:]), shapes
+        fused = w.fuse(frames[:3]) + w.fuse(frames[3:])
+        if pad and w.smoother is None:  # the network call goes through FixedBatch, which counts the waste
+            assert w.fixed_batch.padded_rows == 1 + 2 and w.fixed_batch.calls == 2
+        return fused, shapes
 
     padded, padded_shapes = run(True)
     plain, plain_shapes = run(False)
