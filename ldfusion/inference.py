@@ -133,7 +133,10 @@ class Fuser:
 
     def _finite(self, out: Tensor) -> Tensor:
         """Network output, checked per batch: NaN would be written as black frames without a word."""
-        if not bool(torch.isfinite(out).all()):
+        # One NaN or inf makes the sum non-finite; the sum costs a seventh of isfinite(out).all()
+        # (0.5 vs 3.9 ms at 640x512 on the CPU), which allocates a mask of every pixel.
+        # Outputs are float32 in [0, 1] where finite, so the sum itself cannot overflow.
+        if not bool(torch.isfinite(out.sum())):
             raise CheckpointError(f"the network output is not finite (NaN/inf) with {self.weights_name} on {self.device}; the weights are broken")
         return out
 
