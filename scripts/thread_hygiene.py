@@ -23,7 +23,8 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHILD = r"""
 import json, statistics, sys, threading, time
 import ldfusion  # sets OMP_WAIT_POLICY=PASSIVE unless the environment already says
-import av, torch
+import torch
+from ldfusion.video import VideoReader
 from ldfusion.inference import Fuser, FuserOptions
 frames, clip, weights = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 fuser = Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="torch"))
@@ -31,9 +32,8 @@ stop = threading.Event()
 decoded = [0]
 def decode():
     while not stop.is_set():
-        with av.open(clip) as container:
-            for frame in container.decode(video=0):
-                frame.to_ndarray(format="rgb24")
+        with VideoReader(clip) as reader:
+            for _frame in reader:
                 decoded[0] += 1
                 if stop.is_set():
                     return

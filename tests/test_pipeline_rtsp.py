@@ -15,12 +15,13 @@ import threading
 import time
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
 import yaml
 
+from ldfusion.color import planes_to_image
+from ldfusion.video import VideoReader
 from pipeline import cli
 from pipeline.config import load_pipeline_config
 from pipeline.subscriber import Subscriber
@@ -76,9 +77,9 @@ def _write_config(path: Path, ir: RtspCamera, vi: RtspCamera, endpoint: str, dur
 def _panel_numbers(mp4: Path, width: int) -> list[tuple[int | None, int | None]]:
     """(IR frame number, visible frame number) of each side-by-side frame (IR | visible | fused)."""
     numbers = []
-    with av.open(str(mp4)) as container:
-        for frame in container.decode(video=0):
-            image = frame.to_ndarray(format="rgb24")
+    with VideoReader(mp4) as reader:
+        for frame in reader:
+            image = planes_to_image(frame.planes)  # (H, W, 3) RGB
             numbers.append((read_frame_number(image[:, :width]), read_frame_number(image[:, width : 2 * width])))
     return numbers
 
