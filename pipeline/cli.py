@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. model.batch_size=8 or streams.0.ir.path=ir.mp4 (repeatable)",
     )
-    parser.add_argument("--weights", help="model weights: a file, or a registry name (default, ld-lite, ldfusion)")
+    parser.add_argument("--weights", help="model weights: a file, or a registry name (auto, fast, default, ld-lite, ldfusion); overrides model.weights")
     parser.add_argument("--variant", help="network variant, when the weights do not say")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides model.device)")
     parser.add_argument("--out", type=Path, help="output folder (overrides run.out_dir); sink paths are relative to it")

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--source", choices=SOURCES, default="auto", help="auto (M3SVD if present), m3svd or synthetic")
     parser.add_argument("--m3svd", type=Path, default=None, help="M3SVD folder (default: ../shared/data/video/m3svd)")
-    parser.add_argument("--weights", default=None, help="weights file or registry name (default: the bundled default)")
+    parser.add_argument("--weights", default=None, help="weights file or registry name: auto, fast, default, ld-lite, ldfusion (default: auto, chosen per device and logged)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many fused frames")
     add_logging_arguments(parser)
