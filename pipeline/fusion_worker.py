@@ -92,21 +92,14 @@ class FusionWorker:
         self.registrars = registrars
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
-        self.pad_batches = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
+        pad = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
+        self.fixed_batch = FixedBatch(batch_size) if pad else None  # its padded_rows are the wasted work
         self.smoother = StyleSmoother(momentum) if smoothing and momentum > 0 and fuser.spec.has_style else None
         if smoothing and not fuser.spec.has_style:
             log.info("temporal smoothing: %s has no style code, so there is nothing to smooth (no-op)", fuser.spec.name)
         self.collector: FairCollector | None = None  # built by ``run``: per-stream ``taken`` counts
         self.batches = 0
         self.frames = 0
-
-    @property
-    def pad_batches(self) -> bool:
-        return self.fixed_batch is not None
-
-    @pad_batches.setter
-    def pad_batches(self, pad: bool) -> None:
-        self.fixed_batch = FixedBatch(self.batch_size) if pad else None  # its padded_rows are the wasted work
 
     def run(self, pairs: dict[str, FrameQueue], out: FrameQueue) -> None:
         """Fuse until every stream has ended, then put one end sentinel on ``out``.
@@ -174,7 +167,7 @@ class FusionWorker:
                 return self.fuser.fuse_y(vi_y, ir)
             return self.fixed_batch(self.fuser.fuse_y, vi_y, ir)  # counts the padded rows
         rows = vi_y.shape[0]
-        if self.pad_batches and rows < self.batch_size:
+        if self.fixed_batch is not None and rows < self.batch_size:
             vi_y, ir = pad_rows(vi_y, self.batch_size), pad_rows(ir, self.batch_size)
         codes = self.fuser.encode(vi_y, ir)
         style = codes.style.clone()

@@ -30,9 +30,9 @@ def pair(stream: str, seq: int, brightness: float = 1.0, size=(40, 32)) -> Frame
 VIEWS = frozenset({"fused:rgb24", "ir:gray", "visible:rgb24"})
 
 
-def worker(weights, smoothing: bool, batch_size: int = 4, max_wait_s: float = 0.0) -> FusionWorker:
+def worker(weights, smoothing: bool, batch_size: int = 4, max_wait_s: float = 0.0, pad_batches: bool | None = None) -> FusionWorker:
     registrars = {s: Registrar(s, None, "ir_to_visible", False) for s in ("a", "b")}
-    return FusionWorker(cpu_fuser(weights), registrars, batch_size, max_wait_s, smoothing, momentum=0.8, views=VIEWS)
+    return FusionWorker(cpu_fuser(weights), registrars, batch_size, max_wait_s, smoothing, momentum=0.8, views=VIEWS, pad_batches=pad_batches)
 
 
 def test_style_smoother_is_an_ema_per_stream():
@@ -151,8 +151,7 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
     frames = [pair("a", i, brightness=0.6 + 0.3 * i) for i in range(5)]
 
     def run(pad: bool) -> tuple[list, list]:
-        w = worker(random_weights[variant], smoothing=True, batch_size=4)
-        w.pad_batches = pad
+        w = worker(random_weights[variant], smoothing=True, batch_size=4, pad_batches=pad)
         shapes = []
         fuse_y, encode = w.fuser.fuse_y, w.fuser.encode
         w.fuser.fuse_y = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or fuse_y(vi_y, ir)
