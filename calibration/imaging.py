@@ -9,6 +9,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ldfusion.imageio import unit_to_uint8
+
 Size = tuple[int, int]  # (width, height)
 
 
@@ -36,7 +38,7 @@ def to_gray_u8(image: np.ndarray) -> np.ndarray:
         return image
     if image.dtype == np.uint16:
         return cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX, dtype=cv2.CV_8U)
-    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return unit_to_uint8(image)
 
 
 def to_gray_float(image: np.ndarray) -> np.ndarray:

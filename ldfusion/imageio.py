@@ -182,11 +182,16 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         raise DataError(f"could not write image {path}")
 
 
+def unit_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A float image in [0, 1] as uint8, rounded to nearest (values outside are clipped)."""
+    return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def side_by_side(ir: np.ndarray, visible: np.ndarray, fused: np.ndarray) -> np.ndarray:
     """IR | visible | fused as one RGB uint8 image (all inputs share H and W)."""
     panels = []
     for panel in (ir, visible, fused):
         if panel.dtype != np.uint8:
-            panel = (np.clip(panel, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+            panel = unit_to_uint8(panel)
         panels.append(np.repeat(panel[:, :, None], 3, axis=2) if panel.ndim == 2 else panel)
     return np.concatenate(panels, axis=1)

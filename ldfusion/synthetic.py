@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ldfusion.imageio import unit_to_uint8
 from ldfusion.video import VideoWriter
 
 
@@ -76,7 +77,7 @@ def render_pair(t: float, width: int = 320, height: int = 240, background: np.nd
     car_x = int(((0.8 - 0.05 * t) % 1.0) * width)
     cv2.rectangle(ir, (car_x, int(0.76 * height)), (car_x + width // 8, int(0.84 * height)), 0.7, -1)
     ir = np.clip(ir + np.random.default_rng(int(t * 1000)).normal(0, 0.01, ir.shape), 0, 1)
-    return (ir * 255 + 0.5).astype(np.uint8), (np.clip(visible, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return unit_to_uint8(ir), unit_to_uint8(visible)
 
 
 def write_paired_clip(

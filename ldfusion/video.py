@@ -40,7 +40,7 @@ import numpy as np
 
 from ldfusion.codecs import ENCODERS, choose_decoder, choose_encoder
 from ldfusion.errors import ConfigError, DataError
-from ldfusion.imageio import infrared_to_unit, stretch_limits
+from ldfusion.imageio import infrared_to_unit, stretch_limits, unit_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ class VideoReader:
         if self._limits is None and self._ir_16bit == "stretch":
             self._limits = stretch_limits(luma)
         unit = infrared_to_unit(luma, self._ir_16bit, source=str(self.path), bits=bits, limits=self._limits)
-        return Planes.gray((unit * 255.0 + 0.5).astype(np.uint8), full_range=True)
+        return Planes.gray(unit_to_uint8(unit), full_range=True)
 
     def _report_short_read(self, reason: str) -> None:
         expected = self.declared_frames

@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from ldfusion.errors import DataError
-from ldfusion.imageio import infrared_to_unit, read_infrared, read_visible, sorted_images
+from ldfusion.imageio import infrared_to_unit, read_infrared, read_visible, sorted_images, unit_to_uint8
 from ldfusion.redact import mask_credentials
 from ldfusion.video import DEFAULT_RATE, Planes, VideoReader
 from pipeline.config import SourceConfig
@@ -145,7 +145,7 @@ class ImageFolderSource(Source):
             if stop.is_set():
                 return
             if self.kind == IR:
-                planes = Planes.gray((read_infrared(path) * 255.0 + 0.5).astype(np.uint8))
+                planes = Planes.gray(unit_to_uint8(read_infrared(path)))
             else:
                 planes = Planes.packed(read_visible(path))
             yield index, index / self._fps, planes
@@ -333,7 +333,7 @@ def camera_planes(image: np.ndarray, name: str = "camera") -> Planes:
     if image.size == 0:  # some drivers hand back empty arrays; OpenCV would raise a bare cv2.error
         raise DataError(f"{name} delivered an empty frame ({image.shape})")
     if image.dtype == np.uint16 and image.ndim == 2:
-        return Planes.gray((infrared_to_unit(image, source=name) * 255.0 + 0.5).astype(np.uint8))
+        return Planes.gray(unit_to_uint8(infrared_to_unit(image, source=name)))
     if image.dtype != np.uint8:
         raise DataError(f"{name}: unsupported camera pixel type {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:

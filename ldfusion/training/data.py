@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from ldfusion.color import rgb_to_y
 from ldfusion.errors import DataError
-from ldfusion.imageio import pair_folders, read_pair
+from ldfusion.imageio import pair_folders, read_pair, unit_to_uint8
 from ldfusion.video import VideoReader
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def load_folder_pairs(source: FolderSource) -> list[Pair]:
         if image_pair.name in excluded:
             continue
         visible, ir = read_pair(image_pair)
-        pairs.append(Pair(image_pair.name, visible, (ir * 255.0 + 0.5).astype(np.uint8)))
+        pairs.append(Pair(image_pair.name, visible, unit_to_uint8(ir)))
     return pairs
 
 
