@@ -67,25 +67,39 @@ def merge_fused_y(fused_y: Tensor, visible_rgb: Tensor) -> Tensor:
 # and the fusion, which needs only Y, never pays for chroma. Tensors are (B, C, H, W);
 # everything runs on the tensors' device.
 
-_LIMITED_Y = (16.0, 219.0)  # offset, span of limited-range luma in 8-bit codes
-_LIMITED_C = (128.0, 224.0)  # centre, span of limited-range chroma
+_LIMITED_Y = (16, 235)  # limited-range 8-bit codes of luma 0 and 1
+_LIMITED_C = (16, 240)  # limited-range 8-bit codes of chroma 0 and 1 (the centre, 128, is 0.5)
+_FULL = (0, 255)
+
+
+def codes_range(luma: bool, full_range: bool) -> tuple[int, int]:
+    """The 8-bit codes of 0 and 1 for luma or chroma in full or limited range."""
+    return _FULL if full_range else _LIMITED_Y if luma else _LIMITED_C
 
 
 def luma_to_unit(y: Tensor, full_range: bool) -> Tensor:
     """uint8 luma -> float in [0, 1] (full range; limited range stretched, clamped)."""
-    if full_range:
-        return y.float().div_(255.0)
-    offset, span = _LIMITED_Y
-    return y.float().sub_(offset).div_(span).clamp_(0.0, 1.0)
+    return codes_to_unit(y, torch.empty(y.shape, device=y.device), codes_range(True, full_range))
 
 
 def chroma_to_unit(c: Tensor, full_range: bool) -> Tensor:
     """uint8 chroma -> float in [0, 1] centred on 0.5, as ``rgb_to_ycrcb`` gives it."""
-    c = c.float()
-    if full_range:
-        return c.div_(255.0)
-    centre, span = _LIMITED_C
-    return c.sub_(centre).div_(span).add_(0.5).clamp_(0.0, 1.0)
+    return codes_to_unit(c, torch.empty(c.shape, device=c.device), codes_range(False, full_range))
+
+
+def codes_to_unit(codes: Tensor, out: Tensor, limits: tuple[int, int]) -> Tensor:
+    """uint8 ``codes`` -> ``out`` float (same shape): codes ``limits`` map onto 0 and 1,
+    codes outside them are clamped.
+
+    The clamp and the offset run on uint8 (a quarter of float's bytes, and exact), so the
+    float work is one converting copy and one multiplication. It multiplies by the
+    reciprocal: a division costs several times more on the CPU, and differs from it only in
+    the last bit of some values (a relative 6e-8).
+    """
+    low, high = limits
+    if limits != _FULL:
+        codes = codes.clamp(low, high).sub_(low)  # 0 .. high - low
+    return out.copy_(codes).mul_(1.0 / (high - low))
 
 
 def upsample_chroma(c: Tensor, height: int, width: int) -> Tensor:
@@ -137,7 +151,10 @@ class YCrCbBatch:
 
     @staticmethod
     def cat(parts: list["YCrCbBatch"]) -> "YCrCbBatch":
-        """Along the batch; mixed chroma resolutions are brought to full resolution."""
+        """Along the batch; mixed chroma resolutions are brought to full resolution. One part is
+        returned as it is (no copy)."""
+        if len(parts) == 1:
+            return parts[0]
         if len({p.subsampled for p in parts}) == 1:
             return YCrCbBatch(torch.cat([p.y for p in parts]), torch.cat([p.crcb for p in parts]))
         return YCrCbBatch(torch.cat([p.y for p in parts]), torch.cat([p.full_chroma() for p in parts]))
@@ -165,13 +182,13 @@ def ycrcb_to_yuv420p(ycrcb: Tensor | YCrCbBatch) -> tuple[Tensor, Tensor, Tensor
     half-resolution chroma is used as it is."""
     batch = ycrcb if isinstance(ycrcb, YCrCbBatch) else YCrCbBatch.from_full(ycrcb)
     height, width = batch.y.shape[-2:]
-    offset, span = _LIMITED_Y
-    y = batch.y[:, 0].clamp(0.0, 1.0).mul(span).add_(offset)
+    low, high = _LIMITED_Y
+    y = batch.y[:, 0].clamp(0.0, 1.0).mul(high - low).add_(low)
     crcb = batch.crcb
     if not batch.subsampled:
         crcb = F.avg_pool2d(F.pad(crcb, (0, width % 2, 0, height % 2), mode="replicate"), 2)
-    centre, span_c = _LIMITED_C
-    crcb = crcb.clamp(0.0, 1.0).sub_(0.5).mul_(span_c).add_(centre)
+    low, high = _LIMITED_C
+    crcb = crcb.clamp(0.0, 1.0).sub_(0.5).mul_(high - low).add_((low + high) / 2)
     as_u8 = lambda x: x.round_().to(torch.uint8)  # noqa: E731
     return as_u8(y), as_u8(crcb[:, 1].contiguous()), as_u8(crcb[:, 0].contiguous())
 
@@ -186,12 +203,30 @@ def ycrcb_to_rgb_u8(ycrcb: Tensor | YCrCbBatch) -> Tensor:
 Upload = Callable[[list[np.ndarray]], Tensor]  # same-shaped host arrays -> one stacked tensor on the device
 
 
-def _upload(planes: list[Planes], index: int, device: torch.device | str, upload: Upload | None = None) -> Tensor:
+def _uint8_plane(planes: list[Planes], index: int, device: torch.device | str, upload: Upload | None) -> Tensor | list[Tensor]:
+    """Plane ``index`` of each frame as uint8 on ``device``: one stacked (B, ...) tensor
+    (uploaded by ``upload`` when given: e.g. through reusable pinned buffers), or on the
+    host the decoder's own arrays, a tensor per frame (no copy)."""
     arrays = [p.data[index] for p in planes]
     if upload is not None:
         return upload(arrays)
+    if torch.device(device).type == "cpu":
+        return [torch.from_numpy(a) for a in arrays]
     stacked = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)  # one frame: a view, no copy
     return torch.from_numpy(stacked).to(device, non_blocking=True)
+
+
+def _plane_into(planes: list[Planes], index: int, device: torch.device | str, upload: Upload | None, out: Tensor) -> None:
+    """Plane ``index`` (0: luma, else chroma) of every frame into ``out`` (B, H, W) float.
+    Host frames are converted a row at a time, each straight from the decoder's array while
+    it is in cache; an upload is converted at once."""
+    codes = _uint8_plane(planes, index, device, upload)
+    limits = codes_range(index == 0, planes[0].full_range)  # one layout and range per call
+    if isinstance(codes, list):
+        for row, frame_codes in enumerate(codes):
+            codes_to_unit(frame_codes, out[row], limits)
+    else:
+        codes_to_unit(codes, out, limits)
 
 
 def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", upload: Upload | None = None) -> YCrCbBatch:
@@ -199,13 +234,18 @@ def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", up
     by ``upload`` when given: e.g. through reusable pinned buffers)."""
     first = planes[0]
     if first.layout == YUV420:
-        y, u, v = (_upload(planes, i, device, upload) for i in range(3))
-        return YCrCbBatch(luma_to_unit(y[:, None], first.full_range), chroma_to_unit(torch.stack([v, u], dim=1), first.full_range))
+        y = planes_to_luma(planes, device, upload)
+        crcb = torch.empty((len(planes), 2, *first.data[1].shape), device=y.device)  # (B, 2, h, w)
+        _plane_into(planes, 2, device, upload, crcb[:, 0])  # Cr is V
+        _plane_into(planes, 1, device, upload, crcb[:, 1])  # Cb is U
+        return YCrCbBatch(y, crcb)
     if first.layout == GRAY:
-        y = luma_to_unit(_upload(planes, 0, device, upload)[:, None], first.full_range)
+        y = planes_to_luma(planes, device, upload)
         b, _, height, width = y.shape
         return YCrCbBatch(y, torch.full((b, 2, (height + 1) // 2, (width + 1) // 2), _DELTA, device=y.device))
-    return YCrCbBatch.from_full(packed_to_ycrcb(_upload(planes, 0, device, upload), bgr=first.layout == BGR))
+    packed = _uint8_plane(planes, 0, device, upload)
+    packed = torch.stack(packed) if isinstance(packed, list) else packed  # (B, H, W, 3)
+    return YCrCbBatch.from_full(packed_to_ycrcb(packed, bgr=first.layout == BGR))
 
 
 def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:
@@ -216,9 +256,11 @@ def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") ->
 def planes_to_luma(planes: list[Planes], device: torch.device | str = "cpu", upload: Upload | None = None) -> Tensor:
     """Same-size frames -> (B, 1, H, W) luma in [0, 1] on ``device``; only Y is uploaded."""
     first = planes[0]
-    if first.layout in (YUV420, GRAY):
-        return luma_to_unit(_upload(planes, 0, device, upload)[:, None], first.full_range)
-    return planes_to_batch(planes, device, upload).y
+    if first.layout not in (YUV420, GRAY):
+        return planes_to_batch(planes, device, upload).y
+    out = torch.empty((len(planes), 1, *first.data[0].shape), device=device)
+    _plane_into(planes, 0, device, upload, out[:, 0])
+    return out
 
 
 def planes_to_image(planes: Planes) -> np.ndarray:

@@ -150,7 +150,8 @@ class FusionWorker:
             ir_parts.append(ir)
             vi_parts.append(vi)
             order += indices
-        ir, vi = torch.cat(ir_parts), YCrCbBatch.cat(vi_parts)  # (B, 1, H, W) and Y (B, 1, H, W), rows in `order`
+        ir = ir_parts[0] if len(ir_parts) == 1 else torch.cat(ir_parts)  # (B, 1, H, W), rows in `order`; one group: no copy
+        vi = YCrCbBatch.cat(vi_parts)  # Y (B, 1, H, W)
         streams = [pairs[i].meta.stream for i in order]
         fused_y = self._fuse_y(vi.y, ir, streams).clamp_(0.0, 1.0)  # (B, 1, H, W) float32
         fused = vi.with_luma(fused_y)  # the fused Y with the visible chroma

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 import threading
@@ -74,7 +75,7 @@ class WarpPlan:
     def output_size(self) -> Size:
         return (self.crop[2], self.crop[3]) if self.crop else self.fixed_size
 
-    @property
+    @cached_property  # asked for every batch; np.allclose costs tens of microseconds
     def is_identity(self) -> bool:
         return self.ir_size == self.vi_size and np.allclose(self.matrix, np.eye(3), atol=1e-9)
 
