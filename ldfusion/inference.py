@@ -8,6 +8,7 @@ the visible CrCb.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from torch import Tensor
 from ldfusion.color import merge_fused_y, rgb_to_y
 from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionCodes, FusionNet
+from ldfusion.threads import configure_torch_threads, torch_threads
 from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
 
 log = logging.getLogger(__name__)
@@ -97,6 +99,8 @@ class Fuser:
         # CPU inductor's compile takes minutes and the eager network is what was measured.
         compiled = options.compile == "on" or (options.compile == "auto" and on_cuda)
         self._network = CompiledNetwork(self.model, options.compile_backend) if compiled else self.model
+        # PyTorch's CPU threads for the network (set around each call: ``_network_threads``)
+        self.network_threads = configure_torch_threads() if self.device.type == "cpu" else None
         self.backend, self.cpu_network = self._cpu_backend(options, weights_path)
 
     def _cpu_backend(self, options: FuserOptions, weights_path: Path | None):
@@ -107,7 +111,6 @@ class Fuser:
         converted in memory, seconds per Fuser).
         """
         from ldfusion.backends import build_openvino, choose_backend
-        from ldfusion.threads import configure_torch_threads
 
         requested = options.backend
         if requested == "auto" and weights_path is None and not options.int8:
@@ -115,8 +118,6 @@ class Fuser:
         backend = choose_backend(requested, self.device)
         if options.int8 and backend != "openvino":
             raise ConfigError("int8 runs on the openvino backend only (on the CPU, with openvino installed)")
-        if self.device.type == "cpu":
-            configure_torch_threads()
         if backend == "torch" or self.dtype != torch.float32:
             return "torch", None
         return backend, build_openvino(self.model, weights_path, int8=options.int8)
@@ -147,21 +148,31 @@ class Fuser:
         x = x.to(self.dtype)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
+    def _network_threads(self) -> contextlib.AbstractContextManager:
+        """The torch network on the CPU gets its threads in whichever thread calls (a pipeline's
+        fusion thread runs its own small ops on one: ``ldfusion.threads``)."""
+        return torch_threads(self.network_threads) if self.network_threads else contextlib.nullcontext()
+
     @torch.inference_mode()
     def encode(self, vi_y: Tensor, ir: Tensor) -> FusionCodes:
         """Encoder half of ``fuse_y``; video smoothing edits the codes before ``decode``."""
-        return self.model.encode(self._prepare(vi_y), self._prepare(ir))
+        with self._network_threads():
+            return self.model.encode(self._prepare(vi_y), self._prepare(ir))
 
     @torch.inference_mode()
     def decode(self, codes: FusionCodes) -> Tensor:
-        return self._finite(self.model.decode(codes).float())
+        with self._network_threads():
+            out = self.model.decode(codes).float()
+        return self._finite(out)
 
     @torch.inference_mode()
     def fuse_y(self, vi_y: Tensor, ir: Tensor) -> Tensor:
         """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device."""
         if self.cpu_network is not None:
             return self._finite(self.cpu_network(vi_y.float(), ir.float()))
-        return self._finite(self._network(self._prepare(vi_y), self._prepare(ir)).float())
+        with self._network_threads():
+            out = self._network(self._prepare(vi_y), self._prepare(ir)).float()
+        return self._finite(out)
 
     @property
     def compiled(self) -> bool:

@@ -9,14 +9,23 @@ runtime loads with ``import torch``: so ``ldfusion/__init__.py`` sets it (unless
 did) before any submodule imports torch, and ``passive_waiting`` reports whether it is in
 force.
 
+Small tensor ops beside the network (a pipeline's range conversion, checks, merges: passes
+of 0.02-0.1 ms over a frame) run on one thread (``torch_threads(1)`` in the fusion
+thread): OpenMP would wake a second thread for each, on a core the decoders are using, and
+the wake-ups cost more than they save (the pipeline with an identity network at 640x512 on
+2 cores: 1.5 instead of 2.1 ms of CPU a frame, and 30% more frames a second). The network
+itself still gets ``network_threads()`` (``Fuser`` sets them around each call).
+
 Thread counts come from the cores this process may run on (``sched_getaffinity``, which
 respects taskset and container CPU sets), not from the host's total.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 
@@ -65,3 +74,25 @@ def configure_torch_threads() -> int:
     if not passive_waiting():
         log.info("OMP_WAIT_POLICY is not PASSIVE (torch was imported before ldfusion?): idle CPU threads will spin")
     return threads
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's CPU ops in this block, in the calling OS thread, use ``count`` threads.
+
+    PyTorch's CPU builds parallelise with OpenMP, whose thread count belongs to the calling
+    thread: other threads that already ran an op keep theirs. A thread that runs its first
+    op later starts with the count last set anywhere, so the previous count is set again on
+    the way out.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if previous == count:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -28,6 +28,7 @@ smoothing is a no-op for it (nothing is rescaled per frame either way).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from torch import Tensor
 from ldfusion.color import YCrCbBatch, planes_to_batch, planes_to_luma
 from ldfusion.fixed_batch import FixedBatch, pad_rows
 from ldfusion.inference import Fuser
+from ldfusion.threads import torch_threads
 from pipeline.batching import FairCollector
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
 from pipeline.queues import FrameQueue
@@ -108,18 +110,26 @@ class FusionWorker:
         turn (``pipeline.batching.FairCollector``), so a fast stream cannot starve a slow one.
         """
         self.collector = FairCollector(pairs, self.batch_size, self.max_wait_s)
+        # On the CPU this thread's own tensor ops run on one thread, the network on its own
+        # count (``ldfusion.threads``): the cores are the decoders' as much as the network's.
+        own_ops = torch_threads(1) if self.fuser.device.type == "cpu" else contextlib.nullcontext()
         try:
-            while not self.collector.batcher.finished:
-                batch, ended = self.collector.collect()
-                if batch:
-                    for frame in self.fuse(batch):
-                        if not out.put(frame):
-                            return
-                for stream in ended:
-                    if self.smoother:
-                        self.smoother.reset(stream)
+            with own_ops:
+                self._fuse_until_ended(out)
         finally:
             out.put_end(EndOfStream("*"))
+
+    def _fuse_until_ended(self, out: FrameQueue) -> None:
+        assert self.collector is not None
+        while not self.collector.batcher.finished:
+            batch, ended = self.collector.collect()
+            if batch:
+                for frame in self.fuse(batch):
+                    if not out.put(frame):
+                        return
+            for stream in ended:
+                if self.smoother:
+                    self.smoother.reset(stream)
 
     def fuse(self, pairs: list[FramePair]) -> list[FusedFrame]:
         """Fuse pairs (any streams, any sizes) in as few network calls as their sizes allow."""

@@ -10,6 +10,9 @@ import torch
 
 import cv2
 
+from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.threads import torch_threads
+from ldfusion.variants import VariantSpec
 from ldfusion.video import Planes
 from pipeline.batching import FairCollector
 from pipeline.frames import EndOfStream, FrameMeta, FramePair
@@ -119,6 +122,65 @@ def test_run_fuses_everything_then_ends(random_weights):
     assert [(f.meta.stream, f.meta.seq) for f in items[:4]] == [("a", 0), ("b", 0), ("a", 1), ("a", 2)]  # in turn
     assert isinstance(items[4], EndOfStream)
     assert w.collector.batcher.taken == {"a": 3, "b": 1}
+
+
+class ThreadProbe(torch.nn.Module):
+    """An identity network that notes how many PyTorch threads each call ran with."""
+
+    spec = VariantSpec(name="probe", content_dim=1, n_downsample=2, n_residual=0)
+
+    def __init__(self, seen: list[int]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return vi_y
+
+
+def test_the_fusion_thread_runs_its_own_ops_on_one_thread_and_the_network_on_its_count(monkeypatch):
+    """Range conversion and checks run on one thread (OpenMP's wake-ups cost more than they
+    save beside the decoders); the network keeps its threads; the caller's count is unchanged."""
+    monkeypatch.setenv("LDFUSION_NETWORK_THREADS", "2")
+    in_network: list[int] = []
+    fuser = Fuser(ThreadProbe(in_network), FuserOptions(device="cpu"))
+    own_ops: list[int] = []
+    registrars = {"a": Registrar("a", None, "ir_to_visible", False)}
+    w = FusionWorker(fuser, registrars, batch_size=1, max_wait_s=0.0, smoothing=False, on_batch=lambda n: own_ops.append(torch.get_num_threads()))
+    paired = {"a": FrameQueue("a.paired", 10)}
+    for i in range(3):
+        paired["a"].put(pair("a", i))
+    paired["a"].put_end(EndOfStream("a"))
+    fused = FrameQueue("fused", 10)
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=w.run, args=(paired, fused))
+    thread.start()
+    thread.join()
+    assert in_network == [2, 2, 2]
+    assert own_ops == [1, 1, 1]
+    assert torch.get_num_threads() == before
+    assert [fused.get(timeout=1).meta.seq for _ in range(3)] == [0, 1, 2]
+
+
+def test_torch_threads_sets_only_the_calling_thread_and_restores_it():
+    inside, release = threading.Event(), threading.Event()
+    seen = {}
+
+    def body() -> None:
+        with torch_threads(1):
+            seen["inside"] = torch.get_num_threads()
+            inside.set()
+            release.wait(5)
+        seen["after"] = torch.get_num_threads()
+
+    before = torch.get_num_threads()
+    thread = threading.Thread(target=body)
+    thread.start()
+    assert inside.wait(5)
+    seen["main meanwhile"] = torch.get_num_threads()
+    release.set()
+    thread.join()
+    assert seen == {"inside": 1, "main meanwhile": before, "after": before}
 
 
 def test_the_worker_registers_like_opencv(random_weights):
