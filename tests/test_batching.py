@@ -183,3 +183,32 @@ def test_collector_raises_cancelled_when_the_run_is_aborted():
     threading.Timer(0.05, queues["a"].cancel).start()
     with pytest.raises(Cancelled):
         collector.collect()
+
+
+def test_a_producer_on_a_full_queue_resumes_at_half_and_nothing_is_lost():
+    """File mode: a producer that found the queue full wakes once it has drained to half
+    (one thread switch per maxsize / 2 items taken, not one per item)."""
+    q = FrameQueue("q", 4)
+    for i in range(4):
+        assert q.put(i)
+    done = threading.Event()
+    producer = threading.Thread(target=lambda: (q.put(4), done.set()))
+    producer.start()
+    assert q.get() == 0  # 3 left: still above half
+    assert not done.wait(0.2)
+    assert q.get() == 1  # 2 left: half
+    assert done.wait(5)
+    producer.join()
+    assert [q.get() for _ in range(len(q))] == [2, 3, 4]
+
+
+def test_a_cancelled_full_queue_releases_its_producer():
+    q = FrameQueue("q", 2)
+    q.put(0)
+    q.put(1)
+    result = []
+    producer = threading.Thread(target=lambda: result.append(q.put(2)))
+    producer.start()
+    q.cancel()
+    producer.join(5)
+    assert result == [False]
