@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldfusion.color import YCrCbBatch, planes_to_batch, planes_to_luma
+from ldfusion.color import YCrCbBatch, planes_to_inputs
 from ldfusion.fixed_batch import FixedBatch, pad_rows
 from ldfusion.inference import Fuser
 from ldfusion.threads import torch_threads
@@ -154,8 +154,8 @@ class FusionWorker:
         ir_parts, vi_parts, order = [], [], []
         device = self.fuser.device
         for stream, indices in _group_by_layout(pairs).items():
-            ir = planes_to_luma([pairs[i].ir for i in indices], device, self._upload)  # (b, 1, h, w)
-            vi = planes_to_batch([pairs[i].visible for i in indices], device, self._upload)  # Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
+            # (b, 1, h, w) and Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
+            ir, vi = planes_to_inputs([pairs[i].ir for i in indices], [pairs[i].visible for i in indices], device, self._upload)
             ir, vi = self.registrars[stream[0]].apply(ir, vi)
             ir_parts.append(ir)
             vi_parts.append(vi)

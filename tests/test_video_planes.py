@@ -144,3 +144,26 @@ def test_crops_keep_half_size_chroma_exact_or_resample_it(box):
     cropped = batch.crop(*box)
     assert cropped.subsampled == (x0 % 2 == 0 and y0 % 2 == 0 and (w, h) != (1, 1))
     assert torch.equal(cropped.full(), batch.full()[..., y0 : y0 + h, x0 : x0 + w])
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+def test_batch_inputs_share_one_allocation_and_match_the_plane_by_plane_conversion(full_range):
+    """A batch's IR luma, visible Y and chroma are views of one block (no per-batch
+    re-faulting), equal to converting each on its own; every limited-range code lands in
+    [0, 1], codes outside the range clamped."""
+    from ldfusion.color import planes_to_batch, planes_to_inputs, planes_to_luma
+
+    rng = np.random.default_rng(5)
+    frames = [tuple(rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((37, 51), (19, 26), (19, 26))) for _ in range(3)]
+    visible = [Planes("yuv420p", f, full_range=full_range) for f in frames]
+    ir = [Planes.gray(rng.integers(0, 256, (37, 51), dtype=np.uint8), full_range=full_range) for _ in range(3)]
+    ir_t, vi = planes_to_inputs(ir, visible)
+    assert ir_t.untyped_storage().data_ptr() == vi.y.untyped_storage().data_ptr() == vi.crcb.untyped_storage().data_ptr()
+    assert all(t.is_contiguous() for t in (ir_t, vi.y, vi.crcb))
+    assert torch.equal(ir_t, planes_to_luma(ir))
+    separate = planes_to_batch(visible)
+    assert torch.equal(vi.y, separate.y) and torch.equal(vi.crcb, separate.crcb)
+    assert 0.0 <= float(vi.full().min()) and float(vi.full().max()) <= 1.0
+    low, high = (0, 255) if full_range else (16, 235)
+    expected_y = (np.clip(frames[1][0], low, high).astype(np.float32) - low) / (high - low)
+    np.testing.assert_allclose(vi.y[1, 0].numpy(), expected_y, atol=1e-7)
