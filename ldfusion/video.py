@@ -337,11 +337,18 @@ class VideoWriter:
         self._options = {**choice.options, **self._options}
 
     def write_planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, t: float | None = None) -> None:
-        """Limited-range yuv420p planes: Y (H, W), U and V (ceil(H/2), ceil(W/2)), uint8."""
+        """Limited-range 4:2:0 planes: Y (H, W), U and V (ceil(H/2), ceil(W/2)). uint8 for
+        ``yuv420p``; uint16 samples as they are for a deeper stored 4:2:0 format
+        (``pixel_format="yuv420p10le"``: exact 10-bit samples, e.g. a test clip)."""
         height, width = y.shape
+        layout = YUV420
+        if y.dtype == np.uint16:
+            if not self.pixel_format.startswith(YUV420) or self.pixel_format == YUV420:
+                raise ValueError(f"{self.path}: uint16 planes need a deep 4:2:0 pixel_format such as yuv420p10le; this writer stores {self.pixel_format}")
+            layout = self.pixel_format
         if self._container is None:
             self._open(width, height)
-        frame = av.VideoFrame(_even(width), _even(height), YUV420)
+        frame = av.VideoFrame(_even(width), _even(height), layout)
         for index, plane in enumerate((_pad_to_even(y), u, v)):
             _fill_plane(frame.planes[index], plane)
         self._encode(frame, t)
@@ -399,8 +406,8 @@ class VideoWriter:
 
 
 def _fill_plane(plane, array: np.ndarray) -> None:
-    """Copy a compact (h, w) uint8 array into a frame plane whose rows may be padded."""
-    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    """Copy a compact (h, w) array (uint8, or uint16 for deep formats) into a frame plane whose rows may be padded."""
+    rows = np.frombuffer(plane, array.dtype).reshape(plane.height, plane.line_size // array.itemsize)
     rows[: array.shape[0], : array.shape[1]] = array
 
 

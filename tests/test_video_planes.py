@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import av
 import numpy as np
 import pytest
 import torch
@@ -65,16 +64,9 @@ def test_sixteen_bit_ir_video_is_stretched_like_a_sixteen_bit_png(tmp_path):
 
 def test_ten_bit_ir_video_is_read_at_full_depth(tmp_path):
     levels = (200 + 40 * texture(48, 32, seed=4).astype(np.float64) / 255).astype(np.uint16)  # a narrow 10-bit band
-    # Exact 10-bit samples, which only PyAV's own frames can carry (the writer converts from 8/16-bit arrays).
-    frame = av.VideoFrame(48, 32, "yuv420p10le")
-    for index, plane in enumerate(frame.planes):
-        rows = np.frombuffer(plane, np.uint16).reshape(plane.height, plane.line_size // 2)
-        rows[:, : plane.width] = levels if index == 0 else 512
-    with av.open(str(tmp_path / "ir10.mkv"), "w") as container:
-        stream = container.add_stream("ffv1", rate=10)
-        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p10le"
-        container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    neutral = np.full((16, 24), 512, np.uint16)
+    with VideoWriter(tmp_path / "ir10.mkv", 10, codec="ffv1", crf=None, preset=None, pixel_format="yuv420p10le") as writer:
+        writer.write_planes(levels, neutral, neutral)  # exact 10-bit samples, stored losslessly
     with VideoReader(tmp_path / "ir10.mkv", luma_only=True) as reader:
         planes = next(iter(reader)).planes
     assert planes.layout == "gray" and planes.size == (48, 32)
@@ -167,3 +159,10 @@ def test_batch_inputs_share_one_allocation_and_match_the_plane_by_plane_conversi
     low, high = (0, 255) if full_range else (16, 235)
     expected_y = (np.clip(frames[1][0], low, high).astype(np.float32) - low) / (high - low)
     np.testing.assert_allclose(vi.y[1, 0].numpy(), expected_y, atol=1e-7)
+
+
+def test_deep_planes_to_an_eight_bit_writer_are_refused(tmp_path):
+    deep = np.zeros((8, 8), np.uint16)
+    with VideoWriter(tmp_path / "x.mp4", 10) as writer, pytest.raises(ValueError, match="deep 4:2:0 pixel_format"):
+        writer.write_planes(deep, deep[:4, :4], deep[:4, :4])
+    assert not (tmp_path / "x.mp4").exists()  # refused before the file was opened
