@@ -33,6 +33,7 @@ import logging
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -49,6 +50,13 @@ from pipeline.registration import Registrar
 from pipeline.views import render
 
 log = logging.getLogger(__name__)
+
+
+class FusedOutput(Protocol):
+    """Where the worker puts fused frames: a ``FrameQueue``, or the runner's hand-off to the sinks."""
+
+    def put(self, frame: FusedFrame) -> bool: ...  # False: the run was aborted
+    def put_end(self, end: EndOfStream) -> None: ...
 
 
 class StyleSmoother:
@@ -103,8 +111,9 @@ class FusionWorker:
         self.batches = 0
         self.frames = 0
 
-    def run(self, pairs: dict[str, FrameQueue], out: FrameQueue) -> None:
-        """Fuse until every stream has ended, then put one end sentinel on ``out``.
+    def run(self, pairs: dict[str, FrameQueue], out: FusedOutput) -> None:
+        """Fuse until every stream has ended, then put one end sentinel on ``out`` (a queue,
+        or the runner's hand-off to the sinks).
 
         ``pairs``: one queue per stream (sharing one condition); batches take from them in
         turn (``pipeline.batching.FairCollector``), so a fast stream cannot starve a slow one.
@@ -119,7 +128,7 @@ class FusionWorker:
         finally:
             out.put_end(EndOfStream("*"))
 
-    def _fuse_until_ended(self, out: FrameQueue) -> None:
+    def _fuse_until_ended(self, out: FusedOutput) -> None:
         assert self.collector is not None
         while not self.collector.batcher.finished:
             batch, ended = self.collector.collect()

@@ -2,10 +2,10 @@
 
 Threads and the bounded queues between them::
 
-    reader ir ─┐                        (other streams' paired queues)    ┌─> queue ─> sink 1
-               ├─> pairing ─> paired ─┬─> fusion ─> fused ─> fan-out ─┼─> queue ─> sink 2
-    reader vi ─┘  one per stream pair, │   one thread,         one thread └─> ...  a thread each
-                  a queue each ────────┘   round-robin batches
+    reader ir ─┐                        (other streams' paired queues)  ┌─> queue ─> sink 1
+               ├─> pairing ─> paired ─┬─> fusion (and fan-out) ───────┼─> queue ─> sink 2
+    reader vi ─┘  one per stream pair, │   one thread, round-robin     └─> ...  a thread each
+                  a queue each ────────┘   batches, each fused frame onto every sink's queue
 
 Frames travel as planes in their cameras' layouts up to the fusion worker, which
 converts, registers and fuses them on its device and renders what the sinks asked for.
@@ -244,12 +244,10 @@ class Pipeline:
         condition = threading.Condition()
         if live:  # short queues that keep the newest frames: latency stays bounded when a stage is slow
             paired = {s.id: FrameQueue(f"{s.id}.paired", batch, drop_oldest=True, condition=condition) for s in self._streams}
-            fused = FrameQueue("fused", run.live_queue_size, drop_oldest=True)
         else:  # room for two batches, and producers wait: nothing is lost
             size = max(run.queue_size, 2 * batch)
             paired = {s.id: FrameQueue(f"{s.id}.paired", size, condition=condition) for s in self._streams}
-            fused = FrameQueue("fused", size)
-        self._queues += [*paired.values(), fused]
+        self._queues += list(paired.values())
         for q in self._queues:
             self.stats.watch_queue(q)
         threads = []
@@ -258,15 +256,14 @@ class Pipeline:
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
                 threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, origin))
-        threads.append(self._thread("fuse", worker.run, paired, fused))
         sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
         self._queues += fanout.queues
         for q in fanout.queues:
             self.stats.watch_queue(q)
         sink_threads = [self._thread(f"sink-{i}-{sink.kind or type(sink).__name__}", fanout.drain, i) for i, sink in enumerate(sinks)]
-        threads += sink_threads  # started before the fan-out, which joins them
-        threads.append(self._thread("sinks", self._fan_out, fanout, fused, infos, live, sink_threads))
+        threads += sink_threads  # started before the fusion thread, which joins them
+        threads.append(self._thread("fuse", self._fuse, worker, paired, fanout, infos, live, sink_threads))
         for thread in threads:
             thread.start()
         return threads
@@ -281,7 +278,7 @@ class Pipeline:
                 log.debug("thread %s failed", name, exc_info=True)
                 self._fail(exc)
             finally:
-                if name == "sinks":
+                if name == "fuse":  # the last stage: it has waited for the sinks
                     self._done.set()
 
         return threading.Thread(target=body, name=name, daemon=True)
@@ -300,19 +297,23 @@ class Pipeline:
         finally:
             out.put_end(EndOfStream(stream.id))
 
-    def _fan_out(self, fanout: SinkFanout, fused: FrameQueue, infos: dict[str, StreamInfo], live: bool, sink_threads: list[threading.Thread]) -> None:
-        """Hand each fused frame to every sink's queue; at the end, wait for the sinks to finish."""
+    def _fuse(self, worker: FusionWorker, paired: dict[str, FrameQueue], fanout: SinkFanout, infos: dict[str, StreamInfo],
+              live: bool, sink_threads: list[threading.Thread]) -> None:
+        """The fusion thread: fuse, and hand each frame straight to every sink's queue; at the
+        end, wait for the sinks to finish. An error aborts the run at once (the sinks stop
+        instead of writing what they hold, and still close their files)."""
         expected = [info.expected_frames for info in infos.values()]
         total = None if live or None in expected else sum(min(n, self.config.run.max_frames or n) for n in expected)
         show = self.config.run.progress and not live
         try:
             with tqdm(total=total, unit="frame", desc="fuse", disable=not show, leave=False) as bar:
-                while not isinstance(frame := fused.get(), EndOfStream):
-                    if not fanout.put(frame):
-                        return
-                    bar.update(1)
+                worker.run(paired, _ToSinks(fanout, bar))
+        except Cancelled:
+            pass
+        except BaseException as exc:  # noqa: BLE001 (handed to the main thread, raised there)
+            log.debug("the fusion thread failed", exc_info=True)
+            self._fail(exc)
         finally:
-            fanout.end()
             for thread in sink_threads:
                 thread.join()
 
@@ -441,6 +442,24 @@ def run_pipeline(
     ``cv2.VideoCapture`` for camera sources (fake cameras in tests).
     """
     return Pipeline(config, fuser, extra_sinks=extra_sinks, open_capture=open_capture).run()
+
+
+class _ToSinks:
+    """The fusion worker's output: each fused frame onto every sink's own queue (no queue
+    and thread of its own in between: a hand-off fewer per frame), the progress bar moved on."""
+
+    def __init__(self, fanout: SinkFanout, bar: tqdm) -> None:
+        self._fanout = fanout
+        self._bar = bar
+
+    def put(self, frame: FusedFrame) -> bool:
+        if not self._fanout.put(frame):
+            return False
+        self._bar.update(1)
+        return True
+
+    def put_end(self, end: EndOfStream) -> None:
+        self._fanout.put_end(end)
 
 
 class _ConsumerSink(Sink):

@@ -320,9 +320,10 @@ class SinkFanout:
             self._remaining[(frame.meta.stream, frame.meta.seq)] = [len(self.sinks), True]
         return all(q.put(frame) for q in self.queues)
 
-    def end(self) -> None:
+    def put_end(self, end: EndOfStream) -> None:
+        """No more frames: each sink's thread ends after the frames its queue holds."""
         for q in self.queues:
-            q.put_end(EndOfStream("*"))
+            q.put_end(end)
 
     def drain(self, index: int) -> None:
         """Sink ``index``'s thread: write until the end sentinel."""

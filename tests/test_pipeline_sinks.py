@@ -17,7 +17,7 @@ import yaml
 import pipeline
 from ldfusion.errors import ConfigError
 from pipeline.config import SINK_KINDS, SinkConfig
-from pipeline.frames import FrameMeta, FusedFrame
+from pipeline.frames import EndOfStream, FrameMeta, FusedFrame
 from pipeline.runner import run_pipeline
 from pipeline.sinks import SINKS, CallbackSink, SinkFanout, build_sinks
 from tests.conftest import REPO_ROOT
@@ -73,7 +73,7 @@ def test_a_slow_sink_does_not_stall_another(live):
         time.sleep(0.01)
     assert [f.meta.seq for f in fast.frames] == list(range(n)) and slow.seen == []  # the fast sink did not wait
     slow.release.set()
-    fanout.end()
+    fanout.put_end(EndOfStream("*"))
     for thread in threads:
         thread.join(5)
     if live:  # the slow sink kept the newest frames and its queue counted the rest
