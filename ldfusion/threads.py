@@ -13,7 +13,8 @@ Small tensor ops beside the network (a pipeline's range conversion, checks, merg
 of 0.02-0.1 ms over a frame) run on one thread (``torch_threads(1)`` in the fusion
 thread): OpenMP would wake a second thread for each, on a core the decoders are using, and
 the wake-ups cost more than they save (the pipeline with an identity network at 640x512 on
-2 cores: 1.5 instead of 2.1 ms of CPU a frame, and 30% more frames a second). The network
+2 cores: 1.2-1.5 instead of 1.6-2.5 ms of CPU a frame, and a quarter to a half more frames a
+second). The network
 itself still gets ``network_threads()`` (``Fuser`` sets them around each call).
 
 Thread counts come from the cores this process may run on (``sched_getaffinity``, which

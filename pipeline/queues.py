@@ -5,8 +5,8 @@ Two policies, chosen per queue:
 - blocking (file mode): ``put`` waits for room, so nothing read from a file is lost. A
   producer that finds the queue full waits until it has drained to half, then refills it:
   it wakes once for every ``maxsize / 2`` items taken instead of for each one (every wake-up
-  is a thread switch and a turn of the GIL, which on 2 cores cost the pipeline more than
-  its own per-frame work);
+  is a thread switch and a turn of the GIL: at one a frame they were half of the pairing
+  thread's CPU time);
 - drop-oldest (live mode): ``put`` on a full queue discards the oldest frame and counts it,
   so a slow consumer always sees the newest frames and latency stays bounded.
 
