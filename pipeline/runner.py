@@ -61,7 +61,7 @@ class StreamSummary:
     read_vi: int
     unpaired_ir: int  # IR frames that made no output frame (no visible frame within the slop, or unused)
     unpaired_vi: int
-    dropped: int  # frames live-mode queues discarded to stay current (camera, paired and fused queues)
+    dropped: int  # frames live-mode queues discarded to stay current (camera, paired and sink queues)
     outages_ir: int = 0  # live: times the IR camera stopped delivering
     outages_vi: int = 0
     reconnects_ir: int = 0  # live: times it was reopened and delivered again
