@@ -98,7 +98,9 @@ def ffmpeg_reason(exc: BaseException) -> str:
 class VideoReader:
     """Frames of a video file's first video stream as ``DecodedFrame``s.
 
-    ``luma_only``: hand out the Y plane alone (infrared). ``ir_16bit``: the deep-luma rule
+    ``luma_only``: hand out the Y plane alone (infrared). ``threads``: FFmpeg's decoding
+    threads (None: its own choice, about one per core; see ``ldfusion.threads.decoder_threads``
+    for readers that run side by side). ``ir_16bit``: the deep-luma rule
     (``stretch`` or ``scale``, as for 16-bit infrared images). ``decode``: ``cpu`` (default),
     ``cuda`` or ``auto`` (a video source's ``decode`` key), resolved by
     ``ldfusion.codecs.choose_decoder`` for the file's codec: NVDEC when it opens, else the CPU
@@ -108,7 +110,7 @@ class VideoReader:
 
     def __init__(
         self, path: str | os.PathLike, luma_only: bool = False, max_frames: int | None = None, ir_16bit: str = "stretch",
-        decode: str = "cpu",
+        decode: str = "cpu", threads: int | None = None,
     ):
         self.path = Path(path)
         if not self.path.is_file():
@@ -123,6 +125,8 @@ class VideoReader:
                 self.decoder = choice.device
         self._stream = self._container.streams.video[0]
         self._stream.thread_type = "AUTO"  # frame-parallel decoding
+        if threads is not None:
+            self._stream.codec_context.thread_count = max(1, threads)  # read when the decoder opens, at the first packet
         self._luma_only = luma_only
         self._max_frames = max_frames
         self._ir_16bit = ir_16bit

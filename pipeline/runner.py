@@ -35,6 +35,7 @@ from calibration.fileformat import Registration, load_registration
 from ldfusion.config import to_dict, write_yaml
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.redact import mask_credentials
+from ldfusion.threads import decoder_threads
 from pipeline.config import PipelineConfig, StreamConfig
 from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
 from pipeline.fusion_worker import FusionWorker
@@ -207,11 +208,13 @@ class Pipeline:
     def _open_streams(self, fuser: Fuser, live: bool, origin: float, cleanup: contextlib.ExitStack) -> None:
         """Open every source now, so a missing file or camera is an error before any thread starts."""
         size = self.config.run.live_queue_size if live else self.config.run.queue_size
+        files = [s for c in self.config.streams for s in (c.ir, c.visible) if s.kind == "video"]
+        threads = decoder_threads(len(files)) if files else None  # the video readers share the cores
         for config in self.config.streams:
             registration = _load_calibration(config)
             sources = []
             for kind, source_config in ((IR, config.ir), (VISIBLE, config.visible)):
-                source = open_source(source_config, kind, origin, self._open_capture)
+                source = open_source(source_config, kind, origin, self._open_capture, threads)
                 cleanup.callback(source.close)
                 sources.append(source)
             ir, visible = sources

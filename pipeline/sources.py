@@ -101,9 +101,10 @@ class Source(ABC):
 class VideoFileSource(Source):
     """A video file through ``ldfusion.video.VideoReader``: planes as decoded, infrared as luma."""
 
-    def __init__(self, path: Path, kind: str, max_frames: int | None = None, decode: str = "cpu") -> None:
+    def __init__(self, path: Path, kind: str, max_frames: int | None = None, decode: str = "cpu",
+                 threads: int | None = None) -> None:
         super().__init__(kind, str(path))
-        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames, decode=decode)
+        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames, decode=decode, threads=threads)
         self.time_base = self._reader.time_base
         self.rate = self._reader.rate
         if not self._reader.rate_stated:
@@ -344,9 +345,11 @@ def camera_planes(image: np.ndarray, name: str = "camera") -> Planes:
 # --- opening and driving ------------------------------------------------------------------
 
 
-def open_source(config: SourceConfig, kind: str, clock_origin: float, open_capture: OpenCapture | None = None) -> Source:
+def open_source(config: SourceConfig, kind: str, clock_origin: float, open_capture: OpenCapture | None = None,
+                decoder_threads: int | None = None) -> Source:
+    """``decoder_threads``: FFmpeg threads for a video file (None: FFmpeg's choice)."""
     if config.kind == "video":
-        return VideoFileSource(Path(str(config.path)), kind, config.max_frames, config.decode)
+        return VideoFileSource(Path(str(config.path)), kind, config.max_frames, config.decode, decoder_threads)
     if config.kind == "images":
         assert config.fps is not None  # checked by SourceConfig
         return ImageFolderSource(Path(str(config.path)), kind, config.fps, config.max_frames)

@@ -282,3 +282,32 @@ def test_fragmented_mp4_plays_too(tmp_path, lite):
     run_pipeline(make_config(ir, vi, sinks=sinks, out_dir=tmp_path), lite)
     video = read_video(tmp_path / "frag.mp4")
     assert len(video["frames"]) == 6 and all(b > a for a, b in zip(video["pts"], video["pts"][1:]))
+
+
+def test_video_readers_share_the_cores(tmp_path, lite, monkeypatch):
+    """Each video reader gets the cores divided among the readers of the run (FFmpeg's own
+    choice would give each a thread per core), and still decodes every frame."""
+    import ldfusion.threads
+    import ldfusion.video
+
+    monkeypatch.setattr(ldfusion.threads, "available_cores", lambda: 4)
+    counts = []
+    original = ldfusion.video.VideoReader.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        counts.append(self._stream.codec_context.thread_count)
+
+    monkeypatch.setattr(ldfusion.video.VideoReader, "__init__", spy)
+    ir = marked_video(tmp_path / "ir.mp4", 6, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 6, 30, seed=2)
+    summary = run_pipeline(make_config(ir, vi), lite)
+    assert counts == [2, 2] and summary.frames_out == 6
+
+
+def test_decoder_threads_divide_the_cores(monkeypatch):
+    import ldfusion.threads
+
+    for cores, readers, expected in ((2, 2, 1), (16, 2, 8), (1, 6, 1), (4, 3, 1), (8, 1, 8)):
+        monkeypatch.setattr(ldfusion.threads, "available_cores", lambda cores=cores: cores)
+        assert ldfusion.threads.decoder_threads(readers) == expected

@@ -166,3 +166,13 @@ def test_deep_planes_to_an_eight_bit_writer_are_refused(tmp_path):
     with VideoWriter(tmp_path / "x.mp4", 10) as writer, pytest.raises(ValueError, match="deep 4:2:0 pixel_format"):
         writer.write_planes(deep, deep[:4, :4], deep[:4, :4])
     assert not (tmp_path / "x.mp4").exists()  # refused before the file was opened
+
+
+def test_reader_threads_change_the_speed_not_the_frames(tmp_path):
+    from tests.pipeline_helpers import marked_video
+
+    clip = marked_video(tmp_path / "clip.mp4", 8, 30, seed=3)
+    with VideoReader(clip) as auto, VideoReader(clip, threads=1) as single:
+        assert single._stream.codec_context.thread_count == 1
+        frames = [(a.planes.data[0], b.planes.data[0]) for a, b in zip(auto, single)]
+    assert len(frames) == 8 and all(np.array_equal(a, b) for a, b in frames)
