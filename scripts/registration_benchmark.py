@@ -151,6 +151,13 @@ def scene_benchmark(folder: Path, datasets: list[str], limit: int | None, seed: 
     written = errors[confident]
     if len(written):
         print(f"  written results: {len(written)}, median {np.median(written):.2f} px, p95 {np.percentile(written, 95):.2f} px, worst {written.max():.2f} px")
+    trusted = np.array([row[6] for row in rows])  # the reference itself passed the confidence test
+    if trusted.any():
+        e = errors[trusted]
+        print(
+            f"  pairs whose reference was confident ({int(trusted.sum())}): median {np.median(e):.2f} px, p95 {np.percentile(e, 95):.2f} px, "
+            f"failures {int((e > FAILURE_PX).sum())} (written {int(((e > FAILURE_PX) & confident[trusted]).sum())})"
+        )
     print(f"  time per pair: mean {seconds.mean():.2f} s, median {np.median(seconds):.2f} s")
 
 
