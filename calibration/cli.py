@@ -131,7 +131,7 @@ def _add_scene(commands) -> None:
     )
     sub.add_argument("--max-width", type=int, default=640, help="refine at most this wide, for speed (default: 640)")
     sub.add_argument(
-        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.3)"
+        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.5)"
     )
     sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
     _add_model(sub)
