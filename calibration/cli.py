@@ -110,14 +110,15 @@ def _add_scene(commands) -> None:
     sub = _subparser(
         commands,
         "scene",
-        "from ordinary scene pairs, no target (global search, then edge-based ECC)",
+        "from ordinary scene pairs, no target (global search, then robust tile fits on edges)",
         "Register the infrared image onto the visible one from the scene itself: a global search over "
-        "the declared range of scale, rotation and shift (edge maps, phase correlation), then ECC on "
-        "edge maps, coarse to fine, from the best few candidates. The start is the frames stretched "
-        "over each other, or --init. With videos and --frames N, N frame pairs are registered and the "
-        "answer most of them agree on wins. A confidence from held-out tiles (lowered when frames "
-        "disagree) decides: below --min-confidence the command exits 1 with the reason and "
-        "writes nothing, unless --force.",
+        "the declared range of scale, rotation and shift (oriented edges, normalised correlation over "
+        "every shift), then tile matching and robust fits, coarse to fine, from the best few candidates. "
+        "The start is the frames stretched over each other, or --init. With videos and --frames N, N "
+        "frame pairs are registered and the answer most of them agree on wins. A confidence from "
+        "held-out tiles and from whether the answer stays put when refined on resampled images "
+        "(lowered when frames disagree) decides: below --min-confidence the command exits 1 with the "
+        "reason and writes nothing, unless --force.",
     )
     sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video with --frames")
     sub.add_argument("--vi", required=True, type=Path, help="visible image, or video with --frames")
@@ -130,7 +131,7 @@ def _add_scene(commands) -> None:
     )
     sub.add_argument("--max-width", type=int, default=640, help="refine at most this wide, for speed (default: 640)")
     sub.add_argument(
-        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.7)"
+        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.5)"
     )
     sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
     _add_model(sub)
@@ -280,7 +281,7 @@ def run_scene(args: argparse.Namespace) -> int:
     if result.confidence.score < min_confidence and not args.force:
         print(
             f"{PROG} scene: refused: confidence {result.confidence.score:.2f} is below {min_confidence:g} "
-            f"({result.confidence.tiles_agreeing} of {result.confidence.tiles_informative} informative tiles agree); "
+            f"({_confidence_reason(result.confidence)}); "
             "nothing written (try more frames, a pair with more shared structure, --init, or --force)",
             file=sys.stderr,
         )
@@ -299,6 +300,16 @@ def run_scene(args: argparse.Namespace) -> int:
         log.warning("confidence %.2f is below %g: written anyway (--force)", result.confidence.score, min_confidence)
     print(f"wrote {args.out}")
     return 0
+
+
+def _confidence_reason(confidence) -> str:
+    """The part of the confidence that sank it, in a few words."""
+    from calibration.scene import STABILITY_PX
+
+    moved = confidence.stability_px
+    if moved is not None and not moved <= STABILITY_PX:
+        return f"the answer moves {moved:.1f} px when refined on resampled images"
+    return f"{confidence.tiles_agreeing} of {confidence.tiles_informative} informative tiles agree"
 
 
 def _scene_pairs(args: argparse.Namespace) -> list:

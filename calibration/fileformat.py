@@ -9,7 +9,7 @@ One YAML file, written by ``ldfusion calibrate`` and read by the pipeline::
     source_size: [640, 512]      # [width, height] of the source images
     destination_size: [1920, 1080]
     time_offset_s: 0.0           # add to IR timestamps to put them on the visible clock
-    method: checkerboard         # checkerboard | charuco | ecc | features+ecc | points | size-ratio | identity
+    method: checkerboard         # checkerboard | charuco | edge-tiles | ecc (older) | points | size-ratio | identity
     error_px: 0.31               # RMS reprojection / residual error, in destination pixels
     crop: null                   # optional [x, y, w, h] common field of view in the destination
     cameras: null                # optional intrinsics/distortion/stereo extrinsics (below)

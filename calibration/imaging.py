@@ -6,6 +6,8 @@ homography ``H`` maps source pixels (x, y, 1) to destination pixels.
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -161,3 +163,22 @@ def corner_error(H_estimate: np.ndarray, H_true: np.ndarray, source_size: Size) 
 def reprojection_rms(H: np.ndarray, source_points: np.ndarray, destination_points: np.ndarray) -> float:
     diff = apply_homography(H, source_points) - np.asarray(destination_points, dtype=np.float64).reshape(-1, 2)
     return float(np.sqrt(np.mean(np.sum(diff**2, axis=1)))) if len(diff) else float("nan")
+
+
+def pixel_ratio(H: np.ndarray, source_size: Size) -> float:
+    """Destination pixels per source pixel at the source's centre (sqrt of the area ratio)."""
+    x, y = (source_size[0] - 1) / 2, (source_size[1] - 1) / 2
+    samples = apply_homography(H, np.array([[x, y], [x + 1, y], [x, y + 1]]))
+    jacobian = np.stack([samples[1] - samples[0], samples[2] - samples[0]], axis=1)
+    ratio = math.sqrt(abs(np.linalg.det(jacobian)))
+    return ratio if math.isfinite(ratio) and ratio > 0 else 1.0
+
+
+def resize_by(image: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    """Image resized by ``factor`` (area averaging) and the 3x3 map from old to new pixels."""
+    if abs(factor - 1.0) < 1e-9:
+        return image, np.eye(3)
+    width, height = image_size(image)
+    new_size = (max(8, round(width * factor)), max(8, round(height * factor)))
+    resized = cv2.resize(image, new_size, interpolation=cv2.INTER_AREA)
+    return resized, scaling(new_size[0] / width, new_size[1] / height)

@@ -13,12 +13,14 @@ Two measures, both on edge features (what the two modalities share):
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from calibration.imaging import edge_features, image_size, valid_mask, warp_to_destination
+from calibration.imaging import edge_features, image_size, pixel_ratio, to_gray_float, valid_mask, warp_to_destination
+from calibration.tiles import infrared_corners, level_images, match_tiles, tile_evidence, warped_edges
 
 log = logging.getLogger(__name__)
 
@@ -91,35 +93,44 @@ def _robust_rms(shifts: np.ndarray) -> float | None:
 
 # --- confidence ---------------------------------------------------------------------------
 
-AGREEING_TILE_PX = 2.0  # a tile whose own best shift is within this (visible pixels) agrees
-INFORMATIVE_TILE_RESPONSE = 0.1  # phase-correlation peak height of a tile with shared structure
-MIN_INFORMATIVE_TILES = 8  # fewer informative tiles than this cannot make a confident answer
-CONFIDENCE_WIDTH = 480  # tiles are checked at most this wide
+CONFIDENCE_WIDTH = 640  # tiles are checked at most this wide (the finest refinement level)
+CONFIDENCE_RADIUS = 5  # each tile looks for its content within +- this many pixels
+MIN_AGREEING_TILES = 12  # fewer agreeing tiles than this cannot make a confident answer
+HELD_OUT_PX = 1.5  # a held-out corner disagreement of this size halves the score
 
 
 @dataclass(frozen=True)
 class Confidence:
-    """How far the data back a registration; ``score`` in [0, 1]; `calibrate scene` refuses below 0.7.
+    """How far the data back a registration; ``score`` in [0, 1]; `calibrate scene` refuses below its threshold.
 
-    Held-out tiles: each tile of the visible image is aligned on its own with the warped
-    infrared one (phase correlation on edge maps, nothing shared with the global fit). Where
-    the registration is right, tiles with shared structure find no shift of their own; where
-    it is wrong, their shifts scatter. ``score`` is the share of tiles that agree, out of at
-    least ``MIN_INFORMATIVE_TILES`` (so a blank or smoky frame, with few informative tiles,
-    scores low). Starts and frames that reached the same answer are reported beside it.
+    Held-out tiles (:mod:`calibration.tiles`): each tile of the visible image looks for its
+    content in the warped infrared image on its own. Where the registration is right, tiles
+    with shared structure find it where H puts it, and fits to two disjoint halves of them
+    agree at the frame's corners; where it is wrong, or the shared structure is scarce or
+    clustered in one place, they scatter or disagree. ``score`` is the share of informative
+    tiles that agree, times min(1, agreeing / MIN_AGREEING_TILES), times
+    1 / (1 + (held-out corner disagreement / HELD_OUT_PX)^2); :func:`calibration.scene.scene_confidence`
+    multiplies that by 1 / (1 + (stability / STABILITY_PX)^2), where stability is how far the
+    answer moves when refined on resampled images. Starts and frames that reached the same
+    answer are reported beside it.
     """
 
     score: float
     tiles_agreeing: int
     tiles_informative: int
+    held_out_px: float = math.inf  # half the RMS corner distance between fits to two halves of the tiles
+    remaining_px: float = math.inf  # how far the fit to all tiles would still move the corners
+    stability_px: float | None = None  # how far a refinement on resampled images moves it (scene.scene_confidence)
     starts_agreeing: int = 1
     starts: int = 1
     frames_agreeing: int = 1
     frames: int = 1
 
     def describe(self) -> str:
+        moved = f"moves {self.stability_px:.2f} px when resampled, " if self.stability_px is not None else ""
         text = (
             f"confidence {self.score:.2f}: {self.tiles_agreeing} of {self.tiles_informative} informative tiles agree, "
+            f"held-out corner disagreement {self.held_out_px:.2f} px, {moved}"
             f"{self.starts_agreeing} of {self.starts} search starts agree"
         )
         return text + (f", {self.frames_agreeing} of {self.frames} frame pairs agree" if self.frames > 1 else "")
@@ -127,33 +138,21 @@ class Confidence:
 
 def registration_confidence(ir: np.ndarray, vi: np.ndarray, H: np.ndarray, starts_agreeing: int = 1, starts: int = 1) -> Confidence:
     """Held-out tile agreement of H (infrared -> visible pixels) on one pair; see :class:`Confidence`."""
-    factor = min(1.0, CONFIDENCE_WIDTH / image_size(vi)[0])
-    if factor < 1.0:
-        vi = cv2.resize(vi, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        H = np.diag([factor, factor, 1.0]) @ H
-    shifts, responses = _tile_shifts(ir, vi, H)
-    informative = responses >= INFORMATIVE_TILE_RESPONSE
-    lengths = np.hypot(shifts[:, 0], shifts[:, 1]) / factor if len(shifts) else np.zeros(0)
-    agreeing = int(np.count_nonzero(informative & (lengths <= AGREEING_TILE_PX)))
-    count = int(np.count_nonzero(informative))
-    score = agreeing / max(count, MIN_INFORMATIVE_TILES)
-    return Confidence(float(score), agreeing, count, starts_agreeing, starts)
-
-
-def _tile_shifts(ir: np.ndarray, vi: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-tile (dx, dy) and phase-correlation response on a grid of half-overlapping tiles."""
-    vi_features, ir_features, mask = warped_features(ir, vi, H)
-    width, height = image_size(vi)
-    tile = _default_tile(width, height)
-    window = cv2.createHanningWindow((tile, tile), cv2.CV_64F)
-    shifts, responses = [], []
-    for y in range(0, height - tile + 1, tile // 2):
-        for x in range(0, width - tile + 1, tile // 2):
-            if mask[y : y + tile, x : x + tile].mean() < 255 * MIN_TILE_EDGE_FRACTION:
-                continue
-            a = vi_features[y : y + tile, x : x + tile].astype(np.float64)
-            b = ir_features[y : y + tile, x : x + tile].astype(np.float64)
-            (dx, dy), response = cv2.phaseCorrelate(a, b, window)
-            shifts.append((dx, dy))
-            responses.append(response)
-    return np.array(shifts, np.float64).reshape(-1, 2), np.array(responses, np.float64)
+    ir_gray, vi_gray = to_gray_float(ir), to_gray_float(vi)
+    vi_small, ir_small, S_vi, S_ir = level_images(ir_gray, vi_gray, pixel_ratio(H, image_size(ir)), CONFIDENCE_WIDTH)
+    H_level = S_vi @ H @ np.linalg.inv(S_ir)
+    ir_edges, mask = warped_edges(ir_small, H_level, image_size(vi_small))
+    matches = match_tiles(edge_features(vi_small, 1.0, oriented=True), ir_edges, mask, CONFIDENCE_RADIUS)
+    perspective = bool(np.any(np.abs(H[2, :2]) > 1e-12))
+    evidence = tile_evidence(matches, infrared_corners(H_level, image_size(ir_small)), perspective, 1.0 / S_vi[0, 0])
+    enough = min(1.0, evidence.tiles_agreeing / MIN_AGREEING_TILES)
+    score = evidence.agreeing_share * enough / (1.0 + (evidence.held_out_px / HELD_OUT_PX) ** 2)
+    return Confidence(
+        float(score),
+        evidence.tiles_agreeing,
+        evidence.tiles_informative,
+        held_out_px=evidence.held_out_px,
+        remaining_px=evidence.remaining_px,
+        starts_agreeing=starts_agreeing,
+        starts=starts,
+    )

@@ -4,17 +4,21 @@ Infrared and visible intensities are unrelated (a warm road is bright in one, da
 other), but edges fall in the same places. Both images become edge maps
 (:func:`calibration.imaging.edge_features`: gradient magnitude over its local average), and:
 
-1. **Global search** over the declared range (:class:`SearchRange`): on small edge maps
-   (``search_width`` pixels wide), every (scale, rotation) on a grid is tried; for each, the
-   shift comes from phase correlation restricted to the allowed shifts, and the candidate is
-   scored by the correlation of the two edge maps over their overlap. A local method alone
-   (ECC from the identity) finds the nearest optimum, which on real rigs (a few degrees, a
-   few percent of scale, 10 px) is often the wrong one.
-2. **Refinement** of the best few candidates (independent starts) by ECC on the edge maps,
-   coarse to fine: affine at the coarse levels, the full model at the finest (up to 640 px wide).
-3. **Confidence** (:func:`calibration.quality.registration_confidence`): held-out tiles,
-   each aligned on its own, must agree with the global answer, and the independent starts
-   that reach the same optimum must agree with each other. The caller refuses a result whose
+1. **Global search** over the declared range (:class:`SearchRange`): on small oriented-edge
+   maps (``search_width`` pixels wide, edge direction as a doubled angle), every (scale,
+   rotation) on a grid is tried, and for each the masked normalised correlation over every
+   allowed shift (:mod:`calibration.correlation`) gives the best shift and its score. A local
+   method alone (ECC from the identity) finds the nearest optimum, which on real rigs (a few
+   degrees, a few percent of scale, 10 px) is often the wrong one.
+2. **Refinement** of the best few distinct candidates (independent starts), coarse to fine, by
+   tile matching and robust fits (:mod:`calibration.tiles`): the coarsest level fits affine
+   updates in a wide window, the finer ones the full model (up to 640 px wide). Tiles that see
+   what one modality alone shows drop out of the fit instead of pulling on it. The finished
+   candidate with the most tile support wins.
+3. **Confidence** (:func:`scene_confidence`): held-out tiles must agree with the answer
+   (:func:`calibration.quality.registration_confidence`), and the answer must stay put when
+   refined again on differently sampled images (the failures on real pairs are answers that
+   the data do not pin: they wander with the sampling). The caller refuses a result whose
    confidence is below ``MIN_CONFIDENCE``.
 
 Several frame pairs of one rig (:func:`register_frames`) are registered one by one and the
@@ -35,6 +39,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from calibration.correlation import MaskedCorrelation
 from calibration.fileformat import CalibrationError
 from calibration.imaging import (
     Size,
@@ -43,16 +48,23 @@ from calibration.imaging import (
     image_corners,
     image_size,
     normalise_homography,
-    scaling,
+    pixel_ratio,
     size_ratio_homography,
+    to_gray_float,
 )
-from calibration.quality import Confidence, Residual, local_residual, registration_confidence
+from calibration.quality import Confidence, Residual, alignment_score, local_residual, registration_confidence
+from calibration.tiles import fit_update, infrared_corners, level_images, match_tiles, warped_edges
 
 log = logging.getLogger(__name__)
 
-MOTIONS = {"homography": cv2.MOTION_HOMOGRAPHY, "affine": cv2.MOTION_AFFINE}
-AFFINE_LEVELS = 2  # the coarsest levels fit affine maps only; perspective is left to the finer ones
-MIN_CONFIDENCE = 0.7  # below this a result is refused (see quality.registration_confidence); set on the benchmark
+MODELS = ("homography", "affine")
+COARSE_RADIUS, COARSE_ROUNDS = 6, 3  # search level: tiles matched within +-6 pixels (24 at 640 wide), 3 fits
+FINE_RADIUS, FINE_ROUNDS = 4, 8  # finer levels: the coarse answer is within a pixel or two there; fit until settled
+SEARCH_SIGMA = 1.5  # the search level's edges are blurred this much (pixels): its grid is coarse
+CONVERGED_PX = 0.05  # a fit that moves no corner further than this (level pixels) ends the level
+MIN_CONFIDENCE = 0.5  # below this a result is refused (see scene_confidence); set on the benchmark (seed 0, 281 pairs)
+RESAMPLING = 0.7  # the stability check refines again on a pyramid this much narrower
+STABILITY_PX = 1.5  # a resampled refinement that moves a corner this far halves the confidence; set on the benchmark
 AGREEMENT_PX = 2.0  # two estimates within this corner distance (visible pixels) agree
 
 
@@ -89,26 +101,25 @@ class SceneOptions:
     search: SearchRange = field(default_factory=SearchRange)
     search_width: int = 160  # the global search works on edge maps this wide
     max_width: int = 640  # refinement works at most this wide; H is scaled back to full size
-    starts: int = 2  # refine this many distinct global candidates
-    iterations: int = 200  # ECC iterations per level
-    epsilon: float = 1e-6  # ECC stops when the correlation gains less than this
+    starts: int = 4  # refine this many distinct global candidates at the search level
+    finishers: int = 2  # and the best this many of those at the finer levels
 
     def __post_init__(self) -> None:
-        if self.model not in MOTIONS:
-            raise CalibrationError(f"model must be one of {tuple(MOTIONS)}; got {self.model!r}")
+        if self.model not in MODELS:
+            raise CalibrationError(f"model must be one of {MODELS}; got {self.model!r}")
         if self.search_width < 64 or self.max_width < self.search_width:
             raise CalibrationError("search_width must be >= 64 and max_width >= search_width")
-        if self.starts < 1 or self.iterations < 1 or self.epsilon <= 0:
-            raise CalibrationError("starts >= 1, iterations >= 1 and epsilon > 0 are required")
+        if not 1 <= self.finishers <= self.starts:
+            raise CalibrationError(f"1 <= finishers <= starts is required; got {self.finishers} and {self.starts}")
 
 
 @dataclass(frozen=True)
 class SceneResult:
     H: np.ndarray  # (3, 3) infrared pixels -> visible pixels
-    correlation: float  # final ECC correlation of the edge maps, in [-1, 1]
+    correlation: float  # edge correlation over the shared area (quality.alignment_score), in [-1, 1]
     residual: Residual  # remaining per-tile misalignment, visible pixels
     confidence: Confidence  # how far the data back the answer; see quality.registration_confidence
-    method: str = "ecc"
+    method: str = "edge-tiles"
 
     @property
     def confident(self) -> bool:
@@ -126,20 +137,47 @@ def register_scene(
     """
     ir_size, vi_size = image_size(ir), image_size(vi)
     start = size_ratio_homography(ir_size, vi_size) if init is None else normalise_homography(init)
-    pyramid = EdgePyramid.build(ir, vi, start, options)
+    pyramid = Pyramid.build(ir, vi, start, options)
     candidates = global_search(pyramid, start, options)
-    refined = []
-    for candidate in candidates:
-        H, correlation = refine(pyramid, candidate, options)
-        refined.append((correlation, H))
-    refined.sort(key=lambda item: -item[0] if math.isfinite(item[0]) else math.inf)
-    correlation, H = refined[0]
-    if not math.isfinite(correlation):
-        raise CalibrationError("the infrared and visible images do not overlap under any registration in the search range")
-    agreeing = sum(corner_distance(H, other, ir_size) < AGREEMENT_PX for _, other in refined)
-    confidence = registration_confidence(ir, vi, H, starts_agreeing=agreeing, starts=len(refined))
-    log.debug("scene: correlation %.3f, %d of %d starts agree, confidence %.2f", correlation, agreeing, len(refined), confidence.score)
-    return SceneResult(H, correlation, local_residual(ir, vi, H), confidence)
+    # Every candidate gets the coarse level; the best few by tile support go on to the finer ones.
+    coarse = sorted((refine_level(pyramid, 0, H, options) for H in candidates), key=lambda step: -step.support)
+    finished = [refine(pyramid, step.H, options, first_level=1) for step in coarse[: options.finishers]]
+    finished.sort(key=lambda step: -step.support)
+    best = finished[0]  # with no shared structure at all its support is 0 and the confidence below says so
+    agreeing = sum(corner_distance(best.H, step.H, ir_size) < AGREEMENT_PX for step in finished)
+    confidence = scene_confidence(ir, vi, best.H, options, starts_agreeing=agreeing, starts=len(finished))
+    correlation = alignment_score(ir, vi, best.H)
+    log.debug("scene: support %.1f, %d of %d starts agree, %s", best.support, agreeing, len(finished), confidence.describe())
+    return SceneResult(best.H, correlation, local_residual(ir, vi, best.H), confidence)
+
+
+def scene_confidence(
+    ir: np.ndarray, vi: np.ndarray, H: np.ndarray, options: SceneOptions = SceneOptions(), starts_agreeing: int = 1, starts: int = 1
+) -> Confidence:
+    """How far the data back H: held-out tiles (:func:`calibration.quality.registration_confidence`) and stability.
+
+    Stability: H refined again on images sampled differently (a pyramid 0.7 times as wide)
+    must stay where it is. Where the shared structure pins the map, it does (within a pixel
+    or two at the corners); where it does not (scarce or clustered structure, a flat or
+    ambiguous optimum, lens distortion that no homography fits), the answer wanders with the
+    sampling, and so it would with the camera's own. ``calibrate verify`` reports this score too.
+    """
+    tiles = registration_confidence(ir, vi, H, starts_agreeing, starts)
+    stability = resampled_drift(ir, vi, H, options)
+    score = tiles.score / (1.0 + (stability / STABILITY_PX) ** 2)
+    return dataclasses.replace(tiles, score=float(score), stability_px=stability)
+
+
+def resampled_drift(ir: np.ndarray, vi: np.ndarray, H: np.ndarray, options: SceneOptions = SceneOptions()) -> float:
+    """How far (largest corner move, visible pixels) H moves when refined on a pyramid 0.7 times as wide."""
+    top = min(options.max_width, image_size(vi)[0])
+    max_width = max(64, round(RESAMPLING * top))
+    other = dataclasses.replace(options, search_width=min(max_width, max(64, round(RESAMPLING * options.search_width))), max_width=max_width)
+    pyramid = Pyramid.build(ir, vi, H, other)
+    if len(pyramid.levels) < 2:
+        return 0.0
+    step = refine(pyramid, H, other, first_level=1)
+    return corner_distance(H, step.H, image_size(ir)) if step.support > 0 else math.inf
 
 
 def register_frames(
@@ -176,17 +214,16 @@ def register_frames(
     return SceneResult(winner.H, winner.correlation, winner.residual, confidence, winner.method)
 
 
-# --- the edge pyramid ---------------------------------------------------------------------
+# --- the pyramid ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class EdgeLevel:
-    vi: np.ndarray  # (h, w) float32 visible edge map at this level
-    ir: np.ndarray  # (h', w') float32 infrared edge map, pixel size matched to the visible one
+class Level:
+    vi: np.ndarray  # (h, w) float32 visible gray at this level
+    ir: np.ndarray  # (h', w') float32 infrared gray, pixel size matched to the visible one
+    vi_edges: np.ndarray  # (h, w, 3) oriented edges of vi
     S_vi: np.ndarray  # (3, 3) full-resolution visible pixels -> this level's
     S_ir: np.ndarray  # (3, 3) full-resolution infrared pixels -> this level's
-    vi_oriented: np.ndarray | None = None  # (h, w, 3) oriented edges, search level only
-    ir_oriented: np.ndarray | None = None
 
     def to_level(self, H: np.ndarray) -> np.ndarray:
         return normalise_homography(self.S_vi @ H @ np.linalg.inv(self.S_ir))
@@ -194,63 +231,61 @@ class EdgeLevel:
     def from_level(self, H_level: np.ndarray) -> np.ndarray:
         return normalise_homography(np.linalg.inv(self.S_vi) @ H_level @ self.S_ir)
 
+    @property
+    def pixel(self) -> float:
+        """One level pixel in full-resolution visible pixels."""
+        return 1.0 / self.S_vi[0, 0]
+
 
 @dataclass(frozen=True)
-class EdgePyramid:
-    levels: list[EdgeLevel]  # coarsest (the search level) first
+class Pyramid:
+    levels: list[Level]  # coarsest (the search level) first
     vi_size: Size
     ir_size: Size
 
     @staticmethod
-    def build(ir: np.ndarray, vi: np.ndarray, start: np.ndarray, options: SceneOptions) -> EdgePyramid:
-        """Edge maps at search_width, then doubling up to max_width (or the visible width)."""
+    def build(ir: np.ndarray, vi: np.ndarray, start: np.ndarray, options: SceneOptions) -> Pyramid:
+        """Gray images at search_width, then doubling up to max_width (or the visible width)."""
         ir_size, vi_size = image_size(ir), image_size(vi)
         top = min(options.max_width, vi_size[0])
         widths = [min(options.search_width, top)]
         while widths[-1] < top:
             widths.append(min(widths[-1] * 2, top))
         if len(widths) == 1:
-            widths.append(top)  # a small image: the search level (blurred more), then a sharp one
-        vi_per_ir = _pixel_ratio(start, ir_size)
+            widths.append(top)  # a small image: the coarse fit, then the fine one at the same width
+        vi_per_ir = pixel_ratio(start, ir_size)
+        ir_gray, vi_gray = to_gray_float(ir), to_gray_float(vi)
         levels = []
         for width in widths:
-            vi_factor = width / vi_size[0]
-            ir_factor = min(1.0, vi_factor * vi_per_ir)  # infrared pixels as big as the visible ones
-            vi_small, S_vi = _resize(vi, vi_factor)
-            ir_small, S_ir = _resize(ir, ir_factor)
-            search_level = not levels
-            sigma = 1.5 if search_level else 1.0
-            oriented = (edge_features(vi_small, sigma, oriented=True), edge_features(ir_small, sigma, oriented=True)) if search_level else (None, None)
-            levels.append(
-                EdgeLevel(edge_features(vi_small, sigma), edge_features(ir_small, sigma), S_vi, S_ir, *oriented)
-            )
-        return EdgePyramid(levels, vi_size, ir_size)
+            vi_small, ir_small, S_vi, S_ir = level_images(ir_gray, vi_gray, vi_per_ir, width)
+            levels.append(Level(vi_small, ir_small, edge_features(vi_small, 1.0, oriented=True), S_vi, S_ir))
+        return Pyramid(levels, vi_size, ir_size)
 
 
 # --- global search ------------------------------------------------------------------------
 
 
-def global_search(pyramid: EdgePyramid, start: np.ndarray, options: SceneOptions) -> list[np.ndarray]:
+def global_search(pyramid: Pyramid, start: np.ndarray, options: SceneOptions) -> list[np.ndarray]:
     """The best ``options.starts`` distinct similarity maps (full resolution) over the range."""
     level = pyramid.levels[0]
     vi_size = image_size(level.vi)
     centre = _centring(pyramid.vi_size)
     max_shift = options.search.max_shift * pyramid.vi_size[0] * level.S_vi[0, 0] + 2.0  # level pixels
-    window = cv2.createHanningWindow(vi_size, cv2.CV_32F)
-    vi_spectrum = _spectrum(level.vi, window)
+    # Oriented edges (edge direction as a doubled angle) tell candidates apart better than
+    # edge strength alone: clutter matches strength, rarely direction too.
+    vi_oriented, ir_oriented = (edge_features(image, SEARCH_SIGMA, oriented=True) for image in (level.vi, level.ir))
+    correlation = MaskedCorrelation(vi_oriented, max_shift)
+    ones = np.ones(level.ir.shape[:2], np.float32)
     scored = []
     for scale in options.search.scales():
         for angle in options.search.rotations():
             H = np.linalg.inv(centre) @ _similarity(scale, angle) @ centre @ start
             H_level = level.to_level(H)
-            warped, mask = _warp(level.ir, H_level, vi_size)
-            (dx, dy), _ = _phase_shift(vi_spectrum, _spectrum(warped, window), max_shift)
-            H_level = _translation(dx, dy) @ H_level
-            # Oriented edges (edge direction as a doubled angle) tell candidates apart better
-            # than edge strength alone: clutter matches strength, rarely direction too.
-            score = _overlap_correlation(level.vi_oriented, level.ir_oriented, H_level)
-            if math.isfinite(score):
-                scored.append((score, level.from_level(H_level), scale, angle))
+            warped = _rotate_directions(cv2.warpPerspective(ir_oriented, H_level, vi_size, flags=cv2.INTER_LINEAR), H_level)
+            mask = cv2.erode(cv2.warpPerspective(ones, H_level, vi_size, flags=cv2.INTER_NEAREST), np.ones((3, 3), np.uint8))
+            peak = correlation.best_shift(warped, mask)
+            if peak is not None:
+                scored.append((peak.score, level.from_level(_translation(*peak.shift) @ H_level), scale, angle))
     if not scored:
         raise CalibrationError("the infrared and visible images do not overlap under any registration in the search range")
     scored.sort(key=lambda item: -item[0])
@@ -264,77 +299,60 @@ def global_search(pyramid: EdgePyramid, start: np.ndarray, options: SceneOptions
     return [H for _, H, _, _ in chosen]
 
 
-def _spectrum(image: np.ndarray, window: np.ndarray) -> np.ndarray:
-    centred = (image - image.mean()) * window
-    return cv2.dft(centred.astype(np.float32), flags=cv2.DFT_COMPLEX_OUTPUT)
-
-
-def _phase_shift(reference: np.ndarray, moving: np.ndarray, max_shift: float) -> tuple[tuple[float, float], float]:
-    """The translation (dx, dy) that moves ``moving`` onto ``reference``, at most max_shift each way, and the peak height.
-
-    Phase correlation: the inverse of the whitened cross-power spectrum peaks at the
-    translation sought; only translations within the range are considered.
-    """
-    cross = cv2.mulSpectrums(reference, moving, 0, conjB=True)
-    magnitude = cv2.magnitude(cross[..., 0], cross[..., 1]) + 1e-9
-    cross /= magnitude[..., None]
-    surface = cv2.idft(cross, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)  # (h, w), lags modulo the size
-    surface = np.fft.fftshift(surface)
-    height, width = surface.shape
-    ys, xs = np.mgrid[0:height, 0:width]
-    lag_x, lag_y = xs - width // 2, ys - height // 2
-    surface = np.where((np.abs(lag_x) <= max_shift) & (np.abs(lag_y) <= max_shift), surface, -np.inf)
-    peak_y, peak_x = np.unravel_index(int(np.argmax(surface)), surface.shape)
-    sub_x = _parabola(surface[peak_y, max(peak_x - 1, 0) : peak_x + 2]) if 0 < peak_x < width - 1 else 0.0
-    sub_y = _parabola(surface[max(peak_y - 1, 0) : peak_y + 2, peak_x]) if 0 < peak_y < height - 1 else 0.0
-    return (lag_x[peak_y, peak_x] + sub_x, lag_y[peak_y, peak_x] + sub_y), float(surface[peak_y, peak_x])
-
-
-def _parabola(values: np.ndarray) -> float:
-    if len(values) != 3 or not np.all(np.isfinite(values)):
-        return 0.0
-    left, centre, right = values
-    curvature = left - 2 * centre + right
-    return float(np.clip(0.5 * (left - right) / curvature, -0.5, 0.5)) if curvature < 0 else 0.0
+def _rotate_directions(oriented: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Oriented edges (m cos 2a, m sin 2a, m) warped by H: their directions turn with H's rotation."""
+    turn = 2.0 * math.atan2(H[1, 0] - H[0, 1], H[0, 0] + H[1, 1])  # doubled rotation angle of H's linear part
+    cos, sin = math.cos(turn), math.sin(turn)
+    c, s, m = oriented[..., 0], oriented[..., 1], oriented[..., 2]
+    return np.dstack([c * cos - s * sin, c * sin + s * cos, m]).astype(np.float32)
 
 
 # --- refinement ---------------------------------------------------------------------------
 
 
-def refine(pyramid: EdgePyramid, H: np.ndarray, options: SceneOptions) -> tuple[np.ndarray, float]:
-    """ECC on the edge maps from ``H``, coarse to fine; returns (H, correlation at the finest level)."""
-    final = MOTIONS[options.model]
-    correlation = float("nan")
-    for index, level in enumerate(pyramid.levels):
-        coarse = index < AFFINE_LEVELS and index < len(pyramid.levels) - 1
-        motion = cv2.MOTION_AFFINE if coarse else final  # the finest level always fits the full model
-        H, correlation = _ecc(level, H, motion, options)
-    if options.model == "affine":
-        H = normalise_homography(H)
-        H[2] = (0.0, 0.0, 1.0)
-    return H, correlation
+@dataclass(frozen=True)
+class Step:
+    H: np.ndarray  # (3, 3) full resolution, infrared -> visible
+    support: float  # sum over the tiles the last fit kept of weight x correlation peak: how much content agrees
 
 
-def _ecc(level: EdgeLevel, H: np.ndarray, motion: int, options: SceneOptions) -> tuple[np.ndarray, float]:
-    """One ECC fit at one level; a failed or collapsing fit keeps H. Returns (H, correlation)."""
+def refine(pyramid: Pyramid, H: np.ndarray, options: SceneOptions, first_level: int = 0) -> Step:
+    """Tile matching and robust fits from ``H``, coarse to fine; the support is the finest level's."""
+    step = Step(H, 0.0)
+    for index in range(first_level, len(pyramid.levels)):
+        step = refine_level(pyramid, index, step.H, options)
+    return step
+
+
+def refine_level(pyramid: Pyramid, index: int, H: np.ndarray, options: SceneOptions) -> Step:
+    """A few rounds of tile matching and robust fitting at one level.
+
+    The coarsest level fits affine maps only (perspective is not visible at 160 pixels) and
+    searches the widest window, since it starts from the global search's grid; the finer
+    levels fit the full model in narrower windows.
+    """
+    level = pyramid.levels[index]
+    perspective = options.model == "homography" and (index > 0 or len(pyramid.levels) == 1)
+    radius, rounds = (COARSE_RADIUS, COARSE_ROUNDS) if index == 0 else (FINE_RADIUS, FINE_ROUNDS)
+    size = image_size(level.vi)
     H_level = level.to_level(H)
-    if motion == cv2.MOTION_AFFINE:
-        H_level[2] = (0.0, 0.0, 1.0)  # the coarse level fits no perspective
-    # ECC finds W with vi(x) ~ ir(W x): the visible -> infrared map, the inverse of ours.
-    W = np.linalg.inv(H_level)
-    W /= W[2, 2]
-    start = W if motion == cv2.MOTION_HOMOGRAPHY else W[:2]
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, options.iterations, options.epsilon)
-    try:
-        correlation, found = cv2.findTransformECC(level.vi, level.ir, start.astype(np.float32), motion, criteria, None, 3)
-    except cv2.error as exc:
-        log.debug("ECC did not converge: %s", str(exc).strip()[-120:])
-        return H, _overlap_correlation(level.vi, level.ir, level.to_level(H))
-    H_new = np.linalg.inv(normalise_homography(found.astype(np.float64)))
-    if not _plausible(H_new, image_size(level.ir), image_size(level.vi)):
-        log.debug("ECC collapsed the overlap; step ignored")
-        return H, _overlap_correlation(level.vi, level.ir, level.to_level(H))
-    return level.from_level(H_new), float(correlation)
+    support = 0.0
+    for _ in range(rounds):
+        ir_edges, mask = warped_edges(level.ir, H_level, size)
+        matches = match_tiles(level.vi_edges, ir_edges, mask, radius)
+        fit = fit_update(matches, perspective)
+        if fit is None:
+            break
+        support = float(np.sum(fit.weights * matches.peaks))
+        moved = apply_homography(fit.G, infrared_corners(H_level, image_size(level.ir))) - infrared_corners(H_level, image_size(level.ir))
+        H_level = normalise_homography(fit.G @ H_level)
+        if options.model == "affine":
+            H_level[2] = (0.0, 0.0, 1.0)
+        if float(np.max(np.hypot(*moved.T))) < CONVERGED_PX:
+            break
+    if not _plausible(H_level, image_size(level.ir), size):
+        return Step(H, 0.0)
+    return Step(level.from_level(H_level), support)
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -346,21 +364,6 @@ def corner_distance(H_a: np.ndarray, H_b: np.ndarray, source_size: Size) -> floa
     return float(np.max(np.hypot(*(apply_homography(H_a, corners) - apply_homography(H_b, corners)).T)))
 
 
-def _overlap_correlation(vi: np.ndarray, ir: np.ndarray, H_level: np.ndarray) -> float:
-    """Zero-mean normalised correlation of vi and the warped ir over their overlap."""
-    warped, mask = _warp(ir, H_level, image_size(vi))
-    if cv2.countNonZero(mask) < 0.1 * mask.size:
-        return float("nan")
-    return float(cv2.computeECC(vi, warped, mask))
-
-
-def _warp(image: np.ndarray, H: np.ndarray, size: Size) -> tuple[np.ndarray, np.ndarray]:
-    warped = cv2.warpPerspective(image, H, size, flags=cv2.INTER_LINEAR)
-    ones = np.full(image.shape[:2], 255, np.uint8)
-    mask = cv2.warpPerspective(ones, H, size, flags=cv2.INTER_NEAREST)
-    return warped, cv2.erode(mask, np.ones((5, 5), np.uint8))
-
-
 def _plausible(H: np.ndarray, source_size: Size, destination_size: Size) -> bool:
     """The source frame maps to a convex quad that overlaps the destination by a fair amount."""
     quad = apply_homography(H, image_corners(source_size)).astype(np.float32)
@@ -370,25 +373,6 @@ def _plausible(H: np.ndarray, source_size: Size, destination_size: Size) -> bool
     overlap, _ = cv2.intersectConvexConvex(quad, destination)
     smaller = min(cv2.contourArea(quad), cv2.contourArea(destination))
     return smaller > 0 and overlap >= 0.1 * smaller
-
-
-def _pixel_ratio(H: np.ndarray, source_size: Size) -> float:
-    """Destination pixels per source pixel at the source's centre (sqrt of the area ratio)."""
-    x, y = (source_size[0] - 1) / 2, (source_size[1] - 1) / 2
-    samples = apply_homography(H, np.array([[x, y], [x + 1, y], [x, y + 1]]))
-    jacobian = np.stack([samples[1] - samples[0], samples[2] - samples[0]], axis=1)
-    ratio = math.sqrt(abs(np.linalg.det(jacobian)))
-    return ratio if math.isfinite(ratio) and ratio > 0 else 1.0
-
-
-def _resize(image: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Image resized by ``factor`` (area averaging) and the 3x3 map from old to new pixels."""
-    if abs(factor - 1.0) < 1e-9:
-        return image, np.eye(3)
-    width, height = image_size(image)
-    new_size = (max(8, round(width * factor)), max(8, round(height * factor)))
-    resized = cv2.resize(image, new_size, interpolation=cv2.INTER_AREA)
-    return resized, scaling(new_size[0] / width, new_size[1] / height)
 
 
 def _centring(size: Size) -> np.ndarray:

@@ -18,7 +18,8 @@ import numpy as np
 
 from calibration.fileformat import CalibrationError, Registration
 from calibration.imaging import image_size, stretch_contrast, to_gray_u8, valid_mask, warp_to_destination
-from calibration.quality import Confidence, Residual, alignment_score, local_residual, registration_confidence
+from calibration.quality import Confidence, Residual, alignment_score, local_residual
+from calibration.scene import SceneOptions, scene_confidence
 
 STYLES = ("edges", "checker", "blend")
 CHECKER_TILES = 8  # across the width
@@ -55,7 +56,9 @@ def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: st
         raise CalibrationError("the warped source image does not overlap the destination image at all")
     overlay = {"edges": edge_overlay, "checker": checker_overlay, "blend": blend_overlay}[style](warped, mask, destination)
     score, residual = alignment_score(source, destination, H), local_residual(source, destination, H)
-    return Verification(score, residual, overlay, coverage, registration_confidence(source, destination, H))
+    model = "affine" if np.allclose(H[2], (0.0, 0.0, H[2, 2])) else "homography"
+    confidence = scene_confidence(source, destination, H, SceneOptions(model=model))
+    return Verification(score, residual, overlay, coverage, confidence)
 
 
 def edge_overlay(warped: np.ndarray, mask: np.ndarray, destination: np.ndarray) -> np.ndarray:

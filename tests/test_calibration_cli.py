@@ -84,7 +84,7 @@ def test_scene_command_then_verify(scene_pair, tmp_path, capsys):
     args = ["scene", "--ir", str(folder / "ir.png"), "--vi", str(folder / "vi.png"), "--init", str(folder / "rough.yaml")]
     assert main([*args, "--out", str(out)]) == 0
     registration = load_registration(out)
-    assert registration.method == "ecc" and registration.error_px is not None
+    assert registration.method == "edge-tiles" and registration.error_px is not None
     assert corner_error(registration.H, H_true, IR_SIZE) < 0.5
     assert "edge correlation" in capsys.readouterr().out
 

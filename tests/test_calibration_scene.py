@@ -9,7 +9,8 @@ from calibration_helpers import centred_homography, centring, infrared_view, two
 
 from calibration.fileformat import CalibrationError
 from calibration.imaging import corner_error, image_size
-from calibration.scene import SceneOptions, SearchRange, register_frames, register_scene
+from calibration.scene import MIN_CONFIDENCE, SceneOptions, SearchRange, register_frames, register_scene, scene_confidence
+from calibration.verify import verify
 from ldfusion.imageio import read_infrared, read_visible
 
 DEFORMATIONS = ("shift", "rotation", "scale", "perspective")
@@ -28,6 +29,11 @@ def _sizes(visible_shape) -> tuple[tuple[int, int], tuple[int, int]]:
 @pytest.fixture(scope="module")
 def synthetic_scene():
     return two_modality_scene((VI_WIDTH, 240), seed=1)
+
+
+@pytest.fixture(scope="module")
+def rig_sized_scene():
+    return two_modality_scene((640, 480), seed=1, shapes=200)
 
 
 @pytest.mark.parametrize("kind", DEFORMATIONS)
@@ -70,6 +76,62 @@ def test_global_search_recovers_rig_sized_warps(synthetic_scene, scale, degrees,
     result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
     assert corner_error(result.H, H_true, ir_size) < 1.0
     assert result.confident, result.confidence.describe()
+
+
+@pytest.mark.parametrize(
+    "scale, degrees, shift",
+    [(0.8, 10.0, (0.15, -0.1)), (1.25, -10.0, (-0.14, 0.12)), (0.81, -9.5, (-0.15, -0.15)), (1.22, 9.0, (0.13, 0.14))],
+)
+def test_global_search_covers_the_whole_default_range(rig_sized_scene, scale, degrees, shift):
+    """The ends of the default range (scale 0.8-1.25, +-10 deg, +-15 % of the width) with perspective: found and trusted.
+
+    At a rig's resolution (640 wide): on the 320-wide scene the infrared frame at scale 0.8
+    covers too few tiles for the stability check to trust it, and the result is refused.
+    """
+    visible, thermal = rig_sized_scene
+    ir_size = (round(visible.shape[1] * IR_SCALE), round(visible.shape[0] * IR_SCALE))
+    vi_size = (visible.shape[1], visible.shape[0])
+    a = np.radians(degrees)
+    dx, dy = shift[0] * vi_size[0], shift[1] * vi_size[0]
+    rig = np.array([[scale * np.cos(a), -scale * np.sin(a), dx], [scale * np.sin(a), scale * np.cos(a), dy], [2e-5, -1e-5, 1.0]])
+    H_true = np.linalg.inv(centring(vi_size)) @ rig @ centring(ir_size)
+    ir = infrared_view(thermal, H_true, ir_size, vi_size)
+    result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
+    error = corner_error(result.H, H_true, ir_size)
+    assert error < 1.0, f"{error:.2f} px"
+    assert result.confident, result.confidence.describe()
+
+
+def test_a_pair_of_unrelated_scenes_is_refused(synthetic_scene):
+    """An infrared frame of another scene: whatever the search finds, the data do not back it."""
+    visible, _ = synthetic_scene
+    _, other_thermal = two_modality_scene((VI_WIDTH, 240), seed=7)
+    ir_size, vi_size = _sizes(visible.shape)
+    ir = infrared_view(other_thermal, centred_homography("none", ir_size, vi_size), ir_size, vi_size)
+    result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
+    assert not result.confident, result.confidence.describe()
+
+
+def test_verify_reports_the_score_scene_decides_by(synthetic_scene):
+    """`calibrate verify` scores a registration with the same confidence `calibrate scene` refused or wrote it by."""
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    ir = infrared_view(thermal, centred_homography("rotation", ir_size, vi_size), ir_size, vi_size)
+    result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
+    checked = verify(ir, visible, result.H)
+    assert checked.confidence.score == pytest.approx(result.confidence.score, abs=1e-6)
+    assert checked.confidence.stability_px == pytest.approx(result.confidence.stability_px, abs=1e-6)
+
+
+def test_a_wrong_answer_scores_low(synthetic_scene):
+    """The right map scores high; the same map 12 px off (beyond the tiles' reach) scores below the threshold."""
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    H_true = centred_homography("rotation", ir_size, vi_size)
+    ir = infrared_view(thermal, H_true, ir_size, vi_size)
+    off = np.array([[1.0, 0.0, 12.0], [0.0, 1.0, -9.0], [0.0, 0.0, 1.0]]) @ H_true
+    assert scene_confidence(ir, visible, H_true).score >= MIN_CONFIDENCE
+    assert scene_confidence(ir, visible, off).score < MIN_CONFIDENCE
 
 
 def test_blank_and_smoky_frames_are_not_confident(synthetic_scene):
@@ -129,13 +191,15 @@ def test_real_pair_recovers_known_warps(shared_data, pair):
     R = base.H @ np.linalg.inv(rough)  # the pair's own registration, visible pixels
     dataset_error = corner_error(base.H, rough, ir_size)
     assert dataset_error < 5.0, f"the pair itself seems misregistered by {dataset_error:.1f} px"
+    errors = []
     for kind in DEFORMATIONS:
         H_known = centred_homography(kind, ir_size, vi_size)
         ir = infrared_view(ir_full, H_known, ir_size, vi_size)
         result = register_scene(ir, visible, rough)
-        error = corner_error(result.H, R @ H_known, ir_size)
-        print(f"{pair.format('*')} {kind}: corner error {error:.3f} px (vs the bare known warp {corner_error(result.H, H_known, ir_size):.2f} px)")
-        assert error < 1.0, kind
+        errors.append(corner_error(result.H, R @ H_known, ir_size))
+        print(f"{pair.format('*')} {kind}: corner error {errors[-1]:.3f} px (vs the bare known warp {corner_error(result.H, H_known, ir_size):.2f} px)")
+    # The issue's bar is a median of 1 px: each pair's median meets it, and no warp is far off.
+    assert np.median(errors) <= 1.0 and max(errors) < 1.5, [f"{e:.2f}" for e in errors]
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

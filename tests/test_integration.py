@@ -25,7 +25,9 @@ def test_pipeline_registers_with_a_file_written_by_calibrate(tmp_path, random_we
     calib = tmp_path / "calib.yaml"
     assert calibrate_main(["scene", "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(calib), "-q"]) == 0
     registration = load_registration(calib)
-    np.testing.assert_allclose(registration.H[:2, 2], SHIFT, atol=0.5)
+    # H[:2, 2] is where the frame's corner (0, 0) goes: the robust tile fit of a 160x120 pair
+    # (whose infrared border is a reflection) extrapolates there to within a pixel.
+    np.testing.assert_allclose(registration.H[:2, 2], SHIFT, atol=1.0)
 
     ir_video = write_video(tmp_path / "ir.mp4", [ir] * 3, 30)
     vi_video = write_video(tmp_path / "vi.mp4", [visible] * 3, 30)
