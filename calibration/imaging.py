@@ -155,8 +155,12 @@ def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 def corner_error(H_estimate: np.ndarray, H_true: np.ndarray, source_size: Size) -> float:
     """RMS distance, in destination pixels, between where two maps send the source's corners."""
-    corners = image_corners(source_size)
-    diff = apply_homography(H_estimate, corners) - apply_homography(H_true, corners)
+    return rms_distance(H_estimate, H_true, image_corners(source_size))
+
+
+def rms_distance(H_a: np.ndarray, H_b: np.ndarray, points: np.ndarray) -> float:
+    """RMS distance between where two maps send ``points`` (N, 2)."""
+    diff = apply_homography(H_a, points) - apply_homography(H_b, points)
     return float(np.sqrt(np.mean(np.sum(diff**2, axis=1))))
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from calibration.imaging import Size, apply_homography, edge_features, image_corners, image_size, resize_by
+from calibration.imaging import Size, apply_homography, edge_features, image_corners, image_size, resize_by, rms_distance
 
 MIN_TILE_EDGES = 0.25  # mean evened edge strength a tile needs in both images to be matched at all
 MIN_TILE_PEAK = 0.15  # correlation peaks below this are noise
@@ -252,15 +252,10 @@ def tile_evidence(matches: TileMatches, corners: np.ndarray, perspective: bool, 
     if any(half is None for half in halves):
         held_out = math.inf
     else:
-        held_out = 0.5 * _rms_corner_distance(halves[0].G, halves[1].G, corners) * pixel
-    remaining = _rms_corner_distance(full.G, np.eye(3), corners) * pixel
+        held_out = 0.5 * rms_distance(halves[0].G, halves[1].G, corners) * pixel
+    remaining = rms_distance(full.G, np.eye(3), corners) * pixel
     agreeing = int(np.count_nonzero(full.inliers))
     return TileEvidence(matches.tiles_total, len(matches) + matches.beyond, agreeing, full.scale_px * pixel, held_out, remaining)
-
-
-def _rms_corner_distance(G_a: np.ndarray, G_b: np.ndarray, corners: np.ndarray) -> float:
-    difference = apply_homography(G_a, corners) - apply_homography(G_b, corners)
-    return float(np.sqrt(np.mean(np.sum(difference**2, axis=1))))
 
 
 # --- warping onto the visible frame -------------------------------------------------------------
