@@ -208,8 +208,8 @@ class Pipeline:
     def _open_streams(self, fuser: Fuser, live: bool, origin: float, cleanup: contextlib.ExitStack) -> None:
         """Open every source now, so a missing file or camera is an error before any thread starts."""
         size = self.config.run.live_queue_size if live else self.config.run.queue_size
-        files = [s for c in self.config.streams for s in (c.ir, c.visible) if s.kind == "video"]
-        threads = decoder_threads(len(files)) if files else None  # the video readers share the cores
+        readers = sum(source.kind == "video" for c in self.config.streams for source in (c.ir, c.visible))
+        threads = decoder_threads(readers)  # the video readers share the cores (other sources ignore it)
         for config in self.config.streams:
             registration = _load_calibration(config)
             sources = []
