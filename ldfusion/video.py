@@ -191,7 +191,10 @@ class VideoReader:
             return float(self.frames_read / self.rate)
         if self._origin is None:
             self._origin = frame.pts
-        return float((frame.pts - self._origin) * self.time_base)
+        # Integer ticks over the denominator: one correctly rounded division, the value a
+        # Fraction product would round to, without building Fractions for every frame
+        # (0.04 ms a frame, a tenth of a reader thread's time at 640x512).
+        return (frame.pts - self._origin) * self.time_base.numerator / self.time_base.denominator
 
     def _planes(self, frame: av.VideoFrame) -> Planes:
         name = frame.format.name
