@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -110,20 +111,53 @@ def upsample_chroma(c: Tensor, height: int, width: int) -> Tensor:
     return c[..., :height, :width]
 
 
+@dataclass(frozen=True)
+class ChromaCodes:
+    """A video's chroma as its decoder gave it: (B, 2, h, w) uint8 codes, Cr (V) then Cb (U)."""
+
+    codes: Tensor
+    full_range: bool
+
+    def to_unit(self) -> Tensor:
+        return chroma_to_unit(self.codes, self.full_range)
+
+
 class YCrCbBatch:
     """Frames on the device as full-range Y (B, 1, H, W) and Cr, Cb (B, 2, h, w), float in [0, 1].
 
     ``crcb`` is at full resolution (h, w = H, W) or, for 4:2:0 video, at half resolution
     (h, w = ceil(H/2), ceil(W/2)), left so until ``full`` or a crop that needs it.
+
+    A video's chroma may be given as its 8-bit codes (``ChromaCodes``). They stay so until
+    something reads ``crcb`` (RGB, side by side, a warp of the visible image), and
+    ``ycrcb_to_yuv420p`` hands limited-range codes straight back to an MP4 sink. The fusion
+    needs only Y, so the path from decoder to encoder never converts chroma: at 640x512 that
+    was a sixth of the fusion thread's time with an identity network.
     """
 
-    def __init__(self, y: Tensor, crcb: Tensor) -> None:
+    def __init__(self, y: Tensor, crcb: Tensor | ChromaCodes) -> None:
         self.y = y
-        self.crcb = crcb
+        self._chroma = crcb
+
+    @property
+    def crcb(self) -> Tensor:
+        """Cr, Cb as floats (converted from the codes on first use, then kept)."""
+        if isinstance(self._chroma, ChromaCodes):
+            self._chroma = self._chroma.to_unit()
+        return self._chroma
+
+    @property
+    def chroma_codes(self) -> ChromaCodes | None:
+        """The decoder's chroma codes when they have not been converted (else None)."""
+        return self._chroma if isinstance(self._chroma, ChromaCodes) else None
 
     @property
     def subsampled(self) -> bool:
-        return self.crcb.shape[-2:] != self.y.shape[-2:]
+        return self._chroma_tensor.shape[-2:] != self.y.shape[-2:]
+
+    @property
+    def _chroma_tensor(self) -> Tensor:
+        return self._chroma.codes if isinstance(self._chroma, ChromaCodes) else self._chroma
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -138,27 +172,36 @@ class YCrCbBatch:
         return torch.cat([self.y, self.full_chroma()], dim=1)
 
     def with_luma(self, y: Tensor) -> "YCrCbBatch":
-        return YCrCbBatch(y, self.crcb)
+        return YCrCbBatch(y, self._chroma)
 
     def crop(self, x: int, y: int, w: int, h: int) -> "YCrCbBatch":
         if (x, y, w, h) == (0, 0, self.y.shape[-1], self.y.shape[-2]):
             return self
         luma = self.y[..., y : y + h, x : x + w]
         if not self.subsampled:
-            return YCrCbBatch(luma, self.crcb[..., y : y + h, x : x + w])
+            return YCrCbBatch(luma, self._sliced_chroma(slice(y, y + h), slice(x, x + w)))
         if x % 2 or y % 2:  # the crop splits 2x2 blocks: chroma at full resolution first
             return YCrCbBatch(luma, self.full_chroma()[..., y : y + h, x : x + w])
-        return YCrCbBatch(luma, self.crcb[..., y // 2 : (y + h + 1) // 2, x // 2 : (x + w + 1) // 2])
+        return YCrCbBatch(luma, self._sliced_chroma(slice(y // 2, (y + h + 1) // 2), slice(x // 2, (x + w + 1) // 2)))
+
+    def _sliced_chroma(self, rows: slice, columns: slice) -> Tensor | ChromaCodes:
+        if isinstance(self._chroma, ChromaCodes):
+            return ChromaCodes(self._chroma.codes[..., rows, columns], self._chroma.full_range)
+        return self._chroma[..., rows, columns]
 
     @staticmethod
     def cat(parts: list["YCrCbBatch"]) -> "YCrCbBatch":
-        """Along the batch; mixed chroma resolutions are brought to full resolution. One part is
-        returned as it is (no copy)."""
+        """Along the batch; mixed chroma resolutions are brought to full resolution (codes of
+        different ranges, to floats). One part is returned as it is (no copy)."""
         if len(parts) == 1:
             return parts[0]
+        y = torch.cat([p.y for p in parts])
+        codes = [p.chroma_codes for p in parts]
         if len({p.subsampled for p in parts}) == 1:
-            return YCrCbBatch(torch.cat([p.y for p in parts]), torch.cat([p.crcb for p in parts]))
-        return YCrCbBatch(torch.cat([p.y for p in parts]), torch.cat([p.full_chroma() for p in parts]))
+            if all(codes) and len({c.full_range for c in codes}) == 1:
+                return YCrCbBatch(y, ChromaCodes(torch.cat([c.codes for c in codes]), codes[0].full_range))
+            return YCrCbBatch(y, torch.cat([p.crcb for p in parts]))
+        return YCrCbBatch(y, torch.cat([p.full_chroma() for p in parts]))
 
     @staticmethod
     def from_full(ycrcb: Tensor) -> "YCrCbBatch":
@@ -180,18 +223,22 @@ def packed_to_ycrcb(image: Tensor, bgr: bool = False) -> Tensor:
 def ycrcb_to_yuv420p(ycrcb: Tensor | YCrCbBatch) -> tuple[Tensor, Tensor, Tensor]:
     """Y, Cr, Cb in [0, 1] -> limited-range uint8 planes Y (B, H, W), U and V (B, ceil(H/2),
     ceil(W/2)). Full-resolution chroma is averaged over each 2x2 block (edges repeated);
-    half-resolution chroma is used as it is."""
+    half-resolution chroma is used as it is, and a video's own limited-range chroma codes
+    are passed through untouched."""
     batch = ycrcb if isinstance(ycrcb, YCrCbBatch) else YCrCbBatch.from_full(ycrcb)
     height, width = batch.y.shape[-2:]
     low, high = _LIMITED_Y
-    y = batch.y[:, 0].clamp(0.0, 1.0).mul(high - low).add_(low)
+    y = batch.y[:, 0].clamp(0.0, 1.0).mul(high - low).add_(low).round_().to(torch.uint8)
+    codes = batch.chroma_codes
+    if codes is not None and batch.subsampled and not codes.full_range:
+        return y, codes.codes[:, 1].contiguous(), codes.codes[:, 0].contiguous()
     crcb = batch.crcb
     if not batch.subsampled:
         crcb = F.avg_pool2d(F.pad(crcb, (0, width % 2, 0, height % 2), mode="replicate"), 2)
     low, high = _LIMITED_C
     crcb = crcb.clamp(0.0, 1.0).sub_(0.5).mul_(high - low).add_((low + high) / 2)
     as_u8 = lambda x: x.round_().to(torch.uint8)  # noqa: E731
-    return as_u8(y), as_u8(crcb[:, 1].contiguous()), as_u8(crcb[:, 0].contiguous())
+    return y, as_u8(crcb[:, 1].contiguous()), as_u8(crcb[:, 0].contiguous())
 
 
 def ycrcb_to_rgb_u8(ycrcb: Tensor | YCrCbBatch) -> Tensor:
@@ -235,8 +282,8 @@ def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", up
     by ``upload`` when given: e.g. through reusable pinned buffers)."""
     first = planes[0]
     if first.layout == YUV420:
-        y, crcb = _float_block(device, (len(planes), 1, *first.data[0].shape), (len(planes), 2, *first.data[1].shape))
-        return _yuv420_into(planes, device, upload, y, crcb)
+        y = torch.empty((len(planes), 1, *first.data[0].shape), device=device)
+        return _yuv420_into(planes, device, upload, y)
     if first.layout == GRAY:
         y = planes_to_luma(planes, device, upload)
         b, _, height, width = y.shape
@@ -249,18 +296,18 @@ def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", up
 def planes_to_inputs(ir: list[Planes], visible: list[Planes], device: torch.device | str = "cpu", upload: Upload | None = None) -> tuple[Tensor, YCrCbBatch]:
     """A batch's infrared luma (B, 1, H, W) and visible ``YCrCbBatch`` on ``device``.
 
-    For video (luma infrared, 4:2:0 visible) the three float tensors are views of one
-    allocation. glibc hands big blocks back to the system once the free space they leave
-    passes twice the largest block freed (its trim threshold follows that block), so three
-    separate buffers were mapped and faulted in again every batch: at batch 4, 640x512,
-    400 page faults and 0.8 ms of kernel time a frame.
+    For video (luma infrared, 4:2:0 visible) the two float tensors are views of one
+    allocation (the chroma stays as codes: ``YCrCbBatch``). glibc hands big blocks back to
+    the system once the free space they leave passes twice the largest block freed (its trim
+    threshold follows that block), so separate buffers were mapped and faulted in again
+    every batch: at batch 4, 640x512, 400 page faults and 0.8 ms of kernel time a frame.
     """
     if ir[0].layout not in (YUV420, GRAY) or visible[0].layout != YUV420:
         return planes_to_luma(ir, device, upload), planes_to_batch(visible, device, upload)
     b = len(ir)
-    ir_out, y, crcb = _float_block(device, (b, 1, *ir[0].data[0].shape), (b, 1, *visible[0].data[0].shape), (b, 2, *visible[0].data[1].shape))
+    ir_out, y = _float_block(device, (b, 1, *ir[0].data[0].shape), (b, 1, *visible[0].data[0].shape))
     _plane_into(ir, 0, device, upload, ir_out[:, 0])
-    return ir_out, _yuv420_into(visible, device, upload, y, crcb)
+    return ir_out, _yuv420_into(visible, device, upload, y)
 
 
 def _float_block(device: torch.device | str, *shapes: tuple[int, ...]) -> tuple[Tensor, ...]:
@@ -270,12 +317,22 @@ def _float_block(device: torch.device | str, *shapes: tuple[int, ...]) -> tuple[
     return tuple(part.view(shape) for part, shape in zip(block.split(sizes), shapes))
 
 
-def _yuv420_into(planes: list[Planes], device: torch.device | str, upload: Upload | None, y: Tensor, crcb: Tensor) -> YCrCbBatch:
-    """4:2:0 frames into ``y`` (B, 1, H, W) and ``crcb`` (B, 2, h, w)."""
+def _yuv420_into(planes: list[Planes], device: torch.device | str, upload: Upload | None, y: Tensor) -> YCrCbBatch:
+    """4:2:0 frames: Y converted into ``y`` (B, 1, H, W), the chroma kept as codes."""
     _plane_into(planes, 0, device, upload, y[:, 0])
-    _plane_into(planes, 2, device, upload, crcb[:, 0])  # Cr is V
-    _plane_into(planes, 1, device, upload, crcb[:, 1])  # Cb is U
-    return YCrCbBatch(y, crcb)
+    return YCrCbBatch(y, ChromaCodes(_chroma_codes(planes, device, upload), planes[0].full_range))
+
+
+def _chroma_codes(planes: list[Planes], device: torch.device | str, upload: Upload | None) -> Tensor:
+    """(B, 2, h, w) uint8: each frame's V (Cr) and U (Cb) plane."""
+    v, u = _uint8_plane(planes, 2, device, upload), _uint8_plane(planes, 1, device, upload)
+    if isinstance(v, list):  # host frames: one copy each into the batch (a quarter of a float pass)
+        codes = torch.empty((len(planes), 2, *v[0].shape), dtype=torch.uint8)
+        for row, (v_row, u_row) in enumerate(zip(v, u)):
+            codes[row, 0].copy_(v_row)
+            codes[row, 1].copy_(u_row)
+        return codes
+    return torch.stack([v, u], dim=1)
 
 
 def planes_to_ycrcb(planes: list[Planes], device: torch.device | str = "cpu") -> Tensor:

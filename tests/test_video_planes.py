@@ -33,6 +33,31 @@ def test_planes_survive_the_device_round_trip_exactly(size):
         assert np.array_equal(got[0].numpy(), expected)
 
 
+@pytest.mark.parametrize("full_range", [False, True])
+def test_video_chroma_reaches_the_encoder_as_it_was_decoded(full_range):
+    """The fusion changes only Y: a limited-range video's chroma codes (V, U) go to the
+    yuv420p encoder untouched, batches joined included, even codes outside 16..240 that a
+    float round trip would clamp. Full-range chroma is range-converted, as before."""
+    from ldfusion.color import YCrCbBatch, planes_to_batch
+
+    rng = np.random.default_rng(8)
+    frames = [tuple(rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((37, 51), (19, 26), (19, 26))) for _ in range(2)]
+    batches = [planes_to_batch([Planes("yuv420p", f, full_range=full_range)]) for f in frames]
+    joined = YCrCbBatch.cat(batches)
+    fused = joined.with_luma(torch.rand(2, 1, 37, 51))
+    _, u, v = ycrcb_to_yuv420p(fused)
+    for row, (_, u_in, v_in) in enumerate(frames):
+        if full_range:
+            assert int(u[row].min()) >= 16 and int(u[row].max()) <= 240
+            assert np.abs(u[row].numpy().astype(int) - (16 + u_in.astype(int) * 224 / 255)).max() <= 0.5 + 1e-6
+        else:
+            assert np.array_equal(u[row].numpy(), u_in) and np.array_equal(v[row].numpy(), v_in)
+    if not full_range:  # once read as floats, the chroma takes the float path: clamped to the legal range
+        assert fused.crcb.shape == (2, 2, 19, 26)
+        _, u_float, _ = ycrcb_to_yuv420p(fused)
+        assert np.array_equal(u_float.numpy(), np.clip(u.numpy(), 16, 240))
+
+
 def test_odd_sized_frames_are_written_padded_and_read_back(tmp_path):
     rng = np.random.default_rng(0)
     y = rng.integers(16, 236, (37, 51), dtype=np.uint8)
@@ -140,18 +165,24 @@ def test_crops_keep_half_size_chroma_exact_or_resample_it(box):
 
 @pytest.mark.parametrize("full_range", [False, True])
 def test_batch_inputs_share_one_allocation_and_match_the_plane_by_plane_conversion(full_range):
-    """A batch's IR luma, visible Y and chroma are views of one block (no per-batch
-    re-faulting), equal to converting each on its own; every limited-range code lands in
-    [0, 1], codes outside the range clamped."""
-    from ldfusion.color import planes_to_batch, planes_to_inputs, planes_to_luma
+    """A batch's IR luma and visible Y are views of one block (no per-batch re-faulting),
+    the visible chroma stays as the decoder's codes (V then U) until read; all equal to
+    converting each on its own; every limited-range code lands in [0, 1], codes outside the
+    range clamped."""
+    from ldfusion.color import chroma_to_unit, planes_to_batch, planes_to_inputs, planes_to_luma
 
     rng = np.random.default_rng(5)
     frames = [tuple(rng.integers(0, 256, shape, dtype=np.uint8) for shape in ((37, 51), (19, 26), (19, 26))) for _ in range(3)]
     visible = [Planes("yuv420p", f, full_range=full_range) for f in frames]
     ir = [Planes.gray(rng.integers(0, 256, (37, 51), dtype=np.uint8), full_range=full_range) for _ in range(3)]
     ir_t, vi = planes_to_inputs(ir, visible)
-    assert ir_t.untyped_storage().data_ptr() == vi.y.untyped_storage().data_ptr() == vi.crcb.untyped_storage().data_ptr()
-    assert all(t.is_contiguous() for t in (ir_t, vi.y, vi.crcb))
+    assert ir_t.untyped_storage().data_ptr() == vi.y.untyped_storage().data_ptr()
+    assert all(t.is_contiguous() for t in (ir_t, vi.y))
+    codes = vi.chroma_codes
+    assert codes is not None and codes.full_range == full_range and codes.codes.dtype == torch.uint8
+    assert np.array_equal(codes.codes[2, 0].numpy(), frames[2][2]) and np.array_equal(codes.codes[2, 1].numpy(), frames[2][1])
+    expected_crcb = chroma_to_unit(torch.stack([torch.from_numpy(np.stack([f[2], f[1]])) for f in frames]), full_range)
+    assert torch.equal(vi.crcb, expected_crcb) and vi.chroma_codes is None  # converted once, then kept
     assert torch.equal(ir_t, planes_to_luma(ir))
     separate = planes_to_batch(visible)
     assert torch.equal(vi.y, separate.y) and torch.equal(vi.crcb, separate.crcb)
