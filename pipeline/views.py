@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ldfusion.color import YCrCbBatch, gray_to_ycrcb, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
+from ldfusion.color import ChromaCodes, YCrCbBatch, luma_to_unit, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
 
 CONTENTS = ("fused", "side_by_side", "ir", "visible")
 FORMATS = ("yuv420p", "rgb24", "bgr24", "gray")
@@ -46,7 +46,11 @@ def render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBa
             out[view] = [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])]
             continue
         content, pixel_format = view.split(":")
-        out[view] = _download(_content(content, fused, ir, visible), pixel_format)
+        if pixel_format == "yuv420p":
+            y, u, v = (plane.cpu().numpy() for plane in _yuv420p(content, fused, ir, visible))
+            out[view] = [(y[i], u[i], v[i]) for i in range(y.shape[0])]
+        else:
+            out[view] = _download(_content(content, fused, ir, visible), pixel_format)
     return out
 
 
@@ -56,16 +60,31 @@ def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -
         return fused
     if content == "visible":
         return visible
-    ir_ycrcb = gray_to_ycrcb(ir[:, 0].mul(255.0).round_().to(torch.uint8))
     if content == "ir":
-        return ir_ycrcb
-    return torch.cat([ir_ycrcb, visible.full(), fused.full()], dim=-1)
+        return _ir_batch(ir)
+    return torch.cat([_ir_batch(ir).full(), visible.full(), fused.full()], dim=-1)
+
+
+def _ir_batch(ir: Tensor) -> YCrCbBatch:
+    """The IR as a gray 4:2:0 picture: luma rounded to 8 bits, neutral chroma codes."""
+    luma = luma_to_unit(ir.mul(255.0).round_().to(torch.uint8), full_range=True)
+    height, width = luma.shape[-2:]
+    neutral = torch.full((luma.shape[0], 2, (height + 1) // 2, (width + 1) // 2), 128, dtype=torch.uint8, device=luma.device)
+    return YCrCbBatch(luma, ChromaCodes(neutral, full_range=False))
+
+
+def _yuv420p(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """Limited-range planes Y, U, V of the content. Side by side is put together from each
+    panel's planes (the visible chroma as decoded, no float round trip: at 640x480 this was
+    18 ms a frame on one core, against 1.6 ms), when the panels' 2x2 chroma blocks line up
+    (an even width); otherwise from the full-resolution picture."""
+    if content == "side_by_side" and ir.shape[-1] % 2 == 0:
+        panels = [ycrcb_to_yuv420p(panel) for panel in (_ir_batch(ir), visible, fused)]
+        return tuple(torch.cat(planes, dim=-1) for planes in zip(*panels))  # type: ignore[return-value]
+    return ycrcb_to_yuv420p(_content(content, fused, ir, visible))
 
 
 def _download(ycrcb: YCrCbBatch | Tensor, pixel_format: str) -> list:
-    if pixel_format == "yuv420p":
-        y, u, v = (plane.cpu().numpy() for plane in ycrcb_to_yuv420p(ycrcb))
-        return [(y[i], u[i], v[i]) for i in range(y.shape[0])]
     if pixel_format == "gray":
         luma = (ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu().numpy()
         return list(luma)
