@@ -13,7 +13,7 @@ from ldfusion.inference import COMPILE_MODES, resolve_device
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
 from pipeline.bench import (
-    DEFAULT_RESOLUTIONS, PATHS, BenchSettings, Measurement, default_devices, format_table, machine_info, measure_all,
+    DEFAULT_RESOLUTIONS, PATHS, BenchSettings, Measurement, default_devices, format_table, machine_info, measure_all, same_run_ratios,
     parse_resolution, synthetic_frames,
 )
 
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(devices),
         "settings": {**asdict(settings), "model": model.spec.name, "weights": str(weights)},
         "results": [asdict(r) for r in results],
+        "ratios": same_run_ratios(results),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")  # default=str: the weights path

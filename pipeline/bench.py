@@ -441,9 +441,33 @@ def format_table(results: list[Measurement]) -> str:
             f"{ratio:.2f}" if ratio is not None else "-",
         )
         lines.append("  ".join(cell.rjust(width) for cell, (_, width) in zip(cells, _COLUMNS)))
+    ratios = same_run_ratios(results)
+    if ratios:
+        lines += ["", "ratios in this run (the targets: passthrough >= 0.5x decode, pipeline >= 0.95x model):"]
+        lines += [f"  {r['device']} {r['resolution']} batch {r['batch']} streams {r['streams']}: {r['of']}/{r['over']} {r['ratio']:.2f}x" for r in ratios]
     if skipped:
         lines += ["", "not measured:"] + [f"  {line}" for line in dict.fromkeys(skipped)]
     return "\n".join(lines)
+
+
+# The pipeline's own cost, as ratios of two paths measured in the same run (a noisy machine
+# shifts both): passthrough over decode (decode is measured once, at batch 1), pipeline over model.
+_RATIOS = (("passthrough", "decode"), ("pipeline", "model"))
+
+
+def same_run_ratios(results: list[Measurement]) -> list[dict]:
+    """One record per ratio: ``of``/``over`` paths, device, resolution, batch, streams, ratio."""
+    measured = [r for r in results if not r.skipped and r.fps > 0]
+    out = []
+    for of, over in _RATIOS:
+        for r in (m for m in measured if m.path == of):
+            match_batch = over != "decode"  # decode has no batch: one measurement serves every batch size
+            base = next((m for m in measured if m.path == over and (m.device, m.resolution, m.streams) == (r.device, r.resolution, r.streams)
+                         and (not match_batch or m.batch == r.batch)), None)
+            if base is not None:
+                out.append({"of": of, "over": over, "device": r.device, "resolution": r.resolution, "batch": r.batch,
+                            "streams": r.streams, "ratio": r.fps / base.fps})
+    return out
 
 
 def _ms(value: float | None, pattern: str = "{:.1f}") -> str:

@@ -92,6 +92,24 @@ def test_bench_decode_and_passthrough_paths_with_several_streams(random_weights,
     for r in results.values():
         assert r["streams"] == 2 and r["frames"] == 12 and r["fps"] > 0 and r["device"] == "cpu" and r["resolution"] == "64x48"
     assert results["passthrough"]["batch"] == 2
+    (ratio,) = json.loads(out.read_text())["ratios"]
+    assert (ratio["of"], ratio["over"], ratio["batch"], ratio["streams"]) == ("passthrough", "decode", 2, 2)
+    assert ratio["ratio"] == pytest.approx(results["passthrough"]["fps"] / results["decode"]["fps"])
+
+
+def test_same_run_ratios_pair_paths_of_one_device_size_and_stream_count():
+    """passthrough/decode at every batch (decode is measured once), pipeline/model at the same
+    batch only; other devices, sizes and stream counts, and skipped paths, never mix in."""
+    m = lambda path, fps, batch=1, device="cpu", resolution="64x48", streams=1, skipped=None: bench.Measurement(  # noqa: E731
+        path, device, resolution, batch, streams, fps=fps, skipped=skipped)
+    results = [
+        m("decode", 1000.0), m("passthrough", 400.0), m("passthrough", 600.0, batch=4),
+        m("model", 10.0, batch=1), m("pipeline", 9.0, batch=1), m("pipeline", 12.0, batch=4),  # no model at batch 4
+        m("decode", 50.0, device="cuda"), m("passthrough", 30.0, streams=2), m("model", 0.0, batch=4, skipped="no backend"),
+    ]
+    got = {(r["of"], r["batch"], r["device"], r["streams"]): round(r["ratio"], 6) for r in bench.same_run_ratios(results)}
+    assert got == {("passthrough", 1, "cpu", 1): 0.4, ("passthrough", 4, "cpu", 1): 0.6, ("pipeline", 1, "cpu", 1): 0.9}
+    assert "passthrough/decode 0.60x" in bench.format_table(results)
 
 
 def test_passthrough_network_returns_the_visible_luma():
