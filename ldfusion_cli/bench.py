@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         "per-frame reference path, the model alone (Fuser), the whole streaming pipeline, the pipeline with an "
         "identity network (passthrough) and decoding alone (decode), on the same "
         "synthetic frames in one run, on the CPU and on CUDA when present. Prints a table with the "
-        "speed-ups over the reference and writes the numbers as JSON.",
+        "speed-ups over the reference, then the pipeline's own cost as ratios of paths measured in the same "
+        "run (passthrough/decode, pipeline/model), and writes the numbers as JSON.",
     )
     parser.add_argument("--weights", default=None, help="weights file or registry name (default: auto, as `run` and `fuse` choose)")
     parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant (default: read from the weights)")
