@@ -131,8 +131,8 @@ class YCrCbBatch:
     A video's chroma may be given as its 8-bit codes (``ChromaCodes``). They stay so until
     something reads ``crcb`` (RGB, side by side, a warp of the visible image), and
     ``ycrcb_to_yuv420p`` hands limited-range codes straight back to an MP4 sink. The fusion
-    needs only Y, so the path from decoder to encoder never converts chroma: at 640x512 that
-    was a sixth of the fusion thread's time with an identity network.
+    needs only Y, so the path from decoder to encoder never converts chroma: with an identity
+    network at 640x512 the fusion thread's CPU time fell from 0.75 to 0.41 ms a frame.
     """
 
     def __init__(self, y: Tensor, crcb: Tensor | ChromaCodes) -> None:
