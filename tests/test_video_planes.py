@@ -199,6 +199,23 @@ def test_deep_planes_to_an_eight_bit_writer_are_refused(tmp_path):
     assert not (tmp_path / "x.mp4").exists()  # refused before the file was opened
 
 
+@pytest.mark.parametrize("threads", [None, 1])
+def test_planes_kept_past_later_frames_and_closing_stay_intact(tmp_path, threads):
+    """Planes are views of the decoder's frame buffers: holding every frame of a clip, and
+    closing the file, must not let the decoder reuse a buffer still held."""
+    from tests.pipeline_helpers import marked_video
+
+    clip = marked_video(tmp_path / "clip.mp4", 24, 30, seed=4)
+    with VideoReader(clip, threads=threads) as reader:
+        held = [frame.planes for frame in reader]
+    with VideoReader(clip, threads=threads) as reader:
+        copied = [tuple(plane.copy() for plane in frame.planes.data) for frame in reader]
+    assert len(held) == len(copied) == 24
+    assert len({planes.data[0].tobytes() for planes in held}) == 24  # distinct frames: reuse would show
+    for planes, copies in zip(held, copied):
+        assert all(np.array_equal(a, b) for a, b in zip(planes.data, copies))
+
+
 def test_reader_threads_change_the_speed_not_the_frames(tmp_path):
     from tests.pipeline_helpers import marked_video
 
