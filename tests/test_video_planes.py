@@ -184,6 +184,10 @@ def test_batch_inputs_share_one_allocation_and_match_the_plane_by_plane_conversi
     expected_crcb = chroma_to_unit(torch.stack([torch.from_numpy(np.stack([f[2], f[1]])) for f in frames]), full_range)
     assert torch.equal(vi.crcb, expected_crcb) and vi.chroma_codes is None  # converted once, then kept
     assert torch.equal(ir_t, planes_to_luma(ir))
+    # the upload path (CUDA's pinned staging hands back stacked planes) gives the same batch
+    uploaded_ir, uploaded = planes_to_inputs(ir, visible, upload=lambda arrays: torch.from_numpy(np.stack(arrays)))
+    assert torch.equal(uploaded_ir, ir_t) and torch.equal(uploaded.y, vi.y)
+    assert torch.equal(uploaded.chroma_codes.codes, codes.codes)
     separate = planes_to_batch(visible)
     assert torch.equal(vi.y, separate.y) and torch.equal(vi.crcb, separate.crcb)
     assert 0.0 <= float(vi.full().min()) and float(vi.full().max()) <= 1.0
