@@ -137,6 +137,30 @@ def test_a_wrong_answer_scores_low(synthetic_scene):
     assert scene_confidence(ir, visible, off).score < MIN_CONFIDENCE
 
 
+
+def test_a_second_resampling_that_moves_the_answer_sinks_the_score(synthetic_scene, monkeypatch):
+    """Moves up to WANDER_PX at the second resampling cost nothing; beyond it the score falls steeply.
+
+    The moves are set by hand (the real pair that needs this, FLIR_08874, is tested below with the
+    shared data): a right answer that one resampling leaves in place and another moves 3.6 px.
+    """
+    import calibration.scene as scene
+
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    H_true = centred_homography("rotation", ir_size, vi_size)
+    ir = infrared_view(thermal, H_true, ir_size, vi_size)
+    moves = {scene.RESAMPLING: 0.5}
+    monkeypatch.setattr(scene, "resampled_drift", lambda ir, vi, H, options, factor=scene.RESAMPLING: moves[factor])
+    moves[scene.SECOND_RESAMPLING] = 0.5
+    settled = scene_confidence(ir, visible, H_true)
+    moves[scene.SECOND_RESAMPLING] = 2.9
+    within = scene_confidence(ir, visible, H_true)
+    moves[scene.SECOND_RESAMPLING] = 3.6
+    wandering = scene_confidence(ir, visible, H_true)
+    assert settled.score >= MIN_CONFIDENCE and within.score == pytest.approx(settled.score)
+    assert wandering.score < 0.5 * settled.score and wandering.wander_px == 3.6, wandering.describe()
+
 def test_blank_and_smoky_frames_are_not_confident(synthetic_scene):
     """No shared structure (a blank infrared frame, smoke-like noise): the result must not be trusted."""
     visible, _ = synthetic_scene
