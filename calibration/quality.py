@@ -111,9 +111,9 @@ class Confidence:
     tiles that agree, times min(1, agreeing / MIN_AGREEING_TILES), times
     1 / (1 + (held-out corner disagreement / HELD_OUT_PX)^2); :func:`calibration.scene.scene_confidence`
     multiplies that by 1 / (1 + (stability / STABILITY_PX)^2), where stability is how far the
-    answer moves when refined on resampled images, and by min(1, (WANDER_PX / wander)^4), where
-    wander is the same on images resampled differently again. Starts and frames that reached the
-    same answer are reported beside it.
+    answer moves when refined on resampled images, and sets it to 0 where the answer moves more
+    than WANDER_PX on images resampled differently again (``wander_px``). Starts and frames that
+    reached the same answer are reported beside it.
     """
 
     score: float

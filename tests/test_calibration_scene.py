@@ -139,10 +139,10 @@ def test_a_wrong_answer_scores_low(synthetic_scene):
 
 
 def test_a_second_resampling_that_moves_the_answer_sinks_the_score(synthetic_scene, monkeypatch):
-    """Moves up to WANDER_PX at the second resampling cost nothing; beyond it the score falls steeply.
+    """Moves up to WANDER_PX at the second resampling cost nothing; beyond it the answer is refused.
 
     The moves are set by hand (the real pair that needs this, FLIR_08874, is tested below with the
-    shared data): a right answer that one resampling leaves in place and another moves 3.6 px.
+    shared data): a right answer that one resampling leaves in place and another moves 3.2 px.
     """
     import calibration.scene as scene
 
@@ -156,10 +156,10 @@ def test_a_second_resampling_that_moves_the_answer_sinks_the_score(synthetic_sce
     settled = scene_confidence(ir, visible, H_true)
     moves[scene.SECOND_RESAMPLING] = 2.9
     within = scene_confidence(ir, visible, H_true)
-    moves[scene.SECOND_RESAMPLING] = 3.6
+    moves[scene.SECOND_RESAMPLING] = 3.2
     wandering = scene_confidence(ir, visible, H_true)
     assert settled.score >= MIN_CONFIDENCE and within.score == pytest.approx(settled.score)
-    assert wandering.score < 0.5 * settled.score and wandering.wander_px == 3.6, wandering.describe()
+    assert wandering.score == 0.0 and wandering.wander_px == 3.2, wandering.describe()
 
 def test_blank_and_smoky_frames_are_not_confident(synthetic_scene):
     """No shared structure (a blank infrared frame, smoke-like noise): the result must not be trusted."""
@@ -235,8 +235,8 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # --- the benchmark's silent wrong results (scripts/registration_benchmark.py, seed 0) -----------
 
-# The infrared warps the benchmark drew for these pairs on seed 0 (random_rig_warp), visible pixels.
-SEED0_WARPS = {
+# The infrared warps the benchmark drew for these pairs (random_rig_warp; seed 0, TNO 23 seed 1).
+BENCHMARK_WARPS = {
     "roadscene/{}/FLIR_08874.jpg": [
         [1.0302438823166475, -0.11816823294927556, -40.95100160322542],
         [0.11285074373224256, 1.0287322621834756, -87.72406118589467],
@@ -247,14 +247,19 @@ SEED0_WARPS = {
         [0.13570851831375064, 0.8698860737404809, -103.61886680854442],
         [6.894961363936409e-06, 3.1009404941405976e-05, 0.9888936980910011],
     ],
+    "tno/{}/23.bmp": [
+        [1.2309131729530576, -0.1046572733889858, 6.178845206997778],
+        [0.11986548563525215, 1.2387634591319112, -42.47682327886275],
+        [6.257272937016545e-06, 3.712820063741446e-05, 0.9897280929828939],
+    ],
 }
 
 
-def _seed0_pair(shared_data, pair):
+def _benchmark_pair(shared_data, pair):
     """The plain infrared image, the one the benchmark warped, the visible one and the warp."""
     ir = read_infrared(shared_data / "pairs" / pair.format("ir"))
     visible = read_visible(shared_data / "pairs" / pair.format("vi"))
-    H_known = np.array(SEED0_WARPS[pair])
+    H_known = np.array(BENCHMARK_WARPS[pair])
     return ir, _benchmark_script().warped_infrared(ir, H_known), visible, H_known
 
 
@@ -267,15 +272,18 @@ def _benchmark_script():
 
 
 @pytest.mark.shared_data
-def test_an_answer_that_wanders_under_a_second_resampling_is_refused(shared_data):
-    """RoadScene FLIR_08874 on seed 0: 6 px off (pedestrians and a pole close to the rig, parallax).
+@pytest.mark.parametrize("pair", ["roadscene/{}/FLIR_08874.jpg", "tno/{}/23.bmp"])
+def test_an_answer_that_wanders_under_a_second_resampling_is_refused(shared_data, pair):
+    """Two wrong answers the benchmark wrote: one resampling (0.7) left each in place, a second one does not.
 
-    Its tiles agree (79 of 86) and one resampling (0.7) moved it only 1.3 px, so it scored 0.50
-    and was written; refined on images resampled at 0.85 it moves 3.6 px, and now it is refused.
+    RoadScene FLIR_08874 (seed 0) is 6 px off (pedestrians and a pole near the rig: parallax):
+    79 of 86 informative tiles agree, it moved 1.3 px at 0.7 and scored 0.50, and moves 3.6 px
+    at 0.85. TNO 23 (seed 1) is 12-13 px off (against the bare warp and against the pair's own
+    registration): 242 of 261 tiles agree, 0.8 px at 0.7, 3.2 px at 0.85.
     """
-    _, ir, visible, H_known = _seed0_pair(shared_data, "roadscene/{}/FLIR_08874.jpg")
+    _, ir, visible, H_known = _benchmark_pair(shared_data, pair)
     result = register_scene(ir, visible)
-    assert corner_error(result.H, H_known, image_size(visible)) > 5.0  # still the same wrong answer: this is about refusing it
+    assert corner_error(result.H, H_known, image_size(visible)) > 5.0  # the same wrong answer: this is about refusing it
     assert result.confidence.wander_px > 3.0, result.confidence.describe()
     assert not result.confident, result.confidence.describe()
 
@@ -290,7 +298,7 @@ def test_a_pair_the_dataset_misregisters_is_registered_and_written(shared_data):
     1.6 px when resampled). Warped by the benchmark's seed-0 warp, the answer is that registration
     composed with the warp, and it is written.
     """
-    ir_plain, ir, visible, H_known = _seed0_pair(shared_data, "tno/{}/12.bmp")
+    ir_plain, ir, visible, H_known = _benchmark_pair(shared_data, "tno/{}/12.bmp")
     size = image_size(visible)
     own = register_scene(ir_plain, visible, options=SceneOptions(search=SearchRange(1.03, 2.0, 0.03)))
     assert corner_error(own.H, np.eye(3), size) > 40.0  # the dataset's registration is far off ...
