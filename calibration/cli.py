@@ -304,8 +304,11 @@ def run_scene(args: argparse.Namespace) -> int:
 
 def _confidence_reason(confidence) -> str:
     """The part of the confidence that sank it, in a few words."""
-    from calibration.scene import STABILITY_PX
+    from calibration.scene import STABILITY_PX, WANDER_PX
 
+    wander = confidence.wander_px
+    if wander is not None and not wander <= WANDER_PX:  # a veto: it decides alone
+        return f"the answer moves {wander:.1f} px when refined on images resampled again"
     moved = confidence.stability_px
     if moved is not None and not moved <= STABILITY_PX:
         return f"the answer moves {moved:.1f} px when refined on resampled images"

@@ -111,8 +111,9 @@ class Confidence:
     tiles that agree, times min(1, agreeing / MIN_AGREEING_TILES), times
     1 / (1 + (held-out corner disagreement / HELD_OUT_PX)^2); :func:`calibration.scene.scene_confidence`
     multiplies that by 1 / (1 + (stability / STABILITY_PX)^2), where stability is how far the
-    answer moves when refined on resampled images. Starts and frames that reached the same
-    answer are reported beside it.
+    answer moves when refined on resampled images, and sets it to 0 where the answer moves more
+    than WANDER_PX on images resampled differently again (``wander_px``). Starts and frames that
+    reached the same answer are reported beside it.
     """
 
     score: float
@@ -121,6 +122,7 @@ class Confidence:
     held_out_px: float = math.inf  # half the RMS corner distance between fits to two halves of the tiles
     remaining_px: float = math.inf  # how far the fit to all tiles would still move the corners
     stability_px: float | None = None  # how far a refinement on resampled images moves it (scene.scene_confidence)
+    wander_px: float | None = None  # the same on images resampled differently again (scene.SECOND_RESAMPLING)
     starts_agreeing: int = 1
     starts: int = 1
     frames_agreeing: int = 1
@@ -128,6 +130,7 @@ class Confidence:
 
     def describe(self) -> str:
         moved = f"moves {self.stability_px:.2f} px when resampled, " if self.stability_px is not None else ""
+        moved += f"{self.wander_px:.2f} px when resampled again, " if self.wander_px is not None else ""
         text = (
             f"confidence {self.score:.2f}: {self.tiles_agreeing} of {self.tiles_informative} informative tiles agree, "
             f"held-out corner disagreement {self.held_out_px:.2f} px, {moved}"
