@@ -208,10 +208,14 @@ class YCrCbBatch:
         return YCrCbBatch(ycrcb[:, :1], ycrcb[:, 1:])
 
 
-def gray_to_ycrcb(y: Tensor, full_range: bool = True) -> Tensor:
-    """(B, H, W) uint8 luma -> (B, 3, H, W) Y, Cr, Cb with neutral chroma."""
-    luma = luma_to_unit(y[:, None], full_range)
-    return torch.cat([luma, torch.full_like(luma, _DELTA).expand(-1, 2, -1, -1)], dim=1)
+_NEUTRAL_CODE = 128  # limited-range chroma code of 0.5 (no colour): (128 - 16) / 224
+
+
+def gray_batch(y: Tensor) -> YCrCbBatch:
+    """(B, 1, H, W) full-range luma in [0, 1] -> a gray 4:2:0 batch: neutral chroma codes."""
+    b, _, height, width = y.shape
+    neutral = torch.full((b, 2, (height + 1) // 2, (width + 1) // 2), _NEUTRAL_CODE, dtype=torch.uint8, device=y.device)
+    return YCrCbBatch(y, ChromaCodes(neutral, full_range=False))
 
 
 def packed_to_ycrcb(image: Tensor, bgr: bool = False) -> Tensor:
@@ -285,9 +289,7 @@ def planes_to_batch(planes: list[Planes], device: torch.device | str = "cpu", up
         y = torch.empty((len(planes), 1, *first.data[0].shape), device=device)
         return _yuv420_into(planes, device, upload, y)
     if first.layout == GRAY:
-        y = planes_to_luma(planes, device, upload)
-        b, _, height, width = y.shape
-        return YCrCbBatch(y, torch.full((b, 2, (height + 1) // 2, (width + 1) // 2), _DELTA, device=y.device))
+        return gray_batch(planes_to_luma(planes, device, upload))
     packed = _uint8_plane(planes, 0, device, upload)
     packed = torch.stack(packed) if isinstance(packed, list) else packed  # (B, H, W, 3)
     return YCrCbBatch.from_full(packed_to_ycrcb(packed, bgr=first.layout == BGR))

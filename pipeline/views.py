@@ -23,7 +23,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
-from ldfusion.color import ChromaCodes, YCrCbBatch, luma_to_unit, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
+from ldfusion.color import YCrCbBatch, gray_batch, luma_to_unit, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
 
 CONTENTS = ("fused", "side_by_side", "ir", "visible")
 FORMATS = ("yuv420p", "rgb24", "bgr24", "gray")
@@ -66,11 +66,8 @@ def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -
 
 
 def _ir_batch(ir: Tensor) -> YCrCbBatch:
-    """The IR as a gray 4:2:0 picture: luma rounded to 8 bits, neutral chroma codes."""
-    luma = luma_to_unit(ir.mul(255.0).round_().to(torch.uint8), full_range=True)
-    height, width = luma.shape[-2:]
-    neutral = torch.full((luma.shape[0], 2, (height + 1) // 2, (width + 1) // 2), 128, dtype=torch.uint8, device=luma.device)
-    return YCrCbBatch(luma, ChromaCodes(neutral, full_range=False))
+    """The IR as a gray 4:2:0 picture, its luma rounded to 8 bits."""
+    return gray_batch(luma_to_unit(ir.mul(255.0).round_().to(torch.uint8), full_range=True))
 
 
 def _yuv420p(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, Tensor, Tensor]:

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ldfusion.color import gray_to_ycrcb, planes_to_inputs, ycrcb_to_yuv420p
+from ldfusion.color import luma_to_unit, planes_to_inputs, ycrcb_to_yuv420p
 from ldfusion.video import Planes
 from pipeline.views import render
 
@@ -26,7 +26,8 @@ def test_side_by_side_planes_equal_the_full_picture_encoded(width):
     the visible chroma as decoded) or from the full picture (odd widths), the planes are
     those of the full-resolution picture encoded whole."""
     fused, ir, vi, visible = _batch(width)
-    ir_picture = gray_to_ycrcb(ir[:, 0].mul(255.0).round_().to(torch.uint8))
+    ir_luma = luma_to_unit(ir.mul(255.0).round_().to(torch.uint8), full_range=True)
+    ir_picture = torch.cat([ir_luma, torch.full_like(ir_luma, 0.5).expand(-1, 2, -1, -1)], dim=1)  # gray: neutral chroma
     expected = ycrcb_to_yuv420p(torch.cat([ir_picture, vi.full(), fused.full()], dim=-1))
     fused, ir, vi, visible = _batch(width)  # fresh batches: the chroma still as codes
     got = render(["side_by_side:yuv420p"], fused, ir, vi)["side_by_side:yuv420p"]
