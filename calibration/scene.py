@@ -355,7 +355,8 @@ def refine_level(pyramid: Pyramid, index: int, H: np.ndarray, options: SceneOpti
         if fit is None:
             break
         support = float(np.sum(fit.weights * matches.peaks))
-        moved = apply_homography(fit.G, infrared_corners(H_level, image_size(level.ir))) - infrared_corners(H_level, image_size(level.ir))
+        corners = infrared_corners(H_level, image_size(level.ir))
+        moved = apply_homography(fit.G, corners) - corners
         H_level = normalise_homography(fit.G @ H_level)
         if options.model == "affine":
             H_level[2] = (0.0, 0.0, 1.0)
