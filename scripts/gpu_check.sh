@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
-# Issue 11's GPU check: one run on a device machine, under 5 minutes, every result in $OUT.
+# Issue 11's GPU check: one run on a device machine, under 7 minutes, every result in $OUT.
 #
 #   1. here:      scripts/gpu_wheels.sh           (wheels into .whl/, weights + one M3SVD pair into .devcarry/)
-#   2. device:    run(command="bash scripts/gpu_check.sh", carry=[".whl", ".devcarry"], timeout_s=420)
+#   2. device:    run(command="bash scripts/gpu_check.sh", carry=[".whl", ".devcarry"], timeout_s=480)
 #   dry run here: PYTHON=/work/main/.venv/bin/python bash scripts/gpu_check.sh --dry-run
 #
 # The dry run goes through the same sections on the CPU with tiny sizes (about 2 minutes
 # on a loaded 2-core machine), to check the script, not to measure.
 #
 # Sections, in order of what matters most if time runs short; each has its own timeout
-# and the whole run a budget (BUDGET_S, default 285 s). A section that fails or times out
-# is recorded in $OUT/summary.tsv (section, exit status, seconds; 124 = timed out) and the
-# next one runs; each writes $OUT/<section>.log and its results:
+# and the whole run a budget (BUDGET_S, default 400 s). A section that fails or times out
+# is recorded in summary.tsv (section, exit status, seconds; 124 = timed out) and the
+# next one runs; each writes <section>.log and its results. The device tool brings back at
+# most 8 files, so the results are kept in one folder and packed after every section into
+# $OUT/gpu_check.tar.gz (a run stopped at its limit still returns what finished), with
+# $OUT/summary.tsv beside it:
 #   env      GPU, driver, torch/CUDA/cuDNN, PyAV's FFmpeg and hardware devices   env.log
 #   install  .whl/*.whl into a scratch folder: pip --no-index --no-deps --target
 #   codecs   NVENC/NVDEC probe with FFmpeg's reasons, CPU vs NVDEC decode fps     codecs.json
 #   tests    pytest -k cuda (TF32-aware batch test, inductor test), codec/batching tests   tests_*.xml
 #   bench    ldfusion bench --devices cuda: model_on_device, model, pipeline;
-#            batches 8 and 32; 640x512 and 1920x1080                                 bench.json
+#            batches 8 and 32 at 640x512                                             bench.json
+#   bench_1080  the same at 1920x1080 (its own section: a timeout loses one size)    bench_1080.json
 #   streams  ldfusion bench --streams 8 at 640x512 (only once the bench has it)     bench_streams.json
 #   latency  ldfusion run, live mode, the M3SVD pair replayed at its recorded 22 fps,
 #            MP4 sink: capture-to-sink p50/p99 (target p99 <= 50 ms at 30 fps)      latency_summary.json
 #   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
+#   bench_compiled  the bench's model_on_device and pipeline with --compile on,
+#            640x512, batch 32                                                     bench_compiled.json
+#   profile  py-spy (when its wheel was carried) samples every thread of the
+#            pipeline bench at 640x512, batch 32: where the host's time goes       profile_pipeline.txt
 set -uo pipefail  # no -e: a failing section must not stop the others
 
 LDFUSION_MODULE="ldfusion_cli.main"  # the CLI dispatcher; change this one line if it moves
-BUDGET_S=${BUDGET_S:-285}
+BUDGET_S=${BUDGET_S:-400}
 PY=${PYTHON:-python3}
 DRY_RUN=0
 case "${1:-}" in
@@ -39,9 +47,10 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 OUT=${OUT:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 SCRATCH=$(mktemp -d /tmp/gpu_check_scratch.XXXXXX)
-mkdir -p "$OUT" "$SCRATCH/bin" "$SCRATCH/site"
+RESULTS=$SCRATCH/gpu_check  # packed into $OUT after every section
+mkdir -p "$OUT" "$RESULTS" "$SCRATCH/bin" "$SCRATCH/site"
 START=$(date +%s)
-printf 'section\texit\tseconds\n' > "$OUT/summary.tsv"
+printf 'section\texit\tseconds\n' > "$RESULTS/summary.tsv"
 
 # The wheels are cp312; on the device they go on the path. In a dry run the local venv
 # already has the packages, and the install only checks that the wheels install.
@@ -54,7 +63,7 @@ fi
 printf '#!/usr/bin/env bash\nexec %q -m %s "$@"\n' "$PY" "$LDFUSION_MODULE" > "$SCRATCH/bin/ldfusion"
 chmod +x "$SCRATCH/bin/ldfusion"
 export PATH="$SCRATCH/bin:$PATH"
-export PY OUT SCRATCH REPO DRY_RUN
+export PY OUT SCRATCH RESULTS REPO DRY_RUN
 
 # The carried data, where the tests' shared_data fixture looks (../shared/data); never
 # replaces data that is already there.
@@ -68,16 +77,23 @@ section() {  # section NAME MAX_SECONDS FUNCTION: run FUNCTION under a timeout, 
   left=$((BUDGET_S - ($(date +%s) - START)))
   limit=$((max < left ? max : left))
   if ((limit < 10)); then
-    printf '%s\tskipped\t0\n' "$name" >> "$OUT/summary.tsv"
+    printf '%s\tskipped\t0\n' "$name" >> "$RESULTS/summary.tsv"
     echo "== $name: skipped, the ${BUDGET_S}s budget is spent"
+    pack_results
     return
   fi
   echo "== $name (up to ${limit}s)"
   started=$(date +%s)
-  timeout --kill-after=5 "$limit" bash -c "$fn" > "$OUT/$name.log" 2>&1
+  timeout --kill-after=5 "$limit" bash -c "$fn" > "$RESULTS/$name.log" 2>&1
   rc=$?
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - started))" >> "$OUT/summary.tsv"
-  tail -n 12 "$OUT/$name.log"
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(($(date +%s) - started))" >> "$RESULTS/summary.tsv"
+  tail -n 12 "$RESULTS/$name.log"
+  pack_results
+}
+
+pack_results() {  # written beside $OUT, then moved in, so $OUT never holds half an archive
+  tar -czf "$SCRATCH/gpu_check.tar.gz" -C "$SCRATCH" gpu_check && mv "$SCRATCH/gpu_check.tar.gz" "$OUT/"
+  cp "$RESULTS/summary.tsv" "$OUT/"
 }
 
 env_info() {
@@ -106,7 +122,7 @@ install_wheels() {
 }
 
 probe_codecs() {
-  "$PY" scripts/codec_probe.py --clip "$CLIP" --out "$OUT/codecs.json"
+  "$PY" scripts/codec_probe.py --clip "$CLIP" --out "$RESULTS/codecs.json"
 }
 
 run_tests() {
@@ -117,29 +133,29 @@ run_tests() {
     ignore=(--ignore=tests/test_losses.py --ignore=tests/test_training.py)
   fi
   # Every CUDA-parametrised test: networks with TF32 off, registration, inductor vs eager.
-  "$PY" -m pytest -q -p no:cacheprovider "${ignore[@]}" -k cuda --junitxml="$OUT/tests_cuda.xml" tests || rc=$?
-  "$PY" -m pytest -q -p no:cacheprovider --junitxml="$OUT/tests_codecs_batching.xml" \
+  "$PY" -m pytest -q -p no:cacheprovider "${ignore[@]}" -k cuda --junitxml="$RESULTS/tests_cuda.xml" tests || rc=$?
+  "$PY" -m pytest -q -p no:cacheprovider --junitxml="$RESULTS/tests_codecs_batching.xml" \
     tests/test_codecs.py tests/test_fixed_batch.py tests/test_batching.py || rc=$?
   return $rc
 }
 
-run_bench() {
+run_bench() {  # run_bench SIZE JSON_NAME
   if ((DRY_RUN)); then
     ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths model_on_device model pipeline \
-      --frames 4 --warmup 1 --out "$OUT/bench.json"
+      --frames 4 --warmup 1 --out "$RESULTS/$2"
   else
-    ldfusion bench --devices cuda --resolutions 640x512 1920x1080 --batch-sizes 8 32 \
-      --paths model_on_device model pipeline --frames 256 --warmup 3 --out "$OUT/bench.json"
+    ldfusion bench --devices cuda --resolutions "$1" --batch-sizes 8 32 \
+      --paths model_on_device model pipeline --frames 256 --warmup 3 --out "$RESULTS/$2"
   fi
 }
 
 run_compile() {
   if ((DRY_RUN)); then
     "$PY" scripts/compile_speed.py --device cpu --resolution 64x48 --batch-sizes 2 --iterations 2 \
-      --backend aot_eager --out "$OUT/compile.json"
+      --backend aot_eager --out "$RESULTS/compile.json"
   else
     "$PY" scripts/compile_speed.py --device cuda --resolution 640x512 --batch-sizes 32 8 --iterations 50 \
-      --out "$OUT/compile.json"
+      --out "$RESULTS/compile.json"
   fi
 }
 
@@ -150,10 +166,10 @@ run_streams() {
   fi
   if ((DRY_RUN)); then
     ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths pipeline --streams 2 \
-      --frames 4 --warmup 1 --out "$OUT/bench_streams.json"
+      --frames 4 --warmup 1 --out "$RESULTS/bench_streams.json"
   else
     ldfusion bench --devices cuda --resolutions 640x512 --batch-sizes 32 --paths pipeline --streams 8 \
-      --frames 512 --warmup 3 --out "$OUT/bench_streams.json"
+      --frames 512 --warmup 3 --out "$RESULTS/bench_streams.json"
   fi
 }
 
@@ -170,21 +186,49 @@ sinks:
   - {kind: mp4, path: "{stream}.mp4"}
 run: {out_dir: $SCRATCH/latency, mode: live, realtime: true, progress: false$limit}
 YAML
-  ldfusion run "$SCRATCH/latency.yaml" && cp "$SCRATCH/latency/summary.json" "$OUT/latency_summary.json"
+  ldfusion run "$SCRATCH/latency.yaml" && cp "$SCRATCH/latency/summary.json" "$RESULTS/latency_summary.json"
 }
 
-export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency
+run_bench_compiled() {
+  if ((DRY_RUN)); then
+    ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths model_on_device pipeline \
+      --compile on --compile-backend aot_eager --frames 4 --warmup 2 --out "$RESULTS/bench_compiled.json"
+  else
+    ldfusion bench --devices cuda --resolutions 640x512 --batch-sizes 32 --paths model_on_device pipeline \
+      --compile on --frames 1024 --warmup 3 --out "$RESULTS/bench_compiled.json"
+  fi
+}
+
+run_profile() {  # every thread's Python stacks, sampled: where the pipeline's host time goes
+  local size=640x512 frames=2048 device=cuda spy
+  spy=$(command -v py-spy || echo "$SCRATCH/site/bin/py-spy")
+  if [[ ! -x $spy ]]; then
+    echo "no py-spy (its wheel was not carried); nothing profiled"
+    return 0
+  fi
+  if ((DRY_RUN)); then size=64x48 frames=32 device=cpu; fi
+  "$spy" record --threads --idle --rate 200 --format raw -o "$RESULTS/profile_pipeline.txt" -- \
+    "$PY" -m "$LDFUSION_MODULE" bench --devices "$device" --resolutions "$size" --batch-sizes 32 \
+    --paths pipeline --frames "$frames" --warmup 3 --out "$SCRATCH/bench_profiled.json"
+}
+
+export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency \
+  run_bench_compiled run_profile pack_results
+export LDFUSION_MODULE
 export CLIP
 
 section env 30 env_info
 section install 60 install_wheels
 section codecs 40 probe_codecs
-section tests 80 run_tests
-section bench 100 run_bench
+section bench 70 "run_bench 640x512 bench.json"
+section tests 100 run_tests
 section streams 45 run_streams
-section latency 30 run_latency
 section compile 100 run_compile
+section bench_compiled 80 run_bench_compiled
+section bench_1080 80 "run_bench 1920x1080 bench_1080.json"
+section latency 30 run_latency
+section profile 60 run_profile
 
-echo "== done in $(($(date +%s) - START))s; results in $OUT"
+echo "== done in $(($(date +%s) - START))s; results in $OUT/gpu_check.tar.gz"
 column -t "$OUT/summary.tsv" 2>/dev/null || cat "$OUT/summary.tsv"
 rm -rf "$SCRATCH"

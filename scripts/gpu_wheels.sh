@@ -13,16 +13,16 @@
 #
 # The device tool carries at most 64 MiB with the working tree. Measured 2026-11-26:
 # core wheels 36 MB (av 35.8 MB, pyzmq 0.9, PyYAML 0.8, tqdm 0.1), .devcarry 4.1 MB.
-# --with-clip adds 14.6 MB (open_clip_torch, ftfy, regex, wcwidth, timm, huggingface_hub,
-# safetensors: 7.1 MB, and torchvision 0.26 for the image's torch 2.11: 7.5 MB) for the
-# CLIP-loss tests; gpu_check does not need them (the networks, codecs and pipeline do
-# not import open_clip or torchvision).
+# --with-clip adds the three CLIP packages the image lacks (open_clip_torch, ftfy,
+# wcwidth); the image already has torchvision 0.26 (for its torch 2.11), timm,
+# huggingface_hub, safetensors and regex (the device tool's KINDS.md lists its packages).
+# They let the CLIP-loss and training tests run there; the networks, codecs and pipeline
+# do not import open_clip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-/work/main/.venv/bin/python}
 SHARED=${SHARED:-../shared/data}
-TORCHVISION_FOR_DEVICE_TORCH="torchvision==0.26.*"  # torch 2.11 on the device image
 CARRY_LIMIT_MB=64
 
 with_clip=0
@@ -36,16 +36,18 @@ esac
 # The versions tested here, so the device runs what the CPU tests ran.
 version() { "$PYTHON" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 core=("av==$(version av)" "pyzmq==$(version pyzmq)" "PyYAML==$(version PyYAML)" "tqdm==$(version tqdm)")
+# py-spy (a 3 MB static binary) lets gpu_check's profile section sample the pipeline's threads.
+if "$PYTHON" -c "import importlib.metadata as m; m.version('py-spy')" 2> /dev/null; then core+=("py-spy==$(version py-spy)"); fi
 clip=()
 if ((with_clip)); then
-  for name in open_clip_torch ftfy regex wcwidth timm huggingface_hub safetensors; do clip+=("$name==$(version "$name")"); done
-  clip+=("$TORCHVISION_FOR_DEVICE_TORCH")
+  for name in open_clip_torch ftfy wcwidth; do clip+=("$name==$(version "$name")"); done
 fi
 
 rm -rf .whl && mkdir -p .whl
 "$PYTHON" -m pip download --quiet --no-deps --only-binary=:all: \
   --python-version 3.12 --implementation cp --abi cp312 \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+  --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 \
   -d .whl "${core[@]}" "${clip[@]}"
 
 rm -rf .devcarry && mkdir -p .devcarry/data/weights/ld-lite .devcarry/data/video/m3svd/infrared .devcarry/data/video/m3svd/visible
