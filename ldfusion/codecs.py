@@ -1,44 +1,40 @@
-"""Which H.264 encoder and which decoder a run uses: hardware when it opens, else the CPU.
+"""Which H.264 encoder and which decoder a run uses.
 
-``decode: auto|cpu|cuda`` and ``encoder: auto|libx264|h264_nvenc`` are resolved once, at
-start, by asking PyAV's FFmpeg what it has *and* opening it: a codec that is compiled in
-is not one that works. PyAV's wheels ship ``h264_nvenc`` and the ``cuda`` hwaccel on every
-machine; they load ``libcuda.so.1`` / ``libnvidia-encode.so.1`` from the driver at open
-time and fail there when the driver or the hardware unit is missing. A hardware codec that
-does not open falls back to the CPU codec with one warning that quotes FFmpeg's reason;
-``auto`` falls back quietly (one info line), since the CPU codec is a correct answer.
+``encoder: auto|libx264|h264_nvenc`` and ``decode: auto|cpu|cuda`` are resolved once, at
+start. A hardware codec is chosen by asking PyAV's FFmpeg what it has *and* opening it: a
+codec that is compiled in is not one that works. PyAV's wheels ship ``h264_nvenc`` and the
+``cuda`` hwaccel on every machine; they load ``libcuda.so.1`` / ``libnvidia-encode.so.1``
+from the driver at open time and fail there when the driver or the hardware unit is
+missing. A hardware codec that does not open falls back to the CPU codec with one warning
+that quotes FFmpeg's reason; the encoder's ``auto`` (NVENC when it opens) falls back
+quietly (one info line), since the CPU codec is a correct answer. The decoder's ``auto`` is
+the CPU decoder (measured faster; below).
 
-Why ``h264_nvenc`` fails on an H100 / H200 ("Generic error in an external library" from
-``avcodec_open2``, with the driver's encode library present): the likely cause, not yet
-confirmed on the machine (scripts/codec_probe.py prints FFmpeg's own log there). Hopper
-data-centre GPUs (GH100: H100, H200), like the A100 (GA100) before them, have NVDEC decoders and NVJPG but
-no NVENC engine: NVIDIA's NVENC capability tables list Maxwell to Ampere (GA10x), Ada and
-Blackwell, and no Hopper column, while the NVDEC tables list "Turing/GA100/Hopper". The
-driver still installs ``libnvidia-encode``, so FFmpeg loads it, ``nvEncOpenEncodeSessionEx``
-answers NV_ENC_ERR_UNSUPPORTED_DEVICE for the only GPU ("OpenEncodeSessionEx failed:
-unsupported device (2)"), FFmpeg logs "No capable devices found" and returns
-AVERROR_EXTERNAL, which PyAV reports as "Generic error in an external library". The other
-causes people meet give different errors and the probe reports them the same way: a driver
-older than the bundled FFmpeg's nv-codec-headers ("Driver does not support the required
-nvenc API version", ENOSYS / "Function not implemented"), no driver ("Cannot load
-libcuda.so.1", EPERM here), a size outside the encoder's limits. The probe therefore opens
-the encoder at the stream's own size and encodes one frame (some failures appear only on
-the first frame), with FFmpeg's log captured so the warning names the cause. NVENC at
-the GPU's speed needs an NVENC-equipped card (L4, L40S, A10, RTX); on an H100 / H200 the
-MP4 sinks encode with libx264 on the CPU cores.
+Why ``h264_nvenc`` fails on an H100 / H200: they have no NVENC engine. Confirmed on an
+H200 on 2026-11-27 (scripts/codec_probe.py, FFmpeg's own log): "OpenEncodeSessionEx failed:
+unsupported device (2): (no details); No capable devices found", which PyAV reports as
+"Generic error in an external library". Hopper data-centre GPUs (GH100), like the A100
+(GA100) before them, have NVDEC decoders and NVJPG but no NVENC: NVIDIA's NVENC capability
+tables list Maxwell to Ampere (GA10x), Ada and Blackwell, and no Hopper column, while the
+driver still installs ``libnvidia-encode``, so FFmpeg loads it and the session is refused.
+Other causes give other errors, and the probe reports them the same way: a driver older
+than the bundled FFmpeg's nv-codec-headers ("Driver does not support the required nvenc
+API version"), no driver ("Cannot load libcuda.so.1"), a size outside the encoder's
+limits. So the probe opens the encoder at the stream's own size and encodes one frame
+(some failures appear only on the first frame). NVENC needs an NVENC-equipped card (L4,
+L40S, A10, RTX); on an H100 / H200 the MP4 sinks encode with libx264 on the CPU cores.
 
-NVDEC: PyAV's ``cuda`` hwaccel, not NVIDIA's PyNvVideoCodec. Issue 10 makes PyAV the one
-video reader; the hwaccel is an argument to the same ``av.open`` (``open_options``), so
-demuxing, timestamps and damaged-packet handling stay in one place, and the frames come
-back to host memory as ``nv12`` planes (Y, then interleaved U/V): planes, as the plane
-data path wants, with one chroma layout more to read. PyNvVideoCodec hands out
-device-resident surfaces (zero-copy into torch via DLPack), the better tool only if
-profiling on a GPU shows the host round trip of decoded planes limiting; it would be a
-second reader and a dependency the device image lacks, and PyAV 18's
-``HWAccel(is_hw_owned=True)`` (frames kept on the device, for DLPack) is the step to try
-first. The measured CPU decode
-(4035 fps of 640x512 H.264 on 16 cores, two decodes per fused frame) already carries the
-1000 fused fps target, so NVDEC mainly frees CPU cores for libx264.
+Decoding: ``auto`` is the CPU decoder, ``cuda`` asks for NVDEC. Measured on an H200 with 16
+cores (2026-11-27, scripts/codec_probe.py, the M3SVD 640x480 MPEG-4 clip): the CPU decoder
+ran at 7553 fps, NVDEC through PyAV's ``cuda`` hwaccel at 889 fps. PyAV hands every NVDEC
+frame back to host memory (a download and a wait per frame) as ``nv12``, which the reader
+then converts to ``yuv420p``; in the pipeline that made the visible reader the bottleneck
+(py-spy: busy 90% of the run, 39% of it in that conversion) and held the whole pipeline at
+~230 fps at 640x512. NVDEC pays only when frames stay on the device (NVIDIA's
+PyNvVideoCodec hands out device surfaces for DLPack; PyAV 18's ``HWAccel(is_hw_owned=True)``
+is the step to try first) or when the CPU has too few cores for the streams; ``cuda`` is
+there for that case, through the same ``av.open`` as every other reader (``open_options``),
+so demuxing, timestamps and damaged-packet handling stay in one place.
 
 Where it is used: ``VideoWriter(codec=sink.encoder)`` and ``VideoReader(decode=source.decode)``
 in ldfusion/video.py (the MP4 sink and video sources pass their keys), which do::
@@ -217,24 +213,25 @@ def encoder_problem(name: str, width: int, height: int, options: Mapping[str, st
 @_one_at_a_time
 @cache
 def choose_decoder(preference: str, codec_name: str | None = None) -> DecoderChoice:
-    """Where a ``codec_name`` stream decodes: NVDEC when asked for (or ``auto``) and it opens.
+    """Where a ``codec_name`` stream decodes: NVDEC when ``cuda`` is asked for and it opens,
+    else the CPU (``auto`` and ``cpu``: the CPU decoder was 8.5x NVDEC's speed through PyAV
+    on an H200; see the module docstring).
 
     ``cuda`` that cannot be used (no GPU, no driver, a codec NVDEC lacks) falls back to the
-    CPU with one warning; ``auto`` does so with one info line. ``codec_name`` None (the
-    reader has not opened the file yet) probes NVDEC with H.264; a file in a codec NVDEC
-    lacks then decodes in software through the hwaccel's fallback. Cached per
-    (preference, codec), so a pipeline's sources probe and log once.
+    CPU with one warning. ``codec_name`` None (the reader has not opened the file yet)
+    probes NVDEC with H.264; a file in a codec NVDEC lacks then decodes in software through
+    the hwaccel's fallback. Cached per (preference, codec), so a pipeline's sources probe
+    and log once.
     """
     check_decode_name(preference)
     codec_name = codec_name or "h264"
-    if preference == "cpu":
+    if preference != "cuda":
         return DecoderChoice("cpu")
     problem = decoder_problem(codec_name)
     if problem is None:
         log.info("decode: %s on NVDEC (PyAV cuda hwaccel)", codec_name)
         return DecoderChoice("cuda", nvdec_hwaccel())
-    report = log.info if preference == "auto" else log.warning
-    report("decode: NVDEC cannot decode %s (%s); decoding on the CPU", codec_name, problem)
+    log.warning("decode: NVDEC cannot decode %s (%s); decoding on the CPU", codec_name, problem)
     return DecoderChoice("cpu")
 
 

@@ -103,8 +103,9 @@ class VideoReader:
     for readers that run side by side). ``ir_16bit``: the deep-luma rule
     (``stretch`` or ``scale``, as for 16-bit infrared images). ``decode``: ``cpu`` (default),
     ``cuda`` or ``auto`` (a video source's ``decode`` key), resolved by
-    ``ldfusion.codecs.choose_decoder`` for the file's codec: NVDEC when it opens, else the CPU
-    with one log line. NVDEC frames come back as ``nv12`` and are read like any other layout. Use as a context manager, or
+    ``ldfusion.codecs.choose_decoder`` for the file's codec: ``cuda`` is NVDEC when it opens,
+    else the CPU with one warning; ``auto`` and ``cpu`` are the CPU decoder. NVDEC frames
+    come back as ``nv12`` and are read like any other layout. Use as a context manager, or
     call ``close``.
     """
 

@@ -65,7 +65,7 @@ class SourceConfig:
     reconnect_max_s: float = 10.0  # camera: longest wait between attempts
     max_reconnects: int | None = None  # camera: give up (an error) after this many failed attempts; None = never
     read_timeout_s: float = 5.0  # camera (URL): a read that takes longer counts as stopped
-    decode: str = "auto"  # video: auto (NVDEC when it opens) | cpu | cuda (NVDEC, else the CPU with a warning)
+    decode: str = "auto"  # video: auto (the CPU decoder: faster than NVDEC through PyAV; ldfusion.codecs) | cpu | cuda (NVDEC, else the CPU with a warning)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
