@@ -12,7 +12,7 @@ the visible Y with the infrared, and the fused Y is joined with the visible chro
 exactly the views the sinks asked for are rendered, batched, on the device, and each is
 downloaded once (``pipeline.views``). On CUDA the network runs in half precision,
 ``channels_last`` (``Fuser`` options), frames are uploaded through reusable pinned
-buffers (``PinnedStaging``: no page-locking per batch, copies that do not block the host),
+buffers (``ldfusion.staging``: no page-locking per batch, copies that do not block the host),
 and partial batches are padded to ``batch_size`` (``pad_batches``: ``ldfusion.fixed_batch``,
 which counts the padded rows), so the network always sees one input shape and cuDNN (and a
 compiled network) tunes it once. Batches take one pair from each stream in turn
@@ -30,18 +30,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from ldfusion.color import YCrCbBatch, planes_to_inputs
 from ldfusion.fixed_batch import FixedBatch, pad_rows
 from ldfusion.inference import Fuser
+from ldfusion.staging import PinnedStaging
 from ldfusion.threads import torch_threads
 from pipeline.batching import FairCollector
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
@@ -193,38 +193,6 @@ class FusionWorker:
         style = codes.style.clone()
         style[:rows] = self.smoother(codes.style[:rows], streams)
         return self.fuser.decode(replace(codes, style=style))[:rows]
-
-
-class PinnedStaging:
-    """Host-to-device uploads (CUDA) through reusable pinned buffers, a small ring per shape.
-
-    A buffer is refilled only after the copy that last read it has finished (a CUDA event
-    recorded after the copy), so the next batch never overwrites data still in flight.
-    """
-
-    def __init__(self, device: torch.device, depth: int = 3) -> None:
-        self.device = device
-        self.depth = depth
-        self._rings: dict[tuple, deque] = {}
-
-    def upload(self, arrays: list[np.ndarray]) -> Tensor:
-        """Stack same-shaped arrays into a pinned buffer and start its copy to the device."""
-        key = ((len(arrays), *arrays[0].shape), arrays[0].dtype.str)
-        ring = self._rings.setdefault(key, deque())
-        if len(ring) < self.depth:
-            buffer, done = torch.empty(key[0], dtype=_TORCH_DTYPES[arrays[0].dtype.str], pin_memory=True), None
-        else:
-            buffer, done = ring.popleft()
-            done.synchronize()  # the copy that last read this buffer has finished
-        np.stack(arrays, out=buffer.numpy())
-        on_device = buffer.to(self.device, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        ring.append((buffer, event))
-        return on_device
-
-
-_TORCH_DTYPES = {np.dtype(np.uint8).str: torch.uint8}  # planes are uint8 (ldfusion.video.Planes)
 
 
 def _group_by_layout(pairs: list[FramePair]) -> dict[tuple, list[int]]:

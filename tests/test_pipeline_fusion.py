@@ -229,16 +229,3 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
     assert [f.meta.seq for f in padded] == [0, 1, 2, 3, 4]
     for x, y in zip(padded, plain):
         assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 1
-
-
-def test_pinned_staging_reuses_its_buffers_safely():
-    if not torch.cuda.is_available():
-        pytest.skip("pinned staging is for CUDA")
-    from pipeline.fusion_worker import PinnedStaging
-
-    staging = PinnedStaging(torch.device("cuda"), depth=2)
-    arrays = [[np.full((4, 6), 10 * k + i, np.uint8) for i in range(3)] for k in range(5)]
-    uploaded = [staging.upload(batch) for batch in arrays]
-    for batch, tensor in zip(arrays, uploaded):
-        assert torch.equal(tensor.cpu(), torch.from_numpy(np.stack(batch)))
-    assert len(staging._rings) == 1 and len(next(iter(staging._rings.values()))) == 2
