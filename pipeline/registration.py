@@ -172,6 +172,12 @@ class Registrar:
             self._overlap_checked = True  # both sides may check at once: at worst it is checked twice
         return plan
 
+    def expected_output_size(self, ir_size: Size, vi_size: Size) -> Size:
+        """The fused frames' size for frames of these sizes, without fixing the plan (the
+        first pair still does): what the fusion stage warms the network up for."""
+        plan = self.plan or plan_without_calibration(ir_size, vi_size, self._warp, self._crop)
+        return plan.output_size
+
     def apply(self, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, YCrCbBatch]:
         """Device side: warp and crop a batch of (B, 1, h, w) IR and visible Y, Cr, Cb."""
         plan = self.check((ir.shape[-1], ir.shape[-2]), (visible.y.shape[-1], visible.y.shape[-2]))

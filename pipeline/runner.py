@@ -181,6 +181,8 @@ class Pipeline:
             )
             log.info("running %d stream(s) in %s mode: %s on %s, batch %d", len(self._streams), "live" if live else "file",
                      fuser.spec.name, fuser.device, self._batch)
+            if fuser.device.type == "cuda":
+                self._warm_up(worker)
             self.stats.start()
             threads = self._start_threads(worker, sinks, live, origin, infos)
             try:
@@ -198,6 +200,19 @@ class Pipeline:
         summary = self._summary(fuser, outputs)
         self._write_summary(summary)
         return summary
+
+    def _warm_up(self, worker: FusionWorker) -> None:
+        """Compile and tune the network for every output size known before capture starts."""
+        sizes = {
+            stream.registrar.expected_output_size(stream.ir.size, stream.visible.size)
+            for stream in self._streams
+            if stream.ir.size is not None and stream.visible.size is not None
+        }
+        for width, height in sorted(sizes):
+            start = time.perf_counter()
+            worker.warm_up((width, height))
+            log.info("warm-up: %dx%d at batch %d ready in %.1f s, before capture starts", width, height, worker.batch_size,
+                     time.perf_counter() - start)
 
     def _load_fuser(self) -> Fuser:
         model = self.config.model

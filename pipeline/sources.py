@@ -83,6 +83,7 @@ class Source(ABC):
         self.rate: Fraction = DEFAULT_RATE  # nominal frame rate
         self.time_base: Fraction = LIVE_TIME_BASE  # a clock on which t is exact (for MP4 pts)
         self.expected_frames: int | None = None
+        self.size: tuple[int, int] | None = None  # (width, height) when known before the first frame
         self.outages = 0  # live: times the camera stopped delivering
         self.reconnects = 0  # live: times it was reopened and delivered again
         self.stale = 0  # live: frames buffered while (re)connecting, skipped
@@ -110,6 +111,7 @@ class VideoFileSource(Source):
         if not self._reader.rate_stated:
             log.warning("%s does not state its frame rate; assuming %s fps", path, DEFAULT_RATE)
         self.expected_frames = self._reader.expected_frames
+        self.size = (self._reader.width, self._reader.height)
 
     def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
         for frame in self._reader:
@@ -219,6 +221,7 @@ class LiveCameraSource(Source):
         reported = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
         fps = reported if 0 < reported < 1000 else config.fps or float(DEFAULT_RATE)
         self.rate = Fraction(fps).limit_denominator(1001)
+        self.size = _reported_size(self._capture)
         self._network = isinstance(self._camera, str) and "://" in self._camera
         self._catching_up = self._network
         self._stale_now = 0  # stale frames skipped since the last (re)connect
@@ -318,6 +321,12 @@ class LiveCameraSource(Source):
 
     def close(self) -> None:
         self._release()
+
+
+def _reported_size(capture: Capture) -> tuple[int, int] | None:
+    """The frame size a camera reports on opening (0 from drivers that do not know yet: None)."""
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+    return (width, height) if width > 0 and height > 0 else None
 
 
 _MAX_STALE_S = 5.0  # a (re)connecting camera's buffered frames skipped, at most (in seconds of frames)

@@ -107,6 +107,7 @@ class FakeCamera:
 
     def __init__(self, fps: float, width: int = 64, height: int = 48, seed: int = 0, fail_after: int | None = None):
         self.fps = fps
+        self.width, self.height = width, height
         self._start = time.monotonic()
         self._next = 0
         self._fail_after = fail_after
@@ -137,7 +138,8 @@ class FakeCamera:
             return True, self._frames[index % len(self._frames)].copy()
 
     def get(self, prop: int) -> float:
-        return float(self.fps) if prop == cv2.CAP_PROP_FPS else 0.0
+        reported = {cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_FRAME_WIDTH: self.width, cv2.CAP_PROP_FRAME_HEIGHT: self.height}
+        return float(reported.get(prop, 0.0))
 
     def release(self) -> None:
         self.released = True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -19,7 +20,9 @@ from pipeline.frames import EndOfStream, FrameMeta, FramePair
 from pipeline.fusion_worker import FusionWorker, StyleSmoother
 from pipeline.queues import FrameQueue
 from pipeline.registration import Registrar
-from tests.pipeline_helpers import cpu_fuser, texture
+from ldfusion.checkpoint import load_model
+from pipeline.runner import run_pipeline
+from tests.pipeline_helpers import cpu_fuser, make_config, marked_video, texture
 
 
 def pair(stream: str, seq: int, brightness: float = 1.0, size=(40, 32)) -> FramePair:
@@ -229,3 +232,40 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
     assert [f.meta.seq for f in padded] == [0, 1, 2, 3, 4]
     for x, y in zip(padded, plain):
         assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 1
+
+
+class ShapeProbe(torch.nn.Module):
+    """An identity network that notes the input shape of each call."""
+
+    spec = VariantSpec(name="probe", content_dim=1, n_downsample=2, n_residual=0)
+
+    def __init__(self, seen: list[tuple]) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tuple(vi_y.shape))
+        return vi_y
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_warm_up_runs_the_network_once_in_the_shape_the_stage_will_use(pad):
+    """Padded batches (CUDA): the batch size, the one shape a compiled network is made for."""
+    seen: list[tuple] = []
+    fuser = Fuser(ShapeProbe(seen), FuserOptions(device="cpu"))
+    registrars = {"a": Registrar("a", None, "ir_to_visible", False)}
+    FusionWorker(fuser, registrars, batch_size=4, smoothing=False, pad_batches=pad).warm_up((40, 24))
+    assert seen == [(4 if pad else 1, 1, 24, 40)]
+
+
+def test_a_run_on_cuda_warms_up_before_capture(tmp_path, random_weights, caplog):
+    """In live mode the first batch would otherwise compile while every frame is dropped."""
+    if not torch.cuda.is_available():
+        pytest.skip("the warm-up runs on CUDA")
+    ir = marked_video(tmp_path / "ir.mp4", 6, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 6, 30, seed=2)
+    fuser = Fuser(load_model(random_weights["ld-lite"]), FuserOptions(device="cuda"))
+    with caplog.at_level(logging.INFO, logger="pipeline.runner"):
+        summary = run_pipeline(make_config(ir, vi, model={"batch_size": 4}), fuser)
+    assert summary.frames_out == 6
+    assert "warm-up: 64x48 at batch 4" in caplog.text

@@ -281,3 +281,14 @@ def test_max_delay_must_be_a_sane_duration(value):
     # NaN and inf are refused by the loader's finite-number rule, the rest by the key's range.
     with pytest.raises(ConfigError, match="max_delay_s"):
         live_config(1 / 60, duration_s=1.0, max_delay_s=value)
+
+
+def test_a_camera_reports_its_frame_size_when_it_knows_it():
+    """The size a camera states on opening is what the fusion stage warms up for on CUDA;
+    a driver that states none (0) leaves it to the first frame."""
+    config = from_dict(SourceConfig, {"kind": "camera", "path": "0"})
+    camera = FakeCamera(30, width=80, height=60)
+    assert LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _id: camera).size == (80, 60)
+    silent = FakeCamera(30)
+    silent.width = silent.height = 0
+    assert LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _id: silent).size is None

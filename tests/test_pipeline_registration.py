@@ -111,3 +111,13 @@ def test_calibration_crop_is_used_when_it_applies():
     assert plan_from_calibration(registration, "ir_to_visible", crop=True).crop == (4, 4, 50, 30)
     # The file's crop is in visible pixels; warping onto the IR frame computes its own.
     assert plan_from_calibration(registration, "visible_to_ir", crop=True).crop == (0, 0, 62, 46)
+
+
+def test_expected_output_size_is_the_plans_and_leaves_the_plan_to_the_first_pair():
+    """What the fusion stage warms the network up for, before any frame arrives."""
+    unregistered = Registrar("cam0", None, "ir_to_visible", crop=False)
+    assert unregistered.expected_output_size((32, 24), (64, 48)) == (64, 48)  # IR scaled onto the visible grid
+    assert Registrar("cam0", None, "visible_to_ir", crop=False).expected_output_size((32, 24), (64, 48)) == (32, 24)
+    assert unregistered.plan is None
+    cropped = Registrar("cam0", Registration(translation(2, 2), (64, 48), (64, 48), crop=(4, 4, 50, 30)), "ir_to_visible", crop=True)
+    assert cropped.expected_output_size((64, 48), (64, 48)) == (50, 30)
