@@ -140,8 +140,13 @@ class Fuser:
         # (0.5 vs 3.9 ms at 640x512 on the CPU), which allocates a mask of every pixel.
         # Outputs are float32 in [0, 1] where finite, so the sum itself cannot overflow.
         if not bool(torch.isfinite(out.sum())):
-            raise CheckpointError(f"the network output is not finite (NaN/inf) with {self.weights_name} on {self.device}; the weights are broken")
+            raise self.not_finite_error()
         return out
+
+    def not_finite_error(self) -> CheckpointError:
+        """The error for a non-finite output; callers that check later (``check_finite=False``:
+        reading the check waits for the GPU) raise it themselves."""
+        return CheckpointError(f"the network output is not finite (NaN/inf) with {self.weights_name} on {self.device}; the weights are broken")
 
     # --- tensor API -------------------------------------------------------------------
 
@@ -162,19 +167,24 @@ class Fuser:
             return self.model.encode(self._prepare(vi_y), self._prepare(ir))
 
     @torch.inference_mode()
-    def decode(self, codes: FusionCodes) -> Tensor:
+    def decode(self, codes: FusionCodes, check_finite: bool = True) -> Tensor:
         with self._network_threads():
             out = self.model.decode(codes).float()
-        return self._finite(out)
+        return self._finite(out) if check_finite else out
 
     @torch.inference_mode()
-    def fuse_y(self, vi_y: Tensor, ir: Tensor) -> Tensor:
-        """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device."""
+    def fuse_y(self, vi_y: Tensor, ir: Tensor, check_finite: bool = True) -> Tensor:
+        """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device.
+
+        ``check_finite=False``: the caller checks the output itself (``not_finite_error``);
+        the check reads a value back, which on CUDA waits for the network to finish.
+        """
         if self.cpu_network is not None:
-            return self._finite(self.cpu_network(vi_y.float(), ir.float()))
-        with self._network_threads():
-            out = self._network(self._prepare(vi_y), self._prepare(ir)).float()
-        return self._finite(out)
+            out = self.cpu_network(vi_y.float(), ir.float())
+        else:
+            with self._network_threads():
+                out = self._network(self._prepare(vi_y), self._prepare(ir)).float()
+        return self._finite(out) if check_finite else out
 
     @property
     def compiled(self) -> bool:

@@ -142,6 +142,11 @@ class FairCollector:
                 return self._take(), ended
             wait_any(open_queues, deadline)
 
+    def ready(self) -> bool:
+        """Whether a full batch is waiting now (``collect`` would not wait for more)."""
+        self._drain()
+        return self.batcher.pending() >= self.batcher.batch_size
+
     def _take(self) -> list:
         return [item for _stream, item in self.batcher.take()]
 

@@ -18,6 +18,13 @@ which counts the padded rows), so the network always sees one input shape and cu
 compiled network) tunes it once. Batches take one pair from each stream in turn
 (``pipeline.batching.FairCollector``), so a fast stream never starves a slow one.
 
+Overlap (CUDA). A batch is *submitted* (uploads, registration, network, views and their
+downloads queued on the GPU, the output's finiteness flag copied back without waiting) and
+*finished* (wait for its copies, check the flag, make the fused frames) only after the next
+batch has been submitted, so the host's work on batch n+1 runs while the GPU computes batch
+n. When no full batch is waiting, the batch in flight is finished first: a live stream
+never waits on its successor. Nothing reads a GPU value between the two steps.
+
 Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
 small changes in it from frame to frame show up as flicker of the whole image's contrast.
 With ``smoothing`` on, the style code each frame is decoded with is an exponential moving
@@ -29,10 +36,11 @@ smoothing is a no-op for it (nothing is rescaled per frame either way).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -47,7 +55,7 @@ from pipeline.batching import FairCollector
 from pipeline.frames import EndOfStream, FramePair, FusedFrame
 from pipeline.queues import FrameQueue
 from pipeline.registration import Registrar
-from pipeline.views import render
+from pipeline.views import RenderedViews, start_render
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,7 @@ class FusionWorker:
         on_batch: Callable[[int], None] | None = None,
         views: frozenset[str] = frozenset(),
         pad_batches: bool | None = None,
+        overlap: bool | None = None,
     ) -> None:
         self.fuser = fuser
         self.views = frozenset(views)  # what the sinks need rendered (pipeline.views)
@@ -103,6 +112,10 @@ class FusionWorker:
         self.batch_size = batch_size
         self.max_wait_s = max_wait_s
         pad = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
+        # Finish a batch only after submitting the next (``_fuse_until_ended``): on CUDA the work
+        # is queued, so the host prepares the next batch meanwhile; on the CPU submitting *is*
+        # the work, and waiting for the next batch would only add its time to the latency.
+        self.overlap = on_cuda if overlap is None else overlap
         self.fixed_batch = FixedBatch(batch_size) if pad else None  # its padded_rows are the wasted work
         self.smoother = StyleSmoother(momentum) if smoothing and momentum > 0 and fuser.spec.has_style else None
         if smoothing and not fuser.spec.has_style:
@@ -142,70 +155,128 @@ class FusionWorker:
             out.put_end(EndOfStream("*"))
 
     def _fuse_until_ended(self, out: FusedOutput) -> None:
+        """Collect, submit, finish. On CUDA a batch is finished (its downloads waited for, its
+        frames handed on) only after the next one is submitted, so the host prepares batch
+        n+1 while the GPU computes batch n; when no full batch is waiting, the one in flight
+        is finished first, so a quiet live stream gains no latency."""
         assert self.collector is not None
+        in_flight: _InFlight | None = None
         while not self.collector.batcher.finished:
+            if in_flight is not None and not self.collector.ready():  # collect would wait: hand on what is done
+                done, in_flight = in_flight, None
+                if not _hand_on(done.finish(), out):
+                    return
             batch, ended = self.collector.collect()
             if batch:
-                for frame in self.fuse(batch):
-                    if not out.put(frame):
-                        return
+                submitted = self.submit(batch)
+                earlier, in_flight = (in_flight, submitted) if self.overlap else (submitted, None)
+                if earlier is not None and not _hand_on(earlier.finish(), out):
+                    return
             for stream in ended:
                 if self.smoother:
                     self.smoother.reset(stream)
+        if in_flight is not None:
+            _hand_on(in_flight.finish(), out)
 
     def fuse(self, pairs: list[FramePair]) -> list[FusedFrame]:
         """Fuse pairs (any streams, any sizes) in as few network calls as their sizes allow."""
-        results: list[FusedFrame | None] = [None] * len(pairs)
+        return self.submit(pairs).finish()
+
+    def submit(self, pairs: list[FramePair]) -> "_InFlight":
+        """Queue a batch's work on the device (upload, registration, network, views, downloads);
+        ``finish`` waits for it and makes the fused frames."""
         by_size: dict[tuple, list[int]] = defaultdict(list)
         for i, pair in enumerate(pairs):
             by_size[self._output_size(pair)].append(i)
-        for indices in by_size.values():
-            for i, fused in zip(indices, self._fuse_same_size([pairs[i] for i in indices])):
-                results[i] = fused
+        parts = [self._submit_same_size(pairs, indices) for indices in by_size.values()]
+        done = None
+        if self.fuser.device.type == "cuda":
+            done = torch.cuda.Event()
+            done.record()  # after every download and the finiteness flags
+        return _InFlight(self, pairs, parts, done)
+
+    def _finished(self, count: int) -> None:
         self.batches += 1
-        self.frames += len(pairs)
+        self.frames += count
         if self._on_batch is not None:
-            self._on_batch(len(pairs))
-        return results  # type: ignore[return-value]
+            self._on_batch(count)
 
     def _output_size(self, pair: FramePair) -> tuple[int, int]:
         return self.registrars[pair.meta.stream].check(pair.ir.size, pair.visible.size).output_size
 
     @torch.inference_mode()
-    def _fuse_same_size(self, pairs: list[FramePair]) -> list[FusedFrame]:
+    def _submit_same_size(self, pairs: list[FramePair], indices: list[int]) -> "_Part":
         ir_parts, vi_parts, order = [], [], []
         device = self.fuser.device
-        for stream, indices in _group_by_layout(pairs).items():
+        for stream, group in _group_by_layout([pairs[i] for i in indices]).items():
+            rows = [indices[k] for k in group]
             # (b, 1, h, w) and Y (b, 1, H, W), Cr, Cb (4:2:0 stays half size)
-            ir, vi = planes_to_inputs([pairs[i].ir for i in indices], [pairs[i].visible for i in indices], device, self._upload)
+            ir, vi = planes_to_inputs([pairs[i].ir for i in rows], [pairs[i].visible for i in rows], device, self._upload)
             ir, vi = self.registrars[stream[0]].apply(ir, vi)
             ir_parts.append(ir)
             vi_parts.append(vi)
-            order += indices
+            order += rows
         ir = ir_parts[0] if len(ir_parts) == 1 else torch.cat(ir_parts)  # (B, 1, H, W), rows in `order`; one group: no copy
         vi = YCrCbBatch.cat(vi_parts)  # Y (B, 1, H, W)
         streams = [pairs[i].meta.stream for i in order]
-        fused_y = self._fuse_y(vi.y, ir, streams).clamp_(0.0, 1.0)  # (B, 1, H, W) float32
-        fused = vi.with_luma(fused_y)  # the fused Y with the visible chroma
-        views = render(self.views, fused, ir, vi)
-        out: list[FusedFrame | None] = [None] * len(pairs)
-        for row, i in enumerate(order):
-            out[i] = FusedFrame(pairs[i].meta, {name: items[row] for name, items in views.items()})
-        return out  # type: ignore[return-value]
+        fused_y = self._fuse_y(vi.y, ir, streams)  # (B, 1, H, W) float32, not yet checked
+        # Checked in ``finish``, not here: reading the flag now would wait for the GPU.
+        finite = torch.isfinite(fused_y.sum()).to("cpu", non_blocking=True)
+        fused = vi.with_luma(fused_y.clamp_(0.0, 1.0))  # the fused Y with the visible chroma
+        return _Part(order, start_render(self.views, fused, ir, vi), finite)
 
     def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
         """(B, 1, H, W) fused Y; padded rows go through the network but not into the smoother."""
         if self.smoother is None:
+            fuse_y = functools.partial(self.fuser.fuse_y, check_finite=False)
             if self.fixed_batch is None:
-                return self.fuser.fuse_y(vi_y, ir)
-            return self.fixed_batch(self.fuser.fuse_y, vi_y, ir)  # counts the padded rows
+                return fuse_y(vi_y, ir)
+            return self.fixed_batch(fuse_y, vi_y, ir)  # counts the padded rows
         rows = vi_y.shape[0]
         if self.fixed_batch is not None and rows < self.batch_size:
             vi_y, ir = pad_rows(vi_y, self.batch_size), pad_rows(ir, self.batch_size)
         codes = self.fuser.encode(vi_y, ir)
         style = codes.style.clone()
         style[:rows] = self.smoother(codes.style[:rows], streams)
-        return self.fuser.decode(replace(codes, style=style))[:rows]
+        return self.fuser.decode(replace(codes, style=style), check_finite=False)[:rows]
+
+
+@dataclass
+class _Part:
+    """The rows of one output size in a submitted batch."""
+
+    order: list[int]  # row r of the rendered views is pair order[r] of the batch
+    views: RenderedViews
+    finite: Tensor  # host bool, written by a queued copy: whether the network's output was finite
+
+
+@dataclass
+class _InFlight:
+    """A submitted batch: its device work and downloads queued, maybe not yet done."""
+
+    worker: FusionWorker
+    pairs: list[FramePair]
+    parts: list[_Part]
+    done: torch.cuda.Event | None  # recorded after the batch's last copy (CUDA)
+
+    def finish(self) -> list[FusedFrame]:
+        """Wait for the batch, check the network's output, and make its fused frames."""
+        if self.done is not None:
+            self.done.synchronize()
+        if not all(bool(part.finite) for part in self.parts):
+            raise self.worker.fuser.not_finite_error()
+        frames: list[FusedFrame | None] = [None] * len(self.pairs)
+        for part in self.parts:
+            views = part.views.rows()
+            for row, i in enumerate(part.order):
+                frames[i] = FusedFrame(self.pairs[i].meta, {name: items[row] for name, items in views.items()})
+        self.worker._finished(len(self.pairs))
+        return frames  # type: ignore[return-value]
+
+
+def _hand_on(frames: list[FusedFrame], out: FusedOutput) -> bool:
+    """Put each frame on ``out``; False when the run was aborted."""
+    return all(out.put(frame) for frame in frames)
 
 
 def _group_by_layout(pairs: list[FramePair]) -> dict[tuple, list[int]]:

@@ -36,22 +36,56 @@ def view_name(content: str, pixel_format: str) -> str:
     return f"{content}:{pixel_format}"
 
 
-def render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> dict[str, list]:
-    """{view: one item per row}; host views are numpy arrays (or tuples of planes)."""
-    out: dict[str, list] = {}
+class RenderedViews:
+    """One batch's views: device items, and host tensors whose copies may still be running.
+
+    On CUDA the downloads are queued (``non_blocking``, into pinned memory from PyTorch's
+    caching host allocator) so the fusion thread can prepare the next batch meanwhile;
+    ``rows`` reads them, and must wait until the copies are done (``render`` does, the
+    fusion worker waits on an event recorded after them).
+    """
+
+    def __init__(self) -> None:
+        self._device: dict[str, list] = {}
+        self._host: dict[str, tuple[Tensor, ...]] = {}  # view -> (B, ...) uint8 tensors: one, or planes Y, U, V
+
+    def rows(self) -> dict[str, list]:
+        """{view: one item per row}; host views are numpy arrays (or tuples of planes)."""
+        out = dict(self._device)
+        for view, tensors in self._host.items():
+            arrays = [tensor.numpy() for tensor in tensors]
+            out[view] = list(zip(*arrays)) if len(arrays) == 3 else list(arrays[0])
+        return out
+
+
+def start_render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> RenderedViews:
+    """Render ``views`` on the device and queue their downloads (see ``RenderedViews``)."""
+    out = RenderedViews()
     for view in sorted(set(views)):
         if view == DEVICE:
             ycrcb = fused.full()
             rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
-            out[view] = [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])]
+            out._device[view] = [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])]
             continue
         content, pixel_format = view.split(":")
         if pixel_format == "yuv420p":
-            y, u, v = (plane.cpu().numpy() for plane in _yuv420p(content, fused, ir, visible))
-            out[view] = [(y[i], u[i], v[i]) for i in range(y.shape[0])]
+            out._host[view] = tuple(_to_host(plane) for plane in _yuv420p(content, fused, ir, visible))
         else:
-            out[view] = _download(_content(content, fused, ir, visible), pixel_format)
+            out._host[view] = (_to_host(_render_packed(_content(content, fused, ir, visible), pixel_format)),)
     return out
+
+
+def render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> dict[str, list]:
+    """{view: one item per row}, downloaded: ``start_render`` and wait for it."""
+    rendered = start_render(views, fused, ir, visible)
+    if fused.y.is_cuda:
+        torch.cuda.current_stream(fused.y.device).synchronize()
+    return rendered.rows()
+
+
+def _to_host(tensor: Tensor) -> Tensor:
+    """A queued copy to host memory (pinned, on CUDA); the tensor itself on the CPU."""
+    return tensor.to("cpu", non_blocking=True)
 
 
 def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> YCrCbBatch | Tensor:
@@ -84,11 +118,9 @@ def _yuv420p(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -
     return ycrcb_to_yuv420p(_content(content, fused, ir, visible))
 
 
-def _download(ycrcb: YCrCbBatch | Tensor, pixel_format: str) -> list:
+def _render_packed(ycrcb: YCrCbBatch | Tensor, pixel_format: str) -> Tensor:
+    """(B, H, W) gray or (B, H, W, 3) RGB / BGR uint8, on the device."""
     if pixel_format == "gray":
-        luma = (ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu().numpy()
-        return list(luma)
+        return (ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
     rgb = ycrcb_to_rgb_u8(ycrcb)
-    if pixel_format == "bgr24":
-        rgb = rgb.flip(-1)
-    return list(rgb.cpu().numpy())
+    return rgb.flip(-1) if pixel_format == "bgr24" else rgb

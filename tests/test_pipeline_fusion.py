@@ -21,6 +21,7 @@ from pipeline.fusion_worker import FusionWorker, StyleSmoother
 from pipeline.queues import FrameQueue
 from pipeline.registration import Registrar
 from ldfusion.checkpoint import load_model
+from ldfusion.errors import CheckpointError
 from pipeline.runner import run_pipeline
 from tests.pipeline_helpers import cpu_fuser, make_config, marked_video, texture
 
@@ -69,7 +70,7 @@ def test_smoothing_decodes_with_an_ema_of_ldfusion_style_codes(random_weights):
     w = worker(random_weights["ldfusion"], smoothing=True)
     decoded_styles = []
     decode = w.fuser.decode
-    w.fuser.decode = lambda codes: decoded_styles.append(codes.style.flatten(1)) or decode(codes)
+    w.fuser.decode = lambda codes, **kwargs: decoded_styles.append(codes.style.flatten(1)) or decode(codes, **kwargs)
     w.fuse(frames[:2])  # two batches: the average carries over from one to the next
     w.fuse(frames[2:])
 
@@ -219,7 +220,7 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
         w = worker(random_weights[variant], smoothing=True, batch_size=4, pad_batches=pad)
         shapes = []
         fuse_y, encode = w.fuser.fuse_y, w.fuser.encode
-        w.fuser.fuse_y = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or fuse_y(vi_y, ir)
+        w.fuser.fuse_y = lambda vi_y, ir, **kwargs: shapes.append(vi_y.shape[0]) or fuse_y(vi_y, ir, **kwargs)
         w.fuser.encode = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or encode(vi_y, ir)
         fused = w.fuse(frames[:3]) + w.fuse(frames[3:])
         if pad and w.smoother is None:  # the network call goes through FixedBatch, which counts the waste
@@ -269,3 +270,97 @@ def test_a_run_on_cuda_warms_up_before_capture(tmp_path, random_weights, caplog)
         summary = run_pipeline(make_config(ir, vi, model={"batch_size": 4}), fuser)
     assert summary.frames_out == 6
     assert "warm-up: 64x48 at batch 4" in caplog.text
+
+
+def _overlapping_worker(random_weights, events: list) -> FusionWorker:
+    """A CPU worker run as on CUDA (``overlap``), noting when each batch is submitted and finished."""
+    w = FusionWorker(cpu_fuser(random_weights["ld-lite"]), {"a": Registrar("a", None, "ir_to_visible", False)},
+                     batch_size=2, max_wait_s=0.0, smoothing=False, views=VIEWS, overlap=True)
+    submit = w.submit
+
+    def noting_submit(pairs):
+        seqs = [p.meta.seq for p in pairs]
+        events.append(("submit", seqs))
+        in_flight = submit(pairs)
+        finish = in_flight.finish
+        in_flight.finish = lambda: events.append(("finish", seqs)) or finish()
+        return in_flight
+
+    w.submit = noting_submit
+    return w
+
+
+def test_with_batches_waiting_each_is_finished_after_the_next_is_submitted(random_weights):
+    """So the host prepares batch n+1 while the GPU still computes batch n; every frame still
+    comes out once, in order."""
+    events: list = []
+    w = _overlapping_worker(random_weights, events)
+    paired = {"a": FrameQueue("a.paired", 10)}
+    for i in range(6):
+        paired["a"].put(pair("a", i))
+    paired["a"].put_end(EndOfStream("a"))
+    fused = FrameQueue("fused", 10)
+    w.run(paired, fused)
+    assert events == [("submit", [0, 1]), ("submit", [2, 3]), ("finish", [0, 1]), ("submit", [4, 5]),
+                      ("finish", [2, 3]), ("finish", [4, 5])]
+    frames = [fused.get(timeout=1) for _ in range(7)]
+    assert [f.meta.seq for f in frames[:6]] == list(range(6)) and isinstance(frames[6], EndOfStream)
+    assert frames[0].fused.shape == (32, 40, 3) and w.frames == 6 and w.batches == 3
+
+
+def test_a_batch_in_flight_is_handed_on_before_waiting_for_more_input(random_weights):
+    """A quiet live stream: with no full batch waiting, the batch in flight is not held back
+    until the next one arrives."""
+    events: list = []
+    w = _overlapping_worker(random_weights, events)
+    paired = {"a": FrameQueue("a.paired", 10)}
+    fused = FrameQueue("fused", 10)
+    thread = threading.Thread(target=w.run, args=(paired, fused))
+    thread.start()
+    try:
+        paired["a"].put(pair("a", 0))
+        paired["a"].put(pair("a", 1))
+        first = [fused.get(timeout=10) for _ in range(2)]  # before any further input
+        assert [f.meta.seq for f in first] == [0, 1]
+    finally:
+        paired["a"].put_end(EndOfStream("a"))
+        thread.join(timeout=10)
+    assert events == [("submit", [0, 1]), ("finish", [0, 1])]
+
+
+def test_a_non_finite_output_found_after_the_next_submit_still_stops_the_run(random_weights):
+    """The finiteness check reads its flag when the batch is finished, not when submitted."""
+    w = FusionWorker(cpu_fuser(random_weights["ld-lite"]), {"a": Registrar("a", None, "ir_to_visible", False)},
+                     batch_size=2, max_wait_s=0.0, smoothing=False, views=VIEWS, overlap=True)
+    w.fuser.fuse_y = lambda vi_y, ir, **kwargs: torch.full_like(vi_y, float("nan"))
+    paired = {"a": FrameQueue("a.paired", 10)}
+    for i in range(4):
+        paired["a"].put(pair("a", i))
+    paired["a"].put_end(EndOfStream("a"))
+    fused = FrameQueue("fused", 10)
+    with pytest.raises(CheckpointError, match="not finite"):
+        w.run(paired, fused)
+    assert isinstance(fused.get(timeout=1), EndOfStream)  # nothing of the broken batches was handed on
+
+
+def test_overlapped_batches_on_cuda_equal_batches_finished_one_by_one(random_weights):
+    """On CUDA the worker overlaps batches (queued downloads, the flag read later); what it
+    hands on must be what finishing each batch at once gives."""
+    if not torch.cuda.is_available():
+        pytest.skip("overlap is CUDA's")
+    registrars = {"a": Registrar("a", None, "ir_to_visible", False, device="cuda")}
+    fuser = Fuser(load_model(random_weights["ld-lite"]), FuserOptions(device="cuda"))
+    results = {}
+    for overlap in (True, False):
+        w = FusionWorker(fuser, registrars, batch_size=2, max_wait_s=0.0, smoothing=False, views=VIEWS | {"fused:yuv420p"}, overlap=overlap)
+        paired = {"a": FrameQueue("a.paired", 10)}
+        for i in range(5):
+            paired["a"].put(pair("a", i))
+        paired["a"].put_end(EndOfStream("a"))
+        fused = FrameQueue("fused", 10)
+        w.run(paired, fused)
+        results[overlap] = [fused.get(timeout=5) for _ in range(5)]
+    for a, b in zip(results[True], results[False]):
+        assert a.meta.seq == b.meta.seq
+        assert np.array_equal(a.fused, b.fused) and np.array_equal(a.ir, b.ir)
+        assert all(np.array_equal(x, y) for x, y in zip(a.view("fused:yuv420p"), b.view("fused:yuv420p")))

@@ -36,15 +36,15 @@ def test_a_fast_stream_does_not_starve_a_slow_one_and_counts_are_exact(tmp_path,
             yield item
 
     batches: list[tuple[float, list]] = []  # (start time, the batch's frame metadata)
-    fuse = FusionWorker.fuse
+    submit = FusionWorker.submit
 
     def slow_fuse(self, pairs):
         batches.append((time.monotonic(), [p.meta for p in pairs]))
         time.sleep(FUSE_S)
-        return fuse(self, pairs)
+        return submit(self, pairs)
 
     monkeypatch.setattr(VideoFileSource, "frames", slow_reader)
-    monkeypatch.setattr(FusionWorker, "fuse", slow_fuse)
+    monkeypatch.setattr(FusionWorker, "submit", slow_fuse)
     config = from_dict(PipelineConfig, {
         "streams": streams,
         "model": {"batch_size": 4, "max_wait_ms": 5},
@@ -79,8 +79,8 @@ def test_live_mode_drops_a_busy_streams_own_oldest_pairs_never_a_quiet_streams(r
     from pipeline.config import PipelineConfig as Config
     from tests.pipeline_helpers import FakeCamera
 
-    fuse = FusionWorker.fuse
-    monkeypatch.setattr(FusionWorker, "fuse", lambda self, pairs: time.sleep(0.08) or fuse(self, pairs))  # ~25 fps at batch 2
+    submit = FusionWorker.submit
+    monkeypatch.setattr(FusionWorker, "submit", lambda self, pairs: time.sleep(0.08) or submit(self, pairs))  # ~25 fps at batch 2
     cameras = {0: FakeCamera(60, seed=1), 1: FakeCamera(60, seed=2), 2: FakeCamera(5, seed=3), 3: FakeCamera(5, seed=4)}
 
     def stream(name: str, ir: int, vi: int) -> dict:
