@@ -22,6 +22,9 @@
 #   bench    ldfusion bench --devices cuda: model_on_device, model, pipeline;
 #            batches 8 and 32 at 640x512                                             bench.json
 #   bench_1080  the same at 1920x1080 (its own section: a timeout loses one size)    bench_1080.json
+#   baseline the bench's model and pipeline paths from an older tree carried in
+#            .devcarry/base (scripts/gpu_wheels.sh --base REV): before/after measured
+#            in one run on one machine                                               bench_base.json
 #   streams  ldfusion bench --streams 8 at 640x512 (only once the bench has it)     bench_streams.json
 #   latency  ldfusion run, live mode, the M3SVD pair replayed at its recorded 22 fps,
 #            MP4 sink: capture-to-sink p50/p99 (target p99 <= 50 ms at 30 fps)      latency_summary.json
@@ -149,6 +152,17 @@ run_bench() {  # run_bench SIZE JSON_NAME
   fi
 }
 
+run_baseline() {  # the same measurement from an older tree: before/after on one machine, in one run
+  if [[ ! -d .devcarry/base ]]; then
+    echo "no .devcarry/base (scripts/gpu_wheels.sh --base REV); nothing to compare with"
+    return 0
+  fi
+  local args=(--devices cuda --resolutions 640x512 --batch-sizes 8 32 --frames 256 --warmup 3)
+  if ((DRY_RUN)); then args=(--devices cpu --resolutions 64x48 --batch-sizes 2 --frames 4 --warmup 1); fi
+  cd .devcarry/base && PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m "$LDFUSION_MODULE" bench "${args[@]}" \
+    --paths model pipeline --out "$RESULTS/bench_base.json"
+}
+
 run_compile() {
   if ((DRY_RUN)); then
     "$PY" scripts/compile_speed.py --device cpu --resolution 64x48 --batch-sizes 2 --iterations 2 \
@@ -213,7 +227,7 @@ run_profile() {  # every thread's Python stacks, sampled: where the pipeline's h
 }
 
 export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency \
-  run_bench_compiled run_profile pack_results
+  run_bench_compiled run_profile run_baseline pack_results
 export LDFUSION_MODULE
 export CLIP
 
@@ -221,6 +235,7 @@ section env 30 env_info
 section install 60 install_wheels
 section codecs 40 probe_codecs
 section bench 70 "run_bench 640x512 bench.json"
+section baseline 60 run_baseline
 section tests 100 run_tests
 section streams 45 run_streams
 section compile 100 run_compile

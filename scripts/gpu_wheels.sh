@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare what scripts/gpu_check.sh needs on a device machine, here, where the network is.
 #
-#   scripts/gpu_wheels.sh [--with-clip]
+#   scripts/gpu_wheels.sh [--with-clip] [--base REV]
 #
 # The device image has Python 3.12, PyTorch 2.11 (CUDA 13), opencv-python-headless,
 # onnxruntime, numpy and pytest, and no network. This downloads the missing wheels
@@ -26,12 +26,16 @@ SHARED=${SHARED:-../shared/data}
 CARRY_LIMIT_MB=64
 
 with_clip=0
-case "${1:-}" in
-  --with-clip) with_clip=1 ;;
-  "") ;;
-  -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
-  *) echo "gpu_wheels.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
-esac
+base=""  # --base REV: that commit's tree into .devcarry/base, for gpu_check's before/after section
+while (($#)); do
+  case "$1" in
+    --with-clip) with_clip=1 ;;
+    --base) base=${2:?--base needs a commit}; shift ;;
+    -h|--help) sed -n '2,/^set /{/^#/p}' "$0"; exit 0 ;;
+    *) echo "gpu_wheels.sh: unknown option $1 (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 # The versions tested here, so the device runs what the CPU tests ran.
 version() { "$PYTHON" -c "import importlib.metadata as m; print(m.version('$1'))"; }
@@ -56,6 +60,11 @@ cp "$SHARED/weights/ld-lite/final.pt" "$SHARED/weights/ld-lite/LICENSE" .devcarr
 pair=1230_1202  # the smallest M3SVD pair (1.5 MB for both clips)
 cp "$SHARED/video/m3svd/infrared/$pair.mp4" .devcarry/data/video/m3svd/infrared/
 cp "$SHARED/video/m3svd/visible/$pair.mp4" .devcarry/data/video/m3svd/visible/
+
+if [[ -n $base ]]; then
+  mkdir -p .devcarry/base && git archive "$base" | tar -x -C .devcarry/base
+  echo "baseline: $(git log -1 --format='%h %s' "$base" | cut -c1-100) -> .devcarry/base"
+fi
 
 ls -l .whl
 tree_kb=$(git ls-files -z | xargs -0 du -ck 2>/dev/null | tail -1 | cut -f1)
