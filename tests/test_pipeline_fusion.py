@@ -314,12 +314,12 @@ def test_a_batch_in_flight_is_handed_on_before_waiting_for_more_input(random_wei
     events: list = []
     w = _overlapping_worker(random_weights, events)
     paired = {"a": FrameQueue("a.paired", 10)}
+    paired["a"].put(pair("a", 0))  # one full batch, and then nothing (put first: no batch of one)
+    paired["a"].put(pair("a", 1))
     fused = FrameQueue("fused", 10)
     thread = threading.Thread(target=w.run, args=(paired, fused))
     thread.start()
     try:
-        paired["a"].put(pair("a", 0))
-        paired["a"].put(pair("a", 1))
         first = [fused.get(timeout=10) for _ in range(2)]  # before any further input
         assert [f.meta.seq for f in first] == [0, 1]
     finally:
