@@ -56,6 +56,9 @@ def default_batch_size(device: torch.device) -> int:
 
 
 COMPILE_MODES = ("auto", "on", "off")
+# torch.compile's modes: inductor's kernels alone, or also replayed as CUDA graphs (one launch
+# per call instead of one per kernel: what a pipeline whose host is busy needs; CUDA only).
+COMPILE_KINDS = ("default", "reduce-overhead")
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class FuserOptions:
     # pipeline's model.compile defaults to auto) but not for folders of differently sized images.
     compile: str = "off"
     compile_backend: str = "inductor"  # torch.compile backend; tests use "aot_eager" (inductor takes minutes on 2 cores)
+    compile_mode: str = "default"  # COMPILE_KINDS: "reduce-overhead" replays the compiled kernels as CUDA graphs
 
     backend: str = "auto"  # torch | openvino | auto (OpenVINO on the CPU when installed); see ldfusion.backends
     int8: bool = False  # OpenVINO only: the int8 export made by `ldfusion export --int8`
@@ -75,6 +79,8 @@ class FuserOptions:
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
+        if self.compile_mode not in COMPILE_KINDS:
+            raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
 
 
 class Fuser:
@@ -99,7 +105,7 @@ class Fuser:
         # On an H200, ld-lite at batch 32 fused 2685 fps compiled against 1431 eager; on the
         # CPU inductor's compile takes minutes and the eager network is what was measured.
         compiled = options.compile == "on" or (options.compile == "auto" and on_cuda)
-        self._network = CompiledNetwork(self.model, options.compile_backend) if compiled else self.model
+        self._network = CompiledNetwork(self.model, options.compile_backend, options.compile_mode) if compiled else self.model
         # PyTorch's CPU threads for the network (set around each call: ``_network_threads``)
         self.network_threads = configure_torch_threads() if self.device.type == "cpu" else None
         self.backend, self.cpu_network = self._cpu_backend(options, weights_path)
@@ -257,28 +263,37 @@ class CompiledNetwork:
     is compiled; the encode/decode halves used for temporal smoothing stay eager.
     """
 
-    def __init__(self, model: torch.nn.Module, backend: str = "inductor") -> None:
+    def __init__(self, model: torch.nn.Module, backend: str = "inductor", mode: str = "default") -> None:
         self.model = model
         self.failure: str | None = None
+        self.graphs = mode == "reduce-overhead"
         self._compiled_shapes: set[tuple] = set()
         self._lock = threading.Lock()  # one thread compiles a new shape; the others wait for it
         try:
-            self._compiled = torch.compile(model, dynamic=False, backend=backend)
+            self._compiled = torch.compile(model, dynamic=False, backend=backend, mode=None if mode == "default" else mode)
         except Exception as exc:  # an unknown backend fails here, before any call
             self._give_up(exc)
+
+    def _run_compiled(self, vi_y: Tensor, ir: Tensor) -> Tensor:
+        if not self.graphs:
+            return self._compiled(vi_y, ir)
+        # A CUDA graph writes every replay's output into the same memory: each call is a new
+        # step, and the caller gets its own copy (the pipeline keeps outputs across calls).
+        torch.compiler.cudagraph_mark_step_begin()
+        return self._compiled(vi_y, ir).clone()
 
     def __call__(self, vi_y: Tensor, ir: Tensor) -> Tensor:
         key = (tuple(vi_y.shape), tuple(ir.shape), vi_y.dtype, vi_y.device)
         if self.failure is None and key in self._compiled_shapes:
-            return self._compiled(vi_y, ir)
+            return self._run_compiled(vi_y, ir)
         with self._lock:
             if self.failure is not None:
                 return self.model(vi_y, ir)
             if key in self._compiled_shapes:
-                return self._compiled(vi_y, ir)
+                return self._run_compiled(vi_y, ir)
             start = time.perf_counter()
             try:
-                out = self._compiled(vi_y, ir)
+                out = self._run_compiled(vi_y, ir)
                 if out.is_cuda:
                     torch.cuda.synchronize(out.device)
             except Exception as exc:  # torch.compile raises many types (BackendCompilerFailed, Unsupported, ...)

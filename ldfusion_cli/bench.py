@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
-from ldfusion.inference import COMPILE_MODES, resolve_device
+from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
 from pipeline.bench import (
@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
         "The warm-up calls compile (the time is logged); use --warmup 2 or more so the timed calls run compiled",
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
+    parser.add_argument("--compile-mode", choices=COMPILE_KINDS, default="default",
+                        help="default: inductor's kernels; reduce-overhead: also replayed as CUDA graphs, one launch per call (default: default)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_weights_path(weights)
     settings = BenchSettings(
         tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
-        compile=args.compile, compile_backend=args.compile_backend,
+        compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
         backend=args.backend, int8=args.int8, weights_path=path if path.is_file() else None,
     )
     resolutions = [parse_resolution(text) for text in args.resolutions]

@@ -109,6 +109,7 @@ class BenchSettings:
     streams: int = 1  # stream pairs in one pipeline (pipeline, passthrough, decode)
     compile: str = "off"  # torch.compile the network (FuserOptions.compile): auto | on | off
     compile_backend: str = "inductor"
+    compile_mode: str = "default"  # FuserOptions.compile_mode: default | reduce-overhead (CUDA graphs)
     backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
     int8: bool = False  # OpenVINO's int8 export
     weights_path: Path | None = None  # the weights file whose cached export OpenVINO runs
@@ -167,7 +168,7 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
         results.append(measure_reference(model, device, frames, settings.frames, settings.warmup))
     options = FuserOptions(
         device=str(device), half=False if settings.fp32 else None, compile=settings.compile,
-        compile_backend=settings.compile_backend, backend=settings.backend, int8=settings.int8,
+        compile_backend=settings.compile_backend, compile_mode=settings.compile_mode, backend=settings.backend, int8=settings.int8,
     )
     fuser = Fuser(copy.deepcopy(model), options, settings.weights_path)  # the weights file's cached export, for OpenVINO
     for batch in settings.batch_sizes:

@@ -36,7 +36,7 @@ from ldfusion.codecs import DECODES, ENCODERS
 from ldfusion.config import load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
-from ldfusion.inference import COMPILE_MODES
+from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
 
 SOURCE_KINDS = ("video", "images", "camera")
 WARPS = ("ir_to_visible", "visible_to_ir")
@@ -164,6 +164,7 @@ class ModelConfig:
     smoothing: bool = True  # EMA over time of the ldfusion style codes (a no-op for ld-lite)
     smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
     compile: str | bool = "auto"  # torch.compile the network: auto (on for CUDA, off on the CPU) | on | off
+    compile_mode: str = "default"  # default | reduce-overhead (the compiled kernels replayed as CUDA graphs)
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -176,6 +177,8 @@ class ModelConfig:
             object.__setattr__(self, "compile", "on" if self.compile else "off")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
+        if self.compile_mode not in COMPILE_KINDS:
+            raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
 
 
 @dataclass(frozen=True)

@@ -134,3 +134,34 @@ def test_the_pipelines_model_compile_key_reaches_the_fuser(random_weights, tmp_p
 
     config = make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", model={"weights": str(random_weights["ld-lite"]), "device": "cpu", "compile": mode})
     assert Pipeline(config)._load_fuser().compiled is compiled
+
+
+def test_unknown_compile_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="compile_mode must be one of default, reduce-overhead"):
+        FuserOptions(compile_mode="max-speed")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replays_match_eager_and_keep_earlier_outputs_on_cuda():
+    """reduce-overhead replays one CUDA graph whose output memory is reused: each call must
+    still hand out its own result, untouched by later calls."""
+    eager = _fuser("off", backend="inductor", device="cuda")
+    torch.manual_seed(0)
+    graphs = Fuser(build_network(get_variant("ld-lite")), FuserOptions(device="cuda", compile="on", compile_mode="reduce-overhead"))
+    inputs = [_inputs(batch=4, height=64, width=80) for _ in range(3)]
+    inputs = [(vi * scale, ir) for scale, (vi, ir) in zip((1.0, 0.5, 0.25), inputs)]
+    outputs = [graphs.fuse_y(vi, ir) for vi, ir in inputs]
+    assert graphs.compiled
+    for (vi, ir), out in zip(inputs, outputs):
+        torch.testing.assert_close(out, eager.fuse_y(vi, ir), atol=2e-3, rtol=1e-2)
+
+
+def test_the_cuda_graph_mode_hands_out_copies():
+    """The wrapper's side of reduce-overhead, here without a GPU: a step marked per call and
+    a copy of the output (the graph's own memory is overwritten by the next replay)."""
+    network = CompiledNetwork(build_network(get_variant("ld-lite")), backend="aot_eager", mode="reduce-overhead")
+    vi, ir = _inputs()
+    first = network(vi, ir)
+    again = network(vi, ir)
+    assert network.graphs and network.failure is None
+    assert torch.equal(first, again) and first.data_ptr() != again.data_ptr()
