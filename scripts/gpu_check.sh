@@ -31,8 +31,12 @@
 #   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
 #   bench_compiled  the bench's model_on_device and pipeline with --compile on,
 #            640x512, batch 32                                                     bench_compiled.json
-#   profile  py-spy (when its wheel was carried) samples every thread of the
+#   bench_graphs  the same with --compile-mode reduce-overhead (CUDA graphs)        bench_graphs.json
+#   profile  py-spy (when its wheel was carried) samples every thread of the compiled
 #            pipeline bench at 640x512, batch 32: where the host's time goes       profile_pipeline.txt
+#
+# SECTIONS="install bench latency" runs only those (a rerun of what changed); TESTS_K narrows
+# the tests section's CUDA selection (pytest -k "cuda and ($TESTS_K)").
 set -uo pipefail  # no -e: a failing section must not stop the others
 
 LDFUSION_MODULE="ldfusion_cli.main"  # the CLI dispatcher; change this one line if it moves
@@ -77,6 +81,9 @@ CLIP=../shared/data/video/m3svd/visible/1230_1202.mp4
 
 section() {  # section NAME MAX_SECONDS FUNCTION: run FUNCTION under a timeout, log it, record it
   local name=$1 max=$2 fn=$3 left limit started rc
+  if [[ -n ${SECTIONS:-} && " $SECTIONS " != *" $name "* ]]; then
+    return
+  fi
   left=$((BUDGET_S - ($(date +%s) - START)))
   limit=$((max < left ? max : left))
   if ((limit < 10)); then
@@ -136,9 +143,11 @@ run_tests() {
     ignore=(--ignore=tests/test_losses.py --ignore=tests/test_training.py)
   fi
   # Every CUDA-parametrised test: networks with TF32 off, registration, inductor vs eager.
-  "$PY" -m pytest -q -p no:cacheprovider "${ignore[@]}" -k cuda --junitxml="$RESULTS/tests_cuda.xml" tests || rc=$?
-  "$PY" -m pytest -q -p no:cacheprovider --junitxml="$RESULTS/tests_codecs_batching.xml" \
-    tests/test_codecs.py tests/test_fixed_batch.py tests/test_batching.py || rc=$?
+  "$PY" -m pytest -q -p no:cacheprovider "${ignore[@]}" -k "cuda${TESTS_K:+ and ($TESTS_K)}" --junitxml="$RESULTS/tests_cuda.xml" tests || rc=$?
+  if [[ -z ${TESTS_K:-} ]]; then
+    "$PY" -m pytest -q -p no:cacheprovider --junitxml="$RESULTS/tests_codecs_batching.xml" \
+      tests/test_codecs.py tests/test_fixed_batch.py tests/test_batching.py || rc=$?
+  fi
   return $rc
 }
 
@@ -147,8 +156,9 @@ run_bench() {  # run_bench SIZE JSON_NAME
     ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths model_on_device model pipeline \
       --frames 4 --warmup 1 --out "$RESULTS/$2"
   else
+    # Enough frames that the pipeline's start (threads, decoders) is a small part of the time
     ldfusion bench --devices cuda --resolutions "$1" --batch-sizes 8 32 \
-      --paths model_on_device model pipeline --frames 256 --warmup 3 --out "$RESULTS/$2"
+      --paths model_on_device model pipeline --frames "$3" --warmup 3 --out "$RESULTS/$2"
   fi
 }
 
@@ -157,7 +167,7 @@ run_baseline() {  # the same measurement from an older tree: before/after on one
     echo "no .devcarry/base (scripts/gpu_wheels.sh --base REV); nothing to compare with"
     return 0
   fi
-  local args=(--devices cuda --resolutions 640x512 --batch-sizes 8 32 --frames 256 --warmup 3)
+  local args=(--devices cuda --resolutions 640x512 --batch-sizes 8 32 --frames 2048 --warmup 3)
   if ((DRY_RUN)); then args=(--devices cpu --resolutions 64x48 --batch-sizes 2 --frames 4 --warmup 1); fi
   cd .devcarry/base && PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" -m "$LDFUSION_MODULE" bench "${args[@]}" \
     --paths model pipeline --out "$RESULTS/bench_base.json"
@@ -203,45 +213,47 @@ YAML
   ldfusion run "$SCRATCH/latency.yaml" && cp "$SCRATCH/latency/summary.json" "$RESULTS/latency_summary.json"
 }
 
-run_bench_compiled() {
+run_bench_compiled() {  # run_bench_compiled MODE JSON_NAME
   if ((DRY_RUN)); then
     ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths model_on_device pipeline \
-      --compile on --compile-backend aot_eager --frames 4 --warmup 2 --out "$RESULTS/bench_compiled.json"
+      --compile on --compile-backend aot_eager --compile-mode "$1" --frames 4 --warmup 2 --out "$RESULTS/$2"
   else
     ldfusion bench --devices cuda --resolutions 640x512 --batch-sizes 32 --paths model_on_device pipeline \
-      --compile on --frames 1024 --warmup 3 --out "$RESULTS/bench_compiled.json"
+      --compile on --compile-mode "$1" --frames 2048 --warmup 3 --out "$RESULTS/$2"
   fi
 }
 
-run_profile() {  # every thread's Python stacks, sampled: where the pipeline's host time goes
+run_profile() {  # every thread's Python stacks, sampled: where the pipeline's host time goes (compiled, as `run` on CUDA)
   local size=640x512 frames=2048 device=cuda spy
   spy=$(command -v py-spy || echo "$SCRATCH/site/bin/py-spy")
   if [[ ! -x $spy ]]; then
     echo "no py-spy (its wheel was not carried); nothing profiled"
     return 0
   fi
-  if ((DRY_RUN)); then size=64x48 frames=32 device=cpu; fi
+  local backend=inductor
+  if ((DRY_RUN)); then size=64x48 frames=32 device=cpu backend=aot_eager; fi
   "$spy" record --threads --idle --rate 200 --format raw -o "$RESULTS/profile_pipeline.txt" -- \
     "$PY" -m "$LDFUSION_MODULE" bench --devices "$device" --resolutions "$size" --batch-sizes 32 \
-    --paths pipeline --frames "$frames" --warmup 3 --out "$SCRATCH/bench_profiled.json"
+    --paths pipeline --compile on --compile-backend "$backend" --frames "$frames" --warmup 3 --out "$SCRATCH/bench_profiled.json"
 }
 
 export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency \
   run_bench_compiled run_profile run_baseline pack_results
-export LDFUSION_MODULE
+export LDFUSION_MODULE TESTS_K
 export CLIP
 
 section env 30 env_info
 section install 60 install_wheels
 section codecs 40 probe_codecs
-section bench 70 "run_bench 640x512 bench.json"
+section bench 70 "run_bench 640x512 bench.json 2048"
 section baseline 60 run_baseline
 section tests 100 run_tests
 section streams 45 run_streams
 section compile 100 run_compile
-section bench_compiled 80 run_bench_compiled
-section bench_1080 80 "run_bench 1920x1080 bench_1080.json"
-section latency 30 run_latency
+section bench_compiled 80 "run_bench_compiled default bench_compiled.json"
+section bench_graphs 80 "run_bench_compiled reduce-overhead bench_graphs.json"
+section bench_1080 80 "run_bench 1920x1080 bench_1080.json 256"
+section latency 60 run_latency
 section profile 60 run_profile
 
 echo "== done in $(($(date +%s) - START))s; results in $OUT/gpu_check.tar.gz"
