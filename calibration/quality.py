@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from calibration.fileformat import is_affine
 from calibration.imaging import edge_features, image_size, pixel_ratio, to_gray_float, valid_mask, warp_to_destination
 from calibration.tiles import infrared_corners, level_images, match_tiles, tile_evidence, warped_edges
 
@@ -146,7 +147,7 @@ def registration_confidence(ir: np.ndarray, vi: np.ndarray, H: np.ndarray, start
     H_level = S_vi @ H @ np.linalg.inv(S_ir)
     ir_edges, mask = warped_edges(ir_small, H_level, image_size(vi_small))
     matches = match_tiles(edge_features(vi_small, 1.0, oriented=True), ir_edges, mask, CONFIDENCE_RADIUS)
-    perspective = bool(np.any(np.abs(H[2, :2]) > 1e-12))
+    perspective = not is_affine(H)
     evidence = tile_evidence(matches, infrared_corners(H_level, image_size(ir_small)), perspective, 1.0 / S_vi[0, 0])
     enough = min(1.0, evidence.tiles_agreeing / MIN_AGREEING_TILES)
     score = evidence.agreeing_share * enough / (1.0 + (evidence.held_out_px / HELD_OUT_PX) ** 2)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from calibration.fileformat import CalibrationError, Registration
+from calibration.fileformat import CalibrationError, Registration, is_affine
 from calibration.imaging import image_size, stretch_contrast, to_gray_u8, valid_mask, warp_to_destination
 from calibration.quality import Confidence, Residual, alignment_score, local_residual
 from calibration.scene import SceneOptions, scene_confidence
@@ -56,7 +56,7 @@ def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: st
         raise CalibrationError("the warped source image does not overlap the destination image at all")
     overlay = {"edges": edge_overlay, "checker": checker_overlay, "blend": blend_overlay}[style](warped, mask, destination)
     score, residual = alignment_score(source, destination, H), local_residual(source, destination, H)
-    model = "affine" if np.allclose(H[2], (0.0, 0.0, H[2, 2])) else "homography"
+    model = "affine" if is_affine(H) else "homography"
     confidence = scene_confidence(source, destination, H, SceneOptions(model=model))
     return Verification(score, residual, overlay, coverage, confidence)
 

@@ -116,3 +116,13 @@ def test_malformed_point_files_give_one_line_errors(tmp_path, name, text, messag
 def test_missing_point_file(tmp_path):
     with pytest.raises(CalibrationError, match="point file not found"):
         read_point_pairs(tmp_path / "nope.csv")
+
+
+def test_is_affine_is_one_test_of_the_last_row_whatever_the_scale():
+    from calibration.fileformat import is_affine
+
+    affine = np.array([[1.02, 0.01, 3.0], [-0.01, 0.98, -2.0], [0.0, 0.0, 1.0]])
+    assert is_affine(affine) and is_affine(4.0 * affine)  # scaled: the same map
+    perspective = affine.copy()
+    perspective[2, 0] = 1e-6  # 1e-3 at x = 1000 px: a visible perspective
+    assert not is_affine(perspective) and not is_affine(-2.0 * perspective)
