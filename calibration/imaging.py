@@ -46,7 +46,7 @@ def to_gray_u8(image: np.ndarray) -> np.ndarray:
 def to_gray_float(image: np.ndarray) -> np.ndarray:
     """(H, W) float32 in [0, 1] from any image :func:`to_gray_u8` accepts."""
     if image.ndim == 2 and image.dtype in (np.float32, np.float64):
-        return np.clip(image, 0.0, 1.0).astype(np.float32)
+        return np.clip(image, 0.0, 1.0).astype(np.float32, copy=False)  # clip made the copy
     return to_gray_u8(image).astype(np.float32) / 255.0
 
 

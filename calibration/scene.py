@@ -172,6 +172,7 @@ def scene_confidence(
     that one resampling happened to leave in place (``WANDER_PX``). ``calibrate verify`` reports
     this score too.
     """
+    ir, vi = to_gray_float(ir), to_gray_float(vi)  # once: the three measurements below start from gray floats
     tiles = registration_confidence(ir, vi, H, starts_agreeing, starts)
     stability = resampled_drift(ir, vi, H, options)
     wander = resampled_drift(ir, vi, H, options, SECOND_RESAMPLING)
