@@ -128,17 +128,18 @@ def test_run_fuses_everything_then_ends(random_weights):
     assert w.collector.batcher.taken == {"a": 3, "b": 1}
 
 
-class ThreadProbe(torch.nn.Module):
-    """An identity network that notes how many PyTorch threads each call ran with."""
+class Probe(torch.nn.Module):
+    """An identity network that notes ``note(input)`` at each call (its thread count, its shape)."""
 
     spec = VariantSpec(name="probe", content_dim=1, n_downsample=2, n_residual=0)
 
-    def __init__(self, seen: list[int]) -> None:
+    def __init__(self, seen: list, note) -> None:
         super().__init__()
         self.seen = seen
+        self.note = note
 
     def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        self.seen.append(torch.get_num_threads())
+        self.seen.append(self.note(vi_y))
         return vi_y
 
 
@@ -147,7 +148,7 @@ def test_the_fusion_thread_runs_its_own_ops_on_one_thread_and_the_network_on_its
     save beside the decoders); the network keeps its threads; the caller's count is unchanged."""
     monkeypatch.setenv("LDFUSION_NETWORK_THREADS", "2")
     in_network: list[int] = []
-    fuser = Fuser(ThreadProbe(in_network), FuserOptions(device="cpu"))
+    fuser = Fuser(Probe(in_network, lambda _: torch.get_num_threads()), FuserOptions(device="cpu"))
     own_ops: list[int] = []
     registrars = {"a": Registrar("a", None, "ir_to_visible", False)}
     w = FusionWorker(fuser, registrars, batch_size=1, max_wait_s=0.0, smoothing=False, on_batch=lambda n: own_ops.append(torch.get_num_threads()))
@@ -235,25 +236,11 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
         assert np.abs(x.fused.astype(int) - y.fused.astype(int)).max() <= 1
 
 
-class ShapeProbe(torch.nn.Module):
-    """An identity network that notes the input shape of each call."""
-
-    spec = VariantSpec(name="probe", content_dim=1, n_downsample=2, n_residual=0)
-
-    def __init__(self, seen: list[tuple]) -> None:
-        super().__init__()
-        self.seen = seen
-
-    def forward(self, vi_y: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        self.seen.append(tuple(vi_y.shape))
-        return vi_y
-
-
 @pytest.mark.parametrize("pad", [True, False])
 def test_warm_up_runs_the_network_once_in_the_shape_the_stage_will_use(pad):
     """Padded batches (CUDA): the batch size, the one shape a compiled network is made for."""
     seen: list[tuple] = []
-    fuser = Fuser(ShapeProbe(seen), FuserOptions(device="cpu"))
+    fuser = Fuser(Probe(seen, lambda x: tuple(x.shape)), FuserOptions(device="cpu"))
     registrars = {"a": Registrar("a", None, "ir_to_visible", False)}
     FusionWorker(fuser, registrars, batch_size=4, smoothing=False, pad_batches=pad).warm_up((40, 24))
     assert seen == [(4 if pad else 1, 1, 24, 40)]
