@@ -277,20 +277,25 @@ def _overlapping_worker(random_weights, events: list) -> FusionWorker:
     return w
 
 
+def _run_one_stream(w: FusionWorker, frames: int) -> list:
+    """Run ``w`` over ``frames`` pairs of stream "a" queued up front; what it handed on, end included."""
+    paired = {"a": FrameQueue("a.paired", frames + 1)}
+    for i in range(frames):
+        paired["a"].put(pair("a", i))
+    paired["a"].put_end(EndOfStream("a"))
+    fused = FrameQueue("fused", frames + 1)
+    w.run(paired, fused)
+    return [fused.get(timeout=5) for _ in range(frames + 1)]
+
+
 def test_with_batches_waiting_each_is_finished_after_the_next_is_submitted(random_weights):
     """So the host prepares batch n+1 while the GPU still computes batch n; every frame still
     comes out once, in order."""
     events: list = []
     w = _overlapping_worker(random_weights, events)
-    paired = {"a": FrameQueue("a.paired", 10)}
-    for i in range(6):
-        paired["a"].put(pair("a", i))
-    paired["a"].put_end(EndOfStream("a"))
-    fused = FrameQueue("fused", 10)
-    w.run(paired, fused)
+    frames = _run_one_stream(w, 6)
     assert events == [("submit", [0, 1]), ("submit", [2, 3]), ("finish", [0, 1]), ("submit", [4, 5]),
                       ("finish", [2, 3]), ("finish", [4, 5])]
-    frames = [fused.get(timeout=1) for _ in range(7)]
     assert [f.meta.seq for f in frames[:6]] == list(range(6)) and isinstance(frames[6], EndOfStream)
     assert frames[0].fused.shape == (32, 40, 3) and w.frames == 6 and w.batches == 3
 
@@ -317,8 +322,8 @@ def test_a_batch_in_flight_is_handed_on_before_waiting_for_more_input(random_wei
 
 def test_a_non_finite_output_found_after_the_next_submit_still_stops_the_run(random_weights):
     """The finiteness check reads its flag when the batch is finished, not when submitted."""
-    w = FusionWorker(cpu_fuser(random_weights["ld-lite"]), {"a": Registrar("a", None, "ir_to_visible", False)},
-                     batch_size=2, max_wait_s=0.0, smoothing=False, views=VIEWS, overlap=True)
+    events: list = []
+    w = _overlapping_worker(random_weights, events)
     w.fuser.fuse_y = lambda vi_y, ir, **kwargs: torch.full_like(vi_y, float("nan"))
     paired = {"a": FrameQueue("a.paired", 10)}
     for i in range(4):
@@ -327,6 +332,7 @@ def test_a_non_finite_output_found_after_the_next_submit_still_stops_the_run(ran
     fused = FrameQueue("fused", 10)
     with pytest.raises(CheckpointError, match="not finite"):
         w.run(paired, fused)
+    assert events == [("submit", [0, 1]), ("submit", [2, 3]), ("finish", [0, 1])]  # found once the next was submitted
     assert isinstance(fused.get(timeout=1), EndOfStream)  # nothing of the broken batches was handed on
 
 
@@ -340,13 +346,7 @@ def test_overlapped_batches_on_cuda_equal_batches_finished_one_by_one(random_wei
     results = {}
     for overlap in (True, False):
         w = FusionWorker(fuser, registrars, batch_size=2, max_wait_s=0.0, smoothing=False, views=VIEWS | {"fused:yuv420p"}, overlap=overlap)
-        paired = {"a": FrameQueue("a.paired", 10)}
-        for i in range(5):
-            paired["a"].put(pair("a", i))
-        paired["a"].put_end(EndOfStream("a"))
-        fused = FrameQueue("fused", 10)
-        w.run(paired, fused)
-        results[overlap] = [fused.get(timeout=5) for _ in range(5)]
+        results[overlap] = _run_one_stream(w, 5)[:5]
     for a, b in zip(results[True], results[False]):
         assert a.meta.seq == b.meta.seq
         assert np.array_equal(a.fused, b.fused) and np.array_equal(a.ir, b.ir)
