@@ -38,7 +38,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from ldfusion.codecs import ENCODERS, choose_decoder, choose_encoder
+from ldfusion.codecs import ENCODERS, EncoderChoice, choose_decoder, choose_encoder
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import infrared_to_unit, stretch_limits, unit_to_uint8
 
@@ -317,7 +317,7 @@ class VideoWriter:
         self.frames = 0
 
     def _open(self, width: int, height: int) -> None:
-        self._resolve_codec(_even(width), _even(height))
+        self._resolve_codec(width, height)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._container = av.open(str(self.path), "w", options=self._container_options)
@@ -339,16 +339,12 @@ class VideoWriter:
             log.info("%s: %dx%d is padded to even sides for yuv420p", self.path, width, height)
 
     def _resolve_codec(self, width: int, height: int) -> None:
-        """An H.264 preference becomes the encoder that opens at this size (``ldfusion.codecs``:
-        NVENC when asked for and working, else libx264, with one log line); other codec names
-        (mpeg4, ffv1) are used as given."""
-        if self.codec not in ENCODERS:
-            return
-        crf = 18 if self._crf is None else self._crf
-        preset = "veryfast" if self._preset is None else self._preset
-        choice = choose_encoder(self.codec, width, height, crf, preset)
-        self.codec, self.hardware = choice.name, choice.hardware
-        self._options = {**choice.options, **self._options}
+        """An H.264 preference becomes the encoder that opens at this size (``h264_encoder``);
+        other codec names (mpeg4, ffv1) are used as given."""
+        choice = h264_encoder(self.codec, width, height, self._crf, self._preset)
+        if choice is not None:
+            self.codec, self.hardware = choice.name, choice.hardware
+            self._options = {**choice.options, **self._options}
 
     def write_planes(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, t: float | None = None) -> None:
         """Limited-range 4:2:0 planes: Y (H, W), U and V (ceil(H/2), ceil(W/2)). uint8 for
@@ -423,6 +419,19 @@ def _fill_plane(plane, array: np.ndarray) -> None:
     """Copy a compact (h, w) array (uint8, or uint16 for deep formats) into a frame plane whose rows may be padded."""
     rows = np.frombuffer(plane, array.dtype).reshape(plane.height, plane.line_size // array.itemsize)
     rows[: array.shape[0], : array.shape[1]] = array
+
+
+def h264_encoder(codec: str, width: int, height: int, crf: int | None = None, preset: str | None = None) -> EncoderChoice | None:
+    """The encoder an H.264 preference (``auto``, ``libx264``, ``h264_nvenc``) takes for frames
+    of this size: NVENC when asked for and working, else libx264, with one log line
+    (``ldfusion.codecs.choose_encoder``); None for other codec names. Resolved once per process
+    and size, so calling it before the first frame (``Mp4Sink.prepare``) takes the probe out of
+    the first frame's time."""
+    if codec not in ENCODERS:
+        return None
+    crf = 18 if crf is None else crf
+    preset = "veryfast" if preset is None else preset
+    return choose_encoder(codec, _even(width), _even(height), crf, preset)
 
 
 def _even(n: int) -> int:

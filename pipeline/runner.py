@@ -181,8 +181,11 @@ class Pipeline:
             )
             log.info("running %d stream(s) in %s mode: %s on %s, batch %d", len(self._streams), "live" if live else "file",
                      fuser.spec.name, fuser.device, self._batch)
+            sizes = self._known_output_sizes()
             if fuser.device.type == "cuda":
-                self._warm_up(worker)
+                self._warm_up(worker, set(sizes.values()))
+            for sink in sinks:
+                sink.prepare(sizes)
             self.stats.start()
             threads = self._start_threads(worker, sinks, live, origin, infos)
             try:
@@ -201,13 +204,16 @@ class Pipeline:
         self._write_summary(summary)
         return summary
 
-    def _warm_up(self, worker: FusionWorker) -> None:
-        """Compile and tune the network for every output size known before capture starts."""
-        sizes = {
-            stream.registrar.expected_output_size(stream.ir.size, stream.visible.size)
+    def _known_output_sizes(self) -> dict[str, tuple[int, int]]:
+        """Each stream's fused frame size, where its sources state their sizes before the first frame."""
+        return {
+            stream.id: stream.registrar.expected_output_size(stream.ir.size, stream.visible.size)
             for stream in self._streams
             if stream.ir.size is not None and stream.visible.size is not None
         }
+
+    def _warm_up(self, worker: FusionWorker, sizes: set[tuple[int, int]]) -> None:
+        """Compile and tune the network for every output size known before capture starts."""
         for width, height in sorted(sizes):
             start = time.perf_counter()
             worker.warm_up((width, height))

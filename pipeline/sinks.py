@@ -35,7 +35,7 @@ import zmq
 
 from ldfusion.errors import ConfigError, DataError, LDFusionError
 from ldfusion.imageio import write_image
-from ldfusion.video import VideoWriter
+from ldfusion.video import VideoWriter, h264_encoder
 from pipeline.config import PipelineConfig, SinkConfig
 from pipeline.frames import EndOfStream, FusedFrame, StreamInfo
 from pipeline.queues import FrameQueue
@@ -59,6 +59,10 @@ class Sink(ABC):
 
     @abstractmethod
     def write(self, frame: FusedFrame) -> None: ...
+
+    def prepare(self, sizes: dict[str, tuple[int, int]]) -> None:
+        """Before capture starts: each stream's fused frame size (width, height), where known.
+        A sink does here what would otherwise make its first frame wait."""
 
     def close(self) -> None:
         pass
@@ -114,6 +118,7 @@ class Mp4Sink(Sink):
         self._path_for = path_for
         self._streams = streams
         self._view = view_name(content, "yuv420p")
+        self._panels = 3 if content == "side_by_side" else 1  # IR | visible | fused, side by side
         self.views = (self._view,)
         # encoder: auto | libx264 | h264_nvenc, resolved by the writer at the first frame (ldfusion.codecs)
         self._options = {"codec": encoder, "crf": crf, "preset": preset, "fragmented": fragmented, "keyint": keyint}
@@ -122,6 +127,13 @@ class Mp4Sink(Sink):
     @classmethod
     def from_config(cls, config, sink, streams):
         return cls(_path_for(config, sink), streams, sink.content, sink.crf, sink.preset, sink.fragmented, sink.keyint, sink.encoder)
+
+    def prepare(self, sizes: dict[str, tuple[int, int]]) -> None:
+        """Resolve the encoder for each stream's frame size now: probing NVENC creates a CUDA
+        context, and on the sink thread the first live frames would queue behind it."""
+        options = self._options
+        for width, height in sizes.values():
+            h264_encoder(options["codec"], width * self._panels, height, options["crf"], options["preset"])
 
     def write(self, frame: FusedFrame) -> None:
         stream = frame.meta.stream

@@ -139,3 +139,24 @@ def test_fragmented_mp4_survives_kill_9_up_to_the_last_fragment(tmp_path, random
             process.kill()
     frames = decodable_frames(output)
     assert frames >= 2 * keyint and frames < n  # whole GOPs up to the kill, not the full clip
+
+
+def test_the_mp4_encoder_is_resolved_before_the_first_frame(tmp_path, random_weights, monkeypatch):
+    """Probing NVENC creates a CUDA context; done at the first frame, live frames queue behind
+    it. The run resolves each MP4 sink's encoder for the stream's size (side by side: three
+    panels wide) before any frame is fused."""
+    import ldfusion.video
+    from pipeline.fusion_worker import FusionWorker
+
+    ir = marked_video(tmp_path / "ir.mp4", 4, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
+    events: list = []
+    choose = ldfusion.video.choose_encoder
+    monkeypatch.setattr(ldfusion.video, "choose_encoder", lambda *args: events.append(("encoder", args[:3])) or choose(*args))
+    submit = FusionWorker.submit
+    monkeypatch.setattr(FusionWorker, "submit", lambda self, pairs: events.append(("batch", len(pairs))) or submit(self, pairs))
+    sinks = [{"kind": "mp4", "path": "fused.mp4"}, {"kind": "mp4", "path": "sbs.mp4", "content": "side_by_side"}]
+    run_pipeline(make_config(ir, vi, sinks, out_dir=tmp_path / "out"), cpu_fuser(random_weights["ld-lite"]))
+    first_batch = events.index(next(e for e in events if e[0] == "batch"))
+    assert {e[1] for e in events[:first_batch]} == {("auto", 64, 48), ("auto", 192, 48)}
+    assert decodable_frames(tmp_path / "out" / "sbs.mp4") == 4
