@@ -385,7 +385,7 @@ def run_verify(args: argparse.Namespace) -> int:
     ir, vi = read_infrared(args.ir, args.ir_16bit), read_visible(args.vi)
     check_sizes(registration, ir, vi)
     source, destination = (ir, vi) if registration.source == "ir" else (vi, ir)
-    result = verify(source, destination, registration.H, args.style)
+    result = verify(source, destination, registration.H, args.style, registration.model)
     write_image(args.out, result.overlay)
     print(f"alignment score {result.score:.3f} (edge correlation over {result.coverage:.0%} of the {_other(registration.source)} image)")
     print(_residual_line(result.residual))

@@ -45,8 +45,13 @@ def check_sizes(registration: Registration, ir: np.ndarray, vi: np.ndarray) -> N
             raise CalibrationError(f"the {name} image is {got} but the calibration expects {want}")
 
 
-def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: str = "edges") -> Verification:
-    """Score H (source -> destination pixels) on one image pair and render the overlay."""
+def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: str = "edges", model: str | None = None) -> Verification:
+    """Score H (source -> destination pixels) on one image pair and render the overlay.
+
+    ``model``: the one H was fitted as (the calibration file's ``model``), so the confidence
+    refines it as ``calibrate scene`` did; None guesses it from H (``is_affine``), which a
+    homography that came out with near-zero perspective terms would fool.
+    """
     if style not in STYLES:
         raise CalibrationError(f"overlay style must be one of {STYLES}; got {style!r}")
     warped = warp_to_destination(stretch_contrast(to_gray_u8(source)), H, image_size(destination))
@@ -56,7 +61,7 @@ def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: st
         raise CalibrationError("the warped source image does not overlap the destination image at all")
     overlay = {"edges": edge_overlay, "checker": checker_overlay, "blend": blend_overlay}[style](warped, mask, destination)
     score, residual = alignment_score(source, destination, H), local_residual(source, destination, H)
-    model = "affine" if is_affine(H) else "homography"
+    model = model or ("affine" if is_affine(H) else "homography")
     confidence = scene_confidence(source, destination, H, SceneOptions(model=model))
     return Verification(score, residual, overlay, coverage, confidence)
 

@@ -121,7 +121,7 @@ def test_verify_reports_the_score_scene_decides_by(synthetic_scene):
     ir_size, vi_size = _sizes(visible.shape)
     ir = infrared_view(thermal, centred_homography("rotation", ir_size, vi_size), ir_size, vi_size)
     result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
-    checked = verify(ir, visible, result.H)
+    checked = verify(ir, visible, result.H, model=SceneOptions().model)  # the model scene fitted, as the file records it
     assert checked.confidence.score == pytest.approx(result.confidence.score, abs=1e-6)
     assert checked.confidence.stability_px == pytest.approx(result.confidence.stability_px, abs=1e-6)
 
@@ -310,3 +310,18 @@ def test_a_pair_the_dataset_misregisters_is_registered_and_written(shared_data):
     result = register_scene(ir, visible)
     assert corner_error(result.H, own.H @ H_known, size) < 2.0
     assert result.confident, result.confidence.describe()
+
+
+def test_verify_refines_as_the_file_says_not_as_h_looks(synthetic_scene):
+    """A homography whose perspective terms came out near zero looks affine; the confidence
+    must still refine it as the homography the file records."""
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    H = centred_homography("rotation", ir_size, vi_size)
+    ir = infrared_view(thermal, H, ir_size, vi_size)
+    nearly_affine = H / H[2, 2]
+    nearly_affine[2, :2] = 1e-11
+    checked = verify(ir, visible, nearly_affine, model="homography")
+    expected = scene_confidence(ir, visible, nearly_affine, SceneOptions(model="homography"))
+    assert checked.confidence.stability_px == pytest.approx(expected.stability_px, abs=1e-6)
+    assert checked.confidence.wander_px == pytest.approx(expected.wander_px, abs=1e-6)
