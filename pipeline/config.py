@@ -9,7 +9,7 @@ model, the sinks and a few run settings::
         visible: {kind: video, path: data/vi.mp4}
         registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
         sync: {slop_s: null, offset_s: null, leader: visible, max_delay_s: 0.1}
-    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true, compile: auto}
+    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true, compile: auto, compile_mode: default}
     sinks:
       - {kind: mp4, path: "{stream}.mp4"}
       - {kind: zmq, endpoint: "tcp://127.0.0.1:5555"}
