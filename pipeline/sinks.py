@@ -120,7 +120,8 @@ class Mp4Sink(Sink):
         self._view = view_name(content, "yuv420p")
         self._panels = 3 if content == "side_by_side" else 1  # IR | visible | fused, side by side
         self.views = (self._view,)
-        # encoder: auto | libx264 | h264_nvenc, resolved by the writer at the first frame (ldfusion.codecs)
+        # encoder: auto | libx264 | h264_nvenc, resolved before capture where the size is known
+        # (``prepare``), else by the writer at the first frame (ldfusion.codecs)
         self._options = {"codec": encoder, "crf": crf, "preset": preset, "fragmented": fragmented, "keyint": keyint}
         self._writers: dict[str, VideoWriter] = {}
 

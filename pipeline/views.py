@@ -49,6 +49,13 @@ class RenderedViews:
         self._device: dict[str, list] = {}
         self._host: dict[str, tuple[Tensor, ...]] = {}  # view -> (B, ...) uint8 tensors: one, or planes Y, U, V
 
+    def add_device(self, view: str, items: list) -> None:
+        self._device[view] = items
+
+    def add_host(self, view: str, *tensors: Tensor) -> None:
+        """A packed picture (one tensor) or planes Y, U, V (three), each queued for download."""
+        self._host[view] = tuple(_to_host(tensor) for tensor in tensors)
+
     def rows(self) -> dict[str, list]:
         """{view: one item per row}; host views are numpy arrays (or tuples of planes)."""
         out = dict(self._device)
@@ -65,13 +72,13 @@ def start_render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: Y
         if view == DEVICE:
             ycrcb = fused.full()
             rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
-            out._device[view] = [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])]
+            out.add_device(view, [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])])
             continue
         content, pixel_format = view.split(":")
         if pixel_format == "yuv420p":
-            out._host[view] = tuple(_to_host(plane) for plane in _yuv420p(content, fused, ir, visible))
+            out.add_host(view, *_yuv420p(content, fused, ir, visible))
         else:
-            out._host[view] = (_to_host(_render_packed(_content(content, fused, ir, visible), pixel_format)),)
+            out.add_host(view, _render_packed(_content(content, fused, ir, visible), pixel_format))
     return out
 
 
