@@ -172,11 +172,15 @@ class Registrar:
             self._overlap_checked = True  # both sides may check at once: at worst it is checked twice
         return plan
 
-    def expected_output_size(self, ir_size: Size, vi_size: Size) -> Size:
-        """The fused frames' size for frames of these sizes, without fixing the plan (the
-        first pair still does): what the fusion stage warms the network up for."""
-        plan = self.plan or plan_without_calibration(ir_size, vi_size, self._warp, self._crop)
-        return plan.output_size
+    def expected_output_size(self, ir_size: Size | None, vi_size: Size | None) -> Size | None:
+        """The fused frames' size before the first pair, without fixing the plan (the first
+        pair still does): what the run readies the network and the encoders for. A calibration
+        file decides it; without one, the cameras' stated sizes do (None when one is unknown)."""
+        if self.plan is not None:
+            return self.plan.output_size
+        if ir_size is None or vi_size is None:
+            return None
+        return plan_without_calibration(ir_size, vi_size, self._warp, self._crop).output_size
 
     def apply(self, ir: Tensor, visible: YCrCbBatch) -> tuple[Tensor, YCrCbBatch]:
         """Device side: warp and crop a batch of (B, 1, h, w) IR and visible Y, Cr, Cb."""

@@ -205,12 +205,10 @@ class Pipeline:
         return summary
 
     def _known_output_sizes(self) -> dict[str, tuple[int, int]]:
-        """Each stream's fused frame size, where its sources state their sizes before the first frame."""
-        return {
-            stream.id: stream.registrar.expected_output_size(stream.ir.size, stream.visible.size)
-            for stream in self._streams
-            if stream.ir.size is not None and stream.visible.size is not None
-        }
+        """Each stream's fused frame size where it is known before the first frame (from the
+        calibration file, or the sizes its sources state)."""
+        sizes = {stream.id: stream.registrar.expected_output_size(stream.ir.size, stream.visible.size) for stream in self._streams}
+        return {stream: size for stream, size in sizes.items() if size is not None}
 
     def _warm_up(self, worker: FusionWorker, sizes: set[tuple[int, int]]) -> None:
         """Compile and tune the network for every output size known before capture starts."""

@@ -119,5 +119,7 @@ def test_expected_output_size_is_the_plans_and_leaves_the_plan_to_the_first_pair
     assert unregistered.expected_output_size((32, 24), (64, 48)) == (64, 48)  # IR scaled onto the visible grid
     assert Registrar("cam0", None, "visible_to_ir", crop=False).expected_output_size((32, 24), (64, 48)) == (32, 24)
     assert unregistered.plan is None
+    assert unregistered.expected_output_size(None, (64, 48)) is None  # a camera that states no size
     cropped = Registrar("cam0", Registration(translation(2, 2), (64, 48), (64, 48), crop=(4, 4, 50, 30)), "ir_to_visible", crop=True)
     assert cropped.expected_output_size((64, 48), (64, 48)) == (50, 30)
+    assert cropped.expected_output_size(None, None) == (50, 30)  # the calibration file knows it
