@@ -41,8 +41,8 @@ class RenderedViews:
 
     On CUDA the downloads are queued (``non_blocking``, into pinned memory from PyTorch's
     caching host allocator) so the fusion thread can prepare the next batch meanwhile;
-    ``rows`` reads them, and must wait until the copies are done (``render`` does, the
-    fusion worker waits on an event recorded after them).
+    ``rows`` reads them, and must wait until the copies are done (the fusion worker waits
+    on an event recorded after them; on the CPU there is nothing to wait for).
     """
 
     def __init__(self) -> None:
@@ -80,14 +80,6 @@ def start_render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: Y
         else:
             out.add_host(view, _render_packed(_content(content, fused, ir, visible), pixel_format))
     return out
-
-
-def render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> dict[str, list]:
-    """{view: one item per row}, downloaded: ``start_render`` and wait for it."""
-    rendered = start_render(views, fused, ir, visible)
-    if fused.y.is_cuda:
-        torch.cuda.current_stream(fused.y.device).synchronize()
-    return rendered.rows()
 
 
 def _to_host(tensor: Tensor) -> Tensor:
