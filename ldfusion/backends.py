@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -53,6 +54,39 @@ def choose_backend(requested: str, device: torch.device) -> str:
         raise ConfigError("backend 'openvino' was asked for but openvino is not installed (pip install openvino)")
     log.info("backend auto: openvino is not installed, running the network on PyTorch (pip install openvino: ~3x faster on the CPU)")
     return "torch"
+
+
+def auto_int8(asked_weights: str | os.PathLike | None, weights_path: Path | None, device: torch.device, backend: str) -> bool:
+    """What an unset ``int8`` means: int8 where ``weights: auto`` chose weights on the CPU, the
+    network runs on OpenVINO and their int8 export ships with the package (``CPU_AUTO_INT8``).
+
+    Only ``auto`` turns it on: weights named explicitly run in float unless int8 is asked for.
+    """
+    from ldfusion.weights import CPU_AUTO_INT8, is_auto
+
+    if not (CPU_AUTO_INT8 and is_auto(asked_weights) and device.type == "cpu" and weights_path is not None):
+        return False
+    if backend == "torch" or not openvino_available():
+        return False
+    shipped = shipped_int8_export(weights_path)
+    if shipped is None:
+        log.info("int8 auto: off (no int8 export ships for %s)", weights_path.name)
+        return False
+    log.info("int8 auto: on, the shipped int8 export %s (inside the quality bar against LD-Lite: MODEL_CARD.md; "
+             "--no-int8 or model.int8: false runs float)", shipped.name)
+    return True
+
+
+def shipped_int8_export(weights_path: Path) -> Path | None:
+    """The OpenVINO int8 export of ``weights_path`` shipped in ldfusion/bundled, current for its
+    bytes and for this ldfusion's export version; None when there is none."""
+    from ldfusion.export import exported_path
+    from ldfusion.weights import BUNDLED_DIR
+
+    if not weights_path.is_file():
+        return None
+    path = exported_path(weights_path, "openvino", True, BUNDLED_DIR)
+    return path if path.parent.resolve() == BUNDLED_DIR.resolve() else None
 
 
 class OpenVinoNetwork:

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,9 @@ class FuserOptions:
     compile_mode: str = "default"  # COMPILE_KINDS: "reduce-overhead" replays the compiled kernels as CUDA graphs
 
     backend: str = "auto"  # torch | openvino | auto (OpenVINO on the CPU when installed); see ldfusion.backends
-    int8: bool = False  # OpenVINO only: the int8 export made by `ldfusion export --int8`
+    # OpenVINO only: the int8 export (shipped, or made by `ldfusion export --int8`). None:
+    # on where ``weights: auto`` picks weights whose int8 export ships (backends.auto_int8).
+    int8: bool | None = None
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -109,6 +111,7 @@ class Fuser:
         # PyTorch's CPU threads for the network (set around each call: ``_network_threads``)
         self.network_threads = configure_torch_threads() if self.device.type == "cpu" else None
         self.backend, self.cpu_network = self._cpu_backend(options, weights_path)
+        self.int8 = self.backend == "openvino" and bool(options.int8)  # the int8 export runs
         self._staging: PinnedStaging | None = None  # fuse_arrays' uploads on CUDA, made on first use
 
     def _cpu_backend(self, options: FuserOptions, weights_path: Path | None):
@@ -121,23 +124,30 @@ class Fuser:
         from ldfusion.backends import build_openvino, choose_backend
 
         requested = options.backend
-        if requested == "auto" and weights_path is None and not options.int8:
+        int8 = bool(options.int8)
+        if requested == "auto" and weights_path is None and not int8:
             requested = "torch"
         backend = choose_backend(requested, self.device)
-        if options.int8 and backend != "openvino":
+        if int8 and backend != "openvino":
             raise ConfigError("int8 runs on the openvino backend only (on the CPU, with openvino installed)")
         if backend == "torch" or self.dtype != torch.float32:
             return "torch", None
-        return backend, build_openvino(self.model, weights_path, int8=options.int8)
+        return backend, build_openvino(self.model, weights_path, int8=int8)
 
     @classmethod
     def from_weights(
         cls, weights: str | os.PathLike | None = None, variant: str | None = None, options: FuserOptions = FuserOptions()
     ) -> "Fuser":
         """Load weights by path or registry name (``auto``/None, ``fast``, ``default``, ``ld-lite``, ``ldfusion``)."""
-        weights = choose_weights(weights, resolve_device(options.device))
-        fuser = cls(resolve_model(weights, variant), options, resolve_weights_path(weights))
-        fuser.weights_name = f"weights {str(weights)!r}"
+        device = resolve_device(options.device)
+        chosen = choose_weights(weights, device)
+        path = resolve_weights_path(chosen)
+        if options.int8 is None:
+            from ldfusion.backends import auto_int8
+
+            options = replace(options, int8=auto_int8(weights, path, device, options.backend))
+        fuser = cls(resolve_model(chosen, variant), options, path)
+        fuser.weights_name = f"weights {str(chosen)!r}"
         return fuser
 
     def _finite(self, out: Tensor) -> Tensor:

@@ -36,6 +36,10 @@ AUTO_WEIGHTS = "auto"
 # LD-Lite (MODEL_CARD.md: >= 33 dB mean PSNR on the held-out pairs, none below 30 dB) may
 # stand here.
 CPU_AUTO_WEIGHTS = "default"
+# Whether ``auto`` on the CPU also runs those weights in int8, through the OpenVINO int8
+# export shipped in ldfusion/bundled (scripts/bundle_int8.py). ``default``'s agrees with
+# LD-Lite to 35.4 dB mean, 31.8 dB on the worst held-out pair (MODEL_CARD.md): inside the bar.
+CPU_AUTO_INT8 = True
 
 if typing.TYPE_CHECKING:
     import torch
@@ -108,13 +112,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LDFUSION_CACHE") or Path.home() / ".cache" / "ldfusion")
 
 
+def is_auto(name: str | os.PathLike | None) -> bool:
+    """Whether ``name`` leaves the choice of weights to ldfusion (``auto``, or not given)."""
+    return name is None or str(name) == AUTO_WEIGHTS
+
+
 def choose_weights(name: str | os.PathLike | None, device: "torch.device") -> str | os.PathLike:
     """Resolve ``auto`` (or None) for ``device``; any other name or path passes through.
 
-    On the CPU, ``CPU_AUTO_WEIGHTS`` (the ``fast`` student: real time without a GPU); on
-    CUDA, ``default`` (LD-Lite's layout runs in real time there and agrees more closely).
+    On the CPU, ``CPU_AUTO_WEIGHTS`` (only weights that meet the quality bar; see also
+    ``CPU_AUTO_INT8``); on CUDA, ``default`` (LD-Lite's layout runs in real time there).
     """
-    if name is not None and str(name) != AUTO_WEIGHTS:
+    if not is_auto(name):
         return name
     if device.type == "cpu":
         choice, why = CPU_AUTO_WEIGHTS, "the device is the CPU"

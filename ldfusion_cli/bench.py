@@ -8,12 +8,12 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_int8_argument, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
 from ldfusion.variants import VARIANTS
-from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
+from ldfusion.weights import choose_weights, is_auto, resolve_model, resolve_weights_path
 from pipeline.bench import (
-    DEFAULT_RESOLUTIONS, PATHS, BenchSettings, Measurement, default_devices, format_table, machine_info, measure_all, same_run_ratios,
+    DEFAULT_RESOLUTIONS, PATHS, BenchSettings, Measurement, default_devices, format_table, machine_info, measure_all, runtime_summary, same_run_ratios,
     parse_resolution, synthetic_frames,
 )
 
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                         help="CPU runtime for the model and pipeline paths: auto = OpenVINO when installed (default: auto)")
-    parser.add_argument("--int8", action="store_true", help="the OpenVINO int8 export (made by `ldfusion export --int8`)")
+    add_int8_argument(parser)
     add_logging_arguments(parser)
     return parser
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = BenchSettings(
         tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
         compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
-        backend=args.backend, int8=args.int8, weights_path=path if path.is_file() else None,
+        backend=args.backend, int8=args.int8, weights_path=path if path.is_file() else None, auto_weights=is_auto(args.weights),
     )
     resolutions = [parse_resolution(text) for text in args.resolutions]
     model = resolve_model(weights, args.model)
@@ -86,5 +86,6 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")  # default=str: the weights path
     print(format_table(results))
+    print("\n".join(runtime_summary(results)))
     print(f"\n{report['machine']['summary']}; JSON written to {args.out}")
     return 0

@@ -48,6 +48,7 @@ import cv2
 import numpy as np
 import torch
 
+from ldfusion.backends import auto_int8
 from ldfusion.config import from_dict
 from ldfusion.errors import ConfigError
 from ldfusion.inference import COMPILE_MODES, Fuser, FuserOptions, resolve_device
@@ -111,8 +112,9 @@ class BenchSettings:
     compile_backend: str = "inductor"
     compile_mode: str = "default"  # FuserOptions.compile_mode: default | reduce-overhead (CUDA graphs)
     backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
-    int8: bool = False  # OpenVINO's int8 export
+    int8: bool | None = None  # OpenVINO's int8 export; None: as ldfusion.backends.auto_int8 decides per device
     weights_path: Path | None = None  # the weights file whose cached export OpenVINO runs
+    auto_weights: bool = False  # the weights were chosen by ``auto`` (which may also choose int8)
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -166,18 +168,21 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
     log.info("measuring on %s at %dx%d", device, *frames.size)
     if "reference" in settings.paths:
         results.append(measure_reference(model, device, frames, settings.frames, settings.warmup))
+    int8 = settings.int8
+    if int8 is None:
+        int8 = auto_int8(None if settings.auto_weights else settings.weights_path, settings.weights_path, device, settings.backend)
     options = FuserOptions(
         device=str(device), half=False if settings.fp32 else None, compile=settings.compile,
-        compile_backend=settings.compile_backend, compile_mode=settings.compile_mode, backend=settings.backend, int8=settings.int8,
+        compile_backend=settings.compile_backend, compile_mode=settings.compile_mode, backend=settings.backend, int8=int8,
     )
     fuser = Fuser(copy.deepcopy(model), options, settings.weights_path)  # the weights file's cached export, for OpenVINO
     for batch in settings.batch_sizes:
         if "model" in settings.paths:
-            results.append(_noting_compiled(measure_model(fuser, frames, batch, settings.frames, settings.warmup), fuser))
+            results.append(_noting_runtime(measure_model(fuser, frames, batch, settings.frames, settings.warmup), fuser))
         if "model_on_device" in settings.paths:
-            results.append(_noting_compiled(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup), fuser))
+            results.append(_noting_runtime(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup), fuser))
         if "pipeline" in settings.paths:
-            results.append(measure_pipeline(fuser, frames, batch, settings.frames, settings.streams))
+            results.append(_noting_runtime(measure_pipeline(fuser, frames, batch, settings.frames, settings.streams), fuser))
         if "passthrough" in settings.paths:
             identity = Fuser(IdentityFusion(), FuserOptions(device=str(device), half=False))
             results.append(measure_pipeline(identity, frames, batch, settings.frames, settings.streams, path="passthrough"))
@@ -195,11 +200,21 @@ class IdentityFusion(torch.nn.Module):
         return vi_y
 
 
-def _noting_compiled(result: Measurement, fuser: Fuser) -> Measurement:
-    """Whether the compiled network ran (False also when compiling failed and eager took over).
-    The warm-up calls take the compile time, logged once by ``ldfusion.inference``."""
-    result.extra["compiled"] = fuser.compiled
+def _noting_runtime(result: Measurement, fuser: Fuser) -> Measurement:
+    """What ran the network: the backend, int8 or not, and whether the compiled network ran
+    (False also when compiling failed and eager took over; the warm-up calls take the compile
+    time, logged once by ``ldfusion.inference``)."""
+    result.extra.update(backend=fuser.backend, int8=fuser.int8, compiled=fuser.compiled)
     return result
+
+
+def runtime_summary(results: list[Measurement]) -> list[str]:
+    """One line per device: what ran the network there (the table's fps depend on it)."""
+    seen: dict[str, str] = {}
+    for r in results:
+        if "backend" in r.extra and r.device not in seen:
+            seen[r.device] = f"{r.extra['backend']}{' int8' if r.extra.get('int8') else ''}{', compiled' if r.extra.get('compiled') else ''}"
+    return [f"network on {device}: {runtime}" for device, runtime in seen.items()]
 
 
 def measure_decode(device: torch.device, frames: Frames, count: int, streams: int) -> Measurement:

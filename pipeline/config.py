@@ -165,6 +165,7 @@ class ModelConfig:
     smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
     compile: str | bool = "auto"  # torch.compile the network: auto (on for CUDA, off on the CPU) | on | off
     compile_mode: str = "default"  # default | reduce-overhead (the compiled kernels replayed as CUDA graphs)
+    int8: bool | None = None  # OpenVINO int8 on the CPU; None = auto: on where weights: auto has a shipped int8 export
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:

@@ -5,9 +5,10 @@ turn, and the table gives median milliseconds and the ratio to LD-Lite on PyTorc
 
     PYTHONPATH=. python scripts/cpu_speed.py [--rounds 15] [--size 640x512]
 
-Configurations: LD-Lite on PyTorch (the baseline) and on OpenVINO; `fast` on PyTorch, on
-OpenVINO and, when its int8 export exists (`ldfusion export --weights fast --int8 ...`),
-int8; the same for LD-Lite int8. `ldfusion bench` measures each one alone.
+Configurations: LD-Lite on PyTorch (the baseline) and on OpenVINO; `default` on OpenVINO,
+float and as `weights: auto` runs it on the CPU (its shipped int8 export); `fast` on
+PyTorch, on OpenVINO and, when its int8 export exists (`ldfusion export --weights fast
+--int8 ...`), int8; the same for LD-Lite int8. `ldfusion bench` measures each one alone.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ CONFIGS = (
     ("ld-lite, torch", LD_LITE, "torch", False),
     ("ld-lite, openvino", LD_LITE, "openvino", False),
     ("ld-lite, openvino int8", LD_LITE, "openvino", True),
+    ("default, openvino", "default", "openvino", False),
+    ("auto: default, openvino int8 (shipped)", None, "auto", None),
     ("fast, torch", "fast", "torch", False),
     ("fast, openvino", "fast", "openvino", False),
     ("fast, openvino int8", "fast", "openvino", True),

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
 """Which layers lose accuracy in int8: quantize a network's OpenVINO export with NNCF,
-keeping different sets of convs in float (symmetric or asymmetric "mixed" activations), and measure agreement with float PyTorch on
-held-out pairs and the speed at 640x512 (interleaved in one process).
+keeping different sets of layers in float (the first convs, the output conv, the transposed
+convs, the norms' inputs; symmetric or asymmetric "mixed" activations), and measure agreement
+with float LD-Lite on PyTorch on the twelve held-out pairs and the speed at 640x512
+(interleaved in one process).
 
-    PYTHONPATH=. python scripts/int8_layers.py [--weights ../shared/data/weights/ld-lite/final.pt]
+    PYTHONPATH=. python scripts/int8_layers.py [--weights default] [--only "none" ...]
 
-Calibration: training pairs (MSRS by default), never the held-out ones measured here.
+Calibration: whole frames of training pairs (MSRS by default), never the held-out ones
+measured here.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ from ldfusion.weights import resolve_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHOICES = {
-    "none": ((), False),
-    "first": (("first",), False),
-    "last": (("last",), False),
-    "first+last": (("first", "last"), False),
-    "first+last, mixed": (("first", "last"), True),
-    "first+last+transposed, mixed": (("first", "last", "transposed"), True),
+    "none": Int8Options(keep_float=(), float_norm_inputs=False),
+    "first+last": Int8Options(float_norm_inputs=False),
+    "first+last, mixed": Int8Options(float_norm_inputs=False, mixed=True),
+    "norm inputs": Int8Options(keep_float=()),
+    "first + norm inputs": Int8Options(keep_float=("first",)),
+    "last + norm inputs": Int8Options(keep_float=("last",)),
+    "first+last + norm inputs (ldfusion's)": Int8Options(),
+    "first+last+transposed + norm inputs": Int8Options(keep_float=("first", "last", "transposed")),
 }
 
 
@@ -49,24 +54,24 @@ def held_out(count: int):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", default=str(SHARED / "weights/ld-lite/final.pt"))
+    parser.add_argument("--teacher", default=str(SHARED / "weights/ld-lite/final.pt"), help="the reference (default: float LD-Lite)")
     parser.add_argument("--calib-ir", default=str(SHARED / "pairs/msrs/ir"))
     parser.add_argument("--calib-vi", default=str(SHARED / "pairs/msrs/vi"))
-    parser.add_argument("--pairs", type=int, default=6, help="held-out pairs to measure agreement on")
+    parser.add_argument("--pairs", type=int, default=12, help="held-out pairs to measure agreement on")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--only", nargs="+", choices=list(CHOICES), help="measure only these (default: all)")
     args = parser.parse_args(argv)
     model = resolve_model(args.weights).eval()
+    teacher = resolve_model(args.teacher).eval()
     calibration = calibration_pairs(args.calib_ir, args.calib_vi, 32)
     float_ov = convert_openvino(model)
     runs = {"float32": OpenVinoNetwork(float_ov, model.spec)}
     chosen = args.only or list(CHOICES)
     for label in chosen:
-        keep, mixed = CHOICES[label]
-        options = Int8Options(keep_float=keep, mixed=mixed)
-        runs[f"int8, float: {label}"] = OpenVinoNetwork(quantize_int8(convert_openvino(model), calibration, options), model.spec)
+        runs[f"int8, float: {label}"] = OpenVinoNetwork(quantize_int8(convert_openvino(model), calibration, CHOICES[label]), model.spec)
     pairs = held_out(args.pairs)
     with torch.inference_mode():
-        references = [model(vi, ir) for vi, ir in pairs]
+        references = [teacher(vi, ir) for vi, ir in pairs]
     frame = (torch.rand(1, 1, 512, 640), torch.rand(1, 1, 512, 640))
     times: dict[str, list[float]] = {label: [] for label in runs}
     for network in runs.values():
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             network(*frame)
             times[label].append(time.perf_counter() - start)
     base = statistics.median(times["float32"])
-    print(f"{Path(args.weights).name}: agreement with float PyTorch on {len(pairs)} held-out pairs; speed at 640x512")
+    print(f"{Path(args.weights).name}: agreement with float {Path(args.teacher).name} on PyTorch, {len(pairs)} held-out pairs; speed at 640x512")
     print("| OpenVINO | mean PSNR (dB) | worst (dB) | median ms | vs float32 |\n|---|---|---|---|---|")
     for label, network in runs.items():
         scores = [agreement_db(ref, network(vi, ir)) for ref, (vi, ir) in zip(references, pairs)]

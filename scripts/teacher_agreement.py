@@ -7,10 +7,11 @@ Default: the bundled `default` weights against the authors' LD-Lite on
 MODEL_CARD.md come from this script.
 
     python scripts/teacher_agreement.py [--student default] [--teacher ../shared/data/weights/ld-lite/final.pt]
-        [--backend torch|openvino|auto] [--int8] [--bar 33 --floor 30]
+        [--backend torch|openvino|auto] [--int8 | --no-int8] [--bar 33 --floor 30]
 
-The student runs on --backend (with --int8: its OpenVINO int8 export, made first with
-`ldfusion export --int8`); the teacher always runs on PyTorch, the reference. Exits 1 when
+The student runs on --backend (with --int8: its OpenVINO int8 export, shipped or made first
+with `ldfusion export --int8`; `--student auto --backend auto` is what `weights: auto` runs
+on the CPU); the teacher always runs on PyTorch, the reference. Exits 1 when
 the mean is below --bar or a pair is below --floor (the quality bar for `weights: auto`).
 """
 
@@ -60,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=REPO / "configs/distill_default.yaml", help="training config naming the held-out TNO pairs")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--backend", default="torch", choices=("torch", "openvino", "auto"), help="the student's runtime (default: torch)")
-    parser.add_argument("--int8", action="store_true", help="the student's OpenVINO int8 export")
+    parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                        help="the student's OpenVINO int8 export (default: as ldfusion chooses: int8 for --student auto "
+                        "on the CPU when its int8 export ships)")
     parser.add_argument("--bar", type=float, default=33.0, help="required mean PSNR in dB (default: 33)")
     parser.add_argument("--floor", type=float, default=30.0, help="required PSNR of every pair in dB (default: 30)")
     args = parser.parse_args(argv)
@@ -83,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'meets' if meets else 'misses'} the bar: mean {mean:.2f} dB (>= {args.bar}), worst pair {worst:.2f} dB (>= {args.floor})")
     if args.json:
         args.json.write_text(json.dumps({"student": args.student, "teacher": args.teacher, "backend": args.backend,
-                                         "int8": args.int8, "pairs": rows, "mean_psnr_db": mean,
+                                         "int8": student.int8, "pairs": rows, "mean_psnr_db": mean,
                                          "worst_psnr_db": worst, "meets_bar": meets}, indent=2))
     return 0 if meets else 1
 

@@ -157,6 +157,61 @@ def test_bundled_weights_export_into_the_cache(tmp_path, monkeypatch):
     assert path.parent == tmp_path / "exported"
 
 
+def test_shipped_exports_are_found_in_the_package_and_only_when_complete(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDFUSION_CACHE", str(tmp_path / "cache"))
+    package = tmp_path / "bundled"
+    weights = save_checkpoint(package / "w.pt", _net("fast"))
+    cached = exported_path(weights, "openvino", True, bundled_dir=package)
+    assert cached.parent == tmp_path / "cache" / "exported"
+    shipped = package / cached.name
+    shipped.write_text("<net/>")  # an .xml without its .bin is not a shipped export
+    assert exported_path(weights, "openvino", True, bundled_dir=package) == cached
+    shipped.with_suffix(".bin").write_bytes(b"")
+    assert exported_path(weights, "openvino", True, bundled_dir=package) == shipped
+    # Other weights bytes name another file: the shipped one is not used for them.
+    save_checkpoint(weights, _net("fast", seed=1))
+    assert exported_path(weights, "openvino", True, bundled_dir=package).parent == tmp_path / "cache" / "exported"
+
+
+def test_the_shipped_int8_default_is_current():
+    """scripts/bundle_int8.py was run for these default.pt bytes and this export version, and
+    no export of older weights or recipes ships beside it."""
+    from ldfusion.backends import shipped_int8_export
+    from ldfusion.export import stale_exports
+    from ldfusion.weights import BUNDLED_DIR, CPU_AUTO_INT8
+
+    assert CPU_AUTO_INT8 and CPU_AUTO_WEIGHTS == "default"
+    shipped = shipped_int8_export(BUNDLED_DIR / "default.pt")
+    assert shipped is not None, "run scripts/bundle_int8.py: default.pt or EXPORT_VERSION changed"
+    assert stale_exports(BUNDLED_DIR / "default.pt", shipped) == []
+
+
+def test_auto_on_the_cpu_runs_the_shipped_int8_default(caplog):
+    pytest.importorskip("openvino")
+    with caplog.at_level(logging.INFO, logger="ldfusion.backends"):
+        fuser = Fuser.from_weights(None, options=FuserOptions(device="cpu"))
+    assert fuser.backend == "openvino" and fuser.int8
+    assert "int8 auto: on" in caplog.text
+    out = fuser.fuse_y(*_inputs(81, 95))
+    assert out.shape == (2, 1, 81, 95) and torch.isfinite(out).all()
+    # Float where the user names the weights, turns int8 off, or runs PyTorch.
+    assert not Fuser.from_weights("default", options=FuserOptions(device="cpu")).int8
+    assert not Fuser.from_weights("auto", options=FuserOptions(device="cpu", int8=False)).int8
+    assert Fuser.from_weights(None, options=FuserOptions(device="cpu", backend="torch")).backend == "torch"
+
+
+def test_auto_without_a_shipped_int8_export_runs_float(monkeypatch, caplog):
+    pytest.importorskip("openvino")
+    from ldfusion.backends import auto_int8
+    from ldfusion.weights import BUNDLED_DIR
+
+    with caplog.at_level(logging.INFO, logger="ldfusion.backends"):
+        assert not auto_int8(None, BUNDLED_DIR / "fast.pt", torch.device("cpu"), "auto")
+    assert "no int8 export ships for fast.pt" in caplog.text
+    monkeypatch.setattr("ldfusion.weights.CPU_AUTO_INT8", False)
+    assert not auto_int8(None, BUNDLED_DIR / "default.pt", torch.device("cpu"), "auto")
+
+
 # --- backend choice and fallback ----------------------------------------------------------
 
 
@@ -267,9 +322,15 @@ def test_export_command_rejects_bad_combinations(tmp_path, capsys):
     assert "--calib-ir" in capsys.readouterr().err
     assert main(["--weights", str(tmp_path / "missing.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+    # The shipped int8 default is never deleted or rebuilt by --force.
+    pytest.importorskip("openvino")
+    assert main(["--weights", "default", "--int8", "--force", "--calib-ir", str(tmp_path), "--calib-vi", str(tmp_path)]) == 2
+    assert "ships with ldfusion and is not rebuilt here" in capsys.readouterr().err
+    assert main(["--weights", "default", "--int8", "-q"]) == 0  # no calibration images needed: it ships
+    assert "up to date:" in capsys.readouterr().out
 
 
-def test_int8_export_keeps_first_and_last_convs_in_float(tmp_path):
+def test_int8_export_keeps_first_and_last_convs_and_norm_inputs_in_float(tmp_path):
     pytest.importorskip("nncf")
     from ldfusion.export import calibration_pairs, convert_openvino, float_layer_names, quantize_int8
     from ldfusion.imageio import write_image
@@ -285,9 +346,12 @@ def test_int8_export_keeps_first_and_last_convs_in_float(tmp_path):
     kept = float_layer_names(converted, ("first", "last"))
     # One first conv per encoder, and the output conv (depthwise + sum).
     assert len(kept) == 4
-    quantized = quantize_int8(converted, calibration_pairs(tmp_path / "ir", tmp_path / "vi", side=32))
-    types = {op.get_friendly_name(): op for op in quantized.get_ordered_ops()}
-    assert any(op.get_type_name() == "FakeQuantize" for op in types.values())
+    quantized = quantize_int8(converted, calibration_pairs(tmp_path / "ir", tmp_path / "vi"))
+    quantized_ops = [target.get_node() for op in quantized.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+                     for output in op.outputs() for target in output.get_target_inputs()]
+    assert any(op.get_type_name() == "Convolution" for op in quantized_ops)  # the rest is int8
+    assert not {op.get_friendly_name() for op in quantized_ops} & set(kept)
+    assert not [op.get_friendly_name() for op in quantized_ops if op.get_type_name() == "MVN"]
 
 
 def test_int8_without_an_export_says_how_to_make_one(tmp_path):

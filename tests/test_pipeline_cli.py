@@ -49,6 +49,10 @@ def test_print_config_shows_flags_applied(capsys):
     code = cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), "--device", "cpu", "--out", "elsewhere", "--print-config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert code == 0 and printed["model"]["device"] == "cpu" and printed["run"]["out_dir"] == "elsewhere"
+    assert printed["model"]["int8"] is None  # unset: ldfusion decides (int8 for weights: auto on the CPU)
+    for flag, value in (("--int8", True), ("--no-int8", False)):
+        assert cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), flag, "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["model"]["int8"] is value
 
 
 @pytest.mark.parametrize("sig, code", [pytest.param(signal.SIGINT, 130, id="SIGINT"), pytest.param(signal.SIGTERM, 143, id="SIGTERM")])

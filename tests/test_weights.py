@@ -109,3 +109,20 @@ def test_bundled_default_agrees_with_its_teacher_on_held_out_pairs(shared_data, 
         values.append(float(psnr(student.fuse_y(vi_y, ir), teacher.fuse_y(vi_y, ir))[0]))
     assert len(values) == 2
     assert min(values) >= MIN_AGREEMENT_DB
+
+
+def test_what_auto_runs_on_the_cpu_meets_the_quality_bar(shared_data, ldlite_weights, capsys):
+    """`weights: auto` on the CPU (the shipped int8 default, on OpenVINO) against LD-Lite on
+    all twelve held-out pairs: the bar that lets auto choose it (>= 33 dB mean, >= 30 each)."""
+    pytest.importorskip("openvino")
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "teacher_agreement.py"
+    spec = importlib.util.spec_from_file_location("teacher_agreement", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    status = module.main(["--student", "auto", "--backend", "auto", "--teacher", str(ldlite_weights)])
+    out = capsys.readouterr().out
+    assert "12 pairs" in out, out
+    assert status == 0, out

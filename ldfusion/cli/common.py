@@ -27,6 +27,16 @@ def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
+def add_int8_argument(parser: argparse.ArgumentParser) -> None:
+    """``--int8 / --no-int8``: unset, ldfusion decides (``ldfusion.backends.auto_int8``)."""
+    parser.add_argument(
+        "--int8", action=argparse.BooleanOptionalAction, default=None,
+        help="run the network's OpenVINO int8 export on the CPU (shipped with ldfusion for the bundled default, "
+        "or made by `ldfusion export --int8`). Default: int8 when weights are auto on the CPU and their int8 "
+        "export ships, as the bundled default's does (it meets the quality bar against LD-Lite); float otherwise",
+    )
+
+
 def error_line(prog: str, message: str) -> None:
     print(f"{prog}: error: {mask_credentials(message)}", file=sys.stderr)
 

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("onnx", "openvino"), default="openvino", help="onnx or openvino (default: openvino)")
     parser.add_argument("--int8", action="store_true",
                         help="OpenVINO only: post-training int8 (NNCF), calibrated on --calib-ir/--calib-vi; "
-                        "the first and last convs stay float32")
+                        "the first and last convs and the norms' inputs stay float32. The bundled default's ships with ldfusion")
     parser.add_argument("--calib-ir", type=Path, help="folder of infrared calibration images (with --int8)")
     parser.add_argument("--calib-vi", type=Path, help="folder of the paired visible images (with --int8)")
     parser.add_argument("--calib-count", type=int, default=32, help="calibration pairs (default: 32)")
@@ -51,8 +51,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.int8 and args.format != "openvino":
         raise ConfigError("--int8 needs --format openvino")
-    if args.int8 and (args.calib_ir is None or args.calib_vi is None):
-        raise ConfigError("--int8 needs calibration images: --calib-ir DIR --calib-vi DIR (e.g. training pairs)")
     if args.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1; got {args.calib_count}")
     if not openvino_available():
@@ -61,8 +59,14 @@ def main(argv: list[str] | None = None) -> int:
     if not weights.is_file():
         raise ConfigError(f"{weights}: export needs a single weights file (not an Enc_/Dec_ folder)")
     model = resolve_model(args.weights, args.model).eval()
+    target = exported_path(weights, args.format, args.int8, BUNDLED_DIR)
+    no_calibration = args.calib_ir is None or args.calib_vi is None
+    if args.int8 and no_calibration and (args.force or not target.is_file()):
+        raise ConfigError("--int8 needs calibration images: --calib-ir DIR --calib-vi DIR (e.g. training pairs)")
     if args.force:
-        target = exported_path(weights, args.format, args.int8, BUNDLED_DIR)
+        if target.parent.resolve() == BUNDLED_DIR.resolve():
+            raise ConfigError(f"{target.name} ships with ldfusion and is not rebuilt here; "
+                              "to quantize with your own calibration images, export a copy of the weights file")
         target.unlink(missing_ok=True)
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
     path, built = ensure_exported(model, weights, args.format, args.int8, calibration, bundled_dir=BUNDLED_DIR)
