@@ -259,6 +259,20 @@ def test_a_run_on_cuda_warms_up_before_capture(tmp_path, random_weights, caplog)
     assert "warm-up: 64x48 at batch 4" in caplog.text
 
 
+def test_a_run_on_openvino_compiles_before_capture_and_eager_cpu_does_not(tmp_path, random_weights, caplog):
+    """OpenVINO compiles per input shape: done before the first frame, as on CUDA."""
+    pytest.importorskip("openvino")
+    ir = marked_video(tmp_path / "ir.mp4", 4, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
+    for backend, warms in (("openvino", True), ("torch", False)):
+        caplog.clear()
+        fuser = Fuser.from_weights(random_weights["ld-lite"], options=FuserOptions(device="cpu", backend=backend))
+        with caplog.at_level(logging.INFO, logger="pipeline.runner"):
+            summary = run_pipeline(make_config(ir, vi, model={"batch_size": 1}, out_dir=tmp_path / backend), fuser)
+        assert summary.frames_out == 4
+        assert ("warm-up: 64x48 at batch 1" in caplog.text) == warms, backend
+
+
 def _overlapping_worker(random_weights, events: list) -> FusionWorker:
     """A CPU worker run as on CUDA (``overlap``), noting when each batch is submitted and finished."""
     w = FusionWorker(cpu_fuser(random_weights["ld-lite"]), {"a": Registrar("a", None, "ir_to_visible", False)},
