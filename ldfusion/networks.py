@@ -121,18 +121,18 @@ class AdaINResidualBlock(nn.Module):
 
 
 class ContentEncoder(nn.Module):
-    def __init__(self, dim: int, n_downsample: int, n_residual: int) -> None:
+    def __init__(self, widths: tuple[int, ...], n_residual: int) -> None:
+        """``widths``: channels at full resolution, then after each stride-2 conv."""
         super().__init__()
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
-            nn.Conv2d(1, dim, 7),
-            nn.InstanceNorm2d(dim),
+            nn.Conv2d(1, widths[0], 7),
+            nn.InstanceNorm2d(widths[0]),
             nn.ReLU(inplace=True),
         ]
-        for _ in range(n_downsample):
-            layers += [nn.Conv2d(dim, dim * 2, 4, stride=2, padding=1), nn.InstanceNorm2d(dim * 2), nn.ReLU(inplace=True)]
-            dim *= 2
-        layers += [ResidualBlock(dim) for _ in range(n_residual)]
+        for dim_in, dim in zip(widths, widths[1:]):
+            layers += [nn.Conv2d(dim_in, dim, 4, stride=2, padding=1), nn.InstanceNorm2d(dim), nn.ReLU(inplace=True)]
+        layers += [ResidualBlock(widths[-1]) for _ in range(n_residual)]
         self.model = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -173,8 +173,8 @@ class MLP(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, spec: VariantSpec) -> None:
         super().__init__()
-        self.content_encoder1 = ContentEncoder(spec.content_dim, spec.n_downsample, spec.n_residual)
-        self.content_encoder2 = ContentEncoder(spec.content_dim, spec.n_downsample, spec.n_residual)
+        self.content_encoder1 = ContentEncoder(spec.content_widths, spec.n_residual)
+        self.content_encoder2 = ContentEncoder(spec.content_widths, spec.n_residual)
         if spec.has_style:
             self.style_encoder1 = StyleEncoder(spec.style_base_dim, spec.n_downsample, spec.style_dim)
             self.style_encoder2 = StyleEncoder(spec.style_base_dim, spec.n_downsample, spec.style_dim)
@@ -187,9 +187,9 @@ class Decoder(nn.Module):
         if spec.n_adain_residual:
             self.model_local = nn.ModuleList(AdaINResidualBlock(dim) for _ in range(spec.n_adain_residual))
         layers: list[nn.Module] = []
-        for _ in range(spec.n_downsample):
-            layers += [nn.ConvTranspose2d(dim, dim // 2, 5, 2, 0), LayerNorm(dim // 2), nn.ReLU(inplace=True)]
-            dim //= 2
+        for width in spec.up_widths:
+            layers += [nn.ConvTranspose2d(dim, width, 5, 2, 0), LayerNorm(width), nn.ReLU(inplace=True)]
+            dim = width
         activation = nn.Tanh() if spec.output_activation == "tanh" else nn.Sigmoid()
         layers += [nn.ReflectionPad2d(spec.out_kernel // 2), nn.Conv2d(dim, 1, spec.out_kernel), activation]
         self.model_up = nn.Sequential(*layers)

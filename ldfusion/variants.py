@@ -7,6 +7,10 @@ matches the authors' ``Enc_final.pt`` / ``Dec_final.pt``. ``ld-lite`` is the aut
 every layer, with a 3x3 output conv (3.3 GFLOP per 640x512 frame against LD-Lite's 12.6).
 It keeps LD-Lite's 5x5 transposed convs, so each of its layers sits on the teacher's grid
 and can start from, and be hinted by, half of the teacher's channels.
+
+``encoder_widths`` / ``decoder_widths`` give each resolution its own width, for students
+that keep the teacher's channels where the code both modalities hand the decoder lives (1/8)
+and save near full resolution, where a CPU spends its time (MODEL_CARD.md, the fast card).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from ldfusion.errors import ConfigError
 # Sane ranges of the integer fields, checked before anything is allocated: a checkpoint
 # declares its own layout, and a crafted one (content_dim 4096) would otherwise make the
 # loader allocate gigabytes. Generous: the published networks sit far inside.
+MAX_WIDTH = 256  # of any one level in encoder_widths / decoder_widths
 FIELD_RANGES: dict[str, tuple[int, int]] = {
     "content_dim": (1, 128),
     "n_downsample": (2, 5),
@@ -29,6 +34,10 @@ FIELD_RANGES: dict[str, tuple[int, int]] = {
     "mlp_dim": (1, 2048),
     "mlp_blocks": (1, 8),
 }
+
+
+def _is_width(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_WIDTH
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,12 @@ class VariantSpec:
     mlp_blocks: int = 3
     output_activation: str = "sigmoid"  # "sigmoid" or "tanh"; clamped to [0, 1] after
     out_kernel: int = 7  # the final conv to one channel, reflect-padded to keep the size
+    # Per-level widths, when they do not follow content_dim's doubling: the content encoders'
+    # channels at full resolution, 1/2, ... 1/2**n_downsample (the last is the code each
+    # modality hands the decoder), and the decoder's after each transposed conv, from the
+    # coarsest to full resolution. Empty: content_dim * 2**level, and halving back down.
+    encoder_widths: tuple[int, ...] = ()
+    decoder_widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -60,11 +75,29 @@ class VariantSpec:
             raise ConfigError(f"variant {self.name}: AdaIN blocks need a style path (style_dim > 0)")
         if self.out_kernel < 1 or self.out_kernel % 2 == 0:
             raise ConfigError(f"variant {self.name}: out_kernel must be odd and positive; got {self.out_kernel}")
+        for name, count in (("encoder_widths", self.n_downsample + 1), ("decoder_widths", self.n_downsample)):
+            widths = getattr(self, name)
+            if not isinstance(widths, (tuple, list)):
+                raise ConfigError(f"variant {self.name}: {name} must be a list of integers; got {widths!r}")
+            widths = tuple(widths)
+            object.__setattr__(self, name, widths)  # a checkpoint or YAML gives a list
+            if widths and (len(widths) != count or not all(_is_width(w) for w in widths)):
+                raise ConfigError(f"variant {self.name}: {name} must be {count} integers in 1..{MAX_WIDTH}; got {list(widths)}")
+
+    @property
+    def content_widths(self) -> tuple[int, ...]:
+        """A content encoder's channels at each level, full resolution first."""
+        return self.encoder_widths or tuple(self.content_dim * 2**level for level in range(self.n_downsample + 1))
+
+    @property
+    def up_widths(self) -> tuple[int, ...]:
+        """The decoder's channels after each transposed conv, coarsest first."""
+        return self.decoder_widths or tuple(self.decoder_dim // 2**level for level in range(1, self.n_downsample + 1))
 
     @property
     def content_channels(self) -> int:
         """Channels of one modality's content code."""
-        return self.content_dim * 2**self.n_downsample
+        return self.content_widths[-1]
 
     @property
     def decoder_dim(self) -> int:

@@ -103,6 +103,19 @@ def test_fast_variant_shapes():
         type(spec)(name="bad", content_dim=4, n_downsample=3, n_residual=1, out_kernel=4)
 
 
+def test_widths_default_to_doubling_and_are_checked():
+    lite = get_variant("ld-lite")
+    assert lite.content_widths == (8, 16, 32, 64) and lite.up_widths == (64, 32, 16) and lite.decoder_dim == 128
+    spec = type(lite)(name="w", content_dim=8, n_downsample=2, n_residual=0, encoder_widths=[3, 5, 7], decoder_widths=[6, 2])
+    assert spec.encoder_widths == (3, 5, 7) and spec.decoder_dim == 14  # a checkpoint's lists become tuples
+    net = build_network(spec).eval()
+    assert net(*_inputs(20, 28, batch=1)).shape == (1, 1, 20, 28)
+    for bad in ({"encoder_widths": (3, 5)}, {"encoder_widths": (3, 0, 7)}, {"decoder_widths": (6, True)},
+                {"decoder_widths": (6, 1000)}, {"encoder_widths": "wide"}):
+        with pytest.raises(ConfigError, match="_widths must be"):
+            type(lite)(name="bad", content_dim=8, n_downsample=2, n_residual=0, **bad)
+
+
 # --- the export cache ---------------------------------------------------------------------
 
 

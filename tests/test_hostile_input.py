@@ -338,6 +338,7 @@ def crafted_checkpoint(tmp_path: Path, **variant) -> Path:
         ({"mlp_dim": True}, "mlp_dim must be an integer"),
         ({"name": 7}, "variant name must be a non-empty string"),
         ({"evil": 1}, "unknown field(s) evil"),
+        ({"encoder_widths": [4096, 4096, 4096, 4096]}, "encoder_widths must be 4 integers in 1..256"),
     ],
 )
 def test_a_crafted_variant_fails_before_any_allocation(tmp_path, monkeypatch, variant, expected):

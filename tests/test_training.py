@@ -391,6 +391,29 @@ def test_pruning_to_the_teachers_own_width_gives_the_teacher(random_weights):
         torch.testing.assert_close(student(vi, ir), teacher(vi, ir))
 
 
+def test_pruning_keeps_per_level_widths_and_refuses_a_wider_level(random_weights):
+    from ldfusion.checkpoint import load_model
+    from ldfusion.networks import build_network
+    from ldfusion.errors import ConfigError
+    from ldfusion.training.prune import plan_channels, prune_into
+    from ldfusion.variants import VariantSpec
+
+    teacher = load_model(random_weights["ld-lite"])
+    # LD-Lite's widths at 1/4 and 1/8, narrower near full resolution (MODEL_CARD.md, the fast card)
+    narrow = VariantSpec(name="narrow", content_dim=8, n_downsample=3, n_residual=2, encoder_widths=(4, 16, 32, 64), decoder_widths=(64, 16, 4))
+    student = build_network(narrow).eval()
+    kept = plan_channels(student, teacher)
+    prune_into(student, teacher, kept)
+    # The coarse levels have the teacher's width: their weights are the teacher's own.
+    mine, theirs = dict(student.named_parameters()), dict(teacher.named_parameters())
+    for name in ("encoder.content_encoder1.model.7.weight", "encoder.content_encoder2.model.13.block.1.weight", "decoder.model_up.0.weight"):
+        torch.testing.assert_close(mine[name], theirs[name])
+    assert mine["decoder.model_up.3.weight"].shape == (64, 16, 5, 5) and kept["decoder.model_up.4"].numel() == 16
+    wider = VariantSpec(name="wide", content_dim=8, n_downsample=3, n_residual=2, encoder_widths=(8, 16, 48, 64))
+    with pytest.raises(ConfigError, match="no wider than its teacher at every level"):
+        plan_channels(build_network(wider), teacher)
+
+
 def test_a_pruned_student_is_hinted_on_the_teachers_kept_channels(tmp_path, random_weights):
     from ldfusion.training.hints import tap
 

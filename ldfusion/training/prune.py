@@ -34,8 +34,9 @@ def _check_prunable(student: FusionNet, teacher: FusionNet) -> None:
         raise ConfigError("pruning from the teacher supports networks without a style path (ld-lite layouts)")
     if (s.n_downsample, s.n_residual) != (t.n_downsample, t.n_residual):
         raise ConfigError(f"pruning needs the teacher's structure at another width; {s.name!r} and {t.name!r} differ in depth")
-    if s.content_dim > t.content_dim:
-        raise ConfigError(f"pruning needs a student no wider than its teacher ({s.content_dim} > {t.content_dim})")
+    wider = [(a, b) for a, b in zip(s.content_widths + s.up_widths, t.content_widths + t.up_widths) if a > b]
+    if wider:
+        raise ConfigError(f"pruning needs a student no wider than its teacher at every level ({wider[0][0]} > {wider[0][1]} channels)")
 
 
 @torch.no_grad()
