@@ -140,6 +140,18 @@ VARIANTS: dict[str, VariantSpec] = {
         output_activation="sigmoid",
         out_kernel=3,
     ),
+    # A CPU student layout with LD-Lite's widths at 1/4 and 1/8 and fewer channels near full
+    # resolution. No weights ship for it: distilled, it reached 29.3 dB against LD-Lite
+    # (MODEL_CARD.md, the fast card), below the bar; kept so that run can be repeated.
+    "fast-wide-code": VariantSpec(
+        name="fast-wide-code",
+        content_dim=8,
+        n_downsample=3,
+        n_residual=2,
+        output_activation="sigmoid",
+        encoder_widths=(4, 16, 32, 64),
+        decoder_widths=(64, 16, 4),
+    ),
 }
 
 

@@ -16,6 +16,7 @@ from ldfusion.config import load_config
 from ldfusion.errors import CheckpointError, first_line
 from ldfusion.training.config import TrainConfig
 from ldfusion.training.trainer import DistInfo, Trainer, init_distributed, shutdown_distributed
+from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.train")
 
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", help="output folder (config: out_dir)")
     parser.add_argument("--teacher", help="teacher weights for distillation: a file or a registry name (config: teacher)")
-    parser.add_argument("--variant", help="student layout: ldfusion or ld-lite (config: variant)")
+    parser.add_argument("--variant", help=f"student layout: {', '.join(sorted(VARIANTS))} (config: variant)")
     parser.add_argument("--epochs", type=int, help="number of epochs (config: optim.epochs)")
     parser.add_argument("--device", help="auto, cpu, cuda (config: device)")
     parser.add_argument("--resume", nargs="?", const="auto", help="resume from a last.pt (default: OUT/last.pt)")
