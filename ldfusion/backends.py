@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -56,15 +55,16 @@ def choose_backend(requested: str, device: torch.device) -> str:
     return "torch"
 
 
-def auto_int8(asked_weights: str | os.PathLike | None, weights_path: Path | None, device: torch.device, backend: str) -> bool:
-    """What an unset ``int8`` means: int8 where ``weights: auto`` chose weights on the CPU, the
-    network runs on OpenVINO and their int8 export ships with the package (``CPU_AUTO_INT8``).
+def auto_int8(chosen_by_auto: bool, weights_path: Path | None, device: torch.device, backend: str) -> bool:
+    """What an unset ``int8`` means: int8 where ``weights: auto`` chose the weights
+    (``chosen_by_auto``) on the CPU, the network runs on OpenVINO and their int8 export ships
+    with the package (``CPU_AUTO_INT8``).
 
     Only ``auto`` turns it on: weights named explicitly run in float unless int8 is asked for.
     """
-    from ldfusion.weights import CPU_AUTO_INT8, is_auto
+    from ldfusion.weights import CPU_AUTO_INT8
 
-    if not (CPU_AUTO_INT8 and is_auto(asked_weights) and device.type == "cpu" and weights_path is not None):
+    if not (CPU_AUTO_INT8 and chosen_by_auto and device.type == "cpu" and weights_path is not None):
         return False
     if backend == "torch" or not openvino_available():
         return False

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionCodes, FusionNet
 from ldfusion.staging import PinnedStaging
 from ldfusion.threads import configure_torch_threads, torch_threads
-from ldfusion.weights import choose_weights, resolve_model, resolve_weights_path
+from ldfusion.weights import choose_weights, is_auto, resolve_model, resolve_weights_path
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class FuserOptions:
 
     backend: str = "auto"  # torch | openvino | auto (OpenVINO on the CPU when installed); see ldfusion.backends
     # OpenVINO only: the int8 export (shipped, or made by `ldfusion export --int8`). None:
-    # on where ``weights: auto`` picks weights whose int8 export ships (backends.auto_int8).
+    # on where ``weights: auto`` chose weights whose int8 export ships (backends.auto_int8).
     int8: bool | None = None
 
     def __post_init__(self) -> None:
@@ -88,7 +88,11 @@ class FuserOptions:
 class Fuser:
     """A fusion network ready for inference on one device. Safe to share between threads."""
 
-    def __init__(self, model: FusionNet, options: FuserOptions = FuserOptions(), weights_path: Path | None = None) -> None:
+    def __init__(
+        self, model: FusionNet, options: FuserOptions = FuserOptions(), weights_path: Path | None = None, chosen_by_auto: bool = False
+    ) -> None:
+        """``weights_path``: the file ``model`` was loaded from (OpenVINO runs its export);
+        ``chosen_by_auto``: ``weights: auto`` chose it, which lets an unset ``int8`` turn on."""
         self.device = resolve_device(options.device)
         on_cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if (options.half if options.half is not None else on_cuda) else torch.float32
@@ -110,52 +114,43 @@ class Fuser:
         self._network = CompiledNetwork(self.model, options.compile_backend, options.compile_mode) if compiled else self.model
         # PyTorch's CPU threads for the network (set around each call: ``_network_threads``)
         self.network_threads = configure_torch_threads() if self.device.type == "cpu" else None
-        self.backend, self.cpu_network = self._cpu_backend(options, weights_path)
-        self.int8 = self.backend == "openvino" and bool(options.int8)  # the int8 export runs
+        self.backend, self.cpu_network, self.int8 = self._cpu_backend(options, weights_path, chosen_by_auto)
         self._staging: PinnedStaging | None = None  # fuse_arrays' uploads on CUDA, made on first use
 
-    def _cpu_backend(self, options: FuserOptions, weights_path: Path | None):
-        """("torch", None), or ("openvino", the compiled export) that ``fuse_y`` runs instead of the model.
+    def _cpu_backend(self, options: FuserOptions, weights_path: Path | None, chosen_by_auto: bool):
+        """("torch", None, False), or ("openvino", the compiled export that ``fuse_y`` runs
+        instead of the model, whether it is the int8 one).
 
         ``auto`` takes OpenVINO only with a weights file, whose export is cached; a model
         built in memory runs on PyTorch unless ``openvino`` is asked for (then it is
         converted in memory, seconds per Fuser).
         """
-        from ldfusion.backends import build_openvino, choose_backend
+        from ldfusion.backends import auto_int8, build_openvino, choose_backend
 
         requested = options.backend
-        int8 = bool(options.int8)
+        int8 = options.int8 if options.int8 is not None else auto_int8(chosen_by_auto, weights_path, self.device, requested)
         if requested == "auto" and weights_path is None and not int8:
             requested = "torch"
         backend = choose_backend(requested, self.device)
         if int8 and backend != "openvino":
             raise ConfigError("int8 runs on the openvino backend only (on the CPU, with openvino installed)")
         if backend == "torch" or self.dtype != torch.float32:
-            return "torch", None
-        return backend, build_openvino(self.model, weights_path, int8=int8)
+            return "torch", None, False
+        return backend, build_openvino(self.model, weights_path, int8=int8), int8
 
     @classmethod
     def from_weights(
         cls, weights: str | os.PathLike | None = None, variant: str | None = None, options: FuserOptions = FuserOptions()
     ) -> "Fuser":
         """Load weights by path or registry name (``auto``/None, ``fast``, ``default``, ``ld-lite``, ``ldfusion``)."""
-        device = resolve_device(options.device)
-        chosen = choose_weights(weights, device)
-        path = resolve_weights_path(chosen)
-        if options.int8 is None:
-            from ldfusion.backends import auto_int8
-
-            options = replace(options, int8=auto_int8(weights, path, device, options.backend))
-        fuser = cls(resolve_model(chosen, variant), options, path)
+        chosen = choose_weights(weights, resolve_device(options.device))
+        fuser = cls(resolve_model(chosen, variant), options, resolve_weights_path(chosen), chosen_by_auto=is_auto(weights))
         fuser.weights_name = f"weights {str(chosen)!r}"
         return fuser
 
     def _finite(self, out: Tensor) -> Tensor:
         """Network output, checked per batch: NaN would be written as black frames without a word."""
-        # One NaN or inf makes the sum non-finite; the sum costs a seventh of isfinite(out).all()
-        # (0.5 vs 3.9 ms at 640x512 on the CPU), which allocates a mask of every pixel.
-        # Outputs are float32 in [0, 1] where finite, so the sum itself cannot overflow.
-        if not bool(torch.isfinite(out.sum())):
+        if not bool(finite_flag(out)):
             raise self.not_finite_error()
         return out
 
@@ -350,6 +345,17 @@ def to_y_batch(visible: np.ndarray) -> Tensor:
     """One visible image, (H, W, 3) RGB or (H, W) gray, -> its Y as a (1, 1, H, W) batch in [0, 1]."""
     chw = to_chw_float(visible)  # (C, H, W)
     return (rgb_to_y(chw) if chw.shape[0] == 3 else chw)[None]
+
+
+def finite_flag(out: Tensor) -> Tensor:
+    """A 0-d bool tensor on ``out``'s device: whether every value of a network output is finite.
+
+    One NaN or inf makes the sum non-finite; the sum costs a seventh of isfinite(out).all()
+    (0.5 vs 3.9 ms at 640x512 on the CPU), which allocates a mask of every pixel. Outputs are
+    float32 in [0, 1] where finite, so the sum itself cannot overflow. Reading the flag waits
+    for the device; the pipeline copies it back without waiting and reads it later.
+    """
+    return torch.isfinite(out.sum())
 
 
 def to_uint8(x: Tensor) -> Tensor:

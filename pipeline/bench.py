@@ -48,7 +48,6 @@ import cv2
 import numpy as np
 import torch
 
-from ldfusion.backends import auto_int8
 from ldfusion.config import from_dict
 from ldfusion.errors import ConfigError
 from ldfusion.inference import COMPILE_MODES, Fuser, FuserOptions, resolve_device
@@ -112,7 +111,7 @@ class BenchSettings:
     compile_backend: str = "inductor"
     compile_mode: str = "default"  # FuserOptions.compile_mode: default | reduce-overhead (CUDA graphs)
     backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
-    int8: bool | None = None  # OpenVINO's int8 export; None: as ldfusion.backends.auto_int8 decides per device
+    int8: bool | None = None  # OpenVINO's int8 export; None: as the Fuser decides per device (ldfusion.backends.auto_int8)
     weights_path: Path | None = None  # the weights file whose cached export OpenVINO runs
     auto_weights: bool = False  # the weights were chosen by ``auto`` (which may also choose int8)
 
@@ -168,14 +167,12 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
     log.info("measuring on %s at %dx%d", device, *frames.size)
     if "reference" in settings.paths:
         results.append(measure_reference(model, device, frames, settings.frames, settings.warmup))
-    int8 = settings.int8
-    if int8 is None:
-        int8 = auto_int8(None if settings.auto_weights else settings.weights_path, settings.weights_path, device, settings.backend)
     options = FuserOptions(
         device=str(device), half=False if settings.fp32 else None, compile=settings.compile,
-        compile_backend=settings.compile_backend, compile_mode=settings.compile_mode, backend=settings.backend, int8=int8,
+        compile_backend=settings.compile_backend, compile_mode=settings.compile_mode, backend=settings.backend, int8=settings.int8,
     )
-    fuser = Fuser(copy.deepcopy(model), options, settings.weights_path)  # the weights file's cached export, for OpenVINO
+    # The weights file's cached (or shipped) export, for OpenVINO; int8 as the Fuser decides when unset.
+    fuser = Fuser(copy.deepcopy(model), options, settings.weights_path, chosen_by_auto=settings.auto_weights)
     for batch in settings.batch_sizes:
         if "model" in settings.paths:
             results.append(_noting_runtime(measure_model(fuser, frames, batch, settings.frames, settings.warmup), fuser))

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from ldfusion.color import YCrCbBatch, planes_to_inputs
 from ldfusion.fixed_batch import FixedBatch, pad_rows
-from ldfusion.inference import Fuser
+from ldfusion.inference import Fuser, finite_flag
 from ldfusion.staging import PinnedStaging
 from ldfusion.threads import torch_threads
 from pipeline.batching import FairCollector
@@ -221,7 +221,7 @@ class FusionWorker:
         streams = [pairs[i].meta.stream for i in order]
         fused_y = self._fuse_y(vi.y, ir, streams)  # (B, 1, H, W) float32, not yet checked
         # Checked in ``finish``, not here: reading the flag now would wait for the GPU.
-        finite = torch.isfinite(fused_y.sum()).to("cpu", non_blocking=True)
+        finite = finite_flag(fused_y).to("cpu", non_blocking=True)
         fused = vi.with_luma(fused_y.clamp_(0.0, 1.0))  # the fused Y with the visible chroma
         return _Part(order, start_render(self.views, fused, ir, vi), finite)
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ldfusion.color import YCrCbBatch, gray_batch, luma_to_unit, ycrcb_to_rgb, ycrcb_to_rgb_u8, ycrcb_to_yuv420p
+from ldfusion.inference import to_uint8
 
 CONTENTS = ("fused", "side_by_side", "ir", "visible")
 FORMATS = ("yuv420p", "rgb24", "bgr24", "gray")
@@ -120,6 +121,6 @@ def _yuv420p(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -
 def _render_packed(ycrcb: YCrCbBatch | Tensor, pixel_format: str) -> Tensor:
     """(B, H, W) gray or (B, H, W, 3) RGB / BGR uint8, on the device."""
     if pixel_format == "gray":
-        return (ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8)
+        return to_uint8((ycrcb.y if isinstance(ycrcb, YCrCbBatch) else ycrcb[:, :1])[:, 0])
     rgb = ycrcb_to_rgb_u8(ycrcb)
     return rgb.flip(-1) if pixel_format == "bgr24" else rgb

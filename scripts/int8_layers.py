@@ -23,11 +23,11 @@ import torch
 
 from ldfusion.backends import OpenVinoNetwork
 from ldfusion.export import Int8Options, agreement_db, calibration_pairs, convert_openvino, quantize_int8
-from ldfusion.imageio import pair_folders, read_pair
+from ldfusion.imageio import read_pair
 from ldfusion.inference import to_chw_float, to_y_batch
 from ldfusion.weights import resolve_model
+from teacher_agreement import REPO, SHARED, held_out_pairs  # scripts/: one list of held-out pairs
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CHOICES = {
     "none": Int8Options(keep_float=(), float_norm_inputs=False),
     "first+last": Int8Options(float_norm_inputs=False),
@@ -41,11 +41,9 @@ CHOICES = {
 
 
 def held_out(count: int):
-    pairs = pair_folders(SHARED / "pairs/ldlite_test/ir", SHARED / "pairs/ldlite_test/vi")
-    tno = pair_folders(SHARED / "pairs/tno/ir", SHARED / "pairs/tno/vi")
-    chosen = pairs + [p for p in tno if p.name in {"3", "7", "11", "15", "19", "23", "27", "31", "35", "39"}]
+    """The first ``count`` held-out pairs of scripts/teacher_agreement.py, as (vi_y, ir) tensors."""
     out = []
-    for pair in chosen[:count]:
+    for _dataset, pair in held_out_pairs(REPO / "configs/distill_default.yaml")[:count]:
         visible, ir = read_pair(pair)
         out.append((to_y_batch(visible), to_chw_float(ir)[None]))
     return out

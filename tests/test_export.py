@@ -219,10 +219,10 @@ def test_auto_without_a_shipped_int8_export_runs_float(monkeypatch, caplog):
     from ldfusion.weights import BUNDLED_DIR
 
     with caplog.at_level(logging.INFO, logger="ldfusion.backends"):
-        assert not auto_int8(None, BUNDLED_DIR / "fast.pt", torch.device("cpu"), "auto")
+        assert not auto_int8(True, BUNDLED_DIR / "fast.pt", torch.device("cpu"), "auto")
     assert "no int8 export ships for fast.pt" in caplog.text
     monkeypatch.setattr("ldfusion.weights.CPU_AUTO_INT8", False)
-    assert not auto_int8(None, BUNDLED_DIR / "default.pt", torch.device("cpu"), "auto")
+    assert not auto_int8(True, BUNDLED_DIR / "default.pt", torch.device("cpu"), "auto")
 
 
 # --- backend choice and fallback ----------------------------------------------------------
