@@ -7,12 +7,15 @@ back to PyTorch. On CUDA only ``torch`` runs.
 
 Convention: the backend sees (B, 1, H, W) float32 tensors in [0, 1] on the CPU and returns
 the fused Y the same way, cropped to (H, W). OpenVINO compiles the graph once per input
-shape (video has one), with float32 inference precision, so it agrees with PyTorch to
-float rounding (int8 aside).
+shape (video has one). A float graph runs in float32, so it agrees with PyTorch to float
+rounding. An int8 graph's layers kept in float run in bfloat16 where the CPU computes it
+natively (``float_precision``): it has given up exact agreement already, and bf16 is what
+makes it fast.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import threading
@@ -89,19 +92,46 @@ def shipped_int8_export(weights_path: Path) -> Path | None:
     return path if path.parent.resolve() == BUNDLED_DIR.resolve() else None
 
 
-class OpenVinoNetwork:
-    """An exported fusion network compiled by OpenVINO for the CPU. Safe to share between threads."""
+def float_precision(int8: bool) -> str:
+    """OpenVINO's precision for the layers a graph computes in float: ``f32`` or ``bf16``.
 
-    def __init__(self, model_or_path, spec: VariantSpec, threads: int | None = None) -> None:
+    A float graph runs in f32: it must agree with PyTorch (OpenVINO would pick bf16 by
+    itself on CPUs that compute it natively). An int8 graph's float layers (first and output
+    convs, norms) run in bf16 where the CPU has it natively (AVX512-BF16 or AMX), f32
+    elsewhere. Measured on a 2-core AMD EPYC with AVX512-BF16, `default`'s shipped int8
+    export at 640x480: 38.5 -> 30.1 ms a frame; against float LD-Lite on the 12 held-out
+    pairs, 35.42 -> 35.17 dB mean, worst pair 31.77 -> 31.11 dB (the bar is 33 / 30).
+    """
+    if not int8:
+        return "f32"
+    return "bf16" if cpu_has_native_bf16() else "f32"
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVinoNetwork:
+    """An exported fusion network compiled by OpenVINO for the CPU. Safe to share between threads.
+
+    ``precision``: what the float layers compute in, ``f32`` or ``bf16`` (``float_precision``).
+    """
+
+    def __init__(self, model_or_path, spec: VariantSpec, threads: int | None = None, precision: str = "f32") -> None:
         import openvino as ov
 
+        if precision not in ("f32", "bf16"):
+            raise ConfigError(f"openvino precision must be f32 or bf16; got {precision!r}")
         self.spec = spec
+        self.precision = precision
         self._core = ov.Core()
         self._core.set_property("CPU", {
             "INFERENCE_NUM_THREADS": threads or network_threads(),
             "PERFORMANCE_HINT": "LATENCY",
-            # Not bf16 on CPUs that have it: the exported graph must agree with PyTorch.
-            "INFERENCE_PRECISION_HINT": "f32",
+            "INFERENCE_PRECISION_HINT": precision,
         })
         self._model = self._core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
         self._compiled: dict[tuple[int, ...], object] = {}
@@ -151,9 +181,16 @@ def build_openvino(
                               f"{weights or 'FILE'} --int8 --calib-ir DIR --calib-vi DIR` first")
     if weights is not None and Path(weights).is_file():
         path, _ = ensure_exported(model, Path(weights), "openvino", int8, calibration, bundled_dir=BUNDLED_DIR)
-        log.info("running the network on OpenVINO%s from %s", " int8" if int8 else "", path)
-        return OpenVinoNetwork(path, model.spec, threads)
+        network = OpenVinoNetwork(path, model.spec, threads, float_precision(int8))
+        log.info("running the network on OpenVINO%s from %s", _describe(int8, network.precision), path)
+        return network
     converted = convert_openvino(model)
     if int8:
         converted = quantize_int8(converted, calibration())
-    return OpenVinoNetwork(converted, model.spec, threads)
+    return OpenVinoNetwork(converted, model.spec, threads, float_precision(int8))
+
+
+def _describe(int8: bool, precision: str) -> str:
+    if not int8:
+        return ""
+    return " int8 (its float layers in bf16: this CPU computes bf16 natively)" if precision == "bf16" else " int8"

@@ -8,7 +8,8 @@ with float LD-Lite on PyTorch on the twelve held-out pairs and the speed at 640x
     PYTHONPATH=. python scripts/int8_layers.py [--weights default] [--only "none" ...]
 
 Calibration: whole frames of training pairs (MSRS by default), never the held-out ones
-measured here.
+measured here. The int8 runs compute their float layers as the pipeline does
+(``ldfusion.backends.float_precision``: bf16 where the CPU has it natively).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ldfusion.backends import OpenVinoNetwork
+from ldfusion.backends import OpenVinoNetwork, float_precision
 from ldfusion.export import Int8Options, agreement_db, calibration_pairs, convert_openvino, quantize_int8
 from ldfusion.imageio import read_pair
 from ldfusion.inference import to_chw_float, to_y_batch
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"float32": OpenVinoNetwork(float_ov, model.spec)}
     chosen = args.only or list(CHOICES)
     for label in chosen:
-        runs[f"int8, float: {label}"] = OpenVinoNetwork(quantize_int8(convert_openvino(model), calibration, CHOICES[label]), model.spec)
+        int8 = quantize_int8(convert_openvino(model), calibration, CHOICES[label])
+        runs[f"int8, float: {label}"] = OpenVinoNetwork(int8, model.spec, precision=float_precision(True))  # as the pipeline runs it
     pairs = held_out(args.pairs)
     with torch.inference_mode():
         references = [teacher(vi, ir) for vi, ir in pairs]
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             network(*frame)
             times[label].append(time.perf_counter() - start)
     base = statistics.median(times["float32"])
-    print(f"{Path(args.weights).name}: agreement with float {Path(args.teacher).name} on PyTorch, {len(pairs)} held-out pairs; speed at 640x512")
+    print(f"{Path(args.weights).name}: agreement with float {Path(args.teacher).name} on PyTorch, {len(pairs)} held-out pairs; "
+          f"speed at 640x512; int8 runs keep their float layers in {float_precision(True)}")
     print("| OpenVINO | mean PSNR (dB) | worst (dB) | median ms | vs float32 |\n|---|---|---|---|---|")
     for label, network in runs.items():
         scores = [agreement_db(ref, network(vi, ir)) for ref, (vi, ir) in zip(references, pairs)]

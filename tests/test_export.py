@@ -213,6 +213,36 @@ def test_auto_on_the_cpu_runs_the_shipped_int8_default(caplog):
     assert Fuser.from_weights(None, options=FuserOptions(device="cpu", backend="torch")).backend == "torch"
 
 
+def test_int8_float_layers_run_in_bf16_only_where_the_cpu_has_it(monkeypatch):
+    pytest.importorskip("openvino")
+    from ldfusion import backends
+
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: True)
+    assert backends.float_precision(int8=True) == "bf16"
+    assert backends.float_precision(int8=False) == "f32"  # a float graph must agree with PyTorch
+    monkeypatch.setattr(backends, "cpu_has_native_bf16", lambda: False)
+    assert backends.float_precision(int8=True) == "f32"
+    with pytest.raises(ConfigError, match="precision must be f32 or bf16"):
+        backends.OpenVinoNetwork("unused.xml", get_variant("ld-lite"), precision="fp16")
+
+
+def test_the_compiled_network_computes_in_the_precision_chosen():
+    """The hint reaches the compiled model. On a CPU with native bf16 OpenVINO would pick bf16
+    by itself, so a float graph left without the hint would not agree with PyTorch."""
+    ov = pytest.importorskip("openvino")
+    from ldfusion.backends import float_precision
+
+    def compiled_precisions(fuser):
+        fuser.fuse_y(*_inputs(33, 47, batch=1))
+        return {c.get_property("INFERENCE_PRECISION_HINT") for c in fuser.cpu_network._compiled.values()}
+
+    auto = Fuser.from_weights(None, options=FuserOptions(device="cpu"))
+    named = Fuser.from_weights("default", options=FuserOptions(device="cpu"))
+    assert auto.int8 and not named.int8
+    assert compiled_precisions(named) == {ov.Type.f32}
+    assert compiled_precisions(auto) == {{"bf16": ov.Type.bf16, "f32": ov.Type.f32}[float_precision(int8=True)]}
+
+
 def test_auto_without_a_shipped_int8_export_runs_float(monkeypatch, caplog):
     pytest.importorskip("openvino")
     from ldfusion.backends import auto_int8

@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    from ldfusion.backends import OpenVinoNetwork, openvino_available
+    from ldfusion.backends import OpenVinoNetwork, float_precision, openvino_available
     from ldfusion.export import agreement_db, calibration_pairs, ensure_exported, exported_path
     from ldfusion.weights import BUNDLED_DIR, resolve_model, resolve_weights_path
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
     path, built = ensure_exported(model, weights, args.format, args.int8, calibration, bundled_dir=BUNDLED_DIR)
     print(f"{'wrote' if built else 'up to date'}: {path}")
-    network = OpenVinoNetwork(path, model.spec)
+    network = OpenVinoNetwork(path, model.spec, precision=float_precision(args.int8))  # as the pipeline will run it
     generator = torch.Generator().manual_seed(0)
     for height, width in PARITY_SIZES:
         vi_y, ir = parity_inputs(height, width, generator)
