@@ -76,7 +76,10 @@ def demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineCo
         model=ModelConfig(weights=args.weights, device=args.device, int8=args.int8),
         sinks=(
             SinkConfig(kind="mp4", path="fused.mp4"),
-            SinkConfig(kind="mp4", path="side_by_side.mp4", content="side_by_side"),
+            # A preview three frames wide: x264's ultrafast preset. At veryfast it took 12.4 ms of
+            # CPU a frame (2-core EPYC), a third of what the network takes, at ultrafast 3.6 ms
+            # for a file 2.4 times as large. fused.mp4 keeps the default preset.
+            SinkConfig(kind="mp4", path="side_by_side.mp4", content="side_by_side", preset="ultrafast"),
         ),
         run=RunConfig(out_dir=str(args.out), mode="file", max_frames=args.max_frames, progress=not args.quiet),
     )
