@@ -7,10 +7,10 @@ back to PyTorch. On CUDA only ``torch`` runs.
 
 Convention: the backend sees (B, 1, H, W) float32 tensors in [0, 1] on the CPU and returns
 the fused Y the same way, cropped to (H, W). OpenVINO compiles the graph once per input
-shape (video has one). A float graph runs in float32, so it agrees with PyTorch to float
-rounding. An int8 graph's layers kept in float run in bfloat16 where the CPU computes it
-natively (``float_precision``): it has given up exact agreement already, and bf16 is what
-makes it fast.
+shape (video has one). ``precision`` says what the float layers compute in
+(``float_precision``): float32 agrees with PyTorch to float rounding; ``auto`` keeps it for
+float graphs and takes bfloat16 for an int8 graph's float layers where the CPU computes it
+natively.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ldfusion.variants import VariantSpec
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "openvino")
+PRECISIONS = ("auto", "f32", "bf16")
 
 
 def openvino_available() -> bool:
@@ -92,19 +93,29 @@ def shipped_int8_export(weights_path: Path) -> Path | None:
     return path if path.parent.resolve() == BUNDLED_DIR.resolve() else None
 
 
-def float_precision(int8: bool) -> str:
-    """OpenVINO's precision for the layers a graph computes in float: ``f32`` or ``bf16``.
+def float_precision(requested: str = "auto", int8: bool = False) -> str:
+    """OpenVINO's precision for the layers a graph computes in float (all of a float graph's,
+    an int8 graph's first and output convs and norms): ``f32`` or ``bf16``.
 
-    A float graph runs in f32: it must agree with PyTorch (OpenVINO would pick bf16 by
-    itself on CPUs that compute it natively). An int8 graph's float layers (first and output
-    convs, norms) run in bf16 where the CPU has it natively (AVX512-BF16 or AMX), f32
-    elsewhere. Measured on a 2-core AMD EPYC with AVX512-BF16, `default`'s shipped int8
-    export at 640x480: 38.5 -> 30.1 ms a frame; against float LD-Lite on the 12 held-out
-    pairs, 35.42 -> 35.17 dB mean, worst pair 31.77 -> 31.11 dB (the bar is 33 / 30).
+    ``auto``: a float graph in f32, so it agrees with PyTorch (and LD-Lite with the authors'
+    outputs to one grey level); an int8 graph, approximate already, in bf16 where the CPU
+    computes it natively (AVX512-BF16 or AMX), else f32. ``bf16`` asks for it in float graphs
+    too. Measured on a 2-core AMD EPYC with AVX512-BF16 (12 held-out pairs, PSNR of the fused
+    Y), f32 -> bf16:
+
+    - LD-Lite float at 640x512, colour in and out: 87.3 -> 51.6 ms a frame; 52.9 dB mean and
+      48.6 worst against LD-Lite on PyTorch; up to 6 grey levels from the authors' outputs,
+      where f32 stays within one.
+    - `default`'s shipped int8 export at 640x480: 38.5 -> 30.1 ms; against LD-Lite 35.42 ->
+      35.17 dB mean, 31.77 -> 31.11 worst (the quality bar is 33 / 30).
     """
-    if not int8:
-        return "f32"
-    return "bf16" if cpu_has_native_bf16() else "f32"
+    if requested not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {requested!r}")
+    if requested == "bf16" and not cpu_has_native_bf16():
+        raise ConfigError("precision bf16 needs a CPU that computes bf16 natively (AVX512-BF16 or AMX); this one does not: use f32")
+    if requested != "auto":
+        return requested
+    return "bf16" if int8 and cpu_has_native_bf16() else "f32"
 
 
 @functools.cache
@@ -169,8 +180,10 @@ def build_openvino(
     int8: bool = False,
     calibration: Callable[[], Iterable[tuple[Tensor, Tensor]]] | None = None,
     threads: int | None = None,
+    precision: str = "auto",
 ) -> OpenVinoNetwork:
-    """OpenVINO on ``model``: from the cached export of ``weights`` when given, else converted in memory."""
+    """OpenVINO on ``model``: from the cached export of ``weights`` when given, else converted in
+    memory; its float layers in ``precision`` (``float_precision``)."""
     from ldfusion.export import convert_openvino, ensure_exported, exported_path, quantize_int8
     from ldfusion.weights import BUNDLED_DIR
 
@@ -181,16 +194,17 @@ def build_openvino(
                               f"{weights or 'FILE'} --int8 --calib-ir DIR --calib-vi DIR` first")
     if weights is not None and Path(weights).is_file():
         path, _ = ensure_exported(model, Path(weights), "openvino", int8, calibration, bundled_dir=BUNDLED_DIR)
-        network = OpenVinoNetwork(path, model.spec, threads, float_precision(int8))
-        log.info("running the network on OpenVINO%s from %s", _describe(int8, network.precision), path)
+        network = OpenVinoNetwork(path, model.spec, threads, float_precision(precision, int8))
+        log.info("running the network on OpenVINO%s from %s", _describe(int8, network.precision, precision), path)
         return network
     converted = convert_openvino(model)
     if int8:
         converted = quantize_int8(converted, calibration())
-    return OpenVinoNetwork(converted, model.spec, threads, float_precision(int8))
+    return OpenVinoNetwork(converted, model.spec, threads, float_precision(precision, int8))
 
 
-def _describe(int8: bool, precision: str) -> str:
-    if not int8:
-        return ""
-    return " int8 (its float layers in bf16: this CPU computes bf16 natively)" if precision == "bf16" else " int8"
+def _describe(int8: bool, precision: str, requested: str) -> str:
+    kind = " int8, its float layers" if int8 else ""
+    if precision == "bf16" and requested == "auto":
+        return f"{kind} in bf16 (this CPU computes bf16 natively; --precision f32 for float32)"
+    return f"{kind} in {precision}"

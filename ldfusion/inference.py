@@ -77,12 +77,20 @@ class FuserOptions:
     # OpenVINO only: the int8 export (shipped, or made by `ldfusion export --int8`). None:
     # on where ``weights: auto`` chose weights whose int8 export ships (backends.auto_int8).
     int8: bool | None = None
+    # OpenVINO only: what its float layers compute in: auto (f32 for a float network, bf16 for
+    # an int8 one's where the CPU has it natively) | f32 (agrees with PyTorch) | bf16.
+    # See backends.float_precision.
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         if self.compile_mode not in COMPILE_KINDS:
             raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
+        from ldfusion.backends import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 
 
 class Fuser:
@@ -134,9 +142,16 @@ class Fuser:
         backend = choose_backend(requested, self.device)
         if int8 and backend != "openvino":
             raise ConfigError("int8 runs on the openvino backend only (on the CPU, with openvino installed)")
+        if options.precision == "bf16" and backend != "openvino":
+            raise ConfigError("precision bf16 runs on the openvino backend only (on the CPU, with openvino installed)")
         if backend == "torch" or self.dtype != torch.float32:
             return "torch", None, False
-        return backend, build_openvino(self.model, weights_path, int8=int8), int8
+        return backend, build_openvino(self.model, weights_path, int8=int8, precision=options.precision), int8
+
+    @property
+    def precision(self) -> str | None:
+        """What OpenVINO's float layers compute in (``f32`` or ``bf16``); None on PyTorch."""
+        return self.cpu_network.precision if self.cpu_network is not None else None
 
     @classmethod
     def from_weights(

@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from ldfusion.cli.common import add_int8_argument, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, is_auto, resolve_model, resolve_weights_path
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                         help="CPU runtime for the model and pipeline paths: auto = OpenVINO when installed (default: auto)")
-    add_int8_argument(parser)
+    add_cpu_runtime_arguments(parser)
     add_logging_arguments(parser)
     return parser
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = BenchSettings(
         tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
         compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
-        backend=args.backend, int8=args.int8, weights_path=path if path.is_file() else None, auto_weights=is_auto(args.weights),
+        backend=args.backend, int8=args.int8, precision=args.precision or "auto", weights_path=path if path.is_file() else None, auto_weights=is_auto(args.weights),
     )
     resolutions = [parse_resolution(text) for text in args.resolutions]
     model = resolve_model(weights, args.model)

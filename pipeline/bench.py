@@ -112,6 +112,7 @@ class BenchSettings:
     compile_mode: str = "default"  # FuserOptions.compile_mode: default | reduce-overhead (CUDA graphs)
     backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
     int8: bool | None = None  # OpenVINO's int8 export; None: as the Fuser decides per device (ldfusion.backends.auto_int8)
+    precision: str = "auto"  # OpenVINO's float layers (ldfusion.backends.float_precision)
     weights_path: Path | None = None  # the weights file whose cached export OpenVINO runs
     auto_weights: bool = False  # the weights were chosen by ``auto`` (which may also choose int8)
 
@@ -170,6 +171,7 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
     options = FuserOptions(
         device=str(device), half=False if settings.fp32 else None, compile=settings.compile,
         compile_backend=settings.compile_backend, compile_mode=settings.compile_mode, backend=settings.backend, int8=settings.int8,
+        precision=settings.precision,
     )
     # The weights file's cached (or shipped) export, for OpenVINO; int8 as the Fuser decides when unset.
     fuser = Fuser(copy.deepcopy(model), options, settings.weights_path, chosen_by_auto=settings.auto_weights)
@@ -201,7 +203,7 @@ def _noting_runtime(result: Measurement, fuser: Fuser) -> Measurement:
     """What ran the network: the backend, int8 or not, and whether the compiled network ran
     (False also when compiling failed and eager took over; the warm-up calls take the compile
     time, logged once by ``ldfusion.inference``)."""
-    result.extra.update(backend=fuser.backend, int8=fuser.int8, compiled=fuser.compiled)
+    result.extra.update(backend=fuser.backend, int8=fuser.int8, precision=fuser.precision, compiled=fuser.compiled)
     return result
 
 
@@ -210,7 +212,8 @@ def runtime_summary(results: list[Measurement]) -> list[str]:
     seen: dict[str, str] = {}
     for r in results:
         if "backend" in r.extra and r.device not in seen:
-            seen[r.device] = f"{r.extra['backend']}{' int8' if r.extra.get('int8') else ''}{', compiled' if r.extra.get('compiled') else ''}"
+            precision = f" {r.extra['precision']}" if r.extra.get("precision") else ""
+            seen[r.device] = f"{r.extra['backend']}{' int8' if r.extra.get('int8') else ''}{precision}{', compiled' if r.extra.get('compiled') else ''}"
     return [f"network on {device}: {runtime}" for device, runtime in seen.items()]
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ldfusion.cli.common import add_int8_argument, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import to_dict
 from ldfusion.errors import ConfigError
 from ldfusion.redact import mask_credentials
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, help="output folder (overrides run.out_dir); sink paths are relative to it")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (config: run.overwrite); else the run refuses to start")
     parser.add_argument("--max-frames", type=int, help="stop each stream after this many fused frames")
-    add_int8_argument(parser)  # overrides model.int8
+    add_cpu_runtime_arguments(parser)  # override model.int8 and model.precision
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_logging_arguments(parser)
@@ -69,6 +69,8 @@ def apply_arguments(config: PipelineConfig, args: argparse.Namespace) -> Pipelin
         model = replace(model, device=args.device)
     if args.int8 is not None:
         model = replace(model, int8=args.int8)
+    if args.precision is not None:
+        model = replace(model, precision=args.precision)
     if args.out is not None:
         run = replace(run, out_dir=str(args.out))
     if args.max_frames is not None:

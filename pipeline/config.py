@@ -36,6 +36,7 @@ from ldfusion.codecs import DECODES, ENCODERS
 from ldfusion.config import load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
+from ldfusion.backends import PRECISIONS
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
 
 SOURCE_KINDS = ("video", "images", "camera")
@@ -166,6 +167,7 @@ class ModelConfig:
     compile: str | bool = "auto"  # torch.compile the network: auto (on for CUDA, off on the CPU) | on | off
     compile_mode: str = "default"  # default | reduce-overhead (the compiled kernels replayed as CUDA graphs)
     int8: bool | None = None  # OpenVINO int8 on the CPU; None = auto: on where weights: auto has a shipped int8 export
+    precision: str = "auto"  # OpenVINO's float layers: auto (f32; bf16 in int8 networks on CPUs that have it) | f32 | bf16
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:
@@ -178,6 +180,8 @@ class ModelConfig:
             object.__setattr__(self, "compile", "on" if self.compile else "off")
         if self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.compile_mode not in COMPILE_KINDS:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
 

@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ldfusion.cli.common import add_int8_argument, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.color import planes_to_image
 from ldfusion.errors import DataError
 from ldfusion.imageio import write_image
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None, help="weights file or registry name: auto, fast, default, ld-lite, ldfusion (default: auto, chosen per device and logged)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many fused frames")
-    add_int8_argument(parser)
+    add_cpu_runtime_arguments(parser)
     add_logging_arguments(parser)
     return parser
 
@@ -73,7 +73,7 @@ def choose_inputs(args: argparse.Namespace) -> tuple[str, Path, Path]:
 def demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineConfig:
     return PipelineConfig(
         streams=(StreamConfig(id="demo", ir=SourceConfig(kind="video", path=str(ir)), visible=SourceConfig(kind="video", path=str(visible))),),
-        model=ModelConfig(weights=args.weights, device=args.device, int8=args.int8),
+        model=ModelConfig(weights=args.weights, device=args.device, int8=args.int8, precision=args.precision or "auto"),
         sinks=(
             SinkConfig(kind="mp4", path="fused.mp4"),
             # A preview three frames wide: x264's ultrafast preset. At veryfast it took 12.4 ms of

@@ -224,7 +224,7 @@ class Pipeline:
         model = self.config.model
         # compile: auto compiles on CUDA (fixed batch shapes: FusionWorker pads there), not on the CPU
         options = FuserOptions(device=model.device, half=model.half, channels_last=model.channels_last, compile=model.compile,
-                               compile_mode=model.compile_mode, int8=model.int8)
+                               compile_mode=model.compile_mode, int8=model.int8, precision=model.precision)
         return Fuser.from_weights(model.weights, model.variant, options)
 
     def _open_streams(self, fuser: Fuser, live: bool, origin: float, cleanup: contextlib.ExitStack) -> None:

@@ -5,7 +5,8 @@ turn, and the table gives median milliseconds and the ratio to LD-Lite on PyTorc
 
     PYTHONPATH=. python scripts/cpu_speed.py [--rounds 15] [--size 640x512]
 
-Configurations: LD-Lite on PyTorch (the baseline) and on OpenVINO; `default` on OpenVINO,
+Configurations: LD-Lite on PyTorch (the baseline) and on OpenVINO (float32, and bf16 where
+the CPU computes it natively: `--precision bf16`); `default` on OpenVINO,
 float and as `weights: auto` runs it on the CPU (its shipped int8 export); `fast` on
 PyTorch, on OpenVINO and, when its int8 export exists (`ldfusion export --weights fast
 --int8 ...`), int8; the same for LD-Lite int8. `ldfusion bench` measures each one alone.
@@ -26,15 +27,16 @@ from ldfusion.inference import Fuser, FuserOptions
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 LD_LITE = str(SHARED / "weights/ld-lite/final.pt")
-CONFIGS = (
-    ("ld-lite, torch", LD_LITE, "torch", False),
-    ("ld-lite, openvino", LD_LITE, "openvino", False),
-    ("ld-lite, openvino int8", LD_LITE, "openvino", True),
-    ("default, openvino", "default", "openvino", False),
-    ("auto: default, openvino int8 (shipped)", None, "auto", None),
-    ("fast, torch", "fast", "torch", False),
-    ("fast, openvino", "fast", "openvino", False),
-    ("fast, openvino int8", "fast", "openvino", True),
+CONFIGS = (  # label, weights, backend, int8, precision of OpenVINO's float layers
+    ("ld-lite, torch", LD_LITE, "torch", False, "auto"),
+    ("ld-lite, openvino", LD_LITE, "openvino", False, "auto"),
+    ("ld-lite, openvino bf16", LD_LITE, "openvino", False, "bf16"),
+    ("ld-lite, openvino int8", LD_LITE, "openvino", True, "auto"),
+    ("default, openvino", "default", "openvino", False, "auto"),
+    ("auto: default, openvino int8 (shipped)", None, "auto", None, "auto"),
+    ("fast, torch", "fast", "torch", False, "auto"),
+    ("fast, openvino", "fast", "openvino", False, "auto"),
+    ("fast, openvino int8", "fast", "openvino", True, "auto"),
 )
 
 
@@ -45,9 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     fusers = {}
-    for label, weights, backend, int8 in CONFIGS:
+    for label, weights, backend, int8, precision in CONFIGS:
         try:
-            fusers[label] = Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend=backend, int8=int8))
+            options = FuserOptions(device="cpu", backend=backend, int8=int8, precision=precision)
+            fusers[label] = Fuser.from_weights(weights, options=options)
         except LDFusionError as exc:
             print(f"{label}: skipped ({exc})", file=sys.stderr)
     rng = np.random.default_rng(0)

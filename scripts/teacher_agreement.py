@@ -7,7 +7,7 @@ Default: the bundled `default` weights against the authors' LD-Lite on
 MODEL_CARD.md come from this script.
 
     python scripts/teacher_agreement.py [--student default] [--teacher ../shared/data/weights/ld-lite/final.pt]
-        [--backend torch|openvino|auto] [--int8 | --no-int8] [--bar 33 --floor 30]
+        [--backend torch|openvino|auto] [--int8 | --no-int8] [--precision auto|f32|bf16] [--bar 33 --floor 30]
 
 The student runs on --backend (with --int8: its OpenVINO int8 export, shipped or made first
 with `ldfusion export --int8`; `--student auto --backend auto` is what `weights: auto` runs
@@ -64,13 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
                         help="the student's OpenVINO int8 export (default: as ldfusion chooses: int8 for --student auto "
                         "on the CPU when its int8 export ships)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "f32", "bf16"),
+                        help="what OpenVINO's float layers compute in (ldfusion.backends.float_precision; default: auto)")
     parser.add_argument("--bar", type=float, default=33.0, help="required mean PSNR in dB (default: 33)")
     parser.add_argument("--floor", type=float, default=30.0, help="required PSNR of every pair in dB (default: 30)")
     args = parser.parse_args(argv)
     if not SHARED.is_dir():
         print(f"teacher_agreement: error: {SHARED} is not available", file=sys.stderr)
         return 2
-    student = Fuser.from_weights(args.student, options=FuserOptions(device="cpu", backend=args.backend, int8=args.int8))
+    student = Fuser.from_weights(args.student, options=FuserOptions(device="cpu", backend=args.backend, int8=args.int8,
+                                                                         precision=args.precision))
     teacher = Fuser.from_weights(args.teacher, options=FuserOptions(device="cpu", backend="torch"))
     rows = []
     for dataset, pair in held_out_pairs(args.config):
@@ -86,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'meets' if meets else 'misses'} the bar: mean {mean:.2f} dB (>= {args.bar}), worst pair {worst:.2f} dB (>= {args.floor})")
     if args.json:
         args.json.write_text(json.dumps({"student": args.student, "teacher": args.teacher, "backend": args.backend,
-                                         "int8": student.int8, "pairs": rows, "mean_psnr_db": mean,
+                                         "int8": student.int8, "precision": student.precision, "pairs": rows, "mean_psnr_db": mean,
                                          "worst_psnr_db": worst, "meets_bar": meets}, indent=2))
     return 0 if meets else 1
 

@@ -54,7 +54,7 @@ def test_bench_measures_the_real_pipeline(random_weights, tmp_path):
     assert pipeline["frames"] == 6 and pipeline["batch"] == 2 and pipeline["skipped"] is None
     assert pipeline["fps"] > 0 and 0 < pipeline["latency_ms_frame_p50"] <= pipeline["latency_ms_frame_p99"]
     # explicit weights run in float (int8 only where weights: auto has a shipped export)
-    assert pipeline["extra"] == {"dropped": 0, "unpaired": 0, "backend": "openvino", "int8": False, "compiled": False}
+    assert pipeline["extra"] == {"dropped": 0, "unpaired": 0, "backend": "openvino", "int8": False, "precision": "f32", "compiled": False}
 
 
 def test_reference_path_fuses_like_the_fuser(random_weights):

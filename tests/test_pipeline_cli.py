@@ -53,6 +53,12 @@ def test_print_config_shows_flags_applied(capsys):
     for flag, value in (("--int8", True), ("--no-int8", False)):
         assert cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), flag, "--print-config"]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["model"]["int8"] is value
+    assert printed["model"]["precision"] == "auto"
+    assert cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), "--precision", "f32", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["precision"] == "f32"
+    code = cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), "--set", "model.precision=fp16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "precision must be one of auto, f32, bf16" in err[0]
 
 
 @pytest.mark.parametrize("sig, code", [pytest.param(signal.SIGINT, 130, id="SIGINT"), pytest.param(signal.SIGTERM, 143, id="SIGTERM")])

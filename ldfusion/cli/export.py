@@ -71,15 +71,18 @@ def main(argv: list[str] | None = None) -> int:
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
     path, built = ensure_exported(model, weights, args.format, args.int8, calibration, bundled_dir=BUNDLED_DIR)
     print(f"{'wrote' if built else 'up to date'}: {path}")
-    network = OpenVinoNetwork(path, model.spec, precision=float_precision(args.int8))  # as the pipeline will run it
-    generator = torch.Generator().manual_seed(0)
-    for height, width in PARITY_SIZES:
-        vi_y, ir = parity_inputs(height, width, generator)
-        with torch.inference_mode():
-            reference = model(vi_y, ir)
-        exported = network(vi_y, ir)
-        diff = float((reference - exported).abs().max())
-        print(f"parity {height}x{width}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, max |diff| {diff:.2e}")
+    # f32 checks the export itself; where auto computes in bf16 (int8), also what the pipeline will run.
+    for precision in dict.fromkeys(("f32", float_precision("auto", args.int8))):
+        network = OpenVinoNetwork(path, model.spec, precision=precision)
+        generator = torch.Generator().manual_seed(0)
+        for height, width in PARITY_SIZES:
+            vi_y, ir = parity_inputs(height, width, generator)
+            with torch.inference_mode():
+                reference = model(vi_y, ir)
+            exported = network(vi_y, ir)
+            diff = float((reference - exported).abs().max())
+            print(f"parity {height}x{width}, {precision}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, "
+                  f"max |diff| {diff:.2e}")
     return 0
 
 

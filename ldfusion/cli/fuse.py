@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldfusion.cli.common import add_int8_argument, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--half", action="store_true", help="half precision (CUDA only)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                         help="CPU runtime: auto = OpenVINO when installed, else PyTorch (default: auto)")
-    add_int8_argument(parser)
+    add_cpu_runtime_arguments(parser)
     parser.add_argument(
         "--ir-16bit",
         choices=IR_16BIT_MODES,
@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"--batch must be at least 1; got {args.batch}")
     pairs = pair_folders(args.ir, args.vi)
     check_outputs(pairs, args.out, args.side_by_side, args.overwrite)
-    fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None, backend=args.backend, int8=args.int8))
+    fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None, backend=args.backend, int8=args.int8,
+                                                                           precision=args.precision or "auto"))
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("fusing %d pair(s) with %s on %s", len(pairs), fuser.spec.name, fuser.device)
     batch = args.batch or default_batch_size(fuser.device)
