@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import cv2
+import numpy as np
 
 from ldfusion.color import planes_to_image
-from ldfusion.video import VideoReader
+from ldfusion.video import VideoReader, VideoWriter
 from ldfusion.weights import BUNDLED_DIR
 from pipeline.demo import main as demo_main
+from pipeline.demo import write_preview
 
 
 def _frames(path) -> list:
@@ -25,6 +27,16 @@ def test_demo_on_a_rendered_clip_writes_playable_mp4s_and_a_preview(tmp_path, ra
     assert (height, width) == (240, 320)
     assert sbs[0].shape[:2] == (height, 3 * width)
     assert cv2.imread(str(out / "preview.png")).shape == (height, 3 * width, 3)
+
+
+def test_the_preview_is_the_middle_frame(tmp_path):
+    video = tmp_path / "clip.mp4"
+    with VideoWriter(video, 30) as writer:
+        for index in range(9):  # frame i is grey level 20 * i + 10
+            writer.write_image(np.full((32, 48, 3), 20 * index + 10, np.uint8))
+    preview = cv2.imread(str(write_preview(video, tmp_path / "preview.png", frames=9)))
+    assert preview.shape == (32, 48, 3)
+    assert abs(float(preview.mean()) - (20 * 4 + 10)) < 3  # frame 4 of 0..8
 
 
 def test_the_default_weights_ship_inside_the_package():
