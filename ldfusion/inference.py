@@ -142,11 +142,18 @@ class Fuser:
         backend = choose_backend(requested, self.device)
         if int8 and backend != "openvino":
             raise ConfigError("int8 runs on the openvino backend only (on the CPU, with openvino installed)")
-        if options.precision == "bf16" and backend != "openvino":
-            raise ConfigError("precision bf16 runs on the openvino backend only (on the CPU, with openvino installed)")
         if backend == "torch" or self.dtype != torch.float32:
+            self._check_torch_precision(options.precision)
             return "torch", None, False
         return backend, build_openvino(self.model, weights_path, int8=int8, precision=options.precision), int8
+
+    def _check_torch_precision(self, requested: str) -> None:
+        """A precision asked for where PyTorch runs the network must be the one it runs in:
+        ``precision`` is OpenVINO's, and on CUDA the network runs in half unless told."""
+        runs_in = "f32" if self.dtype == torch.float32 else str(self.dtype).removeprefix("torch.")
+        if requested not in ("auto", runs_in):
+            raise ConfigError(f"precision {requested} is for the openvino backend (on the CPU, with openvino installed); "
+                              f"here the network runs on PyTorch on {self.device.type} in {runs_in}")
 
     @property
     def precision(self) -> str | None:

@@ -230,8 +230,9 @@ def test_precision_auto_takes_bf16_only_for_int8_where_the_cpu_has_it(monkeypatc
         backends.float_precision("fp16")
     with pytest.raises(ConfigError, match="precision must be one of auto, f32, bf16"):
         FuserOptions(precision="fp16")
-    with pytest.raises(ConfigError, match="precision bf16 runs on the openvino backend only"):
+    with pytest.raises(ConfigError, match="precision bf16 is for the openvino backend .* runs on PyTorch on cpu in f32"):
         Fuser(_net("fast"), FuserOptions(device="cpu", backend="torch", precision="bf16"))
+    assert Fuser(_net("fast"), FuserOptions(device="cpu", backend="torch", precision="f32")).precision is None  # what it runs
 
 
 @pytest.mark.parametrize("weights, requested", [(None, "auto"), ("default", "auto"), (None, "f32"), ("default", "bf16")])
