@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ldfusion.backends import PRECISIONS
 from ldfusion.color import merge_fused_y, rgb_to_y
 from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionCodes, FusionNet
@@ -87,8 +88,6 @@ class FuserOptions:
             raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         if self.compile_mode not in COMPILE_KINDS:
             raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
-        from ldfusion.backends import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
 

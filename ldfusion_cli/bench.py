@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = BenchSettings(
         tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
         compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
-        backend=args.backend, int8=args.int8, precision=args.precision or "auto", weights_path=path if path.is_file() else None, auto_weights=is_auto(args.weights),
+        backend=args.backend, int8=args.int8, precision=args.precision or "auto",
+        weights_path=path if path.is_file() else None, auto_weights=is_auto(args.weights),
     )
     resolutions = [parse_resolution(text) for text in args.resolutions]
     model = resolve_model(weights, args.model)

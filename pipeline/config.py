@@ -32,11 +32,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from ldfusion.backends import PRECISIONS
 from ldfusion.codecs import DECODES, ENCODERS
 from ldfusion.config import load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
-from ldfusion.backends import PRECISIONS
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
 
 SOURCE_KINDS = ("video", "images", "camera")

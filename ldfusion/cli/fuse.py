@@ -71,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         raise DataError(f"--batch must be at least 1; got {args.batch}")
     pairs = pair_folders(args.ir, args.vi)
     check_outputs(pairs, args.out, args.side_by_side, args.overwrite)
-    fuser = Fuser.from_weights(args.weights, args.model, FuserOptions(device=args.device, half=args.half or None, backend=args.backend, int8=args.int8,
-                                                                           precision=args.precision or "auto"))
+    options = FuserOptions(device=args.device, half=args.half or None, backend=args.backend, int8=args.int8,
+                           precision=args.precision or "auto")
+    fuser = Fuser.from_weights(args.weights, args.model, options)
     args.out.mkdir(parents=True, exist_ok=True)
     log.info("fusing %d pair(s) with %s on %s", len(pairs), fuser.spec.name, fuser.device)
     batch = args.batch or default_batch_size(fuser.device)
