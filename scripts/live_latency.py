@@ -12,7 +12,7 @@ data) at ``--fps``, runs the pipeline live against them for ``--seconds`` and pr
 - pairing slop seen: |t_ir - t_vi| of the output pairs, and how many source frames apart
   the paired frames really were (from the marked frame numbers).
 
-    PYTHONPATH=. python scripts/live_latency.py --seconds 30                  # bundled default weights
+    PYTHONPATH=. python scripts/live_latency.py --seconds 30                  # weights: auto, as `ldfusion run` by default
     PYTHONPATH=. python scripts/live_latency.py --weights ld-lite --device cuda
     PYTHONPATH=. python scripts/live_latency.py --weights tiny               # the pipeline's own cost
     PYTHONPATH=. python scripts/live_latency.py --torch-threads 1            # a busy CPU: no OpenMP thrashing
@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="how long the pipeline runs (default 30)")
     parser.add_argument("--fps", type=float, default=30.0, help="rate of both cameras (default 30)")
-    parser.add_argument("--weights", default="default", help="a weights file or registry name, or 'tiny' (default: default)")
+    parser.add_argument("--weights", default="auto", help="a weights file or registry name (auto: as ldfusion chooses per "
+                        "device, int8 on the CPU), or 'tiny' (default: auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
     parser.add_argument("--batch", type=int, default=None, help="model.batch_size (default: 1 on the CPU, 8 on CUDA)")
     parser.add_argument("--torch-threads", type=int, default=None,
