@@ -189,9 +189,10 @@ class Int8Options:
 def quantize_int8(ov_model, calibration: Iterable[tuple[Tensor, Tensor]], options: Int8Options = Int8Options()):
     """NNCF post-training int8 quantization of an OpenVINO model, calibrated on (vi_y, ir) pairs.
 
-    The layers named in ``options.keep_float`` stay float32, and so do the norms' inputs.
-    Measured with ``scripts/int8_layers.py`` (PSNR against float LD-Lite on the 12 held-out
-    pairs, calibrated on whole MSRS frames; 640x512 on 2 cores): LD-Lite with the first and
+    The layers named in ``options.keep_float`` stay in float, and so do the norms' inputs (f32
+    or bf16 when run: ``backends.float_precision``). Measured with ``scripts/int8_layers.py``
+    with those layers in f32 (PSNR against float LD-Lite on the 12 held-out pairs, calibrated
+    on whole MSRS frames; 640x512 on 2 cores): LD-Lite with the first and
     output convs float 30.3 dB mean, 27.8 worst; with the norms' inputs float too 39.1 /
     32.9 dB at the same speed (33.6 ms against 72.9 in float); the transposed convs float as
     well 43.2 / 40.1 dB, but at 56 ms most of the speed-up is gone.

@@ -141,8 +141,8 @@ VARIANTS: dict[str, VariantSpec] = {
         out_kernel=3,
     ),
     # A CPU student layout with LD-Lite's widths at 1/4 and 1/8 and fewer channels near full
-    # resolution. No weights ship for it: distilled, it reached 29.3 dB against LD-Lite
-    # (MODEL_CARD.md, the fast card), below the bar; kept so that run can be repeated.
+    # resolution. No weights ship for it: distilled, it flattened at 30.0 dB against LD-Lite
+    # (215 steps; MODEL_CARD.md, the fast card), below the bar; kept so that run can be repeated.
     "fast-wide-code": VariantSpec(
         name="fast-wide-code",
         content_dim=8,

@@ -38,7 +38,8 @@ AUTO_WEIGHTS = "auto"
 CPU_AUTO_WEIGHTS = "default"
 # Whether ``auto`` on the CPU also runs those weights in int8, through the OpenVINO int8
 # export shipped in ldfusion/bundled (scripts/bundle_int8.py). ``default``'s agrees with
-# LD-Lite to 35.4 dB mean, 31.8 dB on the worst held-out pair (MODEL_CARD.md): inside the bar.
+# LD-Lite to 35.42 dB mean, 31.77 dB on the worst held-out pair with its float layers in f32,
+# 35.17 / 31.11 dB in bf16 (backends.float_precision; MODEL_CARD.md): inside the bar either way.
 CPU_AUTO_INT8 = True
 
 if typing.TYPE_CHECKING:
