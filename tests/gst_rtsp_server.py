@@ -103,9 +103,7 @@ def serve(args: argparse.Namespace) -> None:
         f"! video/x-h264,profile=constrained-baseline ! rtph264pay name=pay0 pt=96 config-interval=1 )"
     )
 
-    last_pts = [-1]
-
-    def push(appsrc, _length) -> None:  # appsrc's thread: sleeping here paces the stream
+    def push(appsrc, _length, last_pts: list[int]) -> None:  # appsrc's thread: sleeping here paces the stream
         n, pixels = clip.next_frame()
         buffer = Gst.Buffer.new_wrapped(pixels)
         # Stamped with the time the frame was due (its "exposure"), not when a busy machine
@@ -116,7 +114,10 @@ def serve(args: argparse.Namespace) -> None:
         appsrc.emit("push-buffer", buffer)
 
     def configure(_factory, media) -> None:
-        media.get_element().get_child_by_name("src").connect("need-data", push)
+        # Each media (a new one after the last client left) has its own running time, so its
+        # own last pts: one carried over would stamp the new media's frames as far in the
+        # future as the old media lived, and a client reconnecting would wait that long.
+        media.get_element().get_child_by_name("src").connect("need-data", push, [-1])
 
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch)
