@@ -12,7 +12,9 @@ from pipeline.sources import VideoFileSource
 from tests.pipeline_helpers import Collect, cpu_fuser, marked_video
 
 FAST_FRAMES, SLOW_FRAMES = 40, 12
-SLOW_READ_S = 0.015  # the slow stream's reader delivers a frame every 15 ms
+SLOW_READ_S = 0.04  # the slow stream's reader delivers a frame every 40 ms: under its fair share
+# of a batch (2 of 4 every 30 ms) even when a loaded machine makes batches twice as long; at
+# 15 ms it was at its share exactly, and a slower batch left it queued behind itself.
 FUSE_S = 0.03  # each batch takes at least 30 ms: the fusion stage is the bottleneck
 
 
