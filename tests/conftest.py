@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from ldfusion.checkpoint import save_checkpoint
 from ldfusion.networks import build_network
+from ldfusion.redact import MaskCredentials
 from ldfusion.variants import get_variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +69,16 @@ def _exports_stay_in_a_temporary_cache(tmp_path_factory):
         yield
     finally:
         os.environ.pop("LDFUSION_CACHE", None)
+
+
+
+@pytest.fixture(autouse=True)
+def _command_log_handlers_removed():
+    """A command's ``setup_logging`` points the root logger at the stderr pytest captured for
+    that test; left in place, later tests' log lines go to a closed file ("Logging error").
+    Its handlers are the ones carrying the credentials filter (pytest's own are left alone)."""
+    yield
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if any(isinstance(f, MaskCredentials) for f in handler.filters):
+            root.removeHandler(handler)
