@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldfusion.backends import PRECISIONS
+from ldfusion.backends import PRECISIONS, PendingFusion
 from ldfusion.color import merge_fused_y, rgb_to_y
 from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionCodes, FusionNet
@@ -82,6 +82,11 @@ class FuserOptions:
     # an int8 one's where the CPU has it natively) | f32 (agrees with PyTorch) | bf16.
     # See backends.float_precision.
     precision: str = "auto"
+    # OpenVINO only: network calls that may run at once (``Fuser.start_fuse_y``), each on its
+    # share of the threads. 1: a call spreads over every thread (the shortest latency: live
+    # mode). 2: two calls in flight, which other busy threads slow less (file mode;
+    # ``backends.OpenVinoNetwork``).
+    cpu_streams: int = 1
 
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
@@ -90,6 +95,8 @@ class FuserOptions:
             raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+        if self.cpu_streams < 1:
+            raise ConfigError(f"cpu_streams must be at least 1; got {self.cpu_streams}")
 
 
 class Fuser:
@@ -144,7 +151,8 @@ class Fuser:
         if backend == "torch" or self.dtype != torch.float32:
             self._check_torch_precision(options.precision)
             return "torch", None, False
-        return backend, build_openvino(self.model, weights_path, int8=int8, precision=options.precision), int8
+        network = build_openvino(self.model, weights_path, int8=int8, precision=options.precision, streams=options.cpu_streams)
+        return backend, network, int8
 
     def _check_torch_precision(self, requested: str) -> None:
         """A precision asked for where PyTorch runs the network must be the one it runs in:
@@ -211,12 +219,23 @@ class Fuser:
         ``check_finite=False``: the caller checks the output itself (``not_finite_error``);
         the check reads a value back, which on CUDA waits for the network to finish.
         """
-        if self.cpu_network is not None:
-            out = self.cpu_network(vi_y.float(), ir.float())
-        else:
-            with self._network_threads():
-                out = self._network(self._prepare(vi_y), self._prepare(ir)).float()
+        out = self.start_fuse_y(vi_y, ir).result()
         return self._finite(out) if check_finite else out
+
+    @torch.inference_mode()
+    def start_fuse_y(self, vi_y: Tensor, ir: Tensor) -> PendingFusion | Finished:
+        """``fuse_y`` begun: ``result()`` of the returned object is the unchecked output. On
+        OpenVINO the call runs meanwhile (``overlaps_calls``: another may start before it
+        ends); elsewhere it is done before this returns (on CUDA: queued on the stream)."""
+        if self.cpu_network is not None:
+            return self.cpu_network.start(vi_y.float(), ir.float())
+        with self._network_threads():
+            return Finished(self._network(self._prepare(vi_y), self._prepare(ir)).float())
+
+    @property
+    def overlaps_calls(self) -> bool:
+        """Whether network calls run beside the caller, several at once (OpenVINO with ``cpu_streams`` > 1)."""
+        return self.cpu_network is not None and self.cpu_network.streams > 1
 
     @property
     def compiled(self) -> bool:
@@ -274,6 +293,16 @@ class Fuser:
             stacked = torch.from_numpy(np.stack(frames))
         x = stacked.float().div_(255.0)  # (B, H, W) or (B, H, W, C)
         return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+class Finished:
+    """A network output already computed, with ``PendingFusion``'s ``result()``."""
+
+    def __init__(self, out: Tensor) -> None:
+        self._out = out
+
+    def result(self) -> Tensor:
+        return self._out
 
 
 class CompiledNetwork:

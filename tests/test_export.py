@@ -79,6 +79,31 @@ def test_openvino_agrees_with_torch(variant):
     assert not torch.allclose(got[0], got[1])
 
 
+def test_two_openvino_streams_run_calls_at_once_with_the_same_outputs():
+    """``cpu_streams=2``: two calls started before either ends (file mode keeps two in
+    flight) give exactly what one call at a time gives, each its own inputs' output."""
+    pytest.importorskip("openvino")
+    net = _net("ld-lite")
+    one = Fuser(net, FuserOptions(device="cpu", backend="openvino", precision="f32"))
+    two = Fuser(net, FuserOptions(device="cpu", backend="openvino", precision="f32", cpu_streams=2))
+    assert (one.overlaps_calls, two.overlaps_calls) == (False, True)
+    inputs = [_inputs(33, 47, batch=1, seed=seed) for seed in (1, 2, 3)]
+    expected = [one.fuse_y(vi, ir) for vi, ir in inputs]
+    first, second = two.start_fuse_y(*inputs[0]), two.start_fuse_y(*inputs[1])
+    vi, ir = inputs[0]
+    vi.fill_(0.5), ir.fill_(0.5)  # the call copied its inputs: the caller may reuse them at once
+    assert len(two.cpu_network._idle[(1, 1, 33, 47)]) == 0  # both requests busy
+    torch.testing.assert_close(second.result(), expected[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(first.result(), expected[0], atol=1e-5, rtol=0)
+    assert len(two.cpu_network._idle[(1, 1, 33, 47)]) == 2  # back in the pool
+    torch.testing.assert_close(two.fuse_y(*inputs[2]), expected[2], atol=1e-5, rtol=0)
+    assert not torch.allclose(expected[0], expected[1])
+    compiled = two.cpu_network._compiled[(1, 1, 33, 47)]
+    assert compiled.get_property("NUM_STREAMS") == 2 and one.cpu_network._compiled[(1, 1, 33, 47)].get_property("NUM_STREAMS") == 1
+    with pytest.raises(ConfigError, match="cpu_streams must be at least 1"):
+        FuserOptions(cpu_streams=0)
+
+
 def test_openvino_network_names_mismatched_inputs():
     pytest.importorskip("openvino")
     fuser = Fuser(_net("fast"), FuserOptions(device="cpu", backend="openvino"))
