@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -55,7 +55,7 @@ from ldfusion.networks import FusionNet
 from ldfusion.variants import VariantSpec
 from ldfusion.video import VideoReader, VideoWriter
 from pipeline.config import PipelineConfig
-from pipeline.runner import run_pipeline
+from pipeline.runner import cpu_streams, run_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +175,19 @@ def measure_all(model: FusionNet, device: torch.device, frames: Frames, settings
     )
     # The weights file's cached (or shipped) export, for OpenVINO; int8 as the Fuser decides when unset.
     fuser = Fuser(copy.deepcopy(model), options, settings.weights_path, chosen_by_auto=settings.auto_weights)
+    # The pipeline path runs the network as a file-mode run does (two OpenVINO calls in flight).
+    streams = cpu_streams(live=False)
+    pipeline_fuser = fuser
+    if "pipeline" in settings.paths and fuser.cpu_network is not None and streams != options.cpu_streams:
+        pipeline_fuser = Fuser(copy.deepcopy(model), replace(options, cpu_streams=streams), settings.weights_path,
+                               chosen_by_auto=settings.auto_weights)
     for batch in settings.batch_sizes:
         if "model" in settings.paths:
             results.append(_noting_runtime(measure_model(fuser, frames, batch, settings.frames, settings.warmup), fuser))
         if "model_on_device" in settings.paths:
             results.append(_noting_runtime(measure_model_on_device(fuser, frames, batch, settings.frames, settings.warmup), fuser))
         if "pipeline" in settings.paths:
-            results.append(_noting_runtime(measure_pipeline(fuser, frames, batch, settings.frames, settings.streams), fuser))
+            results.append(_noting_runtime(measure_pipeline(pipeline_fuser, frames, batch, settings.frames, settings.streams), pipeline_fuser))
         if "passthrough" in settings.paths:
             identity = Fuser(IdentityFusion(), FuserOptions(device=str(device), half=False))
             results.append(measure_pipeline(identity, frames, batch, settings.frames, settings.streams, path="passthrough"))
@@ -203,18 +209,23 @@ def _noting_runtime(result: Measurement, fuser: Fuser) -> Measurement:
     """What ran the network: the backend, int8 or not, and whether the compiled network ran
     (False also when compiling failed and eager took over; the warm-up calls take the compile
     time, logged once by ``ldfusion.inference``)."""
-    result.extra.update(backend=fuser.backend, int8=fuser.int8, precision=fuser.precision, compiled=fuser.compiled)
+    calls = fuser.cpu_network.streams if fuser.cpu_network is not None else 1
+    result.extra.update(backend=fuser.backend, int8=fuser.int8, precision=fuser.precision, compiled=fuser.compiled, calls_in_flight=calls)
     return result
 
 
 def runtime_summary(results: list[Measurement]) -> list[str]:
     """One line per device: what ran the network there (the table's fps depend on it)."""
     seen: dict[str, str] = {}
+    in_flight: dict[str, set[str]] = {}  # device -> paths whose network calls overlap
     for r in results:
         if "backend" in r.extra and r.device not in seen:
             precision = f" {r.extra['precision']}" if r.extra.get("precision") else ""
             seen[r.device] = f"{r.extra['backend']}{' int8' if r.extra.get('int8') else ''}{precision}{', compiled' if r.extra.get('compiled') else ''}"
-    return [f"network on {device}: {runtime}" for device, runtime in seen.items()]
+        if r.extra.get("calls_in_flight", 1) > 1:
+            in_flight.setdefault(r.device, set()).add(f"{r.path} {r.extra['calls_in_flight']} calls in flight")
+    return [f"network on {device}: {runtime}" + "".join(f"; {note}" for note in sorted(in_flight.get(device, ())))
+            for device, runtime in seen.items()]
 
 
 def measure_decode(device: torch.device, frames: Frames, count: int, streams: int) -> Measurement:

@@ -48,7 +48,8 @@ from torch import Tensor
 
 from ldfusion.color import YCrCbBatch, planes_to_inputs
 from ldfusion.fixed_batch import FixedBatch, pad_rows
-from ldfusion.inference import Fuser, finite_flag
+from ldfusion.backends import PendingFusion
+from ldfusion.inference import Finished, Fuser, finite_flag
 from ldfusion.staging import PinnedStaging
 from ldfusion.threads import torch_threads
 from pipeline.batching import FairCollector
@@ -113,9 +114,12 @@ class FusionWorker:
         self.max_wait_s = max_wait_s
         pad = on_cuda if pad_batches is None else pad_batches  # one input shape (on the CPU padding only costs)
         # Finish a batch only after submitting the next (``_fuse_until_ended``): on CUDA the work
-        # is queued, so the host prepares the next batch meanwhile; on the CPU submitting *is*
-        # the work, and waiting for the next batch would only add its time to the latency.
-        self.overlap = on_cuda if overlap is None else overlap
+        # is queued, so the host prepares the next batch meanwhile; OpenVINO with two streams
+        # runs two network calls at once (``Fuser.overlaps_calls``). Elsewhere on the CPU
+        # submitting *is* the work, and waiting for the next batch would only add its time
+        # to the latency.
+        self.overlap = (on_cuda or fuser.overlaps_calls) if overlap is None else overlap
+        self._render_at_submit = on_cuda  # queue the views' kernels now; on the CPU they wait for the network's output
         self.fixed_batch = FixedBatch(batch_size) if pad else None  # its padded_rows are the wasted work
         self.smoother = StyleSmoother(momentum) if smoothing and momentum > 0 and fuser.spec.has_style else None
         if smoothing and not fuser.spec.has_style:
@@ -219,18 +223,22 @@ class FusionWorker:
         ir = ir_parts[0] if len(ir_parts) == 1 else torch.cat(ir_parts)  # (B, 1, H, W), rows in `order`; one group: no copy
         vi = YCrCbBatch.cat(vi_parts)  # Y (B, 1, H, W)
         streams = [pairs[i].meta.stream for i in order]
-        fused_y = self._fuse_y(vi.y, ir, streams)  # (B, 1, H, W) float32, not yet checked
-        # Checked in ``finish``, not here: reading the flag now would wait for the GPU.
-        finite = finite_flag(fused_y).to("cpu", non_blocking=True)
-        fused = vi.with_luma(fused_y.clamp_(0.0, 1.0))  # the fused Y with the visible chroma
-        return _Part(order, start_render(self.views, fused, ir, vi), finite)
+        part = _Part(order, self._start_fuse_y(vi.y, ir, streams), vi, ir, self.views)
+        if self._render_at_submit:
+            part.render()
+        return part
+
+    def _start_fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> PendingFusion | Finished:
+        """(B, 1, H, W) fused Y, begun; padded rows go through the network but not into the smoother.
+        Only a plain call runs on while the worker goes on (``Fuser.start_fuse_y``)."""
+        if self.smoother is None and self.fixed_batch is None:
+            return self.fuser.start_fuse_y(vi_y, ir)
+        return Finished(self._fuse_y(vi_y, ir, streams))
 
     def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
-        """(B, 1, H, W) fused Y; padded rows go through the network but not into the smoother."""
         if self.smoother is None:
             fuse_y = functools.partial(self.fuser.fuse_y, check_finite=False)
-            if self.fixed_batch is None:
-                return fuse_y(vi_y, ir)
+            assert self.fixed_batch is not None  # a plain call is started in _start_fuse_y
             return self.fixed_batch(fuse_y, vi_y, ir)  # counts the padded rows
         rows = vi_y.shape[0]
         if self.fixed_batch is not None and rows < self.batch_size:
@@ -241,13 +249,25 @@ class FusionWorker:
         return self.fuser.decode(replace(codes, style=style), check_finite=False)[:rows]
 
 
-@dataclass
 class _Part:
-    """The rows of one output size in a submitted batch."""
+    """The rows of one output size in a submitted batch: the network's call, and once it is
+    ``render``ed, the views (their downloads queued) and the output's finiteness flag."""
 
-    order: list[int]  # row r of the rendered views is pair order[r] of the batch
-    views: RenderedViews
-    finite: Tensor  # host bool, written by a queued copy: whether the network's output was finite
+    def __init__(self, order: list[int], network: PendingFusion | Finished, vi: YCrCbBatch, ir: Tensor, views: frozenset[str]) -> None:
+        self.order = order  # row r of the rendered views is pair order[r] of the batch
+        self._network, self._vi, self._ir, self._view_names = network, vi, ir, views
+        self.views: RenderedViews | None = None
+        self.finite: Tensor | None = None  # host bool, written by a queued copy: whether the network's output was finite
+
+    def render(self) -> None:
+        """The fused Y (waiting for the call where it still runs) with the visible chroma, and the views."""
+        if self.views is not None:
+            return
+        fused_y = self._network.result()  # (B, 1, H, W) float32, not yet checked
+        # Checked in ``finish``, not here: reading the flag now would wait for the GPU.
+        self.finite = finite_flag(fused_y).to("cpu", non_blocking=True)
+        fused = self._vi.with_luma(fused_y.clamp_(0.0, 1.0))  # the fused Y with the visible chroma
+        self.views = start_render(self._view_names, fused, self._ir, self._vi)
 
 
 @dataclass
@@ -263,10 +283,14 @@ class _InFlight:
         """Wait for the batch, check the network's output, and make its fused frames."""
         if self.done is not None:
             self.done.synchronize()
+        with torch.inference_mode():
+            for part in self.parts:
+                part.render()
         if not all(bool(part.finite) for part in self.parts):
             raise self.worker.fuser.not_finite_error()
         frames: list[FusedFrame | None] = [None] * len(self.pairs)
         for part in self.parts:
+            assert part.views is not None  # rendered above
             views = part.views.rows()
             for row, i in enumerate(part.order):
                 frames[i] = FusedFrame(self.pairs[i].meta, {name: items[row] for name, items in views.items()})

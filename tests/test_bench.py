@@ -53,8 +53,10 @@ def test_bench_measures_the_real_pipeline(random_weights, tmp_path):
     pipeline = next(r for r in json.loads(out.read_text())["results"] if r["path"] == "pipeline")
     assert pipeline["frames"] == 6 and pipeline["batch"] == 2 and pipeline["skipped"] is None
     assert pipeline["fps"] > 0 and 0 < pipeline["latency_ms_frame_p50"] <= pipeline["latency_ms_frame_p99"]
-    # explicit weights run in float (int8 only where weights: auto has a shipped export)
-    assert pipeline["extra"] == {"dropped": 0, "unpaired": 0, "backend": "openvino", "int8": False, "precision": "f32", "compiled": False}
+    # explicit weights run in float (int8 only where weights: auto has a shipped export); two
+    # OpenVINO calls in flight, as in a file-mode run
+    assert pipeline["extra"] == {"dropped": 0, "unpaired": 0, "backend": "openvino", "int8": False, "precision": "f32", "compiled": False,
+                                 "calls_in_flight": 2}
 
 
 def test_reference_path_fuses_like_the_fuser(random_weights):

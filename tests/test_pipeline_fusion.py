@@ -11,7 +11,7 @@ import torch
 
 import cv2
 
-from ldfusion.inference import Fuser, FuserOptions
+from ldfusion.inference import Finished, Fuser, FuserOptions
 from ldfusion.threads import torch_threads
 from ldfusion.variants import VariantSpec
 from ldfusion.video import Planes
@@ -220,8 +220,8 @@ def test_padded_partial_batches_give_the_same_frames(random_weights, variant):
     def run(pad: bool) -> tuple[list, list]:
         w = worker(random_weights[variant], smoothing=True, batch_size=4, pad_batches=pad)
         shapes = []
-        fuse_y, encode = w.fuser.fuse_y, w.fuser.encode
-        w.fuser.fuse_y = lambda vi_y, ir, **kwargs: shapes.append(vi_y.shape[0]) or fuse_y(vi_y, ir, **kwargs)
+        start_fuse_y, encode = w.fuser.start_fuse_y, w.fuser.encode  # fuse_y goes through start_fuse_y
+        w.fuser.start_fuse_y = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or start_fuse_y(vi_y, ir)
         w.fuser.encode = lambda vi_y, ir: shapes.append(vi_y.shape[0]) or encode(vi_y, ir)
         fused = w.fuse(frames[:3]) + w.fuse(frames[3:])
         if pad and w.smoother is None:  # the network call goes through FixedBatch, which counts the waste
@@ -338,7 +338,7 @@ def test_a_non_finite_output_found_after_the_next_submit_still_stops_the_run(ran
     """The finiteness check reads its flag when the batch is finished, not when submitted."""
     events: list = []
     w = _overlapping_worker(random_weights, events)
-    w.fuser.fuse_y = lambda vi_y, ir, **kwargs: torch.full_like(vi_y, float("nan"))
+    w.fuser.start_fuse_y = lambda vi_y, ir: Finished(torch.full_like(vi_y, float("nan")))
     paired = {"a": FrameQueue("a.paired", 10)}
     for i in range(4):
         paired["a"].put(pair("a", i))
@@ -365,3 +365,37 @@ def test_overlapped_batches_on_cuda_equal_batches_finished_one_by_one(random_wei
         assert a.meta.seq == b.meta.seq
         assert np.array_equal(a.fused, b.fused) and np.array_equal(a.ir, b.ir)
         assert all(np.array_equal(x, y) for x, y in zip(a.view("fused:yuv420p"), b.view("fused:yuv420p")))
+
+
+def test_two_openvino_calls_in_flight_give_the_frames_of_one_at_a_time(random_weights):
+    """File mode on OpenVINO (``cpu_streams=2``): the worker overlaps batches as on CUDA, the
+    network's call for batch n+1 running while batch n is finished; the frames handed on, in
+    order, are those of one call at a time."""
+    pytest.importorskip("openvino")
+    registrars = {"a": Registrar("a", None, "ir_to_visible", False)}
+    results = {}
+    for streams in (1, 2):
+        fuser = Fuser.from_weights(random_weights["ld-lite"], options=FuserOptions(device="cpu", backend="openvino",
+                                                                                  precision="f32", cpu_streams=streams))
+        w = FusionWorker(fuser, registrars, batch_size=2, max_wait_s=0.0, smoothing=False, views=VIEWS | {"fused:yuv420p"})
+        assert w.overlap == (streams == 2)
+        results[streams] = _run_one_stream(w, 7)
+        assert isinstance(results[streams][7], EndOfStream) and w.frames == 7
+    for a, b in zip(results[1][:7], results[2][:7]):
+        assert a.meta.seq == b.meta.seq
+        assert np.abs(a.fused.astype(int) - b.fused.astype(int)).max() <= 1 and np.array_equal(a.ir, b.ir)
+    assert [f.meta.seq for f in results[2][:7]] == list(range(7))
+    assert not np.array_equal(results[2][0].fused, results[2][1].fused)
+
+
+@pytest.mark.parametrize("mode, streams", [("file", 2), ("live", 1)])
+def test_file_mode_keeps_two_network_calls_in_flight_and_live_mode_one(tmp_path, monkeypatch, mode, streams):
+    """File mode wants throughput (two OpenVINO calls at once, which busy decoders and encoders
+    slow less); live mode each frame's shortest latency (one call on every thread)."""
+    from pipeline import runner
+
+    chosen = []
+    monkeypatch.setattr(runner.Fuser, "from_weights", classmethod(lambda cls, weights, variant, options: chosen.append(options)))
+    config = make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", run={"mode": mode})
+    runner.Pipeline(config)._load_fuser()
+    assert [options.cpu_streams for options in chosen] == [streams]
