@@ -59,15 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=None, help="model.batch_size (default: 1 on the CPU, 8 on CUDA)")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads for the CPU (default: torch's own); 1 helps a lot on a busy machine")
+    parser.add_argument("--cpu-streams", type=int, default=1, choices=(1, 2),
+                        help="OpenVINO calls in flight (FuserOptions.cpu_streams; default 1, as live mode runs): 2 is what "
+                        "file mode runs, each call on one thread")
     parser.add_argument("--clip-frames", type=int, default=150, help="frames of the clip the servers loop (default 150)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     return parser
 
 
-def load_fuser(weights: str, device: str) -> Fuser:
+def load_fuser(weights: str, device: str, cpu_streams: int = 1) -> Fuser:
     if weights == "tiny":
         return Fuser(build_network(TINY), FuserOptions(device=device))
-    return Fuser.from_weights(weights, None, FuserOptions(device=device))
+    return Fuser.from_weights(weights, None, FuserOptions(device=device, cpu_streams=cpu_streams))
 
 
 class Recorder:
@@ -87,7 +90,7 @@ class Recorder:
 def run(args: argparse.Namespace, folder: Path) -> dict:
     m3svd = SHARED_DATA / "video" / "m3svd"
     ir_raw, vi_raw, clip = write_clips(folder, m3svd if (m3svd / "infrared").is_dir() else None, args.clip_frames)
-    fuser = load_fuser(args.weights, args.device)
+    fuser = load_fuser(args.weights, args.device, args.cpu_streams)
     epoch = time.time()
     cameras = RtspCamera(ir_raw, "/ir", args.fps, epoch), RtspCamera(vi_raw, "/visible", args.fps, epoch)
     recorder = Recorder(epoch, args.fps)
