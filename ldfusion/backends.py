@@ -134,7 +134,9 @@ class OpenVinoNetwork:
     lockstep, so when another thread of the process takes a core (a decoder, an encoder)
     the whole call waits for it. Measured on the 2-core EPYC with x264 encoding beside it
     8 ms in every 40: one 2-thread call 30.8 -> 39.3 ms a frame, two 1-thread calls at once
-    30 -> 35 ms a frame. File mode, which keeps two calls in flight, takes 2; live mode 1.
+    30 -> 35 ms a frame (through ``Fuser``, each way in its own process, the gap was smaller:
+    ``scripts/openvino_streams.py``). File mode, which keeps two calls in flight, takes 2;
+    live mode 1.
     """
 
     def __init__(self, model_or_path, spec: VariantSpec, threads: int | None = None, precision: str = "f32",

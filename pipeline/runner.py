@@ -114,8 +114,8 @@ class _Stream:
 
 def cpu_streams(live: bool) -> int:
     """OpenVINO calls the fusion stage keeps in flight (``FuserOptions.cpu_streams``). File mode:
-    two, which the decoders and encoders beside them slow less than one call on every thread
-    (``ldfusion demo`` on the 2-core EPYC: 21.7 -> 24.7 fps median). Live mode: one, each
+    two, one thread each, which also lets the stage's own work run while they compute
+    (``ldfusion demo`` on the 2-core EPYC: 21.7 -> 24.7 fps median; README). Live mode: one, each
     frame's shortest latency (``scripts/live_latency.py --cpu-streams 2``, two RTSP cameras at
     30 fps: 16-17 fps out at 145 ms capture to sink, against 18-19 fps at 92 ms)."""
     return 1 if live else 2
