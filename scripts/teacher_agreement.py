@@ -7,7 +7,8 @@ Default: the bundled `default` weights against the authors' LD-Lite on
 MODEL_CARD.md come from this script.
 
     python scripts/teacher_agreement.py [--student default] [--teacher ../shared/data/weights/ld-lite/final.pt]
-        [--backend torch|openvino|auto] [--int8 | --no-int8] [--precision auto|f32|bf16] [--bar 33 --floor 30]
+        [--backend torch|openvino|auto] [--int8 | --no-int8] [--precision auto|f32|bf16] [--cpu-streams 2|1]
+        [--bar 33 --floor 30]
 
 The student runs on --backend (with --int8: its OpenVINO int8 export, shipped or made first
 with `ldfusion export --int8`; `--student auto --backend auto` is what `weights: auto` runs
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
                         "on the CPU when its int8 export ships)")
     parser.add_argument("--precision", default="auto", choices=("auto", "f32", "bf16"),
                         help="what OpenVINO's float layers compute in (ldfusion.backends.float_precision; default: auto)")
+    parser.add_argument("--cpu-streams", type=int, default=2, choices=(1, 2),
+                        help="OpenVINO calls in flight (FuserOptions.cpu_streams): 2, as file mode and `fuse` run (default), "
+                        "or 1, as live mode runs; their outputs differ by bf16 rounding")
     parser.add_argument("--bar", type=float, default=33.0, help="required mean PSNR in dB (default: 33)")
     parser.add_argument("--floor", type=float, default=30.0, help="required PSNR of every pair in dB (default: 30)")
     args = parser.parse_args(argv)
@@ -73,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"teacher_agreement: error: {SHARED} is not available", file=sys.stderr)
         return 2
     student = Fuser.from_weights(args.student, options=FuserOptions(device="cpu", backend=args.backend, int8=args.int8,
-                                                                         precision=args.precision))
+                                                                         precision=args.precision, cpu_streams=args.cpu_streams))
     teacher = Fuser.from_weights(args.teacher, options=FuserOptions(device="cpu", backend="torch"))
     rows = []
     for dataset, pair in held_out_pairs(args.config):
