@@ -251,13 +251,18 @@ class Fuser:
 
     # --- array API ----------------------------------------------------------------------
 
-    @torch.inference_mode()
     def fuse_arrays(self, visible: list[np.ndarray], ir: list[np.ndarray]) -> list[np.ndarray]:
         """Fuse same-sized frames given as arrays.
 
         ``visible``: (H, W, 3) RGB or (H, W) gray; ``ir``: (H, W). uint8, uint16 or float in [0, 1].
         Returns uint8 arrays, (H, W, 3) for colour visible input and (H, W) for gray.
         """
+        return self.start_fuse_arrays(visible, ir).result()
+
+    @torch.inference_mode()
+    def start_fuse_arrays(self, visible: list[np.ndarray], ir: list[np.ndarray]) -> PendingArrays:
+        """``fuse_arrays`` begun: the network call runs on where it can (``start_fuse_y``), so a
+        caller may start the next batch before taking this one's ``result()``."""
         if len(visible) != len(ir) or not visible:
             raise ValueError(f"need the same, non-zero number of visible and ir frames; got {len(visible)} and {len(ir)}")
         vi_t = self._frames_on_device(visible)  # (B, C, H, W)
@@ -266,12 +271,8 @@ class Fuser:
             raise ValueError(f"ir frames must be single-channel; got shape {tuple(ir[0].shape)}")
         if vi_t.shape[-2:] != ir_t.shape[-2:]:
             raise ValueError(f"ir and vi differ in size: {tuple(ir_t.shape[-2:])} vs {tuple(vi_t.shape[-2:])}")
-        if vi_t.shape[1] == 3:
-            out = self.fuse_rgb(vi_t, ir_t)
-        else:
-            out = self.fuse_y(vi_t, ir_t)
-        out = to_uint8(out).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
-        return [frame[:, :, 0] if frame.shape[-1] == 1 else frame for frame in out]
+        vi_y = rgb_to_y(vi_t) if vi_t.shape[1] == 3 else vi_t
+        return PendingArrays(self, self.start_fuse_y(vi_y, ir_t), vi_t)
 
     def _frames_on_device(self, frames: list[np.ndarray]) -> Tensor:
         """Same-sized (H, W) or (H, W, C) frames -> (B, C, H, W) float32 in [0, 1] on the device.
@@ -293,6 +294,20 @@ class Fuser:
             stacked = torch.from_numpy(np.stack(frames))
         x = stacked.float().div_(255.0)  # (B, H, W) or (B, H, W, C)
         return x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+
+
+class PendingArrays:
+    """``Fuser.start_fuse_arrays`` under way; ``result()`` waits and makes the uint8 arrays."""
+
+    def __init__(self, fuser: Fuser, network: PendingFusion | Finished, visible: Tensor) -> None:
+        self._fuser, self._network, self._visible = fuser, network, visible  # visible: (B, C, H, W) on the device
+
+    @torch.inference_mode()
+    def result(self) -> list[np.ndarray]:
+        fused_y = self._fuser._finite(self._network.result())
+        out = merge_fused_y(fused_y, self._visible) if self._visible.shape[1] == 3 else fused_y
+        out = to_uint8(out).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, C)
+        return [frame[:, :, 0] if frame.shape[-1] == 1 else frame for frame in out]
 
 
 class Finished:

@@ -57,6 +57,28 @@ def test_batched_fuse_equals_one_at_a_time(tmp_path, random_weights):
         assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
+def test_two_calls_in_flight_write_each_pair_its_own_fused_image(tmp_path, random_weights):
+    """``fuse`` starts a batch's network call before taking the previous batch's result (two
+    OpenVINO calls at once): every output still belongs to its own pair, across sizes."""
+    pytest.importorskip("openvino")
+    from ldfusion.cli.fuse import fuse_pairs
+    from ldfusion.imageio import pair_folders
+
+    sizes = [(48, 64), (48, 64), (30, 41), (48, 64), (30, 41), (30, 41), (48, 64)]
+    _make_pairs(tmp_path, sizes)
+    model = str(random_weights["ld-lite"])
+    overlapping = Fuser.from_weights(model, options=FuserOptions(device="cpu", backend="openvino", precision="f32", cpu_streams=2))
+    reference = Fuser.from_weights(model, options=FuserOptions(device="cpu", backend="torch"))
+    assert overlapping.overlaps_calls
+    pairs = pair_folders(tmp_path / "ir", tmp_path / "vi")
+    (tmp_path / "out").mkdir()
+    assert fuse_pairs(overlapping, pairs, tmp_path / "out", batch=2, progress=False) == len(sizes)
+    for k in range(len(sizes)):
+        expected = reference.fuse_arrays([read_visible(tmp_path / "vi" / f"{k}.png")], [read_infrared(tmp_path / "ir" / f"{k}.png")])[0]
+        written = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / f"{k}.png")), cv2.COLOR_BGR2RGB)
+        assert written.shape == expected.shape and np.abs(written.astype(int) - expected.astype(int)).max() <= 1, k
+
+
 def test_16bit_infrared_is_stretched(tmp_path):
     raw = np.full((20, 20), 20000, np.uint16)
     raw[5:10, 5:10] = 21000  # a warm object in a narrow band of raw counts
