@@ -23,7 +23,10 @@ downloads queued on the GPU, the output's finiteness flag copied back without wa
 *finished* (wait for its copies, check the flag, make the fused frames) only after the next
 batch has been submitted, so the host's work on batch n+1 runs while the GPU computes batch
 n. When no full batch is waiting, the batch in flight is finished first: a live stream
-never waits on its successor. Nothing reads a GPU value between the two steps.
+never waits on its successor. Nothing reads a GPU value between the two steps. On the CPU
+the same happens when OpenVINO runs two calls at once (``Fuser.overlaps_calls``, file mode):
+submitting starts the network's call, and the fused Y's merge with the chroma and the views
+are made when the batch is finished.
 
 Temporal smoothing. The ``ldfusion`` network computes one global style code per frame;
 small changes in it from frame to frame show up as flicker of the whole image's contrast.
@@ -46,9 +49,9 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from ldfusion.backends import PendingFusion
 from ldfusion.color import YCrCbBatch, planes_to_inputs
 from ldfusion.fixed_batch import FixedBatch, pad_rows
-from ldfusion.backends import PendingFusion
 from ldfusion.inference import Finished, Fuser, finite_flag
 from ldfusion.staging import PinnedStaging
 from ldfusion.threads import torch_threads
