@@ -234,21 +234,21 @@ class FusionWorker:
     def _start_fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> PendingFusion | Finished:
         """(B, 1, H, W) fused Y, begun; padded rows go through the network but not into the smoother.
         Only a plain call runs on while the worker goes on (``Fuser.start_fuse_y``)."""
-        if self.smoother is None and self.fixed_batch is None:
-            return self.fuser.start_fuse_y(vi_y, ir)
-        return Finished(self._fuse_y(vi_y, ir, streams))
-
-    def _fuse_y(self, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
-        if self.smoother is None:
+        if self.smoother is not None:
+            return Finished(self._smoothed_fuse_y(self.smoother, vi_y, ir, streams))
+        if self.fixed_batch is not None:
             fuse_y = functools.partial(self.fuser.fuse_y, check_finite=False)
-            assert self.fixed_batch is not None  # a plain call is started in _start_fuse_y
-            return self.fixed_batch(fuse_y, vi_y, ir)  # counts the padded rows
+            return Finished(self.fixed_batch(fuse_y, vi_y, ir))  # counts the padded rows
+        return self.fuser.start_fuse_y(vi_y, ir)
+
+    def _smoothed_fuse_y(self, smoother: StyleSmoother, vi_y: Tensor, ir: Tensor, streams: list[str]) -> Tensor:
+        """Encode, replace each row's style code by its stream's moving average, decode."""
         rows = vi_y.shape[0]
         if self.fixed_batch is not None and rows < self.batch_size:
             vi_y, ir = pad_rows(vi_y, self.batch_size), pad_rows(ir, self.batch_size)
         codes = self.fuser.encode(vi_y, ir)
         style = codes.style.clone()
-        style[:rows] = self.smoother(codes.style[:rows], streams)
+        style[:rows] = smoother(codes.style[:rows], streams)
         return self.fuser.decode(replace(codes, style=style), check_finite=False)[:rows]
 
 
