@@ -26,12 +26,14 @@
 #   bench_graphs  the same with --compile-mode reduce-overhead (CUDA graphs)        bench_graphs.json
 #   latency  ldfusion run, live mode, the M3SVD pair replayed at its recorded 22 fps,
 #            MP4 sink: capture-to-sink p50/p99 (target p99 <= 50 ms at 30 fps)      latency_summary.json
-#   streams  ldfusion bench --streams 8 at 640x512 (only once the bench has it)     bench_streams.json
-#   profile  py-spy (when its wheel was carried) samples every thread of the compiled
-#            pipeline bench at 640x512, batch 32: where the host's time goes       profile_pipeline.txt
 #   baseline the bench's model and pipeline paths from an older tree carried in
 #            .devcarry/base (scripts/gpu_wheels.sh --base REV): before/after measured
 #            in one run on one machine                                               bench_base.json
+#   overhead the bench's decode and passthrough paths (the pipeline with an identity
+#            network) at 640x512, batches 8 and 32: the pipeline's own cost          bench_overhead.json
+#   streams  ldfusion bench --streams 8 at 640x512 (only once the bench has it)     bench_streams.json
+#   profile  py-spy (when its wheel was carried) samples every thread of the compiled
+#            pipeline bench at 640x512, batch 32: where the host's time goes       profile_pipeline.txt
 #   compile  scripts/compile_speed.py: eager vs torch.compile fps, compile time      compile.json
 #   bench_1080  the bench at 1920x1080 (its own section: a timeout loses one size)  bench_1080.json
 #
@@ -197,6 +199,16 @@ run_streams() {
   fi
 }
 
+run_overhead() {  # what the pipeline costs without a network, beside decoding alone
+  if ((DRY_RUN)); then
+    ldfusion bench --devices cpu --resolutions 64x48 --batch-sizes 2 --paths decode passthrough \
+      --frames 4 --warmup 1 --out "$RESULTS/bench_overhead.json"
+  else
+    ldfusion bench --devices cuda --resolutions 640x512 --batch-sizes 8 32 --paths decode passthrough \
+      --frames 2048 --warmup 3 --out "$RESULTS/bench_overhead.json"
+  fi
+}
+
 run_latency() {  # live mode: the carried M3SVD pair replayed at its recorded rate, one MP4 sink
   local device=cuda limit=""
   if ((DRY_RUN)); then device=cpu limit=", max_frames: 5"; fi
@@ -237,7 +249,7 @@ run_profile() {  # every thread's Python stacks, sampled: where the pipeline's h
     --paths pipeline --compile on --compile-backend "$backend" --frames "$frames" --warmup 3 --out "$SCRATCH/bench_profiled.json"
 }
 
-export -f env_info install_wheels probe_codecs run_tests run_bench run_compile run_streams run_latency \
+export -f env_info install_wheels probe_codecs run_tests run_bench run_overhead run_compile run_streams run_latency \
   run_bench_compiled run_profile run_baseline pack_results
 export LDFUSION_MODULE TESTS_K
 export CLIP
@@ -254,9 +266,10 @@ section bench 70 "run_bench 640x512 bench.json 2048"
 section bench_compiled 80 "run_bench_compiled default bench_compiled.json"
 section bench_graphs 80 "run_bench_compiled reduce-overhead bench_graphs.json"
 section latency 60 run_latency
+section baseline 60 run_baseline
+section overhead 40 run_overhead
 section streams 45 run_streams
 section profile 60 run_profile
-section baseline 60 run_baseline
 section compile 100 run_compile
 section bench_1080 80 "run_bench 1920x1080 bench_1080.json 256"
 
