@@ -320,6 +320,16 @@ class Finished:
         return self._out
 
 
+# CUDA graphs (``reduce-overhead``): PyTorch runs a new shape's first call without a graph,
+# records the graph on the second and replays it from the third. All three are made at the
+# shape's first call, under the compile lock, so a run records its graphs in the warm-up,
+# before its threads start. Recorded on the run's first batches instead, the capture failed
+# on an H200 ("CUDA error: operation failed due to a previous error during capture") in file
+# and in live mode; recorded at warm-up, both ran to the end. Why the capture failed there
+# is not established (the other threads' CUDA work is the suspect).
+_GRAPH_RECORDING_CALLS = 2
+
+
 class CompiledNetwork:
     """``torch.compile`` of a fusion network for fixed input shapes; eager if compiling fails.
 
@@ -364,6 +374,8 @@ class CompiledNetwork:
             start = time.perf_counter()
             try:
                 out = self._run_compiled(vi_y, ir)
+                for _ in range(_GRAPH_RECORDING_CALLS if self.graphs else 0):
+                    out = self._run_compiled(vi_y, ir)
                 if out.is_cuda:
                     torch.cuda.synchronize(out.device)
             except Exception as exc:  # torch.compile raises many types (BackendCompilerFailed, Unsupported, ...)

@@ -165,3 +165,18 @@ def test_the_cuda_graph_mode_hands_out_copies():
     again = network(vi, ir)
     assert network.graphs and network.failure is None
     assert torch.equal(first, again) and first.data_ptr() != again.data_ptr()
+
+
+def test_the_cuda_graph_mode_records_a_new_shape_on_its_first_call():
+    """PyTorch records a CUDA graph on a shape's second call: the wrapper makes that call (and
+    a replay) with the first, so the recording happens in the run's warm-up, not on live
+    frames. Other modes call the network once."""
+    for mode, calls_for_first in (("reduce-overhead", 3), ("default", 1)):
+        network = CompiledNetwork(build_network(get_variant("ld-lite")), backend="aot_eager", mode=mode)
+        calls = []
+        compiled = network._compiled
+        network._compiled = lambda vi, ir: calls.append(tuple(vi.shape)) or compiled(vi, ir)
+        network(*_inputs())
+        assert len(calls) == calls_for_first, mode
+        network(*_inputs())  # a shape seen before: one call
+        assert len(calls) == calls_for_first + 1, mode
