@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.color import planes_to_image
-from ldfusion.errors import DataError
+from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import write_image
 from ldfusion.synthetic import write_paired_clip
 from ldfusion.video import VideoReader
@@ -108,6 +108,8 @@ def write_preview(video: Path, target: Path, frames: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ConfigError(f"--max-frames must be at least 1; got {args.max_frames}")
     args.out.mkdir(parents=True, exist_ok=True)
     description, ir, visible = choose_inputs(args)
     log.info("demo on %s", description)

@@ -46,3 +46,10 @@ def test_the_default_weights_ship_inside_the_package():
 def test_missing_m3svd_folder_is_a_one_line_error(tmp_path, capsys):
     assert demo_main(["--source", "m3svd", "--m3svd", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no infrared/0111_1716.mp4" in capsys.readouterr().err
+
+
+def test_max_frames_below_one_is_a_one_line_error_naming_the_option(tmp_path, capsys):
+    assert demo_main(["--source", "synthetic", "--max-frames", "0", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "ldfusion demo: error: --max-frames must be at least 1; got 0"
+    assert not (tmp_path / "o").exists()  # refused before anything is written
