@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -237,6 +238,21 @@ class Fuser:
         """Whether network calls run beside the caller, several at once (OpenVINO with ``cpu_streams`` > 1)."""
         return self.cpu_network is not None and self.cpu_network.streams > 1
 
+    @contextlib.contextmanager
+    def no_new_graphs(self) -> Iterator[None]:
+        """Within: an input shape the compiled network has not seen runs eagerly instead of
+        recording a CUDA graph (``compile_mode: reduce-overhead``; nothing changes otherwise).
+        A pipeline records its graphs in the warm-up and runs inside this."""
+        network = self._network if isinstance(self._network, CompiledNetwork) else None
+        if network is None:
+            yield
+            return
+        network.new_graphs = False
+        try:
+            yield
+        finally:
+            network.new_graphs = True
+
     @property
     def compiled(self) -> bool:
         """Whether ``fuse_y`` runs the compiled network (False after a failed compilation)."""
@@ -326,7 +342,8 @@ class Finished:
 # before its threads start. Recorded on the run's first batches instead, the capture failed
 # on an H200 ("CUDA error: operation failed due to a previous error during capture") in file
 # and in live mode; recorded at warm-up, both ran to the end. Why the capture failed there
-# is not established (the other threads' CUDA work is the suspect).
+# is not established (the other threads' CUDA work is the suspect), so a shape first seen
+# while the pipeline runs is fused eagerly instead (``Fuser.no_new_graphs``).
 _GRAPH_RECORDING_CALLS = 2
 
 
@@ -347,7 +364,11 @@ class CompiledNetwork:
         self.model = model
         self.failure: str | None = None
         self.graphs = mode == "reduce-overhead"
+        # False while a pipeline runs (``Fuser.no_new_graphs``): a shape first seen then runs
+        # eagerly rather than record a CUDA graph beside the pipeline's threads.
+        self.new_graphs = True
         self._compiled_shapes: set[tuple] = set()
+        self._eager_shapes: set[tuple] = set()  # first seen while new graphs were not allowed
         self._lock = threading.Lock()  # one thread compiles a new shape; the others wait for it
         try:
             self._compiled = torch.compile(model, dynamic=False, backend=backend, mode=None if mode == "default" else mode)
@@ -371,6 +392,8 @@ class CompiledNetwork:
                 return self.model(vi_y, ir)
             if key in self._compiled_shapes:
                 return self._run_compiled(vi_y, ir)
+            if self.graphs and not self.new_graphs:
+                return self._run_eagerly(key, vi_y, ir)
             start = time.perf_counter()
             try:
                 out = self._run_compiled(vi_y, ir)
@@ -386,6 +409,14 @@ class CompiledNetwork:
             elapsed = time.perf_counter() - start
             log.info("compile: %s for input %s %s compiled in %.1f s", self.model.spec.name, tuple(vi_y.shape), dtype, elapsed)
             return out
+
+    def _run_eagerly(self, key: tuple, vi_y: Tensor, ir: Tensor) -> Tensor:
+        if key not in self._eager_shapes:
+            self._eager_shapes.add(key)
+            log.warning("compile: input %s was first seen after the warm-up; CUDA graphs are recorded only before "
+                        "capture starts, so it runs eagerly (a size the run knows at start is fused with its graph)",
+                        tuple(vi_y.shape))
+        return self.model(vi_y, ir)
 
     def _give_up(self, exc: BaseException) -> None:
         self.failure = _root_cause(exc)

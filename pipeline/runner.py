@@ -192,12 +192,15 @@ class Pipeline:
                      fuser.spec.name, fuser.device, self._batch)
             sizes = self._known_output_sizes()
             # CUDA compiles and autotunes per shape (seconds), OpenVINO compiles per shape
-            # (0.1-0.2 s at 640x480); eager PyTorch on the CPU has nothing to prepare.
-            if fuser.device.type == "cuda" or fuser.backend == "openvino":
+            # (0.1-0.2 s at 640x480), and so does torch.compile on the CPU; eager PyTorch on
+            # the CPU has nothing to prepare.
+            if fuser.device.type == "cuda" or fuser.backend == "openvino" or fuser.compiled:
                 self._warm_up(worker, set(sizes.values()))
             for sink in sinks:
                 sink.prepare(sizes)
             self.stats.start()
+            # CUDA graphs are recorded in the warm-up only (``ldfusion.inference``).
+            cleanup.enter_context(fuser.no_new_graphs())
             threads = self._start_threads(worker, sinks, live, origin, infos)
             try:
                 with self._signals_handled():

@@ -180,3 +180,43 @@ def test_the_cuda_graph_mode_records_a_new_shape_on_its_first_call():
         assert len(calls) == calls_for_first, mode
         network(*_inputs())  # a shape seen before: one call
         assert len(calls) == calls_for_first + 1, mode
+
+
+def test_a_shape_first_seen_while_new_graphs_are_held_runs_eagerly_with_one_warning(caplog):
+    """Inside ``Fuser.no_new_graphs`` (a running pipeline) an unseen shape must not record a
+    CUDA graph: it runs the eager network, said once; shapes recorded before keep their graph."""
+    torch.manual_seed(0)  # the weights of _fuser's networks
+    fuser = Fuser(build_network(get_variant("ld-lite")), FuserOptions(device="cpu", compile="on", compile_backend="aot_eager",
+                                                                      compile_mode="reduce-overhead"))
+    network = fuser._network
+    calls = []
+    compiled = network._compiled
+    network._compiled = lambda vi, ir: calls.append(tuple(vi.shape)) or compiled(vi, ir)
+    known = _inputs(batch=2)
+    fuser.fuse_y(*known)  # recorded before the run: three calls
+    caplog.set_level(logging.WARNING, logger="ldfusion.inference")
+    with fuser.no_new_graphs():
+        eager = fuser.fuse_y(*_inputs(batch=3))
+        fuser.fuse_y(*_inputs(batch=3))
+        fuser.fuse_y(*known)
+    assert calls == [(2, 1, 24, 40)] * 4  # the new shape never reached the compiled network
+    torch.testing.assert_close(eager, _fuser("off").fuse_y(*_inputs(batch=3)))
+    (warning,) = [r for r in caplog.records if "first seen after the warm-up" in r.getMessage()]
+    assert "(3, 1, 24, 40)" in warning.getMessage()
+    fuser.fuse_y(*_inputs(batch=3))  # outside: the shape is compiled (and recorded) now
+    assert calls[-3:] == [(3, 1, 24, 40)] * 3
+
+
+def test_a_run_holds_new_graphs_and_lets_them_go_at_its_end(random_weights, tmp_path):
+    from pipeline.runner import run_pipeline
+    from pipeline.sinks import CallbackSink
+    from tests.pipeline_helpers import make_config, marked_video
+
+    fuser = Fuser.from_weights(random_weights["ld-lite"], options=FuserOptions(device="cpu", backend="torch", compile="on",
+                                                                              compile_backend="aot_eager", compile_mode="reduce-overhead"))
+    held = []
+    sink = CallbackSink(lambda frame: held.append(fuser._network.new_graphs), views=("fused:rgb24",))
+    ir, vi = marked_video(tmp_path / "ir.mp4", 4, 30, seed=1), marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
+    summary = run_pipeline(make_config(ir, vi, model={"batch_size": 2}), fuser, extra_sinks=[sink])
+    assert summary.frames_out == 4 and held == [False] * 4
+    assert fuser._network.new_graphs and fuser.compiled
