@@ -247,11 +247,13 @@ class Fuser:
         if network is None:
             yield
             return
-        network.new_graphs = False
+        with network.lock:
+            network.graph_holds += 1
         try:
             yield
         finally:
-            network.new_graphs = True
+            with network.lock:
+                network.graph_holds -= 1
 
     @property
     def compiled(self) -> bool:
@@ -364,12 +366,12 @@ class CompiledNetwork:
         self.model = model
         self.failure: str | None = None
         self.graphs = mode == "reduce-overhead"
-        # False while a pipeline runs (``Fuser.no_new_graphs``): a shape first seen then runs
-        # eagerly rather than record a CUDA graph beside the pipeline's threads.
-        self.new_graphs = True
+        # Pipelines running now (``Fuser.no_new_graphs``): while any runs, a shape first seen
+        # runs eagerly rather than record a CUDA graph beside the pipeline's threads.
+        self.graph_holds = 0
         self._compiled_shapes: set[tuple] = set()
-        self._eager_shapes: set[tuple] = set()  # first seen while new graphs were not allowed
-        self._lock = threading.Lock()  # one thread compiles a new shape; the others wait for it
+        self._eager_shapes: set[tuple] = set()  # first seen while new graphs were held
+        self.lock = threading.Lock()  # one thread compiles a new shape; the others wait for it
         try:
             self._compiled = torch.compile(model, dynamic=False, backend=backend, mode=None if mode == "default" else mode)
         except Exception as exc:  # an unknown backend fails here, before any call
@@ -387,12 +389,12 @@ class CompiledNetwork:
         key = (tuple(vi_y.shape), tuple(ir.shape), vi_y.dtype, vi_y.device)
         if self.failure is None and key in self._compiled_shapes:
             return self._run_compiled(vi_y, ir)
-        with self._lock:
+        with self.lock:
             if self.failure is not None:
                 return self.model(vi_y, ir)
             if key in self._compiled_shapes:
                 return self._run_compiled(vi_y, ir)
-            if self.graphs and not self.new_graphs:
+            if self.graphs and self.graph_holds:
                 return self._run_eagerly(key, vi_y, ir)
             start = time.perf_counter()
             try:

@@ -196,7 +196,8 @@ def test_a_shape_first_seen_while_new_graphs_are_held_runs_eagerly_with_one_warn
     fuser.fuse_y(*known)  # recorded before the run: three calls
     caplog.set_level(logging.WARNING, logger="ldfusion.inference")
     with fuser.no_new_graphs():
-        eager = fuser.fuse_y(*_inputs(batch=3))
+        with fuser.no_new_graphs():  # two pipelines sharing the network: the first to end must not let go
+            eager = fuser.fuse_y(*_inputs(batch=3))
         fuser.fuse_y(*_inputs(batch=3))
         fuser.fuse_y(*known)
     assert calls == [(2, 1, 24, 40)] * 4  # the new shape never reached the compiled network
@@ -215,8 +216,8 @@ def test_a_run_holds_new_graphs_and_lets_them_go_at_its_end(random_weights, tmp_
     fuser = Fuser.from_weights(random_weights["ld-lite"], options=FuserOptions(device="cpu", backend="torch", compile="on",
                                                                               compile_backend="aot_eager", compile_mode="reduce-overhead"))
     held = []
-    sink = CallbackSink(lambda frame: held.append(fuser._network.new_graphs), views=("fused:rgb24",))
+    sink = CallbackSink(lambda frame: held.append(fuser._network.graph_holds), views=("fused:rgb24",))
     ir, vi = marked_video(tmp_path / "ir.mp4", 4, 30, seed=1), marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
     summary = run_pipeline(make_config(ir, vi, model={"batch_size": 2}), fuser, extra_sinks=[sink])
-    assert summary.frames_out == 4 and held == [False] * 4
-    assert fuser._network.new_graphs and fuser.compiled
+    assert summary.frames_out == 4 and held == [1] * 4
+    assert fuser._network.graph_holds == 0 and fuser.compiled
