@@ -38,6 +38,7 @@ from ldfusion.config import load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
+from ldfusion.paths import file_key
 
 SOURCE_KINDS = ("video", "images", "camera")
 WARPS = ("ir_to_visible", "visible_to_ir")
@@ -332,12 +333,15 @@ def check_outputs(config: PipelineConfig) -> None:
 def _check_outputs_apart_from_inputs(config: PipelineConfig) -> None:
     """No output is an input (or holds one, for a PNG folder), and no two outputs are the same."""
     inputs = {path.resolve(): path for path in config.input_paths()}
+    input_files = {file_key(path): path for path in config.input_paths()}  # a hard link to an input is the input
     seen: dict[Path, str] = {}
     for kind, path in config.output_paths():
         resolved = path.resolve()
         if resolved in seen:
             raise ValueError(f"two outputs write {str(path)!r} ({seen[resolved]} and {kind})")
         seen[resolved] = kind
+        if kind != "png" and file_key(path) in input_files:
+            raise ValueError(f"the {kind} output {str(path)!r} would overwrite the input {str(input_files[file_key(path)])!r}")
         for real, given in inputs.items():
             # A PNG folder's frames are 000000.png ...: they clobber the PNGs directly in it.
             if real == resolved or (kind == "png" and real.parent == resolved and real.suffix.lower() == ".png"):

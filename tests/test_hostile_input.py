@@ -129,6 +129,17 @@ def test_a_sink_that_would_overwrite_an_input_is_refused_and_the_input_survives(
     assert (tmp_path / "vi.mp4").read_bytes() == before
 
 
+def test_a_sink_onto_a_hard_link_to_an_input_is_refused_and_the_input_survives(tmp_path, capsys, random_weights):
+    data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": "fused.mp4"}])
+    out = Path(data["run"]["out_dir"])
+    out.mkdir(parents=True)
+    os.link(tmp_path / "vi.mp4", out / "fused.mp4")  # another name for the visible input
+    before = (tmp_path / "vi.mp4").read_bytes()
+    assert run_command(write_config(tmp_path, data), "--overwrite", weights=random_weights["ld-lite"]) == 2
+    assert "would overwrite the input" in one_error_line(capsys, "ldfusion run")
+    assert (tmp_path / "vi.mp4").read_bytes() == before
+
+
 def test_a_png_sink_onto_an_input_image_folder_is_refused(tmp_path, capsys, random_weights):
     ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
     data = images_config(ir_dir, vi_dir, tmp_path)
@@ -181,8 +192,33 @@ def test_fuse_into_an_input_folder_is_refused_and_the_inputs_survive(tmp_path, c
     ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
     before = (ir_dir / "1.png").read_bytes()
     assert fuse_cli.main(fuse_args(ir_dir, vi_dir, ir_dir, random_weights["ld-lite"], "--overwrite")) == 2
-    assert "would overwrite an input image" in one_error_line(capsys, "ldfusion fuse")
+    assert "would overwrite the input" in one_error_line(capsys, "ldfusion fuse")
     assert (ir_dir / "1.png").read_bytes() == before
+
+
+def test_fuse_refuses_an_output_that_is_a_hard_link_to_an_input(tmp_path, capsys, random_weights):
+    """Another name for an input file is still the input: its bytes would change."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    out = tmp_path / "out"
+    out.mkdir()
+    os.link(ir_dir / "1.png", out / "1.png")  # the fused image's name
+    before = (ir_dir / "1.png").read_bytes()
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"], "--overwrite")) == 2
+    assert "would overwrite the input" in one_error_line(capsys, "ldfusion fuse")
+    assert (ir_dir / "1.png").read_bytes() == before
+
+
+def test_eval_refuses_to_save_fused_images_over_its_inputs(tmp_path, capsys, random_weights):
+    from ldfusion.cli import evaluate
+
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    before = (ir_dir / "1.png").read_bytes()
+    args = ["--ir", str(ir_dir), "--vi", str(vi_dir), "--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu",
+            "--save-fused", str(ir_dir), "--out", str(tmp_path / "scores"), "-q"]
+    assert evaluate.main(args) == 2
+    assert "--save-fused" in one_error_line(capsys, "ldfusion eval")
+    assert (ir_dir / "1.png").read_bytes() == before
+    assert not (tmp_path / "scores").exists()  # refused before any work
 
 
 def test_fuse_refuses_existing_outputs_without_overwrite(tmp_path, capsys, random_weights):

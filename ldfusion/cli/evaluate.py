@@ -30,6 +30,7 @@ from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_lo
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
+from ldfusion.paths import refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
 from ldfusion.video import VideoReader
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     _check_arguments(args)
     video = _is_video(args.ir)
+    if args.save_fused:  # images only (_check_arguments)
+        _check_saved_fused_apart_from_inputs(pair_folders(args.ir, args.vi), args.save_fused)
     fuser = _load_fuser(args) if args.fuse_with else None
     method = args.name or (f"{fuser.spec.name} ({args.fuse_with})" if fuser else _stem_or_name(args.fused))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +135,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--ir, --vi and --fused must all be videos or all be images; got {listing}")
     if args.save_fused and (not args.fuse_with or _is_video(args.ir)):
         raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
+
+
+def _check_saved_fused_apart_from_inputs(pairs: list[ImagePair], folder: Path) -> None:
+    inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
+    refuse_overwriting_inputs([folder / f"{pair.name}.png" for pair in pairs], inputs, f"--save-fused {folder}")
 
 
 def _is_video(path: Path) -> bool:

@@ -17,6 +17,7 @@ from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, PendingArrays, default_batch_size
+from ldfusion.paths import refuse_overwriting_inputs
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.fuse")
@@ -91,11 +92,8 @@ def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwri
     """Before anything is written: --out is a folder, no output is an input, and existing outputs need --overwrite."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"--out {out_dir} is a file, not a folder")
-    inputs = {path.resolve() for pair in pairs for path in (pair.ir, pair.vi)}
     outputs = [out_dir / name for pair in pairs for name in output_names(pair, with_sbs)]
-    clash = next((path for path in outputs if path.resolve() in inputs), None)
-    if clash is not None:
-        raise DataError(f"--out {out_dir}: writing {clash.name} would overwrite an input image; choose another folder")
+    refuse_overwriting_inputs(outputs, [path for pair in pairs for path in (pair.ir, pair.vi)], f"--out {out_dir}")
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
         raise DataError(f"--out {out_dir} already holds {len(existing)} of the fused images (first: {existing[0].name}); pass --overwrite to replace them")
