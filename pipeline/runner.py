@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 
 from calibration.fileformat import Registration, load_registration
 from ldfusion.config import to_dict, write_yaml
+from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.redact import mask_credentials
 from ldfusion.threads import decoder_threads
@@ -216,7 +218,25 @@ class Pipeline:
             raise self._errors[0]
         summary = self._summary(fuser, outputs)
         self._write_summary(summary)
+        self._refuse_streams_that_paired_nothing(summary)
         return summary
+
+    def _refuse_streams_that_paired_nothing(self, summary: RunSummary) -> None:
+        """A stream that read frames on both sides and paired none wrote nothing: almost always
+        a time offset or slop that keeps every pair apart. An error in file mode (exit 2, the
+        other streams' outputs complete), a warning in live mode. Not after a stop (Ctrl-C, a
+        time limit): a stream may have read a few frames and not paired them yet."""
+        if self._stopped_by is not None:
+            return
+        for stream in summary.streams:
+            if stream.read_ir and stream.read_vi and not self.stats.stream_counts(stream.stream).paired:
+                message = (f"stream {stream.stream}: none of its {stream.read_ir} IR and {stream.read_vi} visible frames were "
+                           "paired (no two came within the sync slop after the time offset: check sync.offset_s, sync.slop_s "
+                           "and the calibration file's time_offset_s); nothing was written for it")
+                if self.config.live:
+                    log.warning("%s", message)
+                else:
+                    raise DataError(message)
 
     def _known_output_sizes(self) -> dict[str, tuple[int, int]]:
         """Each stream's fused frame size where it is known before the first frame (from the
@@ -448,7 +468,19 @@ class Pipeline:
     def _write_summary(self, summary: RunSummary) -> None:
         if self.config.run.out_dir:
             path = Path(self.config.run.out_dir) / "summary.json"
-            path.write_text(json.dumps(summary.to_dict(), indent=2, default=str) + "\n")
+            # Strict JSON: no NaN (a run with no fused frame has no latency), which many parsers reject.
+            path.write_text(json.dumps(_finite_or_none(summary.to_dict()), indent=2, default=str, allow_nan=False) + "\n")
+
+
+def _finite_or_none(value):
+    """``value`` with every NaN or infinite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 def _load_calibration(config: StreamConfig) -> Registration | None:

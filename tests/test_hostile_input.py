@@ -653,3 +653,15 @@ def test_an_empty_camera_frame_is_a_failed_read_not_a_cv2_error():
     assert all(planes.size == (64, 48) for planes in frames)
     with pytest.raises(DataError, match="delivered an empty frame"):
         camera_planes(np.empty((0, 0), np.uint8))
+
+
+def test_a_time_offset_that_pairs_nothing_is_an_error_and_the_summary_is_strict_json(tmp_path, capsys, random_weights):
+    """An offset beyond the clip keeps every pair apart: nothing can be written, and the run
+    must say so rather than exit 0 with an empty output. summary.json has no NaN latency."""
+    data = video_config(tmp_path)
+    data["streams"][0]["sync"] = {"offset_s": 100.0}
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    line = one_error_line(capsys, "ldfusion run")
+    assert "stream cam0: none of its 6 IR and 6 visible frames were paired" in line and "sync.offset_s" in line
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert summary["frames_out"] == 0 and summary["latency_ms_p50"] is None
