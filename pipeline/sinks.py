@@ -231,10 +231,14 @@ class ZmqSink(Sink):
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))  # let queued frames go out on close
         try:
+            check_tcp_port(endpoint)
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise ConfigError(f"cannot bind ZeroMQ publisher to {endpoint}: {exc}") from None
+        except ConfigError:
+            self.close()
+            raise
         if not _is_local(endpoint):
             log.warning("ZeroMQ publisher on %s is reachable from other machines", endpoint)
         self.endpoint = endpoint
@@ -273,6 +277,16 @@ class ZmqSink(Sink):
     def close(self) -> None:
         self._socket.close()
         self._context.term()
+
+
+def check_tcp_port(endpoint: str) -> None:
+    """A tcp:// endpoint's port must be 1-65535 or ``*``: ZeroMQ takes 99999 modulo 65536
+    and binds port 34463 without a word, so a subscriber on the port the config names hears nothing."""
+    if not endpoint.startswith("tcp://"):
+        return
+    port = endpoint.rsplit(":", 1)[-1]
+    if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"ZeroMQ endpoint {endpoint}: the port must be 1-65535 (or * for any free port); got {port!r}")
 
 
 def _is_local(endpoint: str) -> bool:

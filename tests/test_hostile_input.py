@@ -665,3 +665,11 @@ def test_a_time_offset_that_pairs_nothing_is_an_error_and_the_summary_is_strict_
     assert "stream cam0: none of its 6 IR and 6 visible frames were paired" in line and "sync.offset_s" in line
     summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=lambda name: pytest.fail(name))
     assert summary["frames_out"] == 0 and summary["latency_ms_p50"] is None
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_a_zmq_endpoint_with_a_port_out_of_range_is_refused_before_anything_runs(tmp_path, capsys, random_weights, port):
+    """ZeroMQ itself binds port 99999 as 34463, silently: subscribers on 99999 would hear nothing."""
+    data = video_config(tmp_path, sinks=[{"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"}])
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert f"the port must be 1-65535 (or * for any free port); got '{port}'" in one_error_line(capsys, "ldfusion run")
