@@ -26,13 +26,35 @@ from ldfusion.errors import ConfigError
 C = TypeVar("C")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: PyYAML keeps the
+    last one silently, so a second ``model:`` block would drop the first without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *anchor`` may override on purpose
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader's own check names an unhashable key
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} appears twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | os.PathLike, what: str = "config file", error: type[ConfigError] = ConfigError) -> dict:
-    """A YAML mapping from ``path`` (``yaml.safe_load``); problems raise ``error`` naming the file."""
+    """A YAML mapping from ``path`` (safe loading: plain data only); problems raise ``error`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a YAML {what} (not UTF-8 text)") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -673,3 +673,26 @@ def test_a_zmq_endpoint_with_a_port_out_of_range_is_refused_before_anything_runs
     data = video_config(tmp_path, sinks=[{"kind": "zmq", "endpoint": f"tcp://127.0.0.1:{port}"}])
     assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
     assert f"the port must be 1-65535 (or * for any free port); got '{port}'" in one_error_line(capsys, "ldfusion run")
+
+
+def test_a_key_given_twice_in_a_config_is_an_error_naming_it(tmp_path, capsys, random_weights):
+    """PyYAML keeps the last of two keys: the first model block would vanish without a word."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(video_config(tmp_path)) + "model: {batch_size: 2}\n")
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert "the key 'model' appears twice" in one_error_line(capsys, "ldfusion run")
+
+
+def test_yaml_anchors_and_merge_keys_still_load(tmp_path):
+    from ldfusion.config import read_yaml
+
+    path = tmp_path / "anchors.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nderived:\n  <<: *b\n  y: 3\n")
+    assert read_yaml(path) == {"base": {"x": 1, "y": 2}, "derived": {"x": 1, "y": 3}}
+
+
+def test_a_config_that_is_not_utf8_text_is_one_line_naming_the_file(tmp_path, capsys, random_weights):
+    config = tmp_path / "binary.yaml"
+    config.write_bytes(b"\xff\xfe\x00bin")
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert one_error_line(capsys, "ldfusion run") == f"ldfusion run: error: {config}: not a YAML config file (not UTF-8 text)"
