@@ -92,6 +92,8 @@ def safe_torch_load(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(exc)})") from None
+    except Exception:  # noqa: BLE001 - arbitrary bytes make the legacy unpickler fail in any way (KeyError, IndexError ...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a file torch.save wrote)") from None
 
 
 def load_checkpoint(path: str | os.PathLike, variant: str | None = None) -> Checkpoint:

@@ -71,7 +71,7 @@ def test_unknown_layout_reports_the_closest_variant(tmp_path):
         load_model(tmp_path / "odd.pt")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip"])
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip", b"hello"])  # "hello": KeyError inside torch
 def test_corrupt_file_is_a_clear_error_naming_the_file(tmp_path, content):
     path = tmp_path / "corrupt.pt"
     path.write_bytes(content)

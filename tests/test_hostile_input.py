@@ -696,3 +696,15 @@ def test_a_config_that_is_not_utf8_text_is_one_line_naming_the_file(tmp_path, ca
     config.write_bytes(b"\xff\xfe\x00bin")
     assert run_command(config, weights=random_weights["ld-lite"]) == 2
     assert one_error_line(capsys, "ldfusion run") == f"ldfusion run: error: {config}: not a YAML config file (not UTF-8 text)"
+
+
+def test_a_size_no_machine_holds_is_one_line_not_a_memory_error_class(capsys):
+    from ldfusion.cli.common import one_line_errors
+
+    @one_line_errors("ldfusion probe")
+    def allocate() -> int:
+        raise MemoryError("Unable to allocate 1006. GiB for an array with shape (100000, 100000, 3)")
+
+    assert allocate() == 2
+    assert one_error_line(capsys, "ldfusion probe") == (
+        "ldfusion probe: error: not enough memory: Unable to allocate 1006. GiB for an array with shape (100000, 100000, 3)")

@@ -64,6 +64,9 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., i
                 where = f": {exc.filename}" if exc.filename else ""
                 error_line(prog, f"{exc.strerror or first_line(exc)}{where}")
                 return EXIT_USER_ERROR
+            except MemoryError as exc:  # sizes a user asked for (100000x100000 frames) that no machine holds
+                error_line(prog, f"not enough memory: {first_line(exc) or 'the sizes asked for are too large'}")
+                return EXIT_USER_ERROR
             except KeyboardInterrupt:
                 error_line(prog, "interrupted")
                 return EXIT_INTERRUPTED
