@@ -47,6 +47,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | os.PathLike, what: str = "config file", error: type[ConfigError] = ConfigError) -> dict:
     """A YAML mapping from ``path`` (safe loading: plain data only); problems raise ``error`` naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{path} is a folder, not a {what}")
     if not path.is_file():
         raise error(f"{what} not found: {path}")
     try:

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.errors import DataError
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, is_auto, resolve_model, resolve_weights_path
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
+    if args.out.is_dir():  # found now, not after minutes of measuring
+        raise DataError(f"--out {args.out} is a folder; bench writes its results to a JSON file")
     devices = [resolve_device(name) for name in (args.devices or default_devices())]
     weights = choose_weights(args.weights, devices[0])
     path = resolve_weights_path(weights)

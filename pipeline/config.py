@@ -39,6 +39,7 @@ from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
 from ldfusion.paths import file_key
+from ldfusion.variants import VARIANTS
 
 SOURCE_KINDS = ("video", "images", "camera")
 WARPS = ("ir_to_visible", "visible_to_ir")
@@ -185,6 +186,8 @@ class ModelConfig:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.compile_mode not in COMPILE_KINDS:
             raise ValueError(f"compile_mode must be one of {', '.join(COMPILE_KINDS)}; got {self.compile_mode!r}")
+        if self.variant is not None and self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(sorted(VARIANTS))}; got {self.variant!r}")
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1; got {args.max_frames}")
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(f"--out {args.out} is a file; a folder is expected")
     args.out.mkdir(parents=True, exist_ok=True)
     description, ir, visible = choose_inputs(args)
     log.info("demo on %s", description)

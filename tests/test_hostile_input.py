@@ -708,3 +708,25 @@ def test_a_size_no_machine_holds_is_one_line_not_a_memory_error_class(capsys):
     assert allocate() == 2
     assert one_error_line(capsys, "ldfusion probe") == (
         "ldfusion probe: error: not enough memory: Unable to allocate 1006. GiB for an array with shape (100000, 100000, 3)")
+
+
+def test_wrong_output_kinds_and_names_are_refused_before_any_work(tmp_path, capsys, random_weights):
+    """Each one line naming the option, found at the start (bench measured for minutes first)."""
+    a_file, a_folder = tmp_path / "a_file", tmp_path / "a_folder"
+    a_file.write_text("x")
+    a_folder.mkdir()
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    cases = [
+        (["bench", "--devices", "cpu", "--out", str(a_folder)], f"--out {a_folder} is a folder; bench writes its results to a JSON file"),
+        (["demo", "--out", str(a_file)], f"--out {a_file} is a file; a folder is expected"),
+        (["eval", "--ir", str(ir_dir), "--vi", str(vi_dir), "--fuse-with", str(random_weights["ld-lite"]), "--out", str(a_file)],
+         f"--out {a_file} is a file; a folder is expected"),
+        (["run", str(a_folder)], f"{a_folder} is a folder, not a config file"),
+        (["run", str(write_config(tmp_path, video_config(tmp_path))), "--variant", "bogus"],
+         "variant must be one of fast, fast-wide-code, ld-lite, ldfusion; got 'bogus'"),
+    ]
+    for argv, expected in cases:
+        assert dispatcher.main(argv) == 2, argv
+        command = f"ldfusion {argv[0]}"
+        assert one_error_line(capsys, command) == f"{command}: error: {expected}"
+    assert a_file.read_text() == "x" and not any(a_folder.iterdir())

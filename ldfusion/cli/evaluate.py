@@ -129,6 +129,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--every must be at least 1; got {args.every}")
     if args.max_frames is not None and args.max_frames < 1:
         raise DataError(f"--max-frames must be at least 1; got {args.max_frames}")
+    if args.out.exists() and not args.out.is_dir():
+        raise DataError(f"--out {args.out} is a file; a folder is expected")
     kinds = {path: _is_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{path} ({'video' if is_video else 'images'})" for path, is_video in kinds.items())
