@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import os
 from pathlib import Path
 
@@ -118,3 +119,11 @@ def test_newer_format_version_is_refused(tmp_path):
     torch.save(payload, path)
     with pytest.raises(CheckpointError, match="version 99 is newer"):
         load_checkpoint(path)
+
+
+def test_a_raw_pickle_is_refused_in_one_line_without_torchs_protocol_warning(tmp_path, capsys):
+    path = tmp_path / "raw.pt"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(CheckpointError, match="raw.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(path)
+    assert "Detected pickle protocol" not in capsys.readouterr().err
