@@ -19,10 +19,15 @@ from tqdm.auto import tqdm
 from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
 from calibration.imaging import image_size, parse_size, size_ratio_homography
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
-from ldfusion.imageio import IR_16BIT_MODES, pair_folders, read_infrared, read_visible, write_image
+from ldfusion.errors import DataError
+from ldfusion.imageio import IR_16BIT_MODES, check_image_destination, pair_folders, read_infrared, read_visible, write_image
+from ldfusion.paths import file_key
 
 log = logging.getLogger("calibration.cli")
 PROG = "ldfusion calibrate"
+# The largest board image `board` draws, pixels a side: 20000 px prints 85 cm at 600 dpi (the
+# short side of A0), more than any target needs, and the image then stays under 400 MB.
+MAX_BOARD_SIDE = 20000
 
 EPILOG = """\
 examples:
@@ -232,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 def run_target(args: argparse.Namespace) -> int:
     from calibration.target import calibrate_from_target
 
+    _check_finite(args.square_size, "--square-size")  # a NaN would end up in the stereo T
+    _check_finite(args.marker_size, "--marker-size")
     board = _board(args.pattern, args.charuco, args.square_size, args.marker_size, args.legacy_charuco)
     pairs = pair_folders(args.ir, args.vi)
+    _check_out(args.out, *[("--ir", pair.ir) for pair in pairs], *[("--vi", pair.vi) for pair in pairs])
     loaded = []
     for pair in tqdm(pairs, unit="pair", desc="read", disable=len(pairs) < 8):
         loaded.append((pair.name, read_infrared(pair.ir, args.ir_16bit), read_visible(pair.vi)))
@@ -264,9 +272,12 @@ def run_target(args: argparse.Namespace) -> int:
 def run_scene(args: argparse.Namespace) -> int:
     from calibration.scene import MIN_CONFIDENCE, SceneOptions, SearchRange, register_frames
 
+    for flag, value in (("--max-scale", args.max_scale), ("--max-rotation", args.max_rotation), ("--max-shift", args.max_shift)):
+        _check_finite(value, flag)
     search = SearchRange(args.max_scale, args.max_rotation, args.max_shift)
     options = SceneOptions(model=args.model, search=search, max_width=max(args.max_width, 160))
-    min_confidence = MIN_CONFIDENCE if args.min_confidence is None else args.min_confidence
+    min_confidence = _min_confidence(args.min_confidence, MIN_CONFIDENCE)
+    _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi), ("--init", args.init))
     pairs = _scene_pairs(args)
     ir, vi = pairs[0]
     init, time_offset = None, 0.0
@@ -330,6 +341,7 @@ def _scene_pairs(args: argparse.Namespace) -> list:
 def run_points(args: argparse.Namespace) -> int:
     from calibration.points import check_inside, fit_points, read_point_pairs
 
+    _check_out(args.out, ("--file", args.file))
     pairs = read_point_pairs(args.file)
     ir_size = _size_argument(args.ir_size, "--ir-size") or pairs.ir_size
     vi_size = _size_argument(args.vi_size, "--vi-size") or pairs.vi_size
@@ -353,6 +365,9 @@ def run_points(args: argparse.Namespace) -> int:
 def run_offset(args: argparse.Namespace) -> int:
     from calibration.timing import estimate_offset, motion_energy, video_size
 
+    _check_positive_seconds(args.max_offset, "--max-offset")
+    _check_positive_seconds(args.max_seconds, "--max-seconds")
+    _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi))  # --out may be --calib: that updates it
     ir_size, vi_size = video_size(args.ir), video_size(args.vi)
     if args.calib is not None:
         registration = load_registration(args.calib)
@@ -381,6 +396,8 @@ def run_offset(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from calibration.verify import check_sizes, verify
 
+    _check_finite(args.min_score, "--min-score")
+    _check_image_out(args.out, ("--calib", args.calib), ("--ir", args.ir), ("--vi", args.vi))
     registration = load_registration(args.calib)
     ir, vi = read_infrared(args.ir, args.ir_16bit), read_visible(args.vi)
     check_sizes(registration, ir, vi)
@@ -398,11 +415,18 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_board(args: argparse.Namespace) -> int:
-    from calibration.target import board_image
+    from calibration.target import board_image, board_image_size
 
     board = _board(args.pattern, args.charuco, 1.0, None, False)
     if args.pixels_per_square < 8:
         raise CalibrationError(f"--pixels-per-square must be at least 8; got {args.pixels_per_square}")
+    width, height = board_image_size(board, args.pixels_per_square)
+    if max(width, height) > MAX_BOARD_SIDE:
+        raise CalibrationError(
+            f"the board image would be {width}x{height} px (--pattern {args.pattern}, --pixels-per-square "
+            f"{args.pixels_per_square}); at most {MAX_BOARD_SIDE} px a side: give a smaller --pixels-per-square or --pattern"
+        )
+    _check_image_out(args.out)
     image, _ = board_image(board, args.pixels_per_square)
     write_image(args.out, image)
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {board.label})")
@@ -410,6 +434,46 @@ def run_board(args: argparse.Namespace) -> int:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _check_out(out: Path, *inputs: tuple[str, Path | None]) -> None:
+    """--out must name a file that is none of the inputs (flag, path): checked before any work,
+    so a slip costs neither the run nor an input."""
+    if out.is_dir():
+        raise CalibrationError(f"--out {out} is a folder; give a file name")
+    for flag, path in inputs:
+        if path is not None and file_key(out) == file_key(path):  # hard links and other spellings included
+            raise CalibrationError(f"--out {out} is the same file as {flag} {path}; refusing to overwrite an input")
+
+
+def _check_image_out(out: Path, *inputs: tuple[str, Path | None]) -> None:
+    """``_check_out``, and OpenCV must have a writer for --out's extension."""
+    _check_out(out, *inputs)
+    try:
+        check_image_destination(out)
+    except DataError as exc:
+        raise DataError(f"--out: {exc}") from None
+
+
+def _check_finite(value: float | None, flag: str) -> None:
+    if value is not None and not math.isfinite(value):
+        raise CalibrationError(f"{flag} must be a finite number; got {value}")
+
+
+def _check_positive_seconds(value: float | None, flag: str) -> None:
+    # Checked before decoding: a NaN or inf would otherwise fail only after both videos were read.
+    if value is not None and not 0 < value < math.inf:
+        raise CalibrationError(f"{flag} must be a positive number of seconds; got {value:g}")
+
+
+def _min_confidence(value: float | None, default: float) -> float:
+    """--min-confidence, or ``default``. The score lies in [0, 1], so 0 refuses nothing; a NaN
+    would fail every comparison and so refuse nothing either, silently."""
+    if value is None:
+        return default
+    if not 0.0 <= value <= 1.0:
+        raise CalibrationError(f"--min-confidence must lie within 0 to 1 (0 refuses nothing); got {value:g}")
+    return value
 
 
 def _board(pattern: str, charuco: str | None, square_size: float, marker_size: float | None, legacy: bool):

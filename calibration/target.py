@@ -18,6 +18,7 @@ the distance to the scene; hold the board at the working distance.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -61,15 +62,27 @@ class BoardSpec:
         if self.columns < smallest or self.rows < smallest:
             what = "inner corners" if self.kind == "checkerboard" else "squares"
             raise CalibrationError(f"a {self.kind} needs at least {smallest}x{smallest} {what}; got {self.columns}x{self.rows}")
-        if self.square_size <= 0:
-            raise CalibrationError(f"square size must be positive; got {self.square_size}")
+        if not 0 < self.square_size < math.inf:  # a NaN would pass `<= 0` and put NaN into the stereo T
+            raise CalibrationError(f"square size must be a positive number; got {self.square_size}")
         if self.kind == "charuco":
             if not hasattr(cv2.aruco, self.dictionary):
                 raise CalibrationError(f"unknown ArUco dictionary {self.dictionary!r} (e.g. DICT_4X4_50, DICT_5X5_100)")
+            self._check_enough_markers()
             marker = self.marker_size if self.marker_size is not None else 0.75 * self.square_size
             if not 0 < marker < self.square_size:
                 raise CalibrationError(f"marker size must lie between 0 and the square size; got {marker}")
             object.__setattr__(self, "marker_size", float(marker))
+
+    def _check_enough_markers(self) -> None:
+        # Half the squares (rounded down) hold a marker, each a different one of the dictionary;
+        # OpenCV would fail with an assertion on the first id the dictionary lacks.
+        needed = self.columns * self.rows // 2
+        available = len(cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, self.dictionary)).bytesList)
+        if needed > available:
+            raise CalibrationError(
+                f"a {self.columns}x{self.rows} ChArUco board needs {needed} markers but {self.dictionary} has only "
+                f"{available}: choose fewer squares (--pattern) or a larger dictionary (--charuco)"
+            )
 
     @property
     def label(self) -> str:
@@ -89,19 +102,26 @@ class BoardSpec:
         return board
 
 
+def board_image_size(board: BoardSpec, pixels_per_square: int) -> Size:
+    """(width, height) of ``board_image``'s image: the squares plus a one-square margin each side."""
+    # A checkerboard counts inner corners, so it has one square more than that each way.
+    extra = 2 if board.kind == "charuco" else 3
+    return (board.columns + extra) * int(pixels_per_square), (board.rows + extra) * int(pixels_per_square)
+
+
 def board_image(board: BoardSpec, pixels_per_square: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """A printable board with a one-square white margin: (uint8 image, 3x3 map board -> pixels).
 
     Board coordinates are those of ``object_points`` divided by the square size.
     """
     px = int(pixels_per_square)
+    width, height = board_image_size(board, px)
     if board.kind == "charuco":
-        size = ((board.columns + 2) * px, (board.rows + 2) * px)
-        image = board.charuco_board().generateImage(size, marginSize=px)
+        image = board.charuco_board().generateImage((width, height), marginSize=px)
         origin = px  # the board's outer corner; object points count from there
     else:
         squares = np.add.outer(np.arange(board.rows + 1), np.arange(board.columns + 1)) % 2  # 0 = black, top-left
-        image = np.full(((board.rows + 3) * px, (board.columns + 3) * px), 255, np.uint8)
+        image = np.full((height, width), 255, np.uint8)
         image[px:-px, px:-px] = np.kron(squares * 255, np.ones((px, px))).astype(np.uint8)
         origin = 2 * px  # object points count from the first inner corner
     # A pixel's centre lies half a pixel inside its edge.

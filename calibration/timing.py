@@ -91,6 +91,8 @@ def motion_energy(
     ``progress``: a label for a progress bar while decoding (no bar when None).
     """
     path = Path(path)
+    if max_seconds is not None and not 0 < max_seconds < math.inf:
+        raise CalibrationError(f"the analysed duration must be a positive number of seconds; got {max_seconds}")
     with VideoReader(path, luma_only=True) as reader:
         return _motion_energy(reader, path, max_seconds, width, progress)
 
@@ -108,7 +110,8 @@ def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, w
             times.append(0.5 * (time + previous_time))
         previous, previous_time = gray, time
     if len(energies) < MIN_FRAMES:
-        raise CalibrationError(f"{path}: only {len(energies) + 1} frame(s) decoded; need at least {MIN_FRAMES + 1}")
+        within = f" in the first {max_seconds:g} s" if max_seconds is not None else ""  # the cap, not the video, may be short
+        raise CalibrationError(f"{path}: only {len(energies) + 1} frame(s) decoded{within}; need at least {MIN_FRAMES + 1}")
     if not fps:
         fps = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
     return MotionSignal(np.array(times), np.array(energies), fps, size)
@@ -148,8 +151,8 @@ def estimate_offset(ir: MotionSignal, vi: MotionSignal, max_offset_s: float | No
     ir_duration, vi_duration = ir.times[-1] - ir.times[0], vi.times[-1] - vi.times[0]
     if max_offset_s is None:
         max_offset_s = min(10.0, 0.5 * min(ir_duration, vi_duration))
-    if max_offset_s <= 0:
-        raise CalibrationError(f"the maximum offset must be positive; got {max_offset_s}")
+    if not 0 < max_offset_s < math.inf:  # NaN and inf would pass `<= 0` and break the lag grid
+        raise CalibrationError(f"the maximum offset must be a positive number of seconds; got {max_offset_s}")
     ir_signal, vi_signal = _matched_regions(_prepare(ir, rate), _prepare(vi, rate))
     # ir(t) ~ vi(t + offset). Infrared sample k (at ir_t0 + k/rate) meets visible sample
     # k + shift, so offset = shift / rate + (vi_t0 - ir_t0).

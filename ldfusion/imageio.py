@@ -174,9 +174,22 @@ def read_pair(pair: ImagePair, mode_16bit: str = "stretch") -> tuple[np.ndarray,
     return visible, ir
 
 
+def check_image_destination(path: str | os.PathLike) -> None:
+    """Raise DataError unless an image can be written at ``path``: a file name (not a folder)
+    whose extension OpenCV has an encoder for. Commands call it before their work, so a typo
+    in the name does not cost the run (OpenCV's own complaint is a multi-line C++ trace)."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give an image file name such as {path / 'out.png'}")
+    if not cv2.haveImageWriter(str(path)):
+        problem = f"OpenCV has no writer for the extension {path.suffix!r}" if path.suffix else "the name has no extension"
+        raise DataError(f"cannot write an image to {path}: {problem} (use .png or .jpg)")
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write (H, W) gray or (H, W, 3) RGB uint8; raises DataError when the encoder fails."""
     path = Path(path)
+    check_image_destination(path)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
     if not cv2.imwrite(str(path), bgr):
         raise DataError(f"could not write image {path}")

@@ -1,0 +1,196 @@
+"""``ldfusion calibrate`` on bad input: one line naming the option, exit 2, before any work or write.
+
+Each test runs the command the way a user does (``ldfusion calibrate ...`` in-process) on tiny
+inputs in ``tmp_path`` and checks that every file there is left exactly as it was: nothing
+overwritten, nothing half-written, no temporary file left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from calibration_helpers import moving_blobs, write_video
+
+from calibration.fileformat import identity_registration, save_registration
+from ldfusion.errors import DataError
+from ldfusion.imageio import write_image
+from ldfusion_cli.main import main
+
+SIZE = (64, 48)  # (width, height) of every input image
+# A Python exception's class name in the message means an error escaped the one-line handling.
+EXCEPTION_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """ir.png, vi.png, calib.yaml (identity at SIZE), points.yaml (4 pairs) and an empty folder/."""
+    gray = np.random.default_rng(0).integers(0, 256, SIZE[::-1], dtype=np.uint8)  # (H, W)
+    write_image(tmp_path / "ir.png", gray)
+    write_image(tmp_path / "vi.png", np.repeat(gray[:, :, None], 3, axis=2))
+    save_registration(tmp_path / "calib.yaml", identity_registration(*SIZE))
+    corners = [[1, 1], [60, 1], [1, 40], [60, 40]]
+    (tmp_path / "points.yaml").write_text(yaml.safe_dump({"points": [{"ir": c, "vi": c} for c in corners]}))
+    (tmp_path / "folder").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def videos(folder) -> Path:
+    """ir.mp4 and vi.mp4 beside the images: 20 frames of moving blobs, enough to decode and correlate."""
+    frames = moving_blobs(20, SIZE)
+    write_video(folder / "ir.mp4", frames, 10)
+    write_video(folder / "vi.mp4", frames, 10)
+    return folder
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for a folder)."""
+    return {str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes() for path in sorted(folder.rglob("*"))}
+
+
+def _refused(argv: list[str], folder: Path, capsys, *names: str) -> str:
+    """Run ``ldfusion calibrate argv``: exit 2, one stderr line naming ``names``, ``folder`` untouched."""
+    before = _snapshot(folder)
+    assert main(["calibrate", *map(str, argv)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ldfusion calibrate: error: "), lines
+    assert not EXCEPTION_NAME.search(lines[0]), lines[0]
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+    assert _snapshot(folder) == before
+    return lines[0]
+
+
+# --- 1, 2: --out must not be an input --------------------------------------------------------
+
+
+def _points(d: Path, out) -> list:
+    return ["points", "--file", d / "points.yaml", "--ir-size", "64x48", "--vi-size", "64x48", "--out", out]
+
+
+def _verify(d: Path, out) -> list:
+    return ["verify", "--calib", d / "calib.yaml", "--ir", d / "ir.png", "--vi", d / "vi.png", "--out", out]
+
+
+def _scene(d: Path, out, *extra) -> list:
+    return ["scene", "--ir", d / "ir.png", "--vi", d / "vi.png", *extra, "--out", out]
+
+
+@pytest.mark.parametrize(
+    "command, out, flag",
+    [
+        (_points, "points.yaml", "--file"),
+        (_verify, "ir.png", "--ir"),
+        (_verify, "vi.png", "--vi"),
+        (_verify, "calib.yaml", "--calib"),
+        (_scene, "vi.png", "--vi"),
+        (lambda d, out: _scene(d, out, "--init", d / "calib.yaml"), "calib.yaml", "--init"),
+        (lambda d, out: ["target", "--ir", d / "ir.png", "--vi", d / "vi.png", "--pattern", "4x3", "--out", out], "ir.png", "--ir"),
+    ],
+)
+def test_out_that_is_an_input_is_refused(folder, capsys, command, out, flag):
+    _refused(command(folder, folder / out), folder, capsys, "--out", flag)
+
+
+def test_offset_out_that_is_an_input_video_is_refused(videos, capsys):
+    argv = ["offset", "--ir", videos / "ir.mp4", "--vi", videos / "vi.mp4", "--out", videos / "ir.mp4"]
+    _refused(argv, videos, capsys, "--out", "--ir")
+
+
+def test_hard_link_and_other_spelling_of_an_input_count_as_the_same_file(folder, capsys):
+    os.link(folder / "points.yaml", folder / "link.yaml")
+    _refused(_points(folder, folder / "link.yaml"), folder, capsys, "--out", "--file")
+    _refused(_verify(folder, folder / "folder" / ".." / "ir.png"), folder, capsys, "--out", "--ir")
+
+
+# --- 3, 4: float options must be finite and in range, checked before the work ----------------
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "1.5"])
+def test_scene_min_confidence_must_lie_in_0_to_1(folder, capsys, value):
+    # The confidence is a score in [0, 1] (0 refuses nothing); NaN would skip the gate silently.
+    _refused(_scene(folder, folder / "s.yaml", "--min-confidence", value), folder, capsys, "--min-confidence")
+
+
+@pytest.mark.parametrize("flag", ["--max-scale", "--max-rotation", "--max-shift"])
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_scene_search_range_must_be_finite(folder, capsys, flag, value):
+    _refused(_scene(folder, folder / "s.yaml", flag, value), folder, capsys, flag)
+
+
+@pytest.mark.parametrize("flag", ["--max-offset", "--max-seconds"])
+@pytest.mark.parametrize("value", ["nan", "inf", "0", "-3"])
+def test_offset_durations_must_be_positive_and_finite(videos, capsys, flag, value):
+    # One stderr line also shows that no video was decoded: decoding draws progress bars there.
+    argv = ["offset", "--ir", videos / "ir.mp4", "--vi", videos / "vi.mp4", flag, value, "--out", videos / "o.yaml"]
+    _refused(argv, videos, capsys, flag)
+
+
+def test_verify_min_score_must_be_finite(folder, capsys):
+    # A NaN threshold fails every score: exit 1 after the overlay was written, whatever the alignment.
+    _refused([*_verify(folder, folder / "v.png"), "--min-score", "nan"], folder, capsys, "--min-score")
+
+
+@pytest.mark.parametrize("flag", ["--square-size", "--marker-size"])
+def test_target_board_sizes_must_be_finite(folder, capsys, flag):
+    argv = ["target", "--ir", folder / "ir.png", "--vi", folder / "vi.png", "--pattern", "4x3", "--charuco", "DICT_4X4_50", flag, "nan"]
+    _refused([*argv, "--out", folder / "t.yaml"], folder, capsys, flag)
+
+
+# --- 5: an --out OpenCV cannot write an image to ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["b.jpgx", "b"])
+def test_board_out_without_an_image_writer(folder, capsys, name):
+    line = _refused(["board", "--pattern", "4x3", "--out", folder / name], folder, capsys, "--out", str(folder / name))
+    assert "OpenCV(" not in line
+
+
+def test_board_out_that_is_a_folder(folder, capsys):
+    _refused(["board", "--pattern", "4x3", "--out", folder / "folder"], folder, capsys, "--out", "folder")
+
+
+def test_verify_out_without_an_image_writer_is_refused_before_the_work(folder, capsys):
+    line = _refused(_verify(folder, folder / "v.jpgx"), folder, capsys, "--out", "'.jpgx'")
+    assert "OpenCV(" not in line
+
+
+def test_write_image_names_the_path_and_the_extension(tmp_path):
+    with pytest.raises(DataError, match=r"b\.jpgx.*'\.jpgx'"):
+        write_image(tmp_path / "b.jpgx", np.zeros((8, 8), np.uint8))
+    with pytest.raises(DataError, match="is a folder"):
+        write_image(tmp_path, np.zeros((8, 8), np.uint8))
+
+
+# --- 6, 7: boards OpenCV cannot draw or memory cannot hold -----------------------------------
+
+
+def test_charuco_board_with_more_squares_than_the_dictionary_has_markers(folder, capsys):
+    # 100x100 squares need 5000 markers; DICT_4X4_50 has 50.
+    argv = ["board", "--pattern", "100x100", "--charuco", "DICT_4X4_50", "--out", folder / "b.png"]
+    _refused(argv, folder, capsys, "--pattern", "--charuco", "DICT_4X4_50")
+
+
+def test_charuco_board_that_uses_every_marker_is_drawn(tmp_path, capsys):
+    # 10x10 squares hold exactly the 50 markers of DICT_4X4_50: the limit is not off by one.
+    out = tmp_path / "b.png"
+    assert main(["calibrate", "board", "--pattern", "10x10", "--charuco", "DICT_4X4_50", "--pixels-per-square", "8", "--out", str(out)]) == 0
+    assert out.is_file()
+
+
+def test_board_pixels_per_square_has_an_upper_bound(folder, capsys):
+    argv = ["board", "--pattern", "9x6", "--pixels-per-square", "100000", "--out", folder / "b.png"]
+    _refused(argv, folder, capsys, "--pixels-per-square")
+
+
+# --- 8: a YAML --out that is a folder ----------------------------------------------------------
+
+
+def test_points_out_that_is_a_folder_names_it_not_a_temporary_file(folder, capsys):
+    line = _refused(_points(folder, folder / "folder"), folder, capsys, "--out", str(folder / "folder"))
+    assert ".tmp" not in line
