@@ -372,6 +372,17 @@ def test_lbfgs_refuses_several_processes(tmp_path, random_weights):
         Trainer(config, DistInfo(rank=0, local_rank=0, world_size=2))
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, "optim.epochs must be at least 1; got 0"),
+    ("batch_size", -2, "optim.batch_size must be at least 1; got -2"),
+    ("lr", 0.0, "optim.lr must be positive; got 0.0"),
+])
+def test_optim_config_names_the_one_value_that_is_wrong(field, value, message):
+    with pytest.raises(ValueError) as exc:
+        OptimConfig(**{field: value})
+    assert str(exc.value) == message
+
+
 def test_optim_config_names_an_unknown_optimizer():
     with pytest.raises(ValueError, match="optim.optimizer must be one of"):
         OptimConfig(optimizer="sgd")

@@ -43,8 +43,11 @@ class OptimConfig:
     lbfgs_history: int = 50
 
     def __post_init__(self) -> None:
-        if self.lr <= 0 or self.batch_size < 1 or self.epochs < 1:
-            raise ValueError("optim.lr must be positive and optim.batch_size, optim.epochs at least 1")
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be positive; got {self.lr}")
+        for name in ("batch_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"optim.{name} must be at least 1; got {getattr(self, name)}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optim.optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}")
         if self.lbfgs_iterations < 1 or self.lbfgs_history < 1:
