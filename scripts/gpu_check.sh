@@ -24,6 +24,8 @@
 #   bench_compiled  the bench's model_on_device and pipeline with --compile on,
 #            640x512, batch 32                                                     bench_compiled.json
 #   bench_graphs  the same with --compile-mode reduce-overhead (CUDA graphs)        bench_graphs.json
+#   graphs_run  scripts/graphs_check.py: CUDA graphs in whole runs (file mode, two frame sizes,
+#            PNG sinks, frames against eager's; live latency with graphs)            graphs_run.json
 #   latency  ldfusion run, live mode, the M3SVD pair replayed at its recorded 22 fps,
 #            MP4 sink: capture-to-sink p50/p99 (target p99 <= 50 ms at 30 fps)      latency_summary.json
 #   baseline the bench's model and pipeline paths from an older tree carried in
@@ -209,6 +211,13 @@ run_overhead() {  # what the pipeline costs without a network, beside decoding a
   fi
 }
 
+run_graphs_check() {  # CUDA graphs in whole runs: whether reduce-overhead can be the default
+  local device=cuda limit=()
+  if ((DRY_RUN)); then device=cpu limit=(--max-frames 5); fi
+  "$PY" scripts/graphs_check.py --ir ../shared/data/video/m3svd/infrared/1230_1202.mp4 --vi "$CLIP" --device "$device" \
+    "${limit[@]}" --out "$RESULTS/graphs_run.json"
+}
+
 run_latency() {  # live mode: the carried M3SVD pair replayed at its recorded rate, one MP4 sink
   local device=cuda limit=""
   if ((DRY_RUN)); then device=cpu limit=", max_frames: 5"; fi
@@ -249,7 +258,7 @@ run_profile() {  # every thread's Python stacks, sampled: where the pipeline's h
     --paths pipeline --compile on --compile-backend "$backend" --frames "$frames" --warmup 3 --out "$SCRATCH/bench_profiled.json"
 }
 
-export -f env_info install_wheels probe_codecs run_tests run_bench run_overhead run_compile run_streams run_latency \
+export -f env_info install_wheels probe_codecs run_tests run_bench run_overhead run_compile run_streams run_latency run_graphs_check \
   run_bench_compiled run_profile run_baseline pack_results
 export LDFUSION_MODULE TESTS_K
 export CLIP
@@ -265,6 +274,7 @@ section tests 100 run_tests
 section bench 70 "run_bench 640x512 bench.json 2048"
 section bench_compiled 80 "run_bench_compiled default bench_compiled.json"
 section bench_graphs 80 "run_bench_compiled reduce-overhead bench_graphs.json"
+section graphs_run 150 run_graphs_check
 section latency 60 run_latency
 section baseline 60 run_baseline
 section overhead 40 run_overhead
