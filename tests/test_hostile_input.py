@@ -409,11 +409,11 @@ def test_resume_turns_a_foreign_optimizer_state_into_one_line():
     from ldfusion.training.cli import resume
 
     class Trainer:
-        def resume(self, path):
+        def resume(self, path, state):
             raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
 
     with pytest.raises(CheckpointError, match="last.pt: cannot resume from this training state \\(ValueError: loaded state dict"):
-        resume(Trainer(), Path("last.pt"))
+        resume(Trainer(), Path("last.pt"), None)
 
 
 # --- 9. everyday mistakes ---------------------------------------------------------------------

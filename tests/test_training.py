@@ -82,6 +82,23 @@ def test_short_training_run_on_msrs_writes_a_checkpoint_that_fuse_loads(tmp_path
     assert cv2.imread(str(fused_dir / (Path(name).stem + ".png"))).shape == (480, 640, 3)
 
 
+def test_a_wrong_out_or_resume_file_is_refused_before_the_backbones_load(tmp_path, backbones, monkeypatch, capsys):
+    """CLIP and VGG take minutes to load (or fail to download offline): a mistake in a path
+    must be named before that."""
+    import ldfusion.training.cli as train_cli
+
+    monkeypatch.setattr(train_cli, "Trainer", lambda *a, **k: pytest.fail("the trainer was built before the paths were checked"))
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    a_file, not_a_state = tmp_path / "a_file", tmp_path / "notes.txt"
+    a_file.write_text("x")
+    not_a_state.write_text("hello")
+    config = _write_config(tmp_path / "train.yaml", ir, vi, tmp_path / "run", *backbones)
+    assert train_main(["--config", str(config), "-q", "--out", str(a_file)]) == 2
+    assert f"--out {a_file} is a file; a folder is expected" in capsys.readouterr().err
+    assert train_main(["--config", str(config), "-q", "--resume", str(not_a_state)]) == 2
+    assert "notes.txt: not a readable PyTorch checkpoint" in capsys.readouterr().err
+
+
 def test_resume_continues_from_the_last_epoch(tmp_path, backbones):
     ir, vi = _synthetic_pairs(tmp_path / "data")
     out = tmp_path / "run"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import load_config
-from ldfusion.errors import CheckpointError, first_line
+from ldfusion.checkpoint import Checkpoint, load_checkpoint
+from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.training.config import TrainConfig
 from ldfusion.training.trainer import DistInfo, Trainer, init_distributed, shutdown_distributed
 from ldfusion.variants import VARIANTS
@@ -58,22 +59,33 @@ def main(argv: list[str] | None = None) -> int:
     info = DistInfo.from_env()
     setup_logging(args.verbose, args.quiet or not info.is_main)
     config = config_from_args(args)
+    # Checked before the trainer loads CLIP and VGG (minutes, or a download error offline).
+    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir():
+        raise ConfigError(f"--out {config.out_dir} is a file; a folder is expected")
+    resume_path = _resume_path(args.resume, Path(config.out_dir))
+    resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     init_distributed(info)
     try:
         trainer = Trainer(config, info)
-        if args.resume:
-            path = Path(config.out_dir) / "last.pt" if args.resume == "auto" else Path(args.resume)
-            resume(trainer, path)
+        if resume_path is not None:
+            resume(trainer, resume_path, resume_state)
         trainer.fit()
     finally:
         shutdown_distributed()
     return 0
 
 
-def resume(trainer: Trainer, path: Path) -> None:
+def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:
+    """--resume's file: none, OUT/last.pt (``--resume`` alone), or the path given."""
+    if not resume_arg:
+        return None
+    return out_dir / "last.pt" if resume_arg == "auto" else Path(resume_arg)
+
+
+def resume(trainer: Trainer, path: Path, state: Checkpoint) -> None:
     """``Trainer.resume``; a state that does not fit (the loader has checked its shape) is one line."""
     try:
-        trainer.resume(path)
+        trainer.resume(path, state)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # torch's load_state_dict on a foreign state
         raise CheckpointError(f"{path}: cannot resume from this training state ({type(exc).__name__}: {first_line(exc)})") from None
 

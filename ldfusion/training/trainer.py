@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm.auto import tqdm
 
 from ldfusion.backbones import load_clip, load_vgg19
-from ldfusion.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ldfusion.checkpoint import Checkpoint, load_checkpoint, model_from_checkpoint, save_checkpoint
 from ldfusion.config import to_dict, write_yaml
 from ldfusion.errors import CheckpointError, ConfigError, DataError
 from ldfusion.inference import resolve_device
@@ -340,8 +340,9 @@ class Trainer:
         if every and self.epoch % every == 0:
             save_checkpoint(self.out_dir / f"epoch_{self.epoch:04d}.pt", self.model, config=config)
 
-    def resume(self, path: str | os.PathLike) -> None:
-        ckpt = load_checkpoint(path)
+    def resume(self, path: str | os.PathLike, ckpt: Checkpoint | None = None) -> None:
+        """Continue from the training state in ``path`` (``ckpt``: that file, already loaded)."""
+        ckpt = load_checkpoint(path) if ckpt is None else ckpt
         if ckpt.training is None:
             raise CheckpointError(f"{path}: holds weights only, no training state to resume from")
         if ckpt.spec.name != self.model.spec.name:
