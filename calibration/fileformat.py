@@ -74,8 +74,10 @@ class Registration:
 
     def __post_init__(self) -> None:
         H = np.asarray(self.H, dtype=np.float64)
-        if H.shape != (3, 3) or not np.all(np.isfinite(H)):
-            raise CalibrationError(f"H must be a finite 3x3 matrix; got shape {H.shape}")
+        if H.shape != (3, 3):
+            raise CalibrationError(f"H must be a 3x3 matrix; got shape {H.shape}")
+        if not np.all(np.isfinite(H)):
+            raise CalibrationError(f"H must be finite; it holds {np.count_nonzero(~np.isfinite(H))} NaN or infinite value(s)")
         if abs(np.linalg.det(H)) < 1e-12:
             raise CalibrationError("H is singular (determinant ~ 0)")
         if abs(H[2, 2]) < 1e-12:

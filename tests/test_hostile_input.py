@@ -274,6 +274,8 @@ def calibration_file(tmp_path: Path, **changes) -> Path:
         ({"destination_size": [10**9, 48]}, "destination_size must be [width, height] of whole numbers"),
         ({"error_px": float("nan")}, "error_px: must be a finite number"),
         ({"crop": [0, 0, float("nan"), 10]}, "crop must be [x, y, width, height] of whole numbers"),
+        ({"H": [[1.0, 0.0, 0.0], [0.0, float("nan"), 0.0], [0.0, 0.0, 1.0]]}, "H must be finite; it holds 1 NaN or infinite value(s)"),
+        ({"H": [[1.0, 0.0], [0.0, 1.0]]}, "H must be a 3x3 matrix; got shape (2, 2)"),
     ],
 )
 def test_calibration_files_with_bad_numbers_are_refused(tmp_path, changes, expected):
