@@ -222,6 +222,7 @@ class ZmqSink(Sink):
         linger_s: float = 1.0, pixel_format: str = "rgb24",
     ):
         super().__init__()
+        check_tcp_port(endpoint)
         self._topic = topic
         self._pixel_format = pixel_format
         self._view = view_name("fused", pixel_format)
@@ -231,14 +232,10 @@ class ZmqSink(Sink):
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))  # let queued frames go out on close
         try:
-            check_tcp_port(endpoint)
             self._socket.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise ConfigError(f"cannot bind ZeroMQ publisher to {endpoint}: {exc}") from None
-        except ConfigError:
-            self.close()
-            raise
         if not _is_local(endpoint):
             log.warning("ZeroMQ publisher on %s is reachable from other machines", endpoint)
         self.endpoint = endpoint
