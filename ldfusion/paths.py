@@ -1,4 +1,4 @@
-"""Outputs never overwrite inputs: whether two paths name one file."""
+"""Where commands write: outputs never overwrite inputs (whether two paths name one file), folders are folders."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def file_key(path: str | os.PathLike) -> tuple:
     except OSError:
         return ("path", str(Path(path).resolve()))
     return ("inode", status.st_dev, status.st_ino)
+
+
+def check_output_folder(path: Path, option: str = "--out") -> None:
+    """A folder a command writes into is absent (it is made) or a folder, never a file."""
+    if path.exists() and not path.is_dir():
+        raise DataError(f"{option} {path} is a file, not a folder")
 
 
 def refuse_overwriting_inputs(outputs: Iterable[Path], inputs: Iterable[Path], option: str) -> None:

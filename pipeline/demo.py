@@ -16,6 +16,7 @@ from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments
 from ldfusion.color import planes_to_image
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import write_image
+from ldfusion.paths import check_output_folder
 from ldfusion.synthetic import write_paired_clip
 from ldfusion.video import VideoReader
 from pipeline.config import ModelConfig, PipelineConfig, RunConfig, SinkConfig, SourceConfig, StreamConfig
@@ -114,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1; got {args.max_frames}")
-    if args.out.exists() and not args.out.is_dir():
-        raise DataError(f"--out {args.out} is a file; a folder is expected")
+    check_output_folder(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     description, ir, visible = choose_inputs(args)
     log.info("demo on %s", description)

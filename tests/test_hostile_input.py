@@ -720,9 +720,9 @@ def test_wrong_output_kinds_and_names_are_refused_before_any_work(tmp_path, caps
     ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
     cases = [
         (["bench", "--devices", "cpu", "--out", str(a_folder)], f"--out {a_folder} is a folder; bench writes its results to a JSON file"),
-        (["demo", "--out", str(a_file)], f"--out {a_file} is a file; a folder is expected"),
+        (["demo", "--out", str(a_file)], f"--out {a_file} is a file, not a folder"),
         (["eval", "--ir", str(ir_dir), "--vi", str(vi_dir), "--fuse-with", str(random_weights["ld-lite"]), "--out", str(a_file)],
-         f"--out {a_file} is a file; a folder is expected"),
+         f"--out {a_file} is a file, not a folder"),
         (["run", str(a_folder)], f"{a_folder} is a folder, not a config file"),
         (["run", str(write_config(tmp_path, video_config(tmp_path))), "--variant", "bogus"],
          "variant must be one of fast, fast-wide-code, ld-lite, ldfusion; got 'bogus'"),

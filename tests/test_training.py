@@ -94,7 +94,7 @@ def test_a_wrong_out_or_resume_file_is_refused_before_the_backbones_load(tmp_pat
     not_a_state.write_text("hello")
     config = _write_config(tmp_path / "train.yaml", ir, vi, tmp_path / "run", *backbones)
     assert train_main(["--config", str(config), "-q", "--out", str(a_file)]) == 2
-    assert f"--out {a_file} is a file; a folder is expected" in capsys.readouterr().err
+    assert f"--out {a_file} is a file, not a folder" in capsys.readouterr().err
     assert train_main(["--config", str(config), "-q", "--resume", str(not_a_state)]) == 2
     assert "notes.txt: not a readable PyTorch checkpoint" in capsys.readouterr().err
 

@@ -30,7 +30,7 @@ from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_lo
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
-from ldfusion.paths import refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
 from ldfusion.video import VideoReader
@@ -129,8 +129,7 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--every must be at least 1; got {args.every}")
     if args.max_frames is not None and args.max_frames < 1:
         raise DataError(f"--max-frames must be at least 1; got {args.max_frames}")
-    if args.out.exists() and not args.out.is_dir():
-        raise DataError(f"--out {args.out} is a file; a folder is expected")
+    check_output_folder(args.out)
     kinds = {path: _is_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{path} ({'video' if is_video else 'images'})" for path, is_video in kinds.items())

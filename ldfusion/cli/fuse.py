@@ -17,7 +17,7 @@ from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, PendingArrays, default_batch_size
-from ldfusion.paths import refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.fuse")
@@ -90,8 +90,7 @@ def output_names(pair: ImagePair, with_sbs: bool) -> list[str]:
 
 def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwrite: bool) -> None:
     """Before anything is written: --out is a folder, no output is an input, and existing outputs need --overwrite."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"--out {out_dir} is a file, not a folder")
+    check_output_folder(out_dir)
     outputs = [out_dir / name for pair in pairs for name in output_names(pair, with_sbs)]
     refuse_overwriting_inputs(outputs, [path for pair in pairs for path in (pair.ir, pair.vi)], f"--out {out_dir}")
     existing = [path for path in outputs if path.exists()]

@@ -14,7 +14,8 @@ from pathlib import Path
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import load_config
 from ldfusion.checkpoint import Checkpoint, load_checkpoint
-from ldfusion.errors import CheckpointError, ConfigError, first_line
+from ldfusion.errors import CheckpointError, first_line
+from ldfusion.paths import check_output_folder
 from ldfusion.training.config import TrainConfig
 from ldfusion.training.trainer import DistInfo, Trainer, init_distributed, shutdown_distributed
 from ldfusion.variants import VARIANTS
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet or not info.is_main)
     config = config_from_args(args)
     # Checked before the trainer loads CLIP and VGG (minutes, or a download error offline).
-    if Path(config.out_dir).exists() and not Path(config.out_dir).is_dir():
-        raise ConfigError(f"--out {config.out_dir} is a file; a folder is expected")
+    check_output_folder(Path(config.out_dir))
     resume_path = _resume_path(args.resume, Path(config.out_dir))
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     init_distributed(info)
