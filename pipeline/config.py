@@ -335,20 +335,18 @@ def check_outputs(config: PipelineConfig) -> None:
 
 def _check_outputs_apart_from_inputs(config: PipelineConfig) -> None:
     """No output is an input (or holds one, for a PNG folder), and no two outputs are the same."""
-    inputs = {path.resolve(): path for path in config.input_paths()}
-    input_files = {file_key(path): path for path in config.input_paths()}  # a hard link to an input is the input
+    inputs = {file_key(path): path for path in config.input_paths()}  # another name (a hard link) for an input is the input
+    input_pngs = {path.resolve().parent: path for path in config.input_paths() if path.suffix.lower() == ".png"}
     seen: dict[Path, str] = {}
     for kind, path in config.output_paths():
         resolved = path.resolve()
         if resolved in seen:
             raise ValueError(f"two outputs write {str(path)!r} ({seen[resolved]} and {kind})")
         seen[resolved] = kind
-        if kind != "png" and file_key(path) in input_files:
-            raise ValueError(f"the {kind} output {str(path)!r} would overwrite the input {str(input_files[file_key(path)])!r}")
-        for real, given in inputs.items():
-            # A PNG folder's frames are 000000.png ...: they clobber the PNGs directly in it.
-            if real == resolved or (kind == "png" and real.parent == resolved and real.suffix.lower() == ".png"):
-                raise ValueError(f"the {kind} output {str(path)!r} would overwrite the input {str(given)!r}")
+        # A PNG folder's frames are 000000.png ...: they clobber the PNGs directly in it.
+        given = inputs.get(file_key(path)) or (input_pngs.get(resolved) if kind == "png" else None)
+        if given is not None:
+            raise ValueError(f"the {kind} output {str(path)!r} would overwrite the input {str(given)!r}")
 
 
 def _inside(path: Path, folder: Path) -> bool:
