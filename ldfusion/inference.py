@@ -243,17 +243,11 @@ class Fuser:
         """Within: an input shape the compiled network has not seen runs eagerly instead of
         recording a CUDA graph (``compile_mode: reduce-overhead``; nothing changes otherwise).
         A pipeline records its graphs in the warm-up and runs inside this."""
-        network = self._network if isinstance(self._network, CompiledNetwork) else None
-        if network is None:
+        if not isinstance(self._network, CompiledNetwork):
             yield
             return
-        with network.lock:
-            network.graph_holds += 1
-        try:
+        with self._network.holding_new_graphs():
             yield
-        finally:
-            with network.lock:
-                network.graph_holds -= 1
 
     @property
     def compiled(self) -> bool:
@@ -371,7 +365,7 @@ class CompiledNetwork:
         self.graph_holds = 0
         self._compiled_shapes: set[tuple] = set()
         self._eager_shapes: set[tuple] = set()  # first seen while new graphs were held
-        self.lock = threading.Lock()  # one thread compiles a new shape; the others wait for it
+        self._lock = threading.Lock()  # one thread compiles a new shape; the others wait for it
         try:
             self._compiled = torch.compile(model, dynamic=False, backend=backend, mode=None if mode == "default" else mode)
         except Exception as exc:  # an unknown backend fails here, before any call
@@ -389,7 +383,7 @@ class CompiledNetwork:
         key = (tuple(vi_y.shape), tuple(ir.shape), vi_y.dtype, vi_y.device)
         if self.failure is None and key in self._compiled_shapes:
             return self._run_compiled(vi_y, ir)
-        with self.lock:
+        with self._lock:
             if self.failure is not None:
                 return self.model(vi_y, ir)
             if key in self._compiled_shapes:
@@ -411,6 +405,17 @@ class CompiledNetwork:
             elapsed = time.perf_counter() - start
             log.info("compile: %s for input %s %s compiled in %.1f s", self.model.spec.name, tuple(vi_y.shape), dtype, elapsed)
             return out
+
+    @contextlib.contextmanager
+    def holding_new_graphs(self) -> Iterator[None]:
+        """Within (a pipeline running): a shape first seen runs eagerly (``graph_holds``)."""
+        with self._lock:
+            self.graph_holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.graph_holds -= 1
 
     def _run_eagerly(self, key: tuple, vi_y: Tensor, ir: Tensor) -> Tensor:
         if key not in self._eager_shapes:
