@@ -51,11 +51,15 @@ class PinnedStaging:
             else:
                 buffer, done = ring.popleft()
                 done.synchronize()  # the copy that last read this buffer has finished
-            rows = buffer.numpy()
-            for row, array in zip(rows, arrays):
-                np.copyto(row, array)
+            self.fill(buffer, arrays)
             on_device = buffer.to(self.device, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             ring.append((buffer, event))
         return on_device
+
+    @staticmethod
+    def fill(buffer: Tensor, arrays: list[np.ndarray]) -> None:
+        """The host copy: each array into its row of the pinned buffer (comment above)."""
+        for row, array in zip(buffer.numpy(), arrays):
+            np.copyto(row, array)

@@ -6,8 +6,8 @@ Two measurements: each way's host copy alone, on the clip's decoded Y planes (ba
 copied right after decoding, as in the pipeline); then the whole pipeline without sinks
 (`pipeline.bench`'s synthetic clip), with an identity network and with the weights, each way
 in turn for ``--rounds`` rounds, so the ways are compared within one run on one machine.
-Only ``PinnedStaging``'s host copy changes between ways. Without CUDA the buffers are not
-pinned and the pipeline does not stage (a check of the script, not a measurement).
+Only ``PinnedStaging.fill``, the host copy, changes between ways. Without CUDA the buffers are
+not pinned and the pipeline does not stage (a check of the script, not a measurement).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 import warnings
-from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -48,35 +47,8 @@ def torch_rows_one_thread(buffer: torch.Tensor, arrays: list[np.ndarray]) -> Non
         torch.set_num_threads(threads)
 
 
-def numpy_rows(buffer: torch.Tensor, arrays: list[np.ndarray]) -> None:
-    rows = buffer.numpy()
-    for row, array in zip(rows, arrays):
-        np.copyto(row, array)
-
-
-WAYS = {"torch copy_": torch_rows, "torch copy_, 1 thread": torch_rows_one_thread, "numpy copyto": numpy_rows}
-
-
-def staging_with(fill):
-    """``PinnedStaging.upload`` with its host copy done by ``fill``."""
-
-    def upload(self, arrays):
-        key = ((len(arrays), *arrays[0].shape), arrays[0].dtype.str)
-        with self._lock:
-            ring = self._rings.setdefault(key, deque())
-            if len(ring) < self.depth:
-                buffer, done = torch.empty(key[0], dtype=torch.uint8, pin_memory=True), None
-            else:
-                buffer, done = ring.popleft()
-                done.synchronize()
-            fill(buffer, arrays)
-            on_device = buffer.to(self.device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            ring.append((buffer, event))
-        return on_device
-
-    return upload
+WAYS = {"torch copy_": torch_rows, "torch copy_, 1 thread": torch_rows_one_thread,
+        "numpy copyto (now)": staging.PinnedStaging.fill}
 
 
 def copy_alone(clip: str, batch: int, rounds: int) -> dict[str, float]:
@@ -103,19 +75,19 @@ def pipelines(weights: str, size: tuple[int, int], frames: int, batch: int, roun
     device = "cuda" if torch.cuda.is_available() else "cpu"
     fusers = {"passthrough": Fuser(IdentityFusion(), FuserOptions(device=device, half=False)),
               "pipeline": Fuser(load_model(weights), FuserOptions(device=device))}
-    original, results = staging.PinnedStaging.upload, []
+    original, results = staging.PinnedStaging.fill, []
     with tempfile.TemporaryDirectory() as folder:
         ir, vi = write_clip(synthetic_frames(*size), Path(folder), count=frames)
         try:
             for round_ in range(rounds):
                 for path, fuser in fusers.items():
                     for name, fill in WAYS.items():
-                        staging.PinnedStaging.upload = staging_with(fill)
+                        staging.PinnedStaging.fill = staticmethod(fill)
                         summary = run_pipeline(pipeline_config(ir, vi, batch, device), fuser=fuser)
                         results.append({"round": round_, "path": path, "way": name, "fps": round(float(summary.fps), 1)})
                         print(json.dumps(results[-1]), flush=True)
         finally:
-            staging.PinnedStaging.upload = original
+            staging.PinnedStaging.fill = staticmethod(original)
     return results
 
 
