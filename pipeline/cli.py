@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (config: run.overwrite); else the run refuses to start")
     parser.add_argument("--max-frames", type=int, help="stop each stream after this many fused frames")
     add_cpu_runtime_arguments(parser)  # override model.int8 and model.precision
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (-q implies it)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_logging_arguments(parser)
     return parser
@@ -75,7 +75,7 @@ def apply_arguments(config: PipelineConfig, args: argparse.Namespace) -> Pipelin
         run = replace(run, out_dir=str(args.out))
     if args.max_frames is not None:
         run = replace(run, max_frames=args.max_frames)
-    if args.no_progress:
+    if args.no_progress or args.quiet:  # -q: only warnings and errors, as in fuse, eval and demo
         run = replace(run, progress=False)
     if args.overwrite:
         run = replace(run, overwrite=True)

@@ -53,7 +53,10 @@ def test_print_config_shows_flags_applied(capsys):
     for flag, value in (("--int8", True), ("--no-int8", False)):
         assert cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), flag, "--print-config"]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["model"]["int8"] is value
-    assert printed["model"]["precision"] == "auto"
+    assert printed["model"]["precision"] == "auto" and printed["run"]["progress"] is True
+    for quiet in ("-q", "--no-progress"):  # -q silences the progress bar too, as in fuse, eval and demo
+        assert cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), quiet, "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["run"]["progress"] is False
     assert cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), "--precision", "f32", "--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["model"]["precision"] == "f32"
     code = cli.main([str(REPO_ROOT / "configs" / "video_to_mp4.yaml"), "--set", "model.precision=fp16"])
