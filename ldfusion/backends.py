@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ldfusion.errors import ConfigError
+from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionNet, pad_input
 from ldfusion.threads import network_threads
 from ldfusion.variants import VariantSpec
@@ -157,7 +157,7 @@ class OpenVinoNetwork:
             "NUM_STREAMS": streams,
             "INFERENCE_PRECISION_HINT": precision,
         })
-        self._model = self._core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+        self._model = _read_export(self._core, Path(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
         self._compiled: dict[tuple[int, ...], object] = {}
         self._idle: dict[tuple[int, ...], list] = {}  # infer requests not running, per input shape
         self._lock = threading.Lock()
@@ -197,6 +197,29 @@ class OpenVinoNetwork:
     def __call__(self, vi_y: Tensor, ir: Tensor) -> Tensor:
         """Fuse (B, 1, H, W) float32 CPU tensors; returns (B, 1, H, W) float32."""
         return self.start(vi_y, ir).result()
+
+
+def _read_export(core, path: Path):
+    """The exported graph at ``path``; a damaged file (a text file, a cut .bin) is a one-line
+    CheckpointError naming it, where OpenVINO's own error names only its C++ source."""
+    from xml.etree import ElementTree
+
+    try:
+        if path.suffix == ".xml":
+            # Checked first: OpenVINO offers a file that is not XML to its other frontends, and
+            # TensorFlow's prints its parse errors straight to stderr.
+            ElementTree.parse(path)
+        return core.read_model(str(path))
+    except (ElementTree.ParseError, RuntimeError) as exc:
+        detail = _last_line(exc)
+        raise CheckpointError(f"{path}: not a readable OpenVINO export ({detail}); delete it (and its .bin) "
+                              "and it is exported again from the weights") from None
+
+
+def _last_line(exc: BaseException) -> str:
+    """OpenVINO's errors say what went wrong on their last line, where they went wrong on the first."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else first_line(exc)
 
 
 class PendingFusion:

@@ -1,0 +1,61 @@
+"""Bad input to `export`, `fuse`, `eval`, `bench`, `subscribe` and `demo` ends in one line on
+stderr and a non-zero exit, found before the work where it can be, with no input destroyed.
+
+The cases `tests/test_hostile_input.py` covers (mostly `run`) are not repeated here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ldfusion.imageio import write_image
+from ldfusion_cli import main as dispatcher
+from tests.pipeline_helpers import marked_frame
+
+
+def one_error_line(capsys, prog: str) -> str:
+    """The single error line of a failed command (log lines above it are allowed, a traceback is not)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    errors = [line for line in err.strip().splitlines() if line.startswith(f"{prog}: ")]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def paired_folders(tmp_path: Path, width: int, height: int, count: int = 2) -> tuple[Path, Path]:
+    ir_dir, vi_dir = tmp_path / "ir", tmp_path / "vi"
+    ir_dir.mkdir()
+    vi_dir.mkdir()
+    for index in range(count):
+        write_image(ir_dir / f"{index}.png", marked_frame(index, width, height, seed=1)[:, :, 0])
+        write_image(vi_dir / f"{index}.png", marked_frame(index, width, height, seed=2))
+    return ir_dir, vi_dir
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["text", "truncated_bin"])
+def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, random_weights, damage):
+    """A cached .xml/.bin that is not OpenVINO's (a text file, a cut .bin) once ended in a
+    RuntimeError naming OpenVINO's own source file and lines of TensorFlow parser noise."""
+    pytest.importorskip("openvino")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["ld-lite"].read_bytes())
+    assert dispatcher.main(["export", "--weights", str(weights), "-q"]) == 0
+    xml = next(tmp_path.glob("w.*.xml"))
+    if damage == "text":
+        xml.write_text("<net>not a whole model\n")
+    else:
+        bin_file = xml.with_suffix(".bin")
+        bin_file.write_bytes(bin_file.read_bytes()[:300])
+    capsys.readouterr()
+    ir_dir, vi_dir = paired_folders(tmp_path, 32, 24, count=1)
+    fuse = ["fuse", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "out"), "--weights", str(weights),
+            "--device", "cpu", "--backend", "openvino", "-q"]
+    for argv in (["export", "--weights", str(weights), "-q"], fuse):
+        assert dispatcher.main(argv) == 2, argv
+        line = one_error_line(capsys, f"ldfusion {argv[0]}")
+        assert f"{xml}: not a readable OpenVINO export" in line and "delete it" in line, line
