@@ -363,6 +363,7 @@ def calibration_pairs(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike, coun
     """
     from ldfusion.imageio import pair_folders, read_pair
     from ldfusion.inference import to_chw_float, to_y_batch
+    from ldfusion.networks import pad_to_min_side
 
     pairs = pair_folders(ir_dir, vi_dir)
     step = max(1, len(pairs) // count)
@@ -370,7 +371,11 @@ def calibration_pairs(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike, coun
     for pair in pairs[::step][:count]:
         visible, ir = read_pair(pair)
         vi_y, ir_t = to_y_batch(visible), to_chw_float(ir)[None]  # (1, 1, H, W) each
-        samples.append((vi_y, ir_t) if side is None else (_centre_crop(vi_y, side), _centre_crop(ir_t, side)))
+        if side is not None:
+            vi_y, ir_t = _centre_crop(vi_y, side), _centre_crop(ir_t, side)
+        # The graph takes padded inputs (the module docstring): a frame under MIN_SIDE (7x9)
+        # would fail inside OpenVINO. pad_input pads every variant this way.
+        samples.append((pad_to_min_side(vi_y), pad_to_min_side(ir_t)))
     if not samples:
         raise ConfigError(f"no calibration pairs in {ir_dir} and {vi_dir}")
     return samples

@@ -59,3 +59,14 @@ def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, r
         assert dispatcher.main(argv) == 2, argv
         line = one_error_line(capsys, f"ldfusion {argv[0]}")
         assert f"{xml}: not a readable OpenVINO export" in line and "delete it" in line, line
+
+
+def test_int8_calibration_on_frames_smaller_than_the_network_takes(tmp_path, capsys, random_weights):
+    """7x9 calibration frames reached the graph unpadded and failed inside OpenVINO."""
+    pytest.importorskip("nncf")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["ld-lite"].read_bytes())
+    ir_dir, vi_dir = paired_folders(tmp_path, 7, 9)
+    argv = ["export", "--weights", str(weights), "--int8", "--calib-ir", str(ir_dir), "--calib-vi", str(vi_dir), "-q"]
+    assert dispatcher.main(argv) == 0, capsys.readouterr().err
+    assert len(list(tmp_path.glob("w.*.int8.xml"))) == 1
