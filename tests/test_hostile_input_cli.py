@@ -6,13 +6,14 @@ The cases `tests/test_hostile_input.py` covers (mostly `run`) are not repeated h
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from ldfusion.imageio import write_image
 from ldfusion_cli import main as dispatcher
-from tests.pipeline_helpers import marked_frame
+from tests.pipeline_helpers import marked_frame, marked_video
 
 
 def one_error_line(capsys, prog: str) -> str:
@@ -70,3 +71,22 @@ def test_int8_calibration_on_frames_smaller_than_the_network_takes(tmp_path, cap
     argv = ["export", "--weights", str(weights), "--int8", "--calib-ir", str(ir_dir), "--calib-vi", str(vi_dir), "-q"]
     assert dispatcher.main(argv) == 0, capsys.readouterr().err
     assert len(list(tmp_path.glob("w.*.int8.xml"))) == 1
+
+
+# --- eval -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("link", [os.symlink, os.link])
+def test_eval_refuses_metrics_written_over_an_input_video(tmp_path, capsys, link):
+    """A metrics file that is another name for an input (a symlink or a hard link) was
+    truncated while the input was read, and eval reported success."""
+    ir = marked_video(tmp_path / "ir.mp4", 4, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
+    out = tmp_path / "scores"
+    out.mkdir()
+    link(ir, out / "metrics.csv")
+    before = ir.read_bytes()
+    argv = ["eval", "--ir", str(ir), "--vi", str(vi), "--fused", str(vi), "--out", str(out), "-q"]
+    assert dispatcher.main(argv) == 2
+    assert f"would overwrite the input {ir}" in one_error_line(capsys, "ldfusion eval")
+    assert ir.read_bytes() == before

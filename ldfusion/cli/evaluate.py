@@ -40,6 +40,7 @@ log = logging.getLogger("ldfusion.eval")
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
 SIDE_BY_SIDE_SUFFIX = "_sbs"  # what `ldfusion fuse --side-by-side` adds; not a fused image
 _FRAME_RATE_TOLERANCE = 0.01
+METRICS_FILES = ("metrics.csv", "metrics.json", "metrics.md")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,12 +131,21 @@ def _check_arguments(args: argparse.Namespace) -> None:
     if args.max_frames is not None and args.max_frames < 1:
         raise DataError(f"--max-frames must be at least 1; got {args.max_frames}")
     check_output_folder(args.out)
+    _check_metrics_apart_from_inputs(args)
     kinds = {path: _is_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{path} ({'video' if is_video else 'images'})" for path, is_video in kinds.items())
         raise DataError(f"--ir, --vi and --fused must all be videos or all be images; got {listing}")
     if args.save_fused and (not args.fuse_with or _is_video(args.ir)):
         raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
+
+
+def _check_metrics_apart_from_inputs(args: argparse.Namespace) -> None:
+    """A metrics file in --out may be another name (a link) for an input video or image, which
+    writing it would truncate while it is read. A folder's images are checked one by one."""
+    inputs = [path for given in (args.ir, args.vi, args.fused) if given is not None
+              for path in (list_images(given).values() if given.is_dir() else [given])]
+    refuse_overwriting_inputs([args.out / name for name in METRICS_FILES], inputs, f"--out {args.out}")
 
 
 def _check_saved_fused_apart_from_inputs(pairs: list[ImagePair], folder: Path) -> None:
