@@ -90,3 +90,15 @@ def test_eval_refuses_metrics_written_over_an_input_video(tmp_path, capsys, link
     assert dispatcher.main(argv) == 2
     assert f"would overwrite the input {ir}" in one_error_line(capsys, "ldfusion eval")
     assert ir.read_bytes() == before
+
+
+def test_eval_save_fused_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, random_weights):
+    ir_dir, vi_dir = paired_folders(tmp_path, 32, 24)
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    out = tmp_path / "scores"
+    argv = ["eval", "--ir", str(ir_dir), "--vi", str(vi_dir), "--fuse-with", str(random_weights["ld-lite"]),
+            "--device", "cpu", "--save-fused", str(taken), "--out", str(out), "-q"]
+    assert dispatcher.main(argv) == 2
+    assert one_error_line(capsys, "ldfusion eval") == f"ldfusion eval: error: --save-fused {taken} is a file, not a folder"
+    assert taken.read_text() == "x" and not out.exists()

@@ -138,6 +138,8 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--ir, --vi and --fused must all be videos or all be images; got {listing}")
     if args.save_fused and (not args.fuse_with or _is_video(args.ir)):
         raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
+    if args.save_fused:
+        check_output_folder(args.save_fused, "--save-fused")  # made only when the first image is fused
 
 
 def _check_metrics_apart_from_inputs(args: argparse.Namespace) -> None:
