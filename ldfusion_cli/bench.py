@@ -11,6 +11,7 @@ from pathlib import Path
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
+from ldfusion.paths import refuse_overwriting_inputs
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, is_auto, resolve_model, resolve_weights_path
 from pipeline.bench import (
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = [resolve_device(name) for name in (args.devices or default_devices())]
     weights = choose_weights(args.weights, devices[0])
     path = resolve_weights_path(weights)
+    refuse_overwriting_inputs([args.out], [path], "--out")
     settings = BenchSettings(
         tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
         compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,

@@ -102,3 +102,24 @@ def test_eval_save_fused_that_is_a_file_is_refused_before_any_work(tmp_path, cap
     assert dispatcher.main(argv) == 2
     assert one_error_line(capsys, "ldfusion eval") == f"ldfusion eval: error: --save-fused {taken} is a file, not a folder"
     assert taken.read_text() == "x" and not out.exists()
+
+
+# --- bench ----------------------------------------------------------------------------------
+
+
+def bench_args(weights: Path, out: Path) -> list[str]:
+    return ["bench", "--weights", str(weights), "--out", str(out), "--devices", "cpu", "--paths", "model",
+            "--backend", "torch", "--batch-sizes", "1", "--frames", "1", "--warmup", "0", "--resolutions", "64x64", "-q"]
+
+
+def test_bench_refuses_to_write_its_json_over_the_weights(tmp_path, capsys, random_weights):
+    """`--out` naming the weights file replaced the checkpoint with the JSON report."""
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["ld-lite"].read_bytes())
+    before = weights.read_bytes()
+    for out in (weights, tmp_path / "link.pt"):
+        if out != weights:
+            out.symlink_to(weights)
+        assert dispatcher.main(bench_args(weights, out)) == 2
+        assert f"would overwrite the input {weights}" in one_error_line(capsys, "ldfusion bench")
+    assert weights.read_bytes() == before
