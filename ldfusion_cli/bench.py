@@ -11,7 +11,7 @@ from pathlib import Path
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
-from ldfusion.paths import refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.variants import VARIANTS
 from ldfusion.weights import choose_weights, is_auto, resolve_model, resolve_weights_path
 from pipeline.bench import (
@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    if args.out.is_dir():  # found now, not after minutes of measuring
-        raise DataError(f"--out {args.out} is a folder; bench writes its results to a JSON file")
+    check_json_destination(args.out)
     devices = [resolve_device(name) for name in (args.devices or default_devices())]
     weights = choose_weights(args.weights, devices[0])
     path = resolve_weights_path(weights)
@@ -95,3 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(runtime_summary(results)))
     print(f"\n{report['machine']['summary']}; JSON written to {args.out}")
     return 0
+
+
+def check_json_destination(out: Path) -> None:
+    """--out is a file name, and the folders above it are folders (or are made): found now,
+    not after minutes of measuring."""
+    if out.is_dir():
+        raise DataError(f"--out {out} is a folder; bench writes its results to a JSON file")
+    for folder in out.parents:
+        check_output_folder(folder, f"--out {out}: the folder")

@@ -123,3 +123,16 @@ def test_bench_refuses_to_write_its_json_over_the_weights(tmp_path, capsys, rand
         assert dispatcher.main(bench_args(weights, out)) == 2
         assert f"would overwrite the input {weights}" in one_error_line(capsys, "ldfusion bench")
     assert weights.read_bytes() == before
+
+
+def test_bench_out_inside_a_file_is_refused_before_measuring(tmp_path, capsys, random_weights, monkeypatch):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    import ldfusion_cli.bench as bench_cli
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("measured before the --out check")
+
+    monkeypatch.setattr(bench_cli, "measure_all", never)
+    assert dispatcher.main(bench_args(random_weights["ld-lite"], a_file / "sub" / "bench.json")) == 2
+    assert f"{a_file} is a file, not a folder" in one_error_line(capsys, "ldfusion bench")
