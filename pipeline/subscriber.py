@@ -38,6 +38,7 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _HEADER_KEYS = ("stream", "seq", "shape", "dtype")
 DTYPES = ("uint8", "uint16", "float32")  # what a frame may hold; the zmq sink sends uint8
 MAX_SIDE, MAX_CHANNELS = 65536, 4
+_LONGEST_POLL_MS = 3_600_000
 
 
 def decode_message(parts: list[bytes]) -> tuple[dict, np.ndarray]:
@@ -84,6 +85,14 @@ def _frame_dtype(dtype, name: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+def _poll_ms(deadline: float | None) -> int | None:
+    """Milliseconds to poll until ``deadline`` (None: forever), at most an hour: ZeroMQ takes a
+    C long, which a timeout such as 1e308 s overflows."""
+    if deadline is None:
+        return None
+    return math.ceil(min(_LONGEST_POLL_MS, max(0.0, (deadline - time.monotonic()) * 1000)))  # ceil: no early wake-up to spin on
+
+
 class Subscriber:
     """Subscribes to ``<topic>`` (every stream) or ``<topic>/<stream id>`` (one stream).
 
@@ -119,9 +128,10 @@ class Subscriber:
         """The next well-formed (header, frame), or None when ``timeout_s`` passes first."""
         deadline = None if timeout_s is None else time.monotonic() + max(0.0, timeout_s)
         while True:
-            timeout_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(timeout_ms, zmq.POLLIN):
-                return None
+            if not self._socket.poll(_poll_ms(deadline), zmq.POLLIN):
+                if deadline is None or not time.monotonic() < deadline:  # `not <`: a NaN timeout ends too
+                    return None
+                continue  # a long timeout waits in several polls
             try:
                 return decode_message(self._socket.recv_multipart())
             except DataError as exc:

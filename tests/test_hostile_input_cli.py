@@ -7,12 +7,16 @@ The cases `tests/test_hostile_input.py` covers (mostly `run`) are not repeated h
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import zmq
 
 from ldfusion.imageio import write_image
 from ldfusion_cli import main as dispatcher
+from pipeline import subscriber as subscriber_cli
 from tests.pipeline_helpers import marked_frame, marked_video
 
 
@@ -136,3 +140,32 @@ def test_bench_out_inside_a_file_is_refused_before_measuring(tmp_path, capsys, r
     monkeypatch.setattr(bench_cli, "measure_all", never)
     assert dispatcher.main(bench_args(random_weights["ld-lite"], a_file / "sub" / "bench.json")) == 2
     assert f"{a_file} is a file, not a folder" in one_error_line(capsys, "ldfusion bench")
+
+
+# --- subscribe ------------------------------------------------------------------------------
+
+
+def test_subscribe_with_a_huge_timeout_waits_instead_of_overflowing(capsys):
+    """--timeout 1e308 (finite, so it passed the check) overflowed ZeroMQ's poll timeout."""
+    context = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    port = socket.bind_to_random_port("tcp://127.0.0.1")
+    stop = threading.Event()
+    header = b'{"stream": "cam0", "seq": 1, "shape": [2, 3, 3], "dtype": "uint8"}'
+
+    def send():
+        while not stop.is_set():
+            socket.send_multipart([b"fused/cam0", header, bytes(18)])
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        argv = ["--endpoint", f"tcp://127.0.0.1:{port}", "--count", "2", "--timeout", "1e308", "--summary-only", "-q"]
+        assert subscriber_cli.main(argv) == 0
+    finally:
+        stop.set()
+        sender.join()
+        socket.close(0)
+        context.term()
+    assert "received 2 frame(s)" in capsys.readouterr().out
