@@ -15,7 +15,7 @@ from pathlib import Path
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.color import planes_to_image
 from ldfusion.errors import ConfigError, DataError
-from ldfusion.imageio import write_image
+from ldfusion.imageio import check_image_destination, write_image
 from ldfusion.paths import check_output_folder
 from ldfusion.synthetic import write_paired_clip
 from ldfusion.video import VideoReader
@@ -26,6 +26,7 @@ log = logging.getLogger("ldfusion.demo")
 
 M3SVD_PAIR = "0111_1716"  # the shortest recorded pair: 151 frames at 30 fps, 640x480
 SOURCES = ("auto", "m3svd", "synthetic")
+PREVIEW = "preview.png"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1; got {args.max_frames}")
     check_output_folder(args.out)
+    check_image_destination(args.out / PREVIEW)  # written last: a folder in its place would cost the whole run
     args.out.mkdir(parents=True, exist_ok=True)
     description, ir, visible = choose_inputs(args)
     log.info("demo on %s", description)
     summary = run_pipeline(demo_config(args, ir, visible))
-    preview = write_preview(args.out / "side_by_side.mp4", args.out / "preview.png", summary.frames_out)
+    preview = write_preview(args.out / "side_by_side.mp4", args.out / PREVIEW, summary.frames_out)
     print(f"fused {summary.frames_out} frames at {summary.fps:.1f} fps from {description}")
     print(f"wrote {args.out / 'fused.mp4'}, {args.out / 'side_by_side.mp4'} and {preview}")
     return 0

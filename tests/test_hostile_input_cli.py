@@ -169,3 +169,16 @@ def test_subscribe_with_a_huge_timeout_waits_instead_of_overflowing(capsys):
         socket.close(0)
         context.term()
     assert "received 2 frame(s)" in capsys.readouterr().out
+
+
+# --- demo -----------------------------------------------------------------------------------
+
+
+def test_demo_preview_path_that_is_a_folder_is_refused_before_the_run(tmp_path, capsys, random_weights):
+    out = tmp_path / "demo"
+    (out / "preview.png").mkdir(parents=True)
+    argv = ["demo", "--source", "synthetic", "--out", str(out), "--weights", str(random_weights["ld-lite"]),
+            "--max-frames", "2", "-q"]
+    assert dispatcher.main(argv) == 2
+    assert "preview.png is a folder" in one_error_line(capsys, "ldfusion demo")
+    assert not (out / "fused.mp4").exists()
