@@ -202,18 +202,27 @@ class OpenVinoNetwork:
 def _read_export(core, path: Path):
     """The exported graph at ``path``; a damaged file (a text file, a cut .bin) is a one-line
     CheckpointError naming it, where OpenVINO's own error names only its C++ source."""
-    from xml.etree import ElementTree
-
     try:
-        if path.suffix == ".xml":
-            # Checked first: OpenVINO offers a file that is not XML to its other frontends, and
-            # TensorFlow's prints its parse errors straight to stderr.
-            ElementTree.parse(path)
+        # Checked first: OpenVINO offers a file its reader for the suffix rejects to its other
+        # frontends, and TensorFlow's prints its parse errors straight to stderr.
+        _check_export_format(path)
         return core.read_model(str(path))
-    except (ElementTree.ParseError, RuntimeError) as exc:
-        detail = _last_line(exc)
-        raise CheckpointError(f"{path}: not a readable OpenVINO export ({detail}); delete it (and its .bin) "
+    except Exception as exc:  # noqa: BLE001 (ElementTree's, onnx's and OpenVINO's own errors)
+        companion = " (and its .bin)" if path.suffix == ".xml" else ""
+        raise CheckpointError(f"{path}: not a readable OpenVINO export ({_last_line(exc)}); delete it{companion} "
                               "and it is exported again from the weights") from None
+
+
+def _check_export_format(path: Path) -> None:
+    """Raise unless ``path`` parses as what its suffix says: OpenVINO IR's XML, or ONNX."""
+    if path.suffix == ".xml":
+        from xml.etree import ElementTree
+
+        ElementTree.parse(path)
+    elif path.suffix == ".onnx" and importlib.util.find_spec("onnx") is not None:  # `ldfusion export`'s extra
+        import onnx.checker
+
+        onnx.checker.check_model(str(path))
 
 
 def _last_line(exc: BaseException) -> str:

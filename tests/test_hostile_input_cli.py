@@ -63,7 +63,24 @@ def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, r
     for argv in (["export", "--weights", str(weights), "-q"], fuse):
         assert dispatcher.main(argv) == 2, argv
         line = one_error_line(capsys, f"ldfusion {argv[0]}")
-        assert f"{xml}: not a readable OpenVINO export" in line and "delete it" in line, line
+        assert f"{xml}: not a readable OpenVINO export" in line and "delete it (and its .bin)" in line, line
+
+
+def test_a_damaged_cached_onnx_export_is_one_line_naming_the_file(tmp_path, capfd, random_weights):
+    """Checked by its own format before OpenVINO reads it: its TensorFlow frontend printed parse noise."""
+    pytest.importorskip("onnx")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["ld-lite"].read_bytes())
+    argv = ["export", "--weights", str(weights), "--format", "onnx", "-q"]
+    assert dispatcher.main(argv) == 0
+    exported = next(tmp_path.glob("w.*.onnx"))
+    exported.write_text("not a model\n")
+    capfd.readouterr()
+    assert dispatcher.main(argv) == 2
+    err = capfd.readouterr().err  # capfd: the noise came from C++, past sys.stderr
+    assert err.strip().splitlines() == [
+        f"ldfusion export: error: {exported}: not a readable OpenVINO export (Unable to parse proto from file: {exported}. "
+        "Please check if it is a valid protobuf file of proto.); delete it and it is exported again from the weights"], err
 
 
 def test_int8_calibration_on_frames_smaller_than_the_network_takes(tmp_path, capsys, random_weights):
