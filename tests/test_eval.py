@@ -77,6 +77,17 @@ def test_eval_folder_writes_csv_json_and_markdown(folders, capsys):
     assert table.strip() in capsys.readouterr().out
 
 
+def test_a_run_that_fails_part_way_leaves_no_summary_of_an_earlier_run(folders, capsys):
+    assert run(folders, "--fused", str(folders["fused"])) == 0
+    (folders["fused"] / "10.png").write_text("not an image")  # read only when its row is scored, after 1 and 2
+    assert run(folders, "--fused", str(folders["fused"])) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    out = folders["out"]
+    assert not (out / "metrics.json").exists() and not (out / "metrics.md").exists()
+    with (out / "metrics.csv").open() as handle:
+        assert [row["name"] for row in csv.DictReader(handle)] == ["1", "2"]  # this run's rows so far
+
+
 def test_side_by_side_images_from_fuse_are_ignored(folders):
     write_png(folders["fused"] / "2_sbs.png", np.zeros((H, 3 * W, 3), np.uint8))
     assert run(folders, "--fused", str(folders["fused"])) == 0

@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     fuser = _load_fuser(args) if args.fuse_with else None
     method = args.name or (f"{fuser.spec.name} ({args.fuse_with})" if fuser else _stem_or_name(args.fused))
     args.out.mkdir(parents=True, exist_ok=True)
+    _remove_summaries(args.out)
 
     with ExitStack() as stack:
         if video:
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     log.info("wrote metrics.csv, metrics.json and metrics.md to %s", args.out)
     return 0
+
+
+def _remove_summaries(out: Path) -> None:
+    """Delete an earlier run's metrics.json and metrics.md: this run rewrites metrics.csv as it
+    goes, so if it fails part-way, summaries left from before would disagree with its rows."""
+    for name in METRICS_FILES[1:]:
+        (out / name).unlink(missing_ok=True)
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
