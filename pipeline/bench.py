@@ -121,6 +121,12 @@ class BenchSettings:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
         if self.streams < 1:
             raise ConfigError(f"--streams must be at least 1; got {self.streams}")
+        # A name torch.compile does not know would fall back to eager with a warning
+        # (CompiledNetwork), and the run would time an uncompiled network under the compiled heading.
+        known = torch.compiler.list_backends(exclude_tags=())
+        if self.compile != "off" and self.compile_backend not in known:
+            raise ConfigError(f"--compile-backend {self.compile_backend!r} is not a torch.compile backend here; "
+                              f"choose one of {', '.join(torch.compiler.list_backends())} (or aot_eager, eager)")
         if self.frames < 1 or self.warmup < 0:
             raise ConfigError(f"--frames must be at least 1 and --warmup at least 0; got {self.frames} and {self.warmup}")
         if any(batch < 1 for batch in self.batch_sizes):

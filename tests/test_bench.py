@@ -146,3 +146,12 @@ def test_bench_rejects_an_unknown_compile_mode(random_weights, capsys):
     with pytest.raises(SystemExit):
         bench_cli.main(["--weights", str(random_weights["ld-lite"]), "--compile", "fast", *TINY])
     assert "--compile" in capsys.readouterr().err
+
+
+def test_bench_rejects_an_unknown_compile_backend_before_measuring(random_weights, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    code = bench_cli.main(["--weights", str(random_weights["ld-lite"]), "--compile", "on", "--compile-backend", "inductr",
+                           "--out", str(out), *TINY])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--compile-backend 'inductr' is not a torch.compile backend" in err[0]
+    assert "inductor" in err[0] and not out.exists()
