@@ -122,8 +122,13 @@ def test_verify_reports_the_score_scene_decides_by(synthetic_scene):
     ir = infrared_view(thermal, centred_homography("rotation", ir_size, vi_size), ir_size, vi_size)
     result = register_scene(ir, visible, centred_homography("none", ir_size, vi_size))
     checked = verify(ir, visible, result.H, model=SceneOptions().model)  # the model scene fitted, as the file records it
-    assert checked.confidence.score == pytest.approx(result.confidence.score, abs=1e-6)
-    assert checked.confidence.stability_px == pytest.approx(result.confidence.stability_px, abs=1e-6)
+    # The same computation, not bit for bit: OpenCV's template matching rounds differently from
+    # call to call in the last bits (a clean-clone CI run: stability 0.3475094 against 0.3475105
+    # px; 0.3475130 in a third run), and the refinement carries that on. A different computation
+    # moves them far more: an affine model instead of the fitted one by 0.02 and 0.08 px, the
+    # map shifted 0.2 px by 0.07 and 0.2 px.
+    assert checked.confidence.score == pytest.approx(result.confidence.score, abs=1e-4)
+    assert checked.confidence.stability_px == pytest.approx(result.confidence.stability_px, abs=1e-3)
 
 
 def test_a_wrong_answer_scores_low(synthetic_scene):
