@@ -328,5 +328,7 @@ def test_verify_refines_as_the_file_says_not_as_h_looks(synthetic_scene):
     nearly_affine[2, :2] = 1e-11
     checked = verify(ir, visible, nearly_affine, model="homography")
     expected = scene_confidence(ir, visible, nearly_affine, SceneOptions(model="homography"))
-    assert checked.confidence.stability_px == pytest.approx(expected.stability_px, abs=1e-6)
-    assert checked.confidence.wander_px == pytest.approx(expected.wander_px, abs=1e-6)
+    # To 1e-3 px, not bit for bit (see test_verify_reports_the_score_scene_decides_by): refined as
+    # an affine map instead, stability and wander move by 0.16 and 0.18 px here.
+    assert checked.confidence.stability_px == pytest.approx(expected.stability_px, abs=1e-3)
+    assert checked.confidence.wander_px == pytest.approx(expected.wander_px, abs=1e-3)
