@@ -40,6 +40,7 @@ import yaml
 
 from ldfusion.config import finite_float, read_yaml
 from ldfusion.errors import ConfigError
+from ldfusion.paths import replaced_whole
 
 FORMAT_VERSION = 1
 MODELS = ("homography", "affine")
@@ -151,12 +152,8 @@ def save_registration(path: str | os.PathLike, registration: Registration) -> Pa
     """Write the file atomically: a reader never sees half a file, and a failed write keeps the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replaced_whole(path) as temporary:
         temporary.write_text(yaml.safe_dump(registration.to_dict(), sort_keys=False))
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

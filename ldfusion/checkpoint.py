@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -30,6 +29,7 @@ import torch
 from ldfusion import __version__
 from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionNet, build_network
+from ldfusion.paths import replaced_whole
 from ldfusion.variants import VARIANTS, VariantSpec, get_variant, variant_from_dict
 
 FORMAT_NAME = "ldfusion-checkpoint"
@@ -65,15 +65,8 @@ def save_checkpoint(
     if training is not None:
         payload["training"] = dict(training)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a checkpoint is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with replaced_whole(path) as temporary:
+        torch.save(payload, temporary)
     return path
 
 

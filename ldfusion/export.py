@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from ldfusion.errors import ConfigError
 from ldfusion.networks import AdaINResidualBlock, FusionNet, LayerNorm
+from ldfusion.paths import replaced_whole
 from ldfusion.weights import cache_dir, sha256_of
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def export_onnx(model: FusionNet, path: Path) -> Path:
     """Write the rewritten network as ONNX with dynamic batch, height and width."""
     core = ExportCore(rewrite_for_export(model))
     dynamic = {name: {0: "batch", 2: "height", 3: "width"} for name in (*INPUT_NAMES, OUTPUT_NAME)}
-    with _atomic_target(path) as tmp, torch.no_grad(), _quiet_tracer():
+    with replaced_whole(path) as tmp, torch.no_grad(), _quiet_tracer():
         torch.onnx.export(core, _example_inputs(), str(tmp), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
                           dynamic_axes=dynamic, opset_version=17, dynamo=False)
     return path
@@ -329,24 +330,6 @@ def save_openvino(ov_model, target: Path) -> None:
         ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=False)
         os.replace(tmp_xml.with_suffix(".bin"), target.with_suffix(".bin"))
         os.replace(tmp_xml, target)
-
-
-class _atomic_target:
-    """Context manager yielding a temporary path beside ``path``, moved onto it on success."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> Path:
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        self.tmp = Path(name)
-        return self.tmp
-
-    def __exit__(self, exc_type, *_) -> None:
-        if exc_type is None:
-            os.replace(self.tmp, self.path)
-        self.tmp.unlink(missing_ok=True)
 
 
 

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from ldfusion.errors import DataError
+from ldfusion.paths import replaced_whole
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 IR_16BIT_MODES = ("stretch", "scale")
@@ -187,12 +188,21 @@ def check_image_destination(path: str | os.PathLike) -> None:
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Write (H, W) gray or (H, W, 3) RGB uint8; raises DataError when the encoder fails."""
+    """Write (H, W) gray or (H, W, 3) RGB uint8; raises DataError when the encoder fails.
+
+    Encoded in memory, then written whole under a temporary name and renamed
+    (``paths.replaced_whole``): an image file is complete or absent, never cut short by a
+    kill or a full disk, and a failed write is Python's own OSError naming the file
+    (``cv2.imwrite`` printed libpng's message and said only that it failed).
+    """
     path = Path(path)
     check_image_destination(path)
     bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image
-    if not cv2.imwrite(str(path), bgr):
-        raise DataError(f"could not write image {path}")
+    encoded, data = cv2.imencode(path.suffix, bgr)
+    if not encoded:
+        raise DataError(f"could not encode image {path}")
+    with replaced_whole(path) as temporary:
+        temporary.write_bytes(data.tobytes())
 
 
 def unit_to_uint8(image: np.ndarray) -> np.ndarray:

@@ -1,9 +1,12 @@
-"""Where commands write: outputs never overwrite inputs (whether two paths name one file), folders are folders."""
+"""Where commands write: outputs never overwrite inputs (whether two paths name one file),
+folders are folders, and a file is replaced whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+import secrets
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ldfusion.errors import DataError
@@ -32,3 +35,26 @@ def refuse_overwriting_inputs(outputs: Iterable[Path], inputs: Iterable[Path], o
         given = taken.get(file_key(output))
         if given is not None:
             raise DataError(f"{option}: writing {output} would overwrite the input {given}; choose another place")
+
+
+@contextlib.contextmanager
+def replaced_whole(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary name beside ``path`` to write the whole file under. It becomes ``path`` (one
+    rename) when the block ends without an error and is deleted otherwise, so a crash, a kill
+    or a full disk never leaves half a file at ``path``: the old file, or none, stays.
+
+    The name is fresh rather than made by ``mkstemp``, whose files are owner-only: the file
+    gets the umask's permissions, like every other output.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    except OSError as exc:
+        if exc.filename is not None and os.fspath(exc.filename) == os.fspath(temporary):
+            # A full disk or a missing permission: name the file the user asked for, not ours.
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
+        raise
+    finally:
+        temporary.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 import typing
 import urllib.error
 import urllib.request
@@ -26,6 +25,7 @@ from pathlib import Path
 from ldfusion.checkpoint import load_model
 from ldfusion.errors import CheckpointError
 from ldfusion.networks import FusionNet
+from ldfusion.paths import replaced_whole
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,10 @@ def _hash_ok(path: Path, remote: RemoteFile) -> bool:
 
 def _download(remote: RemoteFile, target: Path, entry: WeightsEntry) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
+    with replaced_whole(target, suffix=".part") as tmp:  # a refused or broken download never lands at target
         log.info("downloading %s weights from %s", entry.name, remote.url)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(remote.url, timeout=60) as response:
+            with open(tmp, "wb") as out, urllib.request.urlopen(remote.url, timeout=60) as response:
                 _copy_with_progress(response, out, remote.filename)
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise CheckpointError(
@@ -222,9 +220,6 @@ def _download(remote: RemoteFile, target: Path, entry: WeightsEntry) -> None:
             )
         if remote.sha256 is None:
             log.warning("%s has no pinned sha256; downloaded file has sha256 %s", remote.url, actual)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _copy_with_progress(response, out, label: str) -> None:
