@@ -38,6 +38,8 @@ def candidate_layouts() -> dict[str, VariantSpec]:
         "encoders 4-16-32-64, decoder 64-32-8": replace(ld_lite, name="enc4-dec8", encoder_widths=(4, 16, 32, 64), decoder_widths=(64, 32, 8)),
         "fast-wide-code": get_variant("fast-wide-code"),
         "fast": get_variant("fast"),
+        "fast with LD-Lite's 1/8 level and 7x7 output": replace(get_variant("fast"), name="fast-code", encoder_widths=(4, 8, 16, 64),
+                                                                 decoder_widths=(32, 16, 8), out_kernel=7),
     }
 
 
