@@ -40,6 +40,9 @@ def candidate_layouts() -> dict[str, VariantSpec]:
         "fast": get_variant("fast"),
         "fast with LD-Lite's 1/8 level and 7x7 output": replace(get_variant("fast"), name="fast-code", encoder_widths=(4, 8, 16, 64),
                                                                  decoder_widths=(32, 16, 8), out_kernel=7),
+        "fast with wide middle levels (encoders 4-16-32-32, decoder 64-16-8)": replace(get_variant("fast"), name="fast-mid",
+                                                                                      encoder_widths=(4, 16, 32, 32),
+                                                                                      decoder_widths=(64, 16, 8)),
     }
 
 
