@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     _check_arguments(args)
     video = _is_video(args.ir)
+    pairs = None if video else pair_folders(args.ir, args.vi)  # unpaired names fail before the model loads
     if args.save_fused:  # images only (_check_arguments)
-        _check_saved_fused_apart_from_inputs(pair_folders(args.ir, args.vi), args.save_fused)
+        _check_saved_fused_apart_from_inputs(pairs, args.save_fused)
     fuser = _load_fuser(args) if args.fuse_with else None
     method = args.name or (f"{fuser.spec.name} ({args.fuse_with})" if fuser else _stem_or_name(args.fused))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
         if video:
             samples, total, fps = _video_samples(args, stack)
         else:
-            pairs = pair_folders(args.ir, args.vi)
             fused_paths = _match_fused_images(pairs, args.fused) if args.fused else None  # fail before any work
             samples, total, fps = _image_samples(pairs, fused_paths, args.ir_16bit), len(pairs), None
         if fuser is not None:
