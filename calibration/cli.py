@@ -120,10 +120,11 @@ def _add_scene(commands) -> None:
         "the declared range of scale, rotation and shift (oriented edges, normalised correlation over "
         "every shift), then tile matching and robust fits, coarse to fine, from the best few candidates. "
         "The start is the frames stretched over each other, or --init. With videos and --frames N, N "
-        "frame pairs are registered and the answer most of them agree on wins. A confidence from "
-        "held-out tiles and from whether the answer stays put when refined on resampled images "
-        "(lowered when frames disagree) decides: below --min-confidence the command exits 1 with the "
-        "reason and writes nothing, unless --force.",
+        "frame pairs are registered, the answer most of them agree on wins and is refined on all N "
+        "at once (more shared structure: a steadier answer; 5 frames is a good start). A confidence "
+        "from held-out tiles and from whether the answer stays put when refined on resampled images "
+        "(over all the frames) decides: below --min-confidence the command exits 1 with the reason "
+        "and writes nothing, unless --force.",
     )
     sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video with --frames")
     sub.add_argument("--vi", required=True, type=Path, help="visible image, or video with --frames")

@@ -21,7 +21,7 @@ import numpy as np
 
 from calibration.fileformat import is_affine
 from calibration.imaging import edge_features, image_size, pixel_ratio, to_gray_float, valid_mask, warp_to_destination
-from calibration.tiles import infrared_corners, level_images, match_tiles, tile_evidence, warped_edges
+from calibration.tiles import infrared_corners, joined, level_images, match_tiles, tile_evidence, warped_edges
 
 log = logging.getLogger(__name__)
 
@@ -140,15 +140,18 @@ class Confidence:
         return text + (f", {self.frames_agreeing} of {self.frames} frame pairs agree" if self.frames > 1 else "")
 
 
-def registration_confidence(ir: np.ndarray, vi: np.ndarray, H: np.ndarray, starts_agreeing: int = 1, starts: int = 1) -> Confidence:
-    """Held-out tile agreement of H (infrared -> visible pixels) on one pair; see :class:`Confidence`."""
-    ir_gray, vi_gray = to_gray_float(ir), to_gray_float(vi)
-    vi_small, ir_small, S_vi, S_ir = level_images(ir_gray, vi_gray, pixel_ratio(H, image_size(ir)), CONFIDENCE_WIDTH)
-    H_level = S_vi @ H @ np.linalg.inv(S_ir)
-    ir_edges, mask = warped_edges(ir_small, H_level, image_size(vi_small))
-    matches = match_tiles(edge_features(vi_small, 1.0, oriented=True), ir_edges, mask, CONFIDENCE_RADIUS)
+def registration_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], H: np.ndarray, starts_agreeing: int = 1, starts: int = 1) -> Confidence:
+    """Held-out tile agreement of H (infrared -> visible pixels) on frame pairs of one rig
+    (one pair, or several of the same sizes: their tiles count together); see :class:`Confidence`."""
+    found = []
+    for ir, vi in pairs:
+        ir_gray, vi_gray = to_gray_float(ir), to_gray_float(vi)
+        vi_small, ir_small, S_vi, S_ir = level_images(ir_gray, vi_gray, pixel_ratio(H, image_size(ir)), CONFIDENCE_WIDTH)
+        H_level = S_vi @ H @ np.linalg.inv(S_ir)
+        ir_edges, mask = warped_edges(ir_small, H_level, image_size(vi_small))
+        found.append(match_tiles(edge_features(vi_small, 1.0, oriented=True), ir_edges, mask, CONFIDENCE_RADIUS))
     perspective = not is_affine(H)
-    evidence = tile_evidence(matches, infrared_corners(H_level, image_size(ir_small)), perspective, 1.0 / S_vi[0, 0])
+    evidence = tile_evidence(joined(found), infrared_corners(H_level, image_size(ir_small)), perspective, 1.0 / S_vi[0, 0])
     enough = min(1.0, evidence.tiles_agreeing / MIN_AGREEING_TILES)
     score = evidence.agreeing_share * enough / (1.0 + (evidence.held_out_px / HELD_OUT_PX) ** 2)
     return Confidence(

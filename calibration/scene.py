@@ -22,7 +22,8 @@ other), but edges fall in the same places. Both images become edge maps
    confidence is below ``MIN_CONFIDENCE``.
 
 Several frame pairs of one rig (:func:`register_frames`) are registered one by one and the
-answer most frames agree on wins, so one blank or smoky frame cannot decide.
+answer most frames agree on wins, so one blank or smoky frame cannot decide; it is then refined
+on every frame's tiles at once, and its confidence measured on them all.
 
 Convention: H maps infrared pixels (x, y, 1) to visible pixels, OpenCV pixel centres. The
 search range is relative to the start (the frames stretched over each other, or ``init``),
@@ -34,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -53,7 +55,7 @@ from calibration.imaging import (
     to_gray_float,
 )
 from calibration.quality import Confidence, Residual, alignment_score, local_residual, registration_confidence
-from calibration.tiles import fit_update, infrared_corners, level_images, match_tiles, warped_edges
+from calibration.tiles import fit_update, infrared_corners, joined, level_images, match_tiles, warped_edges
 
 log = logging.getLogger(__name__)
 
@@ -148,21 +150,23 @@ def register_scene(
     pyramid = Pyramid.build(ir, vi, start, options)
     candidates = global_search(pyramid, start, options)
     # Every candidate gets the coarse level; the best few by tile support go on to the finer ones.
-    coarse = sorted((refine_level(pyramid, 0, H, options) for H in candidates), key=lambda step: -step.support)
-    finished = [refine(pyramid, step.H, options, first_level=1) for step in coarse[: options.finishers]]
+    coarse = sorted((refine_level([pyramid], 0, H, options) for H in candidates), key=lambda step: -step.support)
+    finished = [refine([pyramid], step.H, options, first_level=1) for step in coarse[: options.finishers]]
     finished.sort(key=lambda step: -step.support)
     best = finished[0]  # with no shared structure at all its support is 0 and the confidence below says so
     agreeing = sum(corner_distance(best.H, step.H, ir_size) < AGREEMENT_PX for step in finished)
-    confidence = scene_confidence(ir, vi, best.H, options, starts_agreeing=agreeing, starts=len(finished))
+    confidence = scene_confidence([(ir, vi)], best.H, options, starts_agreeing=agreeing, starts=len(finished))
     correlation = alignment_score(ir, vi, best.H)
     log.debug("scene: support %.1f, %d of %d starts agree, %s", best.support, agreeing, len(finished), confidence.describe())
     return SceneResult(best.H, correlation, local_residual(ir, vi, best.H), confidence)
 
 
 def scene_confidence(
-    ir: np.ndarray, vi: np.ndarray, H: np.ndarray, options: SceneOptions = SceneOptions(), starts_agreeing: int = 1, starts: int = 1
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], H: np.ndarray, options: SceneOptions = SceneOptions(), starts_agreeing: int = 1,
+    starts: int = 1,
 ) -> Confidence:
-    """How far the data back H: held-out tiles (:func:`calibration.quality.registration_confidence`) and stability.
+    """How far the data back H on (infrared, visible) frame pairs of one rig: held-out tiles
+    (:func:`calibration.quality.registration_confidence`) and stability, every pair's tiles together.
 
     Stability: H refined again on images sampled differently (a pyramid 0.7 times as wide)
     must stay where it is. Where the shared structure pins the map, it does (within a pixel
@@ -172,41 +176,50 @@ def scene_confidence(
     that one resampling happened to leave in place (``WANDER_PX``). ``calibrate verify`` reports
     this score too.
     """
-    ir, vi = to_gray_float(ir), to_gray_float(vi)  # once: the three measurements below start from gray floats
-    tiles = registration_confidence(ir, vi, H, starts_agreeing, starts)
-    stability = resampled_drift(ir, vi, H, options)
-    wander = resampled_drift(ir, vi, H, options, SECOND_RESAMPLING)
+    pairs = [(to_gray_float(ir), to_gray_float(vi)) for ir, vi in pairs]  # once: the three measurements below start from gray floats
+    tiles = registration_confidence(pairs, H, starts_agreeing, starts)
+    stability = resampled_drift(pairs, H, options)
+    wander = resampled_drift(pairs, H, options, SECOND_RESAMPLING)
     score = tiles.score / (1.0 + (stability / STABILITY_PX) ** 2) if wander <= WANDER_PX else 0.0
     return dataclasses.replace(tiles, score=float(score), stability_px=stability, wander_px=wander)
 
 
-def resampled_drift(ir: np.ndarray, vi: np.ndarray, H: np.ndarray, options: SceneOptions = SceneOptions(), factor: float = RESAMPLING) -> float:
-    """How far (largest corner move, visible pixels) H moves when refined on a pyramid ``factor`` times as wide."""
-    top = min(options.max_width, image_size(vi)[0])
+def resampled_drift(
+    pairs: Sequence[tuple[np.ndarray, np.ndarray]], H: np.ndarray, options: SceneOptions = SceneOptions(), factor: float = RESAMPLING
+) -> float:
+    """How far (largest corner move, visible pixels) H moves when refined on pyramids ``factor`` times as wide."""
+    top = min(options.max_width, image_size(pairs[0][1])[0])
     max_width = max(64, round(factor * top))
     other = dataclasses.replace(options, search_width=min(max_width, max(64, round(factor * options.search_width))), max_width=max_width)
-    pyramid = Pyramid.build(ir, vi, H, other)
-    if len(pyramid.levels) < 2:
+    pyramids = [Pyramid.build(ir, vi, H, other) for ir, vi in pairs]
+    if len(pyramids[0].levels) < 2:
         return 0.0
-    step = refine(pyramid, H, other, first_level=1)
-    return corner_distance(H, step.H, image_size(ir)) if step.support > 0 else math.inf
+    step = refine(pyramids, H, other, first_level=1)
+    return corner_distance(H, step.H, image_size(pairs[0][0])) if step.support > 0 else math.inf
 
 
 def register_frames(
     pairs: list[tuple[np.ndarray, np.ndarray]], init: np.ndarray | None = None, options: SceneOptions = SceneOptions()
 ) -> SceneResult:
-    """Register several frame pairs of one rig; the answer most confident frames agree on wins.
+    """Register several frame pairs of one rig: the answer most confident frames agree on,
+    refined on all of them.
 
     Each pair is registered on its own. Every result votes for the others it agrees with
-    (weighted by confidence); the winner's confidence is scaled by the share of the total
-    confidence that agrees with it, so frames that disagree lower it.
+    (weighted by confidence), so a blank or smoky frame cannot decide. The winner is then
+    refined on every pair's tiles at once, and the confidence is measured the same way: the
+    frames' shared structure adds up, where each frame alone pins the map only to a few
+    pixels (on the M3SVD clips single frames landed 2-3 px apart and were refused for it).
     """
     if not pairs:
         raise CalibrationError("no frame pairs to register")
-    results = []
+    sizes = {(image_size(ir), image_size(vi)) for ir, vi in pairs}
+    if len(sizes) > 1:
+        raise CalibrationError(f"the frame pairs differ in size ({', '.join(f'{a}/{b}' for a, b in sorted(sizes))}); one rig's frames share theirs")
+    results, registered = [], []
     for index, (ir, vi) in enumerate(pairs):
         try:
             results.append(register_scene(ir, vi, init, options))
+            registered.append(pairs[index])
         except CalibrationError as exc:
             log.info("frame pair %d: %s", index, exc)
     if not results:
@@ -216,14 +229,16 @@ def register_frames(
     ir_size = image_size(pairs[0][0])
     weights = np.array([max(r.confidence.score, 1e-3) for r in results])
     agree = np.array([[corner_distance(a.H, b.H, ir_size) < AGREEMENT_PX for b in results] for a in results])
-    support = agree @ weights  # (N,) confidence that agrees with each result
-    best = int(np.argmax(support + 1e-6 * weights))
-    share = float(support[best] / weights.sum())
+    best = int(np.argmax(agree @ weights + 1e-6 * weights))
     winner = results[best]
-    score = winner.confidence.score * share
-    log.info("%d of %d frame pairs agree with the chosen registration", int(agree[best].sum()), len(results))
-    confidence = dataclasses.replace(winner.confidence, score=score, frames_agreeing=int(agree[best].sum()), frames=len(pairs))
-    return SceneResult(winner.H, winner.correlation, winner.residual, confidence, winner.method)
+    log.info("%d of %d frame pairs agree with the chosen registration; refining it on all of them", int(agree[best].sum()), len(results))
+    pyramids = [Pyramid.build(ir, vi, winner.H, options) for ir, vi in registered]
+    joint = refine(pyramids, winner.H, options, first_level=1)
+    H = joint.H if joint.support > 0 else winner.H
+    confidence = scene_confidence(registered, H, options, winner.confidence.starts_agreeing, winner.confidence.starts)
+    confidence = dataclasses.replace(confidence, frames_agreeing=int(agree[best].sum()), frames=len(pairs))
+    ir, vi = registered[best]
+    return SceneResult(H, alignment_score(ir, vi, H), local_residual(ir, vi, H), confidence, winner.method)
 
 
 # --- the pyramid ---------------------------------------------------------------------------
@@ -328,30 +343,30 @@ class Step:
     support: float  # sum over the tiles the last fit kept of weight x correlation peak: how much content agrees
 
 
-def refine(pyramid: Pyramid, H: np.ndarray, options: SceneOptions, first_level: int = 0) -> Step:
-    """Tile matching and robust fits from ``H``, coarse to fine; the support is the finest level's."""
+def refine(pyramids: Sequence[Pyramid], H: np.ndarray, options: SceneOptions, first_level: int = 0) -> Step:
+    """Tile matching and robust fits from ``H``, coarse to fine; the support is the finest level's.
+    ``pyramids``: one frame pair's, or several of one rig (same sizes), fitted together."""
     step = Step(H, 0.0)
-    for index in range(first_level, len(pyramid.levels)):
-        step = refine_level(pyramid, index, step.H, options)
+    for index in range(first_level, len(pyramids[0].levels)):
+        step = refine_level(pyramids, index, step.H, options)
     return step
 
 
-def refine_level(pyramid: Pyramid, index: int, H: np.ndarray, options: SceneOptions) -> Step:
-    """A few rounds of tile matching and robust fitting at one level.
+def refine_level(pyramids: Sequence[Pyramid], index: int, H: np.ndarray, options: SceneOptions) -> Step:
+    """A few rounds of tile matching (in every pyramid) and robust fitting (of all tiles together) at one level.
 
     The coarsest level fits affine maps only (perspective is not visible at 160 pixels) and
     searches the widest window, since it starts from the global search's grid; the finer
     levels fit the full model in narrower windows.
     """
-    level = pyramid.levels[index]
-    perspective = options.model == "homography" and (index > 0 or len(pyramid.levels) == 1)
+    level = pyramids[0].levels[index]  # the frames share sizes, so every pyramid's level maps alike
+    perspective = options.model == "homography" and (index > 0 or len(pyramids[0].levels) == 1)
     radius, rounds = (COARSE_RADIUS, COARSE_ROUNDS) if index == 0 else (FINE_RADIUS, FINE_ROUNDS)
     size = image_size(level.vi)
     H_level = level.to_level(H)
     support = 0.0
     for _ in range(rounds):
-        ir_edges, mask = warped_edges(level.ir, H_level, size)
-        matches = match_tiles(level.vi_edges, ir_edges, mask, radius)
+        matches = joined([_level_matches(pyramid.levels[index], H_level, size, radius) for pyramid in pyramids])
         fit = fit_update(matches, perspective)
         if fit is None:
             break
@@ -366,6 +381,11 @@ def refine_level(pyramid: Pyramid, index: int, H: np.ndarray, options: SceneOpti
     if not _plausible(H_level, image_size(level.ir), size):
         return Step(H, 0.0)
     return Step(level.from_level(H_level), support)
+
+
+def _level_matches(level: Level, H_level: np.ndarray, size: Size, radius: int):
+    ir_edges, mask = warped_edges(level.ir, H_level, size)
+    return match_tiles(level.vi_edges, ir_edges, mask, radius)
 
 
 # --- helpers ------------------------------------------------------------------------------

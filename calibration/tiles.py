@@ -106,6 +106,22 @@ def match_tiles(vi_edges: np.ndarray, ir_edges: np.ndarray, mask: np.ndarray, ra
     )
 
 
+def joined(matches: list[TileMatches]) -> TileMatches:
+    """The tiles of several frame pairs of one rig (same sizes, same map) as one set: fits and
+    evidence then rest on every frame's shared structure at once."""
+    if len(matches) == 1:
+        return matches[0]
+    return TileMatches(
+        np.concatenate([m.centres for m in matches]),
+        np.concatenate([m.shifts for m in matches]),
+        np.concatenate([m.information for m in matches]),
+        np.concatenate([m.peaks for m in matches]),
+        np.concatenate([m.blocks for m in matches]),
+        sum(m.tiles_total for m in matches),
+        sum(m.beyond for m in matches),
+    )
+
+
 def _peaks_beyond(surface: np.ndarray) -> bool:
     """Whether a surface peaks clearly on its border: the tile's content lies further away than the window reaches."""
     _, height_at_peak, _, (px, py) = cv2.minMaxLoc(surface)

@@ -62,7 +62,7 @@ def verify(source: np.ndarray, destination: np.ndarray, H: np.ndarray, style: st
     overlay = {"edges": edge_overlay, "checker": checker_overlay, "blend": blend_overlay}[style](warped, mask, destination)
     score, residual = alignment_score(source, destination, H), local_residual(source, destination, H)
     model = model or ("affine" if is_affine(H) else "homography")
-    confidence = scene_confidence(source, destination, H, SceneOptions(model=model))
+    confidence = scene_confidence([(source, destination)], H, SceneOptions(model=model))
     return Verification(score, residual, overlay, coverage, confidence)
 
 

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from calibration.imaging import corner_error, image_size  # noqa: E402
-from calibration.scene import SceneOptions, SearchRange, register_scene  # noqa: E402
+from calibration.scene import SceneOptions, SearchRange, register_frames, register_scene  # noqa: E402
 from ldfusion.imageio import pair_folders, read_infrared, read_visible  # noqa: E402
 
 DATASETS = ("tno", "roadscene", "msrs")
@@ -62,10 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random warps")
     parser.add_argument("--no-scene", action="store_true", help="skip the scene benchmark")
     parser.add_argument("--no-offsets", action="store_true", help="skip the offset benchmark")
+    parser.add_argument("--no-videos", action="store_true", help="skip the scene benchmark on the M3SVD clips (--frames)")
+    parser.add_argument("--warps", type=int, default=6, help="known warps per M3SVD clip pair (video scene benchmark)")
+    parser.add_argument("--frames", type=int, default=5, help="frame pairs per clip, as `calibrate scene --frames` (video scene benchmark)")
     parser.add_argument("--verbose", action="store_true", help="one line per pair")
     args = parser.parse_args(argv)
     if not args.no_scene:
         scene_benchmark(args.data / "pairs", args.subset.split(","), args.limit, args.seed, args.verbose)
+    if not args.no_videos:
+        video_scene_benchmark(args.data / "video" / "m3svd", args.warps, args.frames, args.seed, args.verbose)
     if not args.no_offsets:
         offset_benchmark(args.data / "video" / "m3svd", args.verbose)
     return 0
@@ -166,6 +171,47 @@ def scene_benchmark(folder: Path, datasets: list[str], limit: int | None, seed: 
 
 
 # --- offsets ------------------------------------------------------------------------------------
+
+
+def video_scene_benchmark(folder: Path, warps: int, frames: int, seed: int, verbose: bool) -> None:
+    """``calibrate scene --frames N`` on the M3SVD clip pairs, the infrared frames warped by known homographies.
+
+    The way a user with a recorded rig calibrates. Each clip pair's own registration (the
+    same frames, unwarped, narrow search) is the reference, as for the image pairs; the
+    error against the bare known warp is printed beside it.
+    """
+    from calibration.timing import sample_frames
+
+    rng = np.random.default_rng(seed)
+    rows = []  # (error px, written, bare px)
+    clips = sorted(p.name for p in (folder / "infrared").glob("*.mp4"))
+    for name in clips:
+        ir_frames, vi_frames = sample_frames(folder / "infrared" / name, frames), sample_frames(folder / "visible" / name, frames)
+        size = image_size(vi_frames[0])
+        own = register_frames(list(zip(ir_frames, vi_frames)), options=SceneOptions(search=REFERENCE_RANGE))
+        if verbose:
+            print(f"{name}: own registration {corner_error(own.H, np.eye(3), size):.2f} px from the identity, {own.confidence.describe()}", flush=True)
+        for _ in range(warps):
+            H_known = random_rig_warp(rng, size)
+            start = time.perf_counter()
+            result = register_frames([(warped_infrared(ir, H_known), vi) for ir, vi in zip(ir_frames, vi_frames)])
+            seconds = time.perf_counter() - start
+            error, bare = corner_error(result.H, own.H @ H_known, size), corner_error(result.H, H_known, size)
+            rows.append((error, result.confident, bare))
+            if verbose:
+                verdict = "written" if result.confident else "refused"
+                print(f"  {error:8.2f} px (bare {bare:6.2f})  {result.confidence.describe()}  {verdict}  {seconds:.1f} s", flush=True)
+    error = np.array([row[0] for row in rows])
+    written = np.array([row[1] for row in rows])
+    bare = np.array([row[2] for row in rows])
+    failed = error > FAILURE_PX
+    print(f"\nscene registration on videos, {len(clips)} M3SVD clip pairs x {warps} warps, {frames} frame pairs each, seed {seed}:")
+    print(f"  corner error: median {np.median(error):.2f} px, p95 {np.percentile(error, 95):.2f} px"
+          f" (against the bare known warp: median {np.median(bare):.2f}, p95 {np.percentile(bare, 95):.2f})")
+    print(f"  failures (> {FAILURE_PX:g} px): {int(failed.sum())}; refused {int((failed & ~written).sum())}, written {int((failed & written).sum())}")
+    print(f"  good results refused anyway: {int((~failed & ~written).sum())} of {int((~failed).sum())}")
+    if written.any():
+        print(f"  written results: {int(written.sum())}, median {np.median(error[written]):.2f} px, worst {error[written].max():.2f} px")
 
 
 def offset_benchmark(folder: Path, verbose: bool) -> None:

@@ -138,8 +138,8 @@ def test_a_wrong_answer_scores_low(synthetic_scene):
     H_true = centred_homography("rotation", ir_size, vi_size)
     ir = infrared_view(thermal, H_true, ir_size, vi_size)
     off = np.array([[1.0, 0.0, 12.0], [0.0, 1.0, -9.0], [0.0, 0.0, 1.0]]) @ H_true
-    assert scene_confidence(ir, visible, H_true).score >= MIN_CONFIDENCE
-    assert scene_confidence(ir, visible, off).score < MIN_CONFIDENCE
+    assert scene_confidence([(ir, visible)], H_true).score >= MIN_CONFIDENCE
+    assert scene_confidence([(ir, visible)], off).score < MIN_CONFIDENCE
 
 
 
@@ -156,13 +156,13 @@ def test_a_second_resampling_that_moves_the_answer_sinks_the_score(synthetic_sce
     H_true = centred_homography("rotation", ir_size, vi_size)
     ir = infrared_view(thermal, H_true, ir_size, vi_size)
     moves = {scene.RESAMPLING: 0.5}
-    monkeypatch.setattr(scene, "resampled_drift", lambda ir, vi, H, options, factor=scene.RESAMPLING: moves[factor])
+    monkeypatch.setattr(scene, "resampled_drift", lambda pairs, H, options, factor=scene.RESAMPLING: moves[factor])
     moves[scene.SECOND_RESAMPLING] = 0.5
-    settled = scene_confidence(ir, visible, H_true)
+    settled = scene_confidence([(ir, visible)], H_true)
     moves[scene.SECOND_RESAMPLING] = 2.9
-    within = scene_confidence(ir, visible, H_true)
+    within = scene_confidence([(ir, visible)], H_true)
     moves[scene.SECOND_RESAMPLING] = 3.2
-    wandering = scene_confidence(ir, visible, H_true)
+    wandering = scene_confidence([(ir, visible)], H_true)
     assert settled.score >= MIN_CONFIDENCE and within.score == pytest.approx(settled.score)
     assert wandering.score == 0.0 and wandering.wander_px == 3.2, wandering.describe()
 
@@ -186,6 +186,35 @@ def test_one_blank_frame_cannot_decide(synthetic_scene):
     result = register_frames([(blank, visible), (good, visible), (good, visible)], centred_homography("none", ir_size, vi_size))
     assert corner_error(result.H, H_true, ir_size) < 0.5
     assert result.confidence.frames == 3 and result.confidence.frames_agreeing == 2
+
+
+def test_frames_that_each_see_part_of_the_scene_are_fitted_together(synthetic_scene):
+    """Each frame pair shows structure in one third of the view only (the rest is flat): the
+    answer rests on every frame's tiles, more than any one frame holds."""
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    H_true = centred_homography("perspective", ir_size, vi_size)
+    pairs = []
+    for third in range(3):
+        keep = np.zeros(visible.shape[:2], bool)
+        keep[:, third * vi_size[0] // 3 : (third + 1) * vi_size[0] // 3] = True
+        visible_part = np.where(keep[..., None] if visible.ndim == 3 else keep, visible, 0.5).astype(visible.dtype)
+        thermal_part = np.where(keep, thermal, 0.5).astype(thermal.dtype)
+        pairs.append((infrared_view(thermal_part, H_true, ir_size, vi_size), visible_part))
+    start = centred_homography("none", ir_size, vi_size)
+    alone = [register_scene(ir, vi, start) for ir, vi in pairs]
+    together = register_frames(pairs, start)
+    assert corner_error(together.H, H_true, ir_size) < 0.5
+    assert together.confident, together.confidence.describe()
+    assert together.confidence.tiles_informative > max(r.confidence.tiles_informative for r in alone)
+
+
+def test_frames_of_different_sizes_are_refused(synthetic_scene):
+    visible, thermal = synthetic_scene
+    ir_size, vi_size = _sizes(visible.shape)
+    ir = infrared_view(thermal, centred_homography("none", ir_size, vi_size), ir_size, vi_size)
+    with pytest.raises(CalibrationError, match="differ in size"):
+        register_frames([(ir, visible), (ir[:-8], visible)])
 
 
 def test_scene_options_check_themselves():
@@ -309,7 +338,7 @@ def test_a_pair_the_dataset_misregisters_is_registered_and_written(shared_data):
     assert corner_error(own.H, np.eye(3), size) > 40.0  # the dataset's registration is far off ...
     # ... and the data say so: at the identity about half the informative tiles disagree and the
     # held-out halves lie far apart; at the tool's answer nearly every tile agrees.
-    at_identity, at_own = scene_confidence(ir_plain, visible, np.eye(3)), own.confidence
+    at_identity, at_own = scene_confidence([(ir_plain, visible)], np.eye(3)), own.confidence
     assert at_identity.tiles_agreeing < 0.6 * at_identity.tiles_informative and at_identity.held_out_px > 5.0, at_identity.describe()
     assert at_own.tiles_agreeing > 0.95 * at_own.tiles_informative and at_own.held_out_px < 1.0, at_own.describe()
     result = register_scene(ir, visible)
@@ -327,7 +356,7 @@ def test_verify_refines_as_the_file_says_not_as_h_looks(synthetic_scene):
     nearly_affine = H / H[2, 2]
     nearly_affine[2, :2] = 1e-11
     checked = verify(ir, visible, nearly_affine, model="homography")
-    expected = scene_confidence(ir, visible, nearly_affine, SceneOptions(model="homography"))
+    expected = scene_confidence([(ir, visible)], nearly_affine, SceneOptions(model="homography"))
     # To 1e-3 px, not bit for bit (see test_verify_reports_the_score_scene_decides_by): refined as
     # an affine map instead, stability and wander move by 0.16 and 0.18 px here.
     assert checked.confidence.stability_px == pytest.approx(expected.stability_px, abs=1e-3)
