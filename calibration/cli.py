@@ -22,8 +22,10 @@ from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_lo
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, check_image_destination, pair_folders, read_infrared, read_visible, write_image
 from ldfusion.paths import file_key
+from ldfusion.video import looks_like_video
 
 log = logging.getLogger("calibration.cli")
+DEFAULT_SCENE_FRAMES = 5  # frame pairs of two videos: on the M3SVD clips five refined together land within ~1 px
 PROG = "ldfusion calibrate"
 # The largest board image `board` draws, pixels a side: 20000 px prints 85 cm at 600 dpi (the
 # short side of A0), more than any target needs, and the image then stays under 400 MB.
@@ -126,10 +128,13 @@ def _add_scene(commands) -> None:
         "(over all the frames) decides: below --min-confidence the command exits 1 with the reason "
         "and writes nothing, unless --force.",
     )
-    sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video with --frames")
-    sub.add_argument("--vi", required=True, type=Path, help="visible image, or video with --frames")
+    sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video (.mp4, .mkv, ...: frame pairs are sampled)")
+    sub.add_argument("--vi", required=True, type=Path, help="visible image, or video")
     sub.add_argument("--init", type=Path, help="a rough registration YAML to search around (e.g. from `points`)")
-    sub.add_argument("--frames", type=int, help="the inputs are videos: register this many evenly spaced frame pairs")
+    sub.add_argument(
+        "--frames", type=int,
+        help=f"the inputs are videos: register this many evenly spaced frame pairs (default for videos: {DEFAULT_SCENE_FRAMES})",
+    )
     sub.add_argument("--max-scale", type=float, default=1.25, help="search scales from 1/this to this (default: 1.25)")
     sub.add_argument("--max-rotation", type=float, default=10.0, help="search rotations within +- this many degrees (default: 10)")
     sub.add_argument(
@@ -286,7 +291,9 @@ def run_scene(args: argparse.Namespace) -> int:
         start = load_registration(args.init)
         _check_init(start, ir, vi, args.init)
         init, time_offset = start.H, start.time_offset_s
-    result = register_frames(pairs, init, options)
+    # Tens of seconds for a few video frames: a bar where someone watches (not for one pair or a pipe).
+    with tqdm(total=len(pairs), unit="frame pair", desc="register", disable=True if len(pairs) < 2 else None) as bar:
+        result = register_frames(pairs, init, options, on_pair=bar.update)
     print(f"edge correlation {result.correlation:.3f}")
     print(_residual_line(result.residual))
     print(result.confidence.describe())
@@ -328,14 +335,23 @@ def _confidence_reason(confidence) -> str:
 
 
 def _scene_pairs(args: argparse.Namespace) -> list:
-    """The (infrared, visible) pairs to register: two images, or --frames pairs from two videos."""
-    if args.frames is None:
-        return [(read_infrared(args.ir, args.ir_16bit), read_visible(args.vi))]
+    """The (infrared, visible) pairs to register: two images, or --frames pairs from two videos
+    (DEFAULT_SCENE_FRAMES when both inputs are named as videos and --frames is not given)."""
+    frames = args.frames
+    if frames is None:
+        videos = looks_like_video(args.ir), looks_like_video(args.vi)
+        if videos[0] != videos[1]:
+            kinds = ["a video" if video else "an image" for video in videos]
+            raise CalibrationError(f"--ir {args.ir} is {kinds[0]} and --vi {args.vi} {kinds[1]}: give two images, or two videos of the rig")
+        if not videos[0]:
+            return [(read_infrared(args.ir, args.ir_16bit), read_visible(args.vi))]
+        frames = DEFAULT_SCENE_FRAMES
+        log.info("the inputs are videos: registering %d evenly spaced frame pairs (--frames to change)", frames)
     from calibration.timing import sample_frames
 
-    if args.frames < 1:
-        raise CalibrationError(f"--frames must be at least 1; got {args.frames}")
-    ir_frames, vi_frames = sample_frames(args.ir, args.frames), sample_frames(args.vi, args.frames)
+    if frames < 1:
+        raise CalibrationError(f"--frames must be at least 1; got {frames}")
+    ir_frames, vi_frames = sample_frames(args.ir, frames), sample_frames(args.vi, frames)
     return list(zip(ir_frames, vi_frames))
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
@@ -199,7 +199,8 @@ def resampled_drift(
 
 
 def register_frames(
-    pairs: list[tuple[np.ndarray, np.ndarray]], init: np.ndarray | None = None, options: SceneOptions = SceneOptions()
+    pairs: list[tuple[np.ndarray, np.ndarray]], init: np.ndarray | None = None, options: SceneOptions = SceneOptions(),
+    on_pair: Callable[[], None] | None = None,
 ) -> SceneResult:
     """Register several frame pairs of one rig: the answer most confident frames agree on,
     refined on all of them.
@@ -209,6 +210,7 @@ def register_frames(
     refined on every pair's tiles at once, and the confidence is measured the same way: the
     frames' shared structure adds up, where each frame alone pins the map only to a few
     pixels (on the M3SVD clips single frames landed 2-3 px apart and were refused for it).
+    ``on_pair`` is called as each pair's own registration ends (a progress bar).
     """
     if not pairs:
         raise CalibrationError("no frame pairs to register")
@@ -222,6 +224,8 @@ def register_frames(
             registered.append(pairs[index])
         except CalibrationError as exc:
             log.info("frame pair %d: %s", index, exc)
+        if on_pair is not None:
+            on_pair()
     if not results:
         raise CalibrationError("no frame pair could be registered")
     if len(results) == 1:

@@ -102,6 +102,13 @@ def test_offset_out_that_is_an_input_video_is_refused(videos, capsys):
     _refused(argv, videos, capsys, "--out", "--ir")
 
 
+def test_scene_on_a_video_and_an_image_is_refused(videos, capsys):
+    """Without --frames the inputs' names decide image or video; one of each is a mistake, said as one."""
+    argv = ["scene", "--ir", videos / "ir.mp4", "--vi", videos / "vi.png", "--out", videos / "calib_new.yaml"]
+    line = _refused(argv, videos, capsys, "--ir", "is a video", "--vi", "an image")
+    assert "ir.mp4" in line and "vi.png" in line
+
+
 def test_hard_link_and_other_spelling_of_an_input_count_as_the_same_file(folder, capsys):
     os.link(folder / "points.yaml", folder / "link.yaml")
     _refused(_points(folder, folder / "link.yaml"), folder, capsys, "--out", "--file")

@@ -141,8 +141,10 @@ def test_scene_command_refuses_a_smoky_frame_and_writes_nothing(scene_pair, tmp_
     assert main([*args, "--force"]) == 0 and out.exists()
 
 
-def test_scene_command_on_video_frames(tmp_path, capsys):
-    """--frames N registers N frame pairs of two videos; blank frames among them do not decide."""
+@pytest.mark.parametrize("frames", [["--frames", "5"], []], ids=["frames 5", "videos: 5 by default"])
+def test_scene_command_on_video_frames(tmp_path, capsys, frames):
+    """--frames N registers N frame pairs of two videos (5 when two videos are given without it);
+    blank frames among them do not decide."""
     visible, thermal = two_modality_scene(VI_SIZE, seed=4)
     H_true = centred_homography("rotation", IR_SIZE, VI_SIZE)
     ir = infrared_view(thermal, H_true, IR_SIZE, VI_SIZE)
@@ -152,10 +154,10 @@ def test_scene_command_on_video_frames(tmp_path, capsys):
     write_video(tmp_path / "vi.mp4", np.stack([vi_gray] * 5), 10)
     save_registration(tmp_path / "rough.yaml", Registration(centred_homography("none", IR_SIZE, VI_SIZE), IR_SIZE, VI_SIZE))
     out = tmp_path / "calib.yaml"
-    args = ["scene", "--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--frames", "5"]
+    args = ["scene", "--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), *frames]
     assert main([*args, "--init", str(tmp_path / "rough.yaml"), "--out", str(out)]) == 0
     assert corner_error(load_registration(out).H, H_true, IR_SIZE) < 1.0
-    assert "frame pairs agree" in capsys.readouterr().out
+    assert "of 5 frame pairs agree" in capsys.readouterr().out
 
 
 def test_verify_scores_the_right_homography_above_wrong_ones(scene_pair):

@@ -33,11 +33,10 @@ from ldfusion.metrics import METRIC_NAMES, evaluate_all
 from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
-from ldfusion.video import VideoReader
+from ldfusion.video import VideoReader, looks_like_video
 
 log = logging.getLogger("ldfusion.eval")
 
-VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"}
 SIDE_BY_SIDE_SUFFIX = "_sbs"  # what `ldfusion fuse --side-by-side` adds; not a fused image
 _FRAME_RATE_TOLERANCE = 0.01
 METRICS_FILES = ("metrics.csv", "metrics.json", "metrics.md")
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     _check_arguments(args)
-    video = _is_video(args.ir)
+    video = looks_like_video(args.ir)
     pairs = None if video else pair_folders(args.ir, args.vi)  # unpaired names fail before the model loads
     if args.save_fused:  # images only (_check_arguments)
         _check_saved_fused_apart_from_inputs(pairs, args.save_fused)
@@ -140,11 +139,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
         raise DataError(f"--max-frames must be at least 1; got {args.max_frames}")
     check_output_folder(args.out)
     _check_metrics_apart_from_inputs(args)
-    kinds = {path: _is_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
+    kinds = {path: looks_like_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{path} ({'video' if is_video else 'images'})" for path, is_video in kinds.items())
         raise DataError(f"--ir, --vi and --fused must all be videos or all be images; got {listing}")
-    if args.save_fused and (not args.fuse_with or _is_video(args.ir)):
+    if args.save_fused and (not args.fuse_with or looks_like_video(args.ir)):
         raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
     if args.save_fused:
         check_output_folder(args.save_fused, "--save-fused")  # made only when the first image is fused
@@ -161,10 +160,6 @@ def _check_metrics_apart_from_inputs(args: argparse.Namespace) -> None:
 def _check_saved_fused_apart_from_inputs(pairs: list[ImagePair], folder: Path) -> None:
     inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
     refuse_overwriting_inputs([folder / f"{pair.name}.png" for pair in pairs], inputs, f"--save-fused {folder}")
-
-
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_SUFFIXES
 
 
 def _stem_or_name(path: Path) -> str:
