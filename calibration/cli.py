@@ -121,9 +121,9 @@ def _add_scene(commands) -> None:
         "Register the infrared image onto the visible one from the scene itself: a global search over "
         "the declared range of scale, rotation and shift (oriented edges, normalised correlation over "
         "every shift), then tile matching and robust fits, coarse to fine, from the best few candidates. "
-        "The start is the frames stretched over each other, or --init. With videos and --frames N, N "
-        "frame pairs are registered, the answer most of them agree on wins and is refined on all N "
-        "at once (more shared structure: a steadier answer; 5 frames is a good start). A confidence "
+        "The start is the frames stretched over each other, or --init. With two videos, N evenly spaced "
+        "frame pairs are registered (--frames N, default 5), the answer most of them agree on wins and "
+        "is refined on all N at once (more shared structure: a steadier answer). A confidence "
         "from held-out tiles and from whether the answer stays put when refined on resampled images "
         "(over all the frames) decides: below --min-confidence the command exits 1 with the reason "
         "and writes nothing, unless --force.",
@@ -291,8 +291,8 @@ def run_scene(args: argparse.Namespace) -> int:
         start = load_registration(args.init)
         _check_init(start, ir, vi, args.init)
         init, time_offset = start.H, start.time_offset_s
-    # Tens of seconds for a few video frames: a bar where someone watches (not for one pair or a pipe).
-    with tqdm(total=len(pairs), unit="frame pair", desc="register", disable=True if len(pairs) < 2 else None) as bar:
+    # Tens of seconds for a few video frames: a bar where someone watches (not for one pair, -q or a pipe).
+    with tqdm(total=len(pairs), unit="frame pair", desc="register", disable=True if len(pairs) < 2 or args.quiet else None) as bar:
         result = register_frames(pairs, init, options, on_pair=bar.update)
     print(f"edge correlation {result.correlation:.3f}")
     print(_residual_line(result.residual))
