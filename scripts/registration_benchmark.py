@@ -28,7 +28,9 @@ confidence separates right from wrong.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -66,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warps", type=int, default=6, help="known warps per M3SVD clip pair (video scene benchmark)")
     parser.add_argument("--frames", type=int, default=5, help="frame pairs per clip, as `calibrate scene --frames` (video scene benchmark)")
     parser.add_argument("--verbose", action="store_true", help="one line per pair")
+    parser.add_argument("--jobs", type=int, default=1, help="pairs registered at once, one process each (the scene benchmark; 1: in order)")
     args = parser.parse_args(argv)
     if not args.no_scene:
-        scene_benchmark(args.data / "pairs", args.subset.split(","), args.limit, args.seed, args.verbose)
+        scene_benchmark(args.data / "pairs", args.subset.split(","), args.limit, args.seed, args.verbose, args.jobs)
     if not args.no_videos:
         video_scene_benchmark(args.data / "video" / "m3svd", args.warps, args.frames, args.seed, args.verbose)
     if not args.no_offsets:
@@ -77,6 +80,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- scene ------------------------------------------------------------------------------------
+
+
+def _scene_case(task) -> tuple[tuple, str]:
+    """One pair: its own registration (the reference), then the warped pair's; the row and its line."""
+    dataset, pair, H_known = task
+    ir, vi = read_infrared(pair.ir), read_visible(pair.vi)
+    own = register_scene(ir, vi, options=SceneOptions(search=REFERENCE_RANGE))  # the pair's own registration
+    start = time.perf_counter()
+    result = register_scene(warped_infrared(ir, H_known), vi)
+    seconds = time.perf_counter() - start
+    error = corner_error(result.H, own.H @ H_known, image_size(vi))
+    bare = corner_error(result.H, H_known, image_size(vi))
+    own_distance = corner_error(own.H, np.eye(3), image_size(vi))
+    row = (dataset, pair.name, error, result.confident, seconds, bare, own.confident, sound_reference(own.H, image_size(vi)))
+    line = (
+        f"{dataset}/{pair.name:24s} {error:8.2f} px (bare {bare:6.2f}, own {own_distance:6.2f}"
+        f"{'' if own.confident else ' refused'})  {result.confidence.describe()}  {'written' if result.confident else 'refused'}  {seconds:.2f} s"
+    )
+    return row, line
 
 
 def random_rig_warp(rng: np.random.Generator, size: tuple[int, int], options: SceneOptions = SceneOptions()) -> np.ndarray:
@@ -109,31 +131,21 @@ def warped_infrared(ir: np.ndarray, H: np.ndarray) -> np.ndarray:
     return cv2.warpPerspective(ir, H, image_size(ir), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
 
 
-def scene_benchmark(folder: Path, datasets: list[str], limit: int | None, seed: int, verbose: bool) -> None:
+def scene_benchmark(folder: Path, datasets: list[str], limit: int | None, seed: int, verbose: bool, jobs: int = 1) -> None:
     rng = np.random.default_rng(seed)
-    rows = []  # (dataset, name, error px, confident, seconds)
+    tasks = []  # (dataset, pair, known warp): every warp drawn here, in order, whatever the job count
     for dataset in datasets:
         pairs = pair_folders(folder / dataset / "ir", folder / dataset / "vi")
         if limit is not None and limit < len(pairs):
             pairs = [pairs[i] for i in np.linspace(0, len(pairs) - 1, limit).round().astype(int)]
         for pair in pairs:
-            ir, vi = read_infrared(pair.ir), read_visible(pair.vi)
-            H_known = random_rig_warp(rng, image_size(vi))
-            own = register_scene(ir, vi, options=SceneOptions(search=REFERENCE_RANGE))  # the pair's own registration
-            start = time.perf_counter()
-            result = register_scene(warped_infrared(ir, H_known), vi)
-            seconds = time.perf_counter() - start
-            error = corner_error(result.H, own.H @ H_known, image_size(vi))
-            bare = corner_error(result.H, H_known, image_size(vi))
-            own_distance = corner_error(own.H, np.eye(3), image_size(vi))
-            rows.append((dataset, pair.name, error, result.confident, seconds, bare, own.confident, sound_reference(own.H, image_size(vi))))
+            tasks.append((dataset, pair, random_rig_warp(rng, image_size(read_visible(pair.vi)))))
+    rows = []  # (dataset, name, error px, confident, seconds, bare px, reference confident, reference sound)
+    with multiprocessing.Pool(jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+        for row, line in (pool.imap(_scene_case, tasks) if pool else map(_scene_case, tasks)):
+            rows.append(row)
             if verbose:
-                verdict = "written" if result.confident else "refused"
-                print(
-                    f"{dataset}/{pair.name:24s} {error:8.2f} px (bare {bare:6.2f}, own {own_distance:6.2f}"
-                    f"{'' if own.confident else ' refused'})  {result.confidence.describe()}  {verdict}  {seconds:.2f} s",
-                    flush=True,
-                )
+                print(line, flush=True)
     seconds = np.array([row[4] for row in rows])
     bare = np.array([row[5] for row in rows])
     sound = np.array([row[7] for row in rows])
