@@ -100,6 +100,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"image not found: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
+        from ldfusion.video import looks_like_video  # late: video imports this module
+
+        if looks_like_video(path):
+            raise DataError(f"{path} is a video; an image is needed here")
         raise DataError(f"cannot decode image (corrupt or unsupported format): {path}")
     if image.ndim == 3:
         if image.shape[2] == 4:

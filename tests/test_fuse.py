@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from calibration_helpers import write_video
+
 from ldfusion.cli.fuse import main as fuse_main
 from ldfusion.color import merge_fused_y, rgb_to_y
 from ldfusion.imageio import read_infrared, read_visible
@@ -103,6 +105,16 @@ def test_size_mismatch_is_a_one_line_error_naming_the_pair(tmp_path, random_weig
     assert _run(tmp_path, random_weights["ld-lite"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "0: ir and vi differ in size: 40x32 vs 32x32" in err[0]
+
+
+def test_a_video_given_for_an_image_says_so(tmp_path, random_weights, capsys):
+    """A video where an image goes was 'cannot decode image (corrupt or unsupported format)'."""
+    write_video(tmp_path / "ir.mp4", np.full((3, 48, 64), 0.5, np.float32), 10)
+    write_video(tmp_path / "vi.mp4", np.full((3, 48, 64), 0.5, np.float32), 10)
+    argv = ["--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--out", str(tmp_path / "o.png"), "--weights", str(random_weights["ld-lite"]), "-q"]
+    assert fuse_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "mp4 is a video; an image is needed here" in err[0], err
 
 
 def test_corrupt_image_and_missing_folder_are_one_line_errors(tmp_path, random_weights, capsys):
