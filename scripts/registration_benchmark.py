@@ -17,12 +17,16 @@ pair is left out of the error statistics (counted, with the written results amon
 A result is a failure when its error exceeds 5 px; the tool must refuse each one (confidence
 below the threshold: `calibrate scene` exits non-zero and writes nothing).
 
+Videos: `calibrate scene --frames 5` as a user with a recorded rig runs it, on the M3SVD clip
+pairs with every infrared frame of a clip warped by one known homography of the same family
+(--warps per clip); the reference is the clip's own registration, the same way.
+
 Offsets: the M3SVD clip pairs are synchronised; the infrared signal is delayed by a known
 number of frames (-15..+15) and the delay must come back within +-1 frame. Wrong answers are
 provoked too (unrelated clips paired; a delay outside --max-offset) to show that the
 confidence separates right from wrong.
 
-    PYTHONPATH=. python scripts/registration_benchmark.py [--limit 5] [--subset tno,msrs] [--no-offsets]
+    PYTHONPATH=. python scripts/registration_benchmark.py [--limit 5] [--subset tno,msrs] [--no-videos] [--no-offsets] [--jobs 2]
 """
 
 from __future__ import annotations
