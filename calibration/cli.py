@@ -20,9 +20,16 @@ from calibration.fileformat import CalibrationError, Registration, load_registra
 from calibration.imaging import image_size, parse_size, size_ratio_homography
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
-from ldfusion.imageio import IR_16BIT_MODES, check_image_destination, pair_folders, read_infrared, read_visible, write_image
+from ldfusion.imageio import (
+    IR_16BIT_MODES,
+    check_image_destination,
+    looks_like_video,
+    pair_folders,
+    read_infrared,
+    read_visible,
+    write_image,
+)
 from ldfusion.paths import file_key
-from ldfusion.video import looks_like_video
 
 log = logging.getLogger("calibration.cli")
 DEFAULT_SCENE_FRAMES = 5  # frame pairs of two videos: on the M3SVD clips five refined together land within ~1 px

@@ -145,8 +145,10 @@ def registration_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], H: np.nd
     (one pair, or several of the same sizes: their tiles count together); see :class:`Confidence`."""
     found = []
     for ir, vi in pairs:
-        ir_gray, vi_gray = to_gray_float(ir), to_gray_float(vi)
-        vi_small, ir_small, S_vi, S_ir = level_images(ir_gray, vi_gray, pixel_ratio(H, image_size(ir)), CONFIDENCE_WIDTH)
+        # The pairs share their sizes: every level has the same S_vi, S_ir and H_level, and the
+        # last pair's stand for all of them in the evidence below.
+        ratio = pixel_ratio(H, image_size(ir))
+        vi_small, ir_small, S_vi, S_ir = level_images(to_gray_float(ir), to_gray_float(vi), ratio, CONFIDENCE_WIDTH)
         H_level = S_vi @ H @ np.linalg.inv(S_ir)
         ir_edges, mask = warped_edges(ir_small, H_level, image_size(vi_small))
         found.append(match_tiles(edge_features(vi_small, 1.0, oriented=True), ir_edges, mask, CONFIDENCE_RADIUS))

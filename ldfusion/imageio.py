@@ -13,6 +13,7 @@ from ldfusion.errors import DataError
 from ldfusion.paths import replaced_whole
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})  # what commands taking images or videos read as video
 IR_16BIT_MODES = ("stretch", "scale")
 # Percentiles for stretching 16-bit infrared: raw thermal counts fill a narrow band of the
 # 16-bit range, so dividing by 65535 would give a nearly black image.
@@ -93,6 +94,11 @@ def _split_digits(text: str) -> list[str]:
     return parts + [current] if current else parts
 
 
+def looks_like_video(path: str | os.PathLike) -> bool:
+    """Whether a path names a video file by its suffix (commands that take an image or a video decide by it)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image unchanged: (H, W) gray or (H, W, 3) RGB, uint8 or uint16."""
     path = Path(path)
@@ -100,8 +106,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"image not found: {path}")
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
-        from ldfusion.video import looks_like_video  # late: video imports this module
-
         if looks_like_video(path):
             raise DataError(f"{path} is a video; an image is needed here")
         raise DataError(f"cannot decode image (corrupt or unsupported format): {path}")

@@ -45,18 +45,12 @@ from ldfusion.imageio import infrared_to_unit, stretch_limits, unit_to_uint8
 log = logging.getLogger(__name__)
 
 DEFAULT_RATE = Fraction(30)
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})  # what commands taking images or videos read as video
 YUV420 = "yuv420p"
 GRAY = "gray"
 RGB = "rgb24"
 BGR = "bgr24"
 _AS_IS = {"yuv420p": False, "yuvj420p": True}  # layouts handed out untouched -> full range?
 _GRAY_FORMATS = {"gray": 8, "gray10le": 10, "gray12le": 12, "gray16le": 16, "gray10be": 10, "gray12be": 12, "gray16be": 16}
-
-
-def looks_like_video(path: str | os.PathLike) -> bool:
-    """Whether a path names a video file by its suffix (commands that take an image or a video decide by it)."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
-from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, pair_folders, read_pair, read_visible, write_image
+from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, looks_like_video, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
 from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
-from ldfusion.video import VideoReader, looks_like_video
+from ldfusion.video import VideoReader
 
 log = logging.getLogger("ldfusion.eval")
 
