@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     check_json_destination(args.out)
+    resolutions = [parse_resolution(text) for text in args.resolutions]  # every argument checked before weights are chosen
     devices = [resolve_device(name) for name in (args.devices or default_devices())]
     weights = choose_weights(args.weights, devices[0])
     path = resolve_weights_path(weights)
@@ -75,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend, int8=args.int8, precision=args.precision or "auto",
         weights_path=path if path.is_file() else None, auto_weights=is_auto(args.weights),
     )
-    resolutions = [parse_resolution(text) for text in args.resolutions]
     model = resolve_model(weights, args.model)
 
     results: list[Measurement] = []

@@ -159,6 +159,20 @@ def test_bench_out_inside_a_file_is_refused_before_measuring(tmp_path, capsys, r
     assert f"{a_file} is a file, not a folder" in one_error_line(capsys, "ldfusion bench")
 
 
+def test_bench_bad_resolution_is_refused_before_the_weights_are_chosen(tmp_path, capsys, monkeypatch):
+    """`--resolutions 0x0` was refused only after `weights: auto` had chosen (and logged) its weights."""
+    import ldfusion_cli.bench as bench_cli
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("weights chosen before --resolutions was checked")
+
+    monkeypatch.setattr(bench_cli, "choose_weights", never)
+    args = ["bench", "--out", str(tmp_path / "bench.json"), "--devices", "cpu", "--paths", "model", "--resolutions", "640x512", "0x0"]
+    assert dispatcher.main(args) == 2
+    assert "resolution must be at least 8x8; got '0x0'" in one_error_line(capsys, "ldfusion bench")
+    assert not (tmp_path / "bench.json").exists()
+
+
 # --- subscribe ------------------------------------------------------------------------------
 
 
