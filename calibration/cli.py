@@ -330,6 +330,7 @@ def run_scene(args: argparse.Namespace) -> int:
 
 def _confidence_reason(confidence) -> str:
     """The part of the confidence that sank it, in a few words."""
+    from calibration.quality import HELD_OUT_PX
     from calibration.scene import STABILITY_PX, WANDER_PX
 
     wander = confidence.wander_px
@@ -338,6 +339,8 @@ def _confidence_reason(confidence) -> str:
     moved = confidence.stability_px
     if moved is not None and not moved <= STABILITY_PX:
         return f"the answer moves {moved:.1f} px when refined on resampled images"
+    if not confidence.held_out_px <= HELD_OUT_PX:
+        return f"fits to two halves of the tiles disagree by {confidence.held_out_px:.1f} px at the corners"
     return f"{confidence.tiles_agreeing} of {confidence.tiles_informative} informative tiles agree"
 
 

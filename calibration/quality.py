@@ -97,7 +97,13 @@ def _robust_rms(shifts: np.ndarray) -> float | None:
 CONFIDENCE_WIDTH = 640  # tiles are checked at most this wide (the finest refinement level)
 CONFIDENCE_RADIUS = 5  # each tile looks for its content within +- this many pixels
 MIN_AGREEING_TILES = 12  # fewer agreeing tiles than this cannot make a confident answer
-HELD_OUT_PX = 1.5  # a held-out corner disagreement of this size halves the score
+# A held-out corner disagreement of this size halves the score. 0.75 rather than 1.5 px, with
+# scene.STABILITY_PX 2.5 rather than 1.5 (eighth session): the two tile halves' agreement is
+# the sharper test of precision, the resampled refinement the noisier one. Chosen on the
+# benchmark's seed 0 (from the parts a run logs; run again: 148 -> 120 of 205 good results
+# refused, every failure still refused) and held out on seed 1 (recomputed: 148 -> 130 of 207,
+# no failure written that was not written before) and on the video benchmark (same verdicts; answers within 0.6 px of before).
+HELD_OUT_PX = 0.75
 
 
 @dataclass(frozen=True)

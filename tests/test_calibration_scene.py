@@ -361,3 +361,21 @@ def test_verify_refines_as_the_file_says_not_as_h_looks(synthetic_scene):
     # an affine map instead, stability and wander move by 0.16 and 0.18 px here.
     assert checked.confidence.stability_px == pytest.approx(expected.stability_px, abs=1e-3)
     assert checked.confidence.wander_px == pytest.approx(expected.wander_px, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "parts, reason",
+    [
+        (dict(wander_px=3.5, stability_px=0.4, held_out_px=0.2), "moves 3.5 px when refined on images resampled again"),
+        (dict(wander_px=1.0, stability_px=2.9, held_out_px=0.2), "moves 2.9 px when refined on resampled images"),
+        (dict(wander_px=1.0, stability_px=0.4, held_out_px=1.3), "two halves of the tiles disagree by 1.3 px"),
+        (dict(wander_px=1.0, stability_px=0.4, held_out_px=0.2), "9 of 40 informative tiles agree"),
+    ],
+)
+def test_a_refusal_names_the_part_of_the_confidence_that_sank_it(parts, reason):
+    """Held-out disagreement weighs more since the eighth session (0.75 px halves the score): a
+    refusal it causes must name it rather than the tile count."""
+    from calibration.cli import _confidence_reason
+    from calibration.quality import Confidence
+
+    assert reason in _confidence_reason(Confidence(0.2, 9, 40, **parts))
