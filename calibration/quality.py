@@ -102,7 +102,8 @@ MIN_AGREEING_TILES = 12  # fewer agreeing tiles than this cannot make a confiden
 # the sharper test of precision, the resampled refinement the noisier one. Chosen on the
 # benchmark's seed 0 (from the parts a run logs; run again: 148 -> 120 of 205 good results
 # refused, every failure still refused) and held out on seed 1 (recomputed: 148 -> 130 of 207,
-# no failure written that was not written before) and on the video benchmark (same verdicts; answers within 0.6 px of before).
+# no failure written that was not written before) and on the video benchmark (same verdicts;
+# answers within 0.6 px of before).
 HELD_OUT_PX = 0.75
 
 

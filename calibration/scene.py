@@ -66,7 +66,7 @@ SEARCH_SIGMA = 1.5  # the search level's edges are blurred this much (pixels): i
 CONVERGED_PX = 0.05  # a fit that moves no corner further than this (level pixels) ends the level
 MIN_CONFIDENCE = 0.5  # below this a result is refused (see scene_confidence); set on the benchmark (seed 0, 281 pairs)
 RESAMPLING = 0.7  # the stability check refines again on a pyramid this much narrower
-STABILITY_PX = 2.5  # a resampled refinement that moves a corner this far halves the confidence; set on the benchmark (see quality.HELD_OUT_PX)
+STABILITY_PX = 2.5  # a resampled refinement moving a corner this far halves the confidence; see quality.HELD_OUT_PX
 # A second, independent resampling (a pyramid 0.85 times as wide) vetoes: a move beyond
 # WANDER_PX there refuses the answer (score 0), a smaller one costs nothing. One resampling is
 # one sample of how the answer wanders: on the benchmark a 6.3 px answer (seed 0, RoadScene

@@ -186,9 +186,6 @@ def scene_benchmark(folder: Path, datasets: list[str], limit: int | None, seed: 
     print(f"  time per pair: mean {seconds.mean():.2f} s, median {np.median(seconds):.2f} s")
 
 
-# --- offsets ------------------------------------------------------------------------------------
-
-
 def video_scene_benchmark(folder: Path, warps: int, frames: int, seed: int, verbose: bool) -> None:
     """``calibrate scene --frames N`` on the M3SVD clip pairs, the infrared frames warped by known homographies.
 
@@ -228,6 +225,9 @@ def video_scene_benchmark(folder: Path, warps: int, frames: int, seed: int, verb
     print(f"  good results refused anyway: {int((~failed & ~written).sum())} of {int((~failed).sum())}")
     if written.any():
         print(f"  written results: {int(written.sum())}, median {np.median(error[written]):.2f} px, worst {error[written].max():.2f} px")
+
+
+# --- offsets ------------------------------------------------------------------------------------
 
 
 def offset_benchmark(folder: Path, verbose: bool) -> None:
