@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ldfusion.config import finite_float, read_yaml
+from ldfusion.config import finite_float, read_yaml, unknown_keys
 from ldfusion.errors import ConfigError
 from ldfusion.paths import replaced_whole
 
@@ -168,7 +168,7 @@ def load_registration(path: str | os.PathLike) -> Registration:
     missing = [key for key in _REQUIRED if key not in data]
     if missing:
         raise CalibrationError(f"{path}: missing key(s): {', '.join(missing)}")
-    unknown = sorted(set(data) - _KNOWN)
+    unknown = unknown_keys(data, _KNOWN)
     if unknown:
         raise CalibrationError(f"{path}: unknown key(s): {', '.join(unknown)}")
     if data.get("cameras") is not None and not isinstance(data["cameras"], dict):

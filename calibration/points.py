@@ -32,6 +32,7 @@ import yaml
 from calibration.fileformat import CalibrationError
 from calibration.fitting import MIN_POINTS, fit_homography
 from calibration.imaging import Size, apply_homography
+from ldfusion.config import unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -73,9 +74,9 @@ def _parse_yaml(text: str, path: Path) -> PointPairs:
         raise CalibrationError(f"{path}: malformed YAML ({getattr(exc, 'problem', None) or 'parse error'})") from None
     if not isinstance(data, dict) or not isinstance(data.get("points"), list):
         raise CalibrationError(f"{path}: expected a mapping with a 'points' list")
-    unknown = sorted(set(data) - {"points", "ir_size", "vi_size"})
+    unknown = unknown_keys(data, ("points", "ir_size", "vi_size"))
     if unknown:
-        raise CalibrationError(f"{path}: unknown key(s): {', '.join(map(str, unknown))}")
+        raise CalibrationError(f"{path}: unknown key(s): {', '.join(unknown)}")
     rows = [_yaml_row(entry, index, path) for index, entry in enumerate(data["points"], start=1)]
     sizes = {key: _size(data.get(key), key, path) for key in ("ir_size", "vi_size")}
     return _pairs(rows, path, sizes["ir_size"], sizes["vi_size"])

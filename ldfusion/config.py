@@ -16,6 +16,7 @@ import math
 import os
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -118,12 +119,19 @@ def load_config(cls: type[C], path: str | os.PathLike | None, overrides: list[st
     return from_dict(cls, data, where=str(path) if path else "config")
 
 
+def unknown_keys(data: dict, known: Iterable[str]) -> list[str]:
+    """The keys of ``data`` outside ``known``, as text and sorted: YAML keys need not be
+    strings (``1:``, ``null:``, and ``on:``/``yes:``, which YAML 1.1 reads as true)."""
+    known = set(known)
+    return sorted(str(key) for key in data if key not in known)
+
+
 def from_dict(cls: type[C], data: Any, where: str = "config") -> C:
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    unknown = unknown_keys(data, fields)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(fields)}")
     required = [name for name, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]

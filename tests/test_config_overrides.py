@@ -27,3 +27,25 @@ def test_the_trainer_uses_the_same_rule(tmp_path):
     assert config.optim.lr == 0.0005
     with pytest.raises(ConfigError, match="unknown key"):
         load_config(TrainConfig, None, ["data.crop=128", "data.pairs=[{ir: ir, vi: vi}]", "optim.no_such_key=1"])
+
+
+@pytest.mark.parametrize("key", ["1", "null", "on", "3.5"])
+def test_a_key_that_yaml_reads_as_no_string_is_named_as_unknown(tmp_path, key):
+    """``1:``, ``null:``, ``on:`` (true in YAML 1.1) and ``3.5:`` are keys too: every reader names them
+    in its one-line error instead of failing on sorting or joining them."""
+    from calibration.fileformat import CalibrationError, identity_registration, load_registration, save_registration
+    from calibration.points import read_point_pairs
+
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {{crop: 128, pairs: [{{ir: ir, vi: vi}}]}}\n{key}: foo\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config(TrainConfig, config)
+    calibration = tmp_path / "calib.yaml"
+    save_registration(calibration, identity_registration(64, 48))
+    calibration.write_text(calibration.read_text() + f"{key}: foo\n")
+    with pytest.raises(CalibrationError, match="unknown key"):
+        load_registration(calibration)
+    points = tmp_path / "points.yaml"
+    points.write_text(f"points: [[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]\n{key}: foo\n")
+    with pytest.raises(CalibrationError, match="unknown key"):
+        read_point_pairs(points)
