@@ -112,10 +112,13 @@ def apply_overrides(base: Any, extra: Any, where: str = "") -> Any:
     return merged
 
 
-def load_config(cls: type[C], path: str | os.PathLike | None, overrides: list[str] | None = None) -> C:
-    """Read ``path`` (YAML), apply ``key=value`` overrides (``apply_overrides``), and check it."""
+def load_config(cls: type[C], path: str | os.PathLike | None, overrides: list[str] | None = None, settings: dict | None = None) -> C:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (``apply_overrides``), then ``settings``
+    (a command's own flags: typed values nested as in the config; they win), and check it once,
+    so that an error names the values the command runs with."""
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, parse_overrides(overrides))
+    data = apply_overrides(data, settings or {})
     return from_dict(cls, data, where=str(path) if path else "config")
 
 

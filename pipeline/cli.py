@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import yaml
@@ -13,7 +12,6 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.config import to_dict
-from ldfusion.errors import ConfigError
 from ldfusion.redact import mask_credentials
 from pipeline.config import PipelineConfig, check_outputs, load_pipeline_config
 from pipeline.runner import run_pipeline
@@ -58,42 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def apply_arguments(config: PipelineConfig, args: argparse.Namespace) -> PipelineConfig:
-    """Command-line flags win over the file and ``--set``."""
-    model, run = config.model, config.run
-    if args.weights is not None:
-        model = replace(model, weights=args.weights)
-    if args.variant is not None:
-        model = replace(model, variant=args.variant)
-    if args.device is not None:
-        model = replace(model, device=args.device)
-    if args.int8 is not None:
-        model = replace(model, int8=args.int8)
-    if args.precision is not None:
-        model = replace(model, precision=args.precision)
+def flag_settings(args: argparse.Namespace) -> dict:
+    """The flags that set config values, nested as in the config: they win over the file and
+    ``--set``, and the config is checked once with them (an error names what the run uses)."""
+    model = {key: value for key, value in vars(args).items() if key in ("weights", "variant", "device", "int8", "precision") and value is not None}
+    run = {}
     if args.out is not None:
-        run = replace(run, out_dir=str(args.out))
+        run["out_dir"] = str(args.out)
     if args.max_frames is not None:
-        run = replace(run, max_frames=args.max_frames)
+        run["max_frames"] = args.max_frames
     if args.no_progress or args.quiet:  # -q: only warnings and errors, as in fuse, eval and demo
-        run = replace(run, progress=False)
+        run["progress"] = False
     if args.overwrite:
-        run = replace(run, overwrite=True)
-    return replace(config, model=model, run=run)
+        run["overwrite"] = True
+    return {key: value for key, value in (("model", model), ("run", run)) if value}
 
 
 @one_line_errors("ldfusion run")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
-    try:
-        config = apply_arguments(load_pipeline_config(args.config, args.overrides), args)
-    except ValueError as exc:  # a flag that breaks a config check
-        raise ConfigError(str(exc)) from None
+    config = load_pipeline_config(args.config, args.overrides, flag_settings(args))
     if args.print_config:
         print(yaml.safe_dump(mask_credentials(to_dict(config)), sort_keys=False), end="")
         return 0
-    check_outputs(config)  # before anything is opened for writing
+    check_outputs(config, args.config)  # before anything is opened for writing
     with logging_redirect_tqdm():
         summary = run_pipeline(config)
     print(summary.report)

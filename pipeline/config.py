@@ -316,13 +316,18 @@ class PipelineConfig:
         return paths + [Path(stream.registration.calibration) for stream in self.streams if stream.registration.calibration]
 
 
-def check_outputs(config: PipelineConfig) -> None:
-    """Before anything is opened for writing: refuse outputs of the wrong type, and existing ones
-    unless ``run.overwrite``. Raises ``ConfigError`` with one line naming the path."""
+def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None = None) -> None:
+    """Before anything is opened for writing: refuse outputs of the wrong type, existing ones
+    unless ``run.overwrite``, and any that would replace ``config_file``, the config the run was
+    started from (a config.yaml saved by an earlier run, run again from its own out_dir, is one).
+    Raises ``ConfigError`` with one line naming the path."""
     out_dir = Path(config.run.out_dir) if config.run.out_dir else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"run.out_dir {str(out_dir)!r} is a file, not a folder")
+    own = file_key(config_file) if config_file is not None else None
     for kind, path in config.output_paths():
+        if own is not None and file_key(path) == own:
+            raise ConfigError(f"the run would write {str(path)!r}, which is its own config file; copy the config elsewhere or choose another --out")
         if kind == "png" and path.exists() and not path.is_dir():
             raise ConfigError(f"the png sink writes into the folder {str(path)!r}, but that is a file")
         if kind == "mp4" and path.is_dir():
@@ -354,6 +359,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
-def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> PipelineConfig:
-    """Read ``path`` (YAML), apply ``key=value`` overrides (list items by index), and check it."""
-    return load_config(PipelineConfig, path, overrides)
+def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None, settings: dict | None = None) -> PipelineConfig:
+    """Read ``path`` (YAML), apply ``key=value`` overrides (list items by index) and the
+    command's ``settings`` (``ldfusion.config.load_config``), and check it."""
+    return load_config(PipelineConfig, path, overrides, settings)

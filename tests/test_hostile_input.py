@@ -160,6 +160,29 @@ def test_existing_outputs_need_overwrite(tmp_path, capsys, random_weights):
     assert (tmp_path / "out" / "o.mp4").stat().st_size > 1000
 
 
+@pytest.mark.parametrize("name, flags", [("config.yaml", ()), ("summary.json", ("--overwrite",))])
+def test_a_run_never_writes_over_its_own_config_file(tmp_path, capsys, random_weights, name, flags):
+    """A config.yaml saved by an earlier run, run again from its out_dir, is the config: rewriting
+    it (or a config named summary.json) would lose the user's file, --overwrite or not."""
+    out = tmp_path / "out"
+    out.mkdir()
+    config = write_config(out, video_config(tmp_path), name=name)
+    before = config.read_text()
+    assert run_command(config, *flags, weights=random_weights["ld-lite"]) == 2
+    assert f"would write '{config}', which is its own config file" in one_error_line(capsys, "ldfusion run")
+    assert config.read_text() == before and not (out / "o.mp4").exists()
+    assert run_command(config, "--out", str(tmp_path / "elsewhere"), *flags, weights=random_weights["ld-lite"]) == 0
+    assert config.read_text() == before and (tmp_path / "elsewhere" / "o.mp4").stat().st_size > 1000
+
+
+def test_errors_about_outputs_name_the_folder_out_gives(tmp_path, capsys, random_weights):
+    """--out replaces run.out_dir before the config is checked: a sink leaving it names --out's folder."""
+    config = write_config(tmp_path, video_config(tmp_path, sinks=[{"kind": "mp4", "path": "../escape.mp4"}]))
+    assert run_command(config, "--out", str(tmp_path / "given"), weights=random_weights["ld-lite"]) == 2
+    line = one_error_line(capsys, "ldfusion run")
+    assert f"leaves run.out_dir '{tmp_path / 'given'}'" in line and str(tmp_path / "out") not in line
+
+
 @pytest.mark.parametrize(
     "sink_path, stream_id, expected",
     [
@@ -724,8 +747,8 @@ def test_wrong_output_kinds_and_names_are_refused_before_any_work(tmp_path, caps
         (["eval", "--ir", str(ir_dir), "--vi", str(vi_dir), "--fuse-with", str(random_weights["ld-lite"]), "--out", str(a_file)],
          f"--out {a_file} is a file, not a folder"),
         (["run", str(a_folder)], f"{a_folder} is a folder, not a config file"),
-        (["run", str(write_config(tmp_path, video_config(tmp_path))), "--variant", "bogus"],
-         "variant must be one of fast, fast-wide-code, ld-lite, ldfusion; got 'bogus'"),
+        (["run", str(write_config(tmp_path, video_config(tmp_path))), "--variant", "bogus"],  # checked with the file's values
+         f"{tmp_path / 'run.yaml'}.model: variant must be one of fast, fast-wide-code, ld-lite, ldfusion; got 'bogus'"),
     ]
     for argv, expected in cases:
         assert dispatcher.main(argv) == 2, argv
