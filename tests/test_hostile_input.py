@@ -231,6 +231,17 @@ def test_fuse_refuses_an_output_that_is_a_hard_link_to_an_input(tmp_path, capsys
     assert (ir_dir / "1.png").read_bytes() == before
 
 
+def test_fuse_refuses_two_pairs_that_would_write_one_file(tmp_path, capsys, random_weights):
+    """With --side-by-side, pair a writes a_sbs.png, the name of pair a_sbs's fused image: one would be lost."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["a", "a_sbs"], ["a", "a_sbs"])
+    out = tmp_path / "out"
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"], "--side-by-side")) == 2
+    assert "pairs 'a' and 'a_sbs' would both write a_sbs.png" in one_error_line(capsys, "ldfusion fuse")
+    assert not out.exists()
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"])) == 0  # without it the names differ
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_sbs.png"]
+
+
 def test_eval_refuses_to_save_fused_images_over_its_inputs(tmp_path, capsys, random_weights):
     from ldfusion.cli import evaluate
 

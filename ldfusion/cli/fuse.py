@@ -91,6 +91,11 @@ def output_names(pair: ImagePair, with_sbs: bool) -> list[str]:
 def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwrite: bool) -> None:
     """Before anything is written: --out is a folder, no output is an input, and existing outputs need --overwrite."""
     check_output_folder(out_dir)
+    writers: dict[str, str] = {}  # output name -> the pair that writes it
+    for pair in pairs:
+        for name in output_names(pair, with_sbs):
+            if writers.setdefault(name, pair.name) != pair.name:  # pairs a and a_sbs with --side-by-side
+                raise DataError(f"pairs {writers[name]!r} and {pair.name!r} would both write {name}; rename one of them or leave out --side-by-side")
     outputs = [out_dir / name for pair in pairs for name in output_names(pair, with_sbs)]
     refuse_overwriting_inputs(outputs, [path for pair in pairs for path in (pair.ir, pair.vi)], f"--out {out_dir}")
     existing = [path for path in outputs if path.exists()]
