@@ -33,8 +33,11 @@ def list_images(folder: Path) -> dict[str, Path]:
         raise DataError(f"not a folder: {folder}")
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
+        if not path.is_file():  # skipping it would drop a pair (or a frame) without a word
+            what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a file"
+            raise DataError(f"{path} is {what}; an image folder's images must be files")
         if path.stem in by_stem:
             raise DataError(f"{folder}: two images share the name {path.stem!r} ({by_stem[path.stem].name}, {path.name})")
         by_stem[path.stem] = path

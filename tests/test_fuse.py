@@ -126,6 +126,22 @@ def test_corrupt_image_and_missing_folder_are_one_line_errors(tmp_path, random_w
     assert "not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("entry", ["broken link", "folder"])
+def test_an_image_name_that_is_no_file_is_a_one_line_error(tmp_path, random_weights, capsys, entry):
+    """A link to nothing (or a folder named like an image) on both sides was skipped: its pair dropped, exit 0."""
+    _make_pairs(tmp_path, [(32, 32)])
+    for side in ("ir", "vi"):
+        if entry == "broken link":
+            (tmp_path / side / "1.png").symlink_to(tmp_path / "nowhere.png")
+        else:
+            (tmp_path / side / "1.png").mkdir()
+    assert _run(tmp_path, random_weights["ld-lite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = "is a link to nothing" if entry == "broken link" else "is not a file"
+    assert len(err) == 1 and f"1.png {expected}" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_weights_file_is_a_one_line_error(tmp_path, capsys):
     _make_pairs(tmp_path, [(32, 32)])
     assert _run(tmp_path, tmp_path / "absent.pt") == 2
