@@ -119,7 +119,8 @@ class Fuser:
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.spec = model.spec
-        self.weights_name = f"the {model.spec.name} network"  # named in errors; from_weights says which file
+        # Named in errors; from_weights says which file or registry name.
+        self.weights_name = f"weights {str(weights_path)!r}" if weights_path is not None else f"the {model.spec.name} network"
         # cuDNN autotuning pays off for the fixed frame sizes of video.
         if on_cuda:
             torch.backends.cudnn.benchmark = True
@@ -152,8 +153,18 @@ class Fuser:
         if backend == "torch" or self.dtype != torch.float32:
             self._check_torch_precision(options.precision)
             return "torch", None, False
+        self._check_output_is_finite_on_pytorch()
         network = build_openvino(self.model, weights_path, int8=int8, precision=options.precision, streams=options.cpu_streams)
         return backend, network, int8
+
+    def _check_output_is_finite_on_pytorch(self) -> None:
+        """Weights whose activations overflow give NaN on PyTorch but 0 on OpenVINO: black frames
+        that the per-batch check passes. One small PyTorch call before OpenVINO takes over sees them."""
+        ramp = torch.linspace(0.0, 1.0, 64, device=self.device).expand(1, 1, 64, 64)
+        with torch.inference_mode(), self._network_threads():
+            out = self.model(ramp.contiguous(), ramp.transpose(-1, -2).contiguous())
+        if not bool(finite_flag(out)):
+            raise self.not_finite_error()
 
     def _check_torch_precision(self, requested: str) -> None:
         """A precision asked for where PyTorch runs the network must be the one it runs in:

@@ -383,6 +383,27 @@ def test_non_finite_output_stops_the_batch_naming_the_weights(random_weights):
         fuser.fuse_arrays([visible], [ir])
 
 
+def overflowing_weights(tmp_path: Path) -> Path:
+    """Finite weights (every one times 1e30) whose activations overflow to inf and NaN on any input."""
+    torch.manual_seed(0)
+    net = build_network(get_variant("ld-lite"))
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(1e30)
+    return save_checkpoint(tmp_path / "huge.pt", net)
+
+
+def test_weights_that_overflow_are_refused_on_openvino_too(tmp_path, capsys):
+    """OpenVINO gives 0 where PyTorch gives NaN: fuse wrote black images with exit 0, since the
+    per-batch check saw finite numbers. The CPU default backend must refuse these weights too."""
+    pytest.importorskip("openvino")
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    code = fuse_cli.main(["--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "out"),
+                          "--weights", str(overflowing_weights(tmp_path)), "--device", "cpu", "--backend", "openvino", "-q"])
+    assert code == 2 and "network output is not finite" in one_error_line(capsys, "ldfusion fuse")
+    assert not (tmp_path / "out" / "1.png").exists()
+
+
 def test_fuse_with_nan_weights_is_one_line(tmp_path, capsys):
     ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
     code = fuse_cli.main(["--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "out"),
