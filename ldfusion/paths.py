@@ -52,9 +52,12 @@ def replaced_whole(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pa
         yield temporary
         os.replace(temporary, path)
     except OSError as exc:
-        if exc.filename is not None and os.fspath(exc.filename) == os.fspath(temporary):
-            # A full disk or a missing permission: name the file the user asked for, not ours.
+        # A full disk or a missing permission: name the file the user asked for, not ours. An
+        # error from write() itself (a full disk) names no file at all.
+        if exc.filename is None or os.fspath(exc.filename) == os.fspath(temporary):
             raise OSError(exc.errno, exc.strerror, os.fspath(path)) from None
         raise
     finally:
-        temporary.unlink(missing_ok=True)
+        # Quietly: on a read-only file system unlink fails too, and its error would replace the one above.
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)

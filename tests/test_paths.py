@@ -69,6 +69,32 @@ def test_an_image_write_that_fails_half_way_leaves_the_previous_image_whole(tmp_
     assert cv2.imread(str(target))[0, 0].tolist() == [200, 200, 200] and leftovers(tmp_path) == []
 
 
+def test_a_full_disk_or_read_only_folder_names_the_file_asked_for(tmp_path, monkeypatch):
+    """write() on a full disk raises ENOSPC naming no file, and on a read-only file system the
+    cleanup's unlink fails too: the error must still be one naming the image, not ours or none."""
+    target = tmp_path / "a.png"
+
+    def full_disk(self: Path, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")  # what a failing write() gives: no filename
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with pytest.raises(OSError, match="No space left on device") as failed:
+        write_image(target, np.zeros((8, 8, 3), np.uint8))
+    assert failed.value.filename == str(target)
+
+    def read_only(self: Path, data: bytes) -> int:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    def unlink_fails(self: Path, missing_ok: bool = False) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    monkeypatch.setattr(Path, "unlink", unlink_fails)
+    with pytest.raises(OSError, match="Read-only file system") as failed:
+        write_image(target, np.zeros((8, 8, 3), np.uint8))
+    assert failed.value.filename == str(target)
+
+
 @pytest.mark.parametrize("suffix", [".png", ".jpg", ".tif"])
 def test_images_are_the_bytes_opencv_writes(tmp_path, suffix):
     image = np.random.default_rng(0).integers(0, 256, (17, 23, 3), dtype=np.uint8)
