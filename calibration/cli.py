@@ -18,6 +18,8 @@ from tqdm.auto import tqdm
 
 from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
 from calibration.imaging import image_size, parse_size, size_ratio_homography
+from calibration.scene import SceneOptions
+from calibration.target import MIN_VIEWS_FLOOR
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import (
@@ -113,7 +115,8 @@ def _add_target(commands) -> None:
     sub.add_argument("--square-size", type=float, default=1.0, help="square side in your unit, e.g. mm (scales the stereo T)")
     sub.add_argument("--marker-size", type=float, help="ChArUco marker side, same unit (default: 0.75 of a square)")
     sub.add_argument("--legacy-charuco", action="store_true", help="ChArUco board printed by OpenCV < 4.6 (even row count)")
-    sub.add_argument("--min-views", type=int, default=4, help="views with the board in both images needed for intrinsics (default: 4)")
+    sub.add_argument("--min-views", type=int, default=4,
+                     help=f"views with the board in both images needed for intrinsics, at least {MIN_VIEWS_FLOOR} (default: 4)")
     _add_model(sub)
     _add_ir_16bit(sub)
     sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
@@ -147,7 +150,8 @@ def _add_scene(commands) -> None:
     sub.add_argument(
         "--max-shift", type=float, default=0.15, help="search shifts within +- this fraction of the visible width (default: 0.15)"
     )
-    sub.add_argument("--max-width", type=int, default=640, help="refine at most this wide, for speed (default: 640)")
+    sub.add_argument("--max-width", type=int, default=640,
+                     help=f"refine at most this wide, for speed; at least {SceneOptions.search_width}, the global search's width (default: 640)")
     sub.add_argument(
         "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.5)"
     )
@@ -252,6 +256,8 @@ def run_target(args: argparse.Namespace) -> int:
 
     _check_finite(args.square_size, "--square-size")  # a NaN would end up in the stereo T
     _check_finite(args.marker_size, "--marker-size")
+    if args.min_views < MIN_VIEWS_FLOOR:  # intrinsics from one view: a focal length of 10^6 px, written with exit 0
+        raise CalibrationError(f"--min-views must be at least {MIN_VIEWS_FLOOR}: fewer views cannot pin a camera's intrinsics; got {args.min_views}")
     board = _board(args.pattern, args.charuco, args.square_size, args.marker_size, args.legacy_charuco)
     pairs = pair_folders(args.ir, args.vi)
     _check_out(args.out, *[("--ir", pair.ir) for pair in pairs], *[("--vi", pair.vi) for pair in pairs])
@@ -283,12 +289,14 @@ def run_target(args: argparse.Namespace) -> int:
 
 
 def run_scene(args: argparse.Namespace) -> int:
-    from calibration.scene import MIN_CONFIDENCE, SceneOptions, SearchRange, register_frames
+    from calibration.scene import MIN_CONFIDENCE, SearchRange, register_frames
 
     for flag, value in (("--max-scale", args.max_scale), ("--max-rotation", args.max_rotation), ("--max-shift", args.max_shift)):
         _check_finite(value, flag)
     search = SearchRange(args.max_scale, args.max_rotation, args.max_shift)
-    options = SceneOptions(model=args.model, search=search, max_width=max(args.max_width, 160))
+    if args.max_width < SceneOptions.search_width:  # was raised to it without a word
+        raise CalibrationError(f"--max-width must be at least {SceneOptions.search_width}, the width the global search works at; got {args.max_width}")
+    options = SceneOptions(model=args.model, search=search, max_width=args.max_width)
     min_confidence = _min_confidence(args.min_confidence, MIN_CONFIDENCE)
     _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi), ("--init", args.init))
     pairs = _scene_pairs(args)
@@ -430,7 +438,7 @@ def run_verify(args: argparse.Namespace) -> int:
     check_sizes(registration, ir, vi)
     source, destination = (ir, vi) if registration.source == "ir" else (vi, ir)
     result = verify(source, destination, registration.H, args.style, registration.model)
-    write_image(args.out, result.overlay)
+    _write_out_image(args.out, result.overlay)
     print(f"alignment score {result.score:.3f} (edge correlation over {result.coverage:.0%} of the {_other(registration.source)} image)")
     print(_residual_line(result.residual))
     print(result.confidence.describe())
@@ -455,7 +463,7 @@ def run_board(args: argparse.Namespace) -> int:
         )
     _check_image_out(args.out)
     image, _ = board_image(board, args.pixels_per_square)
-    write_image(args.out, image)
+    _write_out_image(args.out, image)
     print(f"wrote {args.out} ({image.shape[1]}x{image.shape[0]}, {board.label})")
     return 0
 
@@ -480,6 +488,12 @@ def _check_image_out(out: Path, *inputs: tuple[str, Path | None]) -> None:
         check_image_destination(out)
     except DataError as exc:
         raise DataError(f"--out: {exc}") from None
+
+
+def _write_out_image(out: Path, image) -> None:
+    """Write --out, making its folder as the calibration files' writer does (``save_registration``)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_image(out, image)
 
 
 def _check_finite(value: float | None, flag: str) -> None:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 BOARD_KINDS = ("checkerboard", "charuco")
 MIN_VIEWS_FOR_INTRINSICS = 4
+MIN_VIEWS_FLOOR = 3  # the fewest views `--min-views` may ask for: with fewer, intrinsics are whatever fits the noise
 _SB_FLAGS = cv2.CALIB_CB_NORMALIZE_IMAGE | cv2.CALIB_CB_EXHAUSTIVE | cv2.CALIB_CB_ACCURACY
 _CLASSIC_FLAGS = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
 

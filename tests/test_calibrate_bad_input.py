@@ -201,3 +201,25 @@ def test_board_pixels_per_square_has_an_upper_bound(folder, capsys):
 def test_points_out_that_is_a_folder_names_it_not_a_temporary_file(folder, capsys):
     line = _refused(_points(folder, folder / "folder"), folder, capsys, "--out", str(folder / "folder"))
     assert ".tmp" not in line
+
+
+@pytest.mark.parametrize("value", ["2", "0", "-1"])
+def test_target_min_views_too_few_to_pin_intrinsics_is_refused(folder, capsys, value):
+    """--min-views -1 took one view and wrote a focal length of 10^6 px with exit 0."""
+    argv = ["target", "--ir", folder / "ir.png", "--vi", folder / "vi.png", "--pattern", "4x3", "--min-views", value, "--out", folder / "t.yaml"]
+    _refused(argv, folder, capsys, "--min-views must be at least 3", f"got {value}")
+
+
+@pytest.mark.parametrize("value", ["-100", "0", "159"])
+def test_scene_max_width_under_the_search_width_is_refused(folder, capsys, value):
+    """It was raised to 160 without a word."""
+    _refused(_scene(folder, folder / "s.yaml", "--max-width", value), folder, capsys, "--max-width must be at least 160", f"got {value}")
+
+
+@pytest.mark.parametrize("command", ["verify", "board"])
+def test_image_out_in_a_folder_not_made_yet_is_written_there(folder, capsys, command):
+    """As points and scene write their files: verify said 'No such file or directory', as if an input were missing."""
+    out = folder / "new" / "deeper" / "o.png"
+    argv = _verify(folder, out) if command == "verify" else ["board", "--pattern", "4x3", "--out", out]
+    assert main(["calibrate", *map(str, argv)]) == 0
+    assert out.stat().st_size > 0
