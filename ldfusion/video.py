@@ -330,7 +330,7 @@ class VideoWriter:
             stream.codec_context.time_base = self.time_base
             if self.keyint is not None:
                 stream.codec_context.gop_size = self.keyint
-        except (av.FFmpegError, ValueError) as exc:
+        except (av.FFmpegError, ValueError, OverflowError) as exc:  # OverflowError: a value beyond FFmpeg's C int
             self._container.close()
             self._container = None
             raise ConfigError(f"cannot set up {self.codec} encoding for {self.path}: {exc}") from None

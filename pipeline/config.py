@@ -54,6 +54,7 @@ MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # containers the mp4 sink's options (mo
 MIN_FPS, MAX_FPS = 0.1, 1000.0
 RUN_ARTEFACTS = ("config.yaml", "summary.json")  # written into out_dir by every run
 ZMQ_PIXEL_FORMATS = ("rgb24", "bgr24", "gray")
+C_INT_MAX = 2**31 - 1  # FFmpeg's GOP size and ZeroMQ's high-water mark are C ints: a larger value overflowed deep inside
 
 
 @dataclass(frozen=True)
@@ -222,12 +223,14 @@ class SinkConfig:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.kind == "zmq" and self.content != "fused":
             raise ValueError("a zmq sink publishes fused frames only")
-        if self.keyint is not None and self.keyint < 1:
-            raise ValueError(f"keyint must be at least 1; got {self.keyint}")
+        if self.keyint is not None and not 1 <= self.keyint <= C_INT_MAX:
+            raise ValueError(f"keyint must be within 1..{C_INT_MAX}; got {self.keyint}")
         if self.pixel_format not in ZMQ_PIXEL_FORMATS:
             raise ValueError(f"pixel_format must be one of {', '.join(ZMQ_PIXEL_FORMATS)}; got {self.pixel_format!r}")
-        if self.hwm < 1:
-            raise ValueError(f"hwm must be at least 1; got {self.hwm}")
+        if not 1 <= self.hwm <= C_INT_MAX:
+            raise ValueError(f"hwm must be within 1..{C_INT_MAX}; got {self.hwm}")
+        if self.wait_subscribers > C_INT_MAX:
+            raise ValueError(f"wait_subscribers must be at most {C_INT_MAX}; got {self.wait_subscribers}")
         if self.wait_subscribers < 0 or self.wait_timeout_s < 0:
             raise ValueError("wait_subscribers and wait_timeout_s must be >= 0")
 

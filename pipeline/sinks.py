@@ -255,10 +255,11 @@ class ZmqSink(Sink):
         deadline, joined = time.monotonic() + timeout_s, 0
         while joined < count:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if remaining_ms <= 0 or not self._socket.poll(remaining_ms, zmq.POLLIN):
+            if remaining_ms <= 0:
                 log.warning("%d of %d subscriber(s) joined %s; publishing anyway", joined, count, self.endpoint)
                 return
-            if self._socket.recv()[:1] == b"\x01":  # subscribe (\x00 is unsubscribe)
+            # A second at most a poll: ZeroMQ takes the timeout as a C int, which a long wait_timeout_s overflowed.
+            if self._socket.poll(min(remaining_ms, 1000), zmq.POLLIN) and self._socket.recv()[:1] == b"\x01":  # \x00: unsubscribe
                 joined += 1
 
     def write(self, frame: FusedFrame) -> None:

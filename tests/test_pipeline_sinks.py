@@ -36,6 +36,28 @@ def test_an_unknown_sink_kind_is_a_one_line_config_error(tmp_path):
         build_sinks(config, {})
 
 
+@pytest.mark.parametrize(
+    "sink, expected",
+    [
+        ({"kind": "mp4", "path": "o.mp4", "keyint": 3_000_000_000}, r"keyint must be within 1\.\.2147483647; got 3000000000"),
+        ({"kind": "zmq", "hwm": 3_000_000_000}, r"hwm must be within 1\.\.2147483647; got 3000000000"),
+    ],
+)
+def test_numbers_beyond_what_ffmpeg_or_zeromq_hold_are_config_errors(sink, expected):
+    """They passed the config and overflowed inside FFmpeg or ZeroMQ (exit 1, no MP4)."""
+    with pytest.raises(ValueError, match=expected):
+        SinkConfig(**sink)
+
+
+def test_an_encoder_setting_that_overflows_ffmpeg_is_a_config_error_and_the_writer_still_closes(tmp_path):
+    from ldfusion.video import VideoWriter
+
+    writer = VideoWriter(tmp_path / "o.mp4", 30, keyint=2**40)
+    with pytest.raises(ConfigError, match="cannot set up .* encoding"):
+        writer.write_image(np.zeros((16, 16, 3), np.uint8))
+    writer.close()  # was an AttributeError on the half-opened container
+
+
 def _frame(seq: int) -> FusedFrame:
     return FusedFrame(FrameMeta("s", seq, seq / 30, seq / 30, seq / 30, seq, seq, 0.0, 0.0), {})
 

@@ -117,3 +117,23 @@ def test_malformed_messages_are_named():
         decode_message([b"t", b"{nope", b""])
     with pytest.raises(DataError, match="do not make"):
         decode_message([b"t", b'{"stream": "a", "seq": 1, "shape": [2, 2, 3], "dtype": "uint8"}', b"123"])
+
+
+def test_a_wait_longer_than_zeromqs_timeout_still_ends_when_the_subscriber_joins():
+    """wait_timeout_s 1e7 (115 days) overflowed ZeroMQ's C-int poll timeout in milliseconds."""
+    endpoint = free_endpoint()
+    joined = threading.Event()
+
+    def subscribe_soon() -> None:
+        with Subscriber(endpoint, "fused", timeout_s=5.0):
+            joined.wait(10)
+
+    thread = threading.Thread(target=subscribe_soon, daemon=True)
+    thread.start()
+    sink = ZmqSink(endpoint, wait_subscribers=1, wait_timeout_s=1e7)
+    try:
+        joined.set()
+        assert sink.endpoint == endpoint  # it returned: the subscriber was seen
+    finally:
+        sink.close()
+        thread.join(10)
