@@ -20,7 +20,7 @@ from calibration.fileformat import CalibrationError, Registration, load_registra
 from calibration.imaging import image_size, parse_size, size_ratio_homography
 from calibration.scene import SceneOptions
 from calibration.target import MIN_VIEWS_FLOOR
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import (
     IR_16BIT_MODES,
@@ -104,8 +104,8 @@ def _add_target(commands) -> None:
         "Hold the board at the working distance: one homography fits all depths only when the "
         "cameras are close together compared with the distance.",
     )
-    sub.add_argument("--ir", required=True, type=Path, help="folder (or file) of infrared board images")
-    sub.add_argument("--vi", required=True, type=Path, help="folder (or file) of visible board images")
+    sub.add_argument("--ir", required=True, type=path_argument, help="folder (or file) of infrared board images")
+    sub.add_argument("--vi", required=True, type=path_argument, help="folder (or file) of visible board images")
     sub.add_argument(
         "--pattern",
         required=True,
@@ -119,7 +119,7 @@ def _add_target(commands) -> None:
                      help=f"views with the board in both images needed for intrinsics, at least {MIN_VIEWS_FLOOR} (default: 4)")
     _add_model(sub)
     _add_ir_16bit(sub)
-    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
+    sub.add_argument("--out", required=True, type=path_argument, help="registration YAML to write")
     sub.set_defaults(run=run_target)
 
 
@@ -138,9 +138,9 @@ def _add_scene(commands) -> None:
         "(over all the frames) decides: below --min-confidence the command exits 1 with the reason "
         "and writes nothing, unless --force.",
     )
-    sub.add_argument("--ir", required=True, type=Path, help="infrared image, or video (.mp4, .mkv, ...: frame pairs are sampled)")
-    sub.add_argument("--vi", required=True, type=Path, help="visible image, or video")
-    sub.add_argument("--init", type=Path, help="a rough registration YAML to search around (e.g. from `points`)")
+    sub.add_argument("--ir", required=True, type=path_argument, help="infrared image, or video (.mp4, .mkv, ...: frame pairs are sampled)")
+    sub.add_argument("--vi", required=True, type=path_argument, help="visible image, or video")
+    sub.add_argument("--init", type=path_argument, help="a rough registration YAML to search around (e.g. from `points`)")
     sub.add_argument(
         "--frames", type=int,
         help=f"the inputs are videos: register this many evenly spaced frame pairs (default for videos: {DEFAULT_SCENE_FRAMES})",
@@ -158,7 +158,7 @@ def _add_scene(commands) -> None:
     sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
     _add_model(sub)
     _add_ir_16bit(sub)
-    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
+    sub.add_argument("--out", required=True, type=path_argument, help="registration YAML to write")
     sub.set_defaults(run=run_scene)
 
 
@@ -172,12 +172,12 @@ def _add_points(commands) -> None:
         "has `points: [{ir: [x, y], vi: [x, y]}, ...]` and optional ir_size/vi_size. Prints the RMS "
         "error when there are more pairs than the model needs.",
     )
-    sub.add_argument("--file", required=True, type=Path, help="point pairs, .yaml/.yml or .csv")
+    sub.add_argument("--file", required=True, type=path_argument, help="point pairs, .yaml/.yml or .csv")
     sub.add_argument("--ir-size", help="infrared image size WxH (required unless the YAML gives ir_size)")
     sub.add_argument("--vi-size", help="visible image size WxH (required unless the YAML gives vi_size)")
     sub.add_argument("--robust", action="store_true", help="drop pairs that disagree with the rest (MAGSAC/RANSAC)")
     _add_model(sub)
-    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write")
+    sub.add_argument("--out", required=True, type=path_argument, help="registration YAML to write")
     sub.set_defaults(run=run_points)
 
 
@@ -190,16 +190,16 @@ def _add_offset(commands) -> None:
         "frame-to-frame motion energy, and write it as time_offset_s (added to infrared timestamps to "
         "put them on the visible clock) into the registration file. Needs something moving in view.",
     )
-    sub.add_argument("--ir", required=True, type=Path, help="infrared video")
-    sub.add_argument("--vi", required=True, type=Path, help="visible video")
+    sub.add_argument("--ir", required=True, type=path_argument, help="infrared video")
+    sub.add_argument("--vi", required=True, type=path_argument, help="visible video")
     sub.add_argument(
         "--calib",
-        type=Path,
+        type=path_argument,
         help="registration YAML to update (default: a new file with the frames stretched over each other)",
     )
     sub.add_argument("--max-offset", type=float, help="largest delay to consider, seconds (default: min(10, half the shorter video))")
     sub.add_argument("--max-seconds", type=float, help="analyse only the first this many seconds of each video")
-    sub.add_argument("--out", required=True, type=Path, help="registration YAML to write (may be the same as --calib)")
+    sub.add_argument("--out", required=True, type=path_argument, help="registration YAML to write (may be the same as --calib)")
     sub.set_defaults(run=run_offset)
 
 
@@ -216,13 +216,13 @@ def _add_verify(commands) -> None:
         "score (edge correlation over the shared area, higher is better) and the residual per-tile "
         "misalignment in pixels.",
     )
-    sub.add_argument("--calib", required=True, type=Path, help="registration YAML")
-    sub.add_argument("--ir", required=True, type=Path, help="infrared image")
-    sub.add_argument("--vi", required=True, type=Path, help="visible image")
+    sub.add_argument("--calib", required=True, type=path_argument, help="registration YAML")
+    sub.add_argument("--ir", required=True, type=path_argument, help="infrared image")
+    sub.add_argument("--vi", required=True, type=path_argument, help="visible image")
     sub.add_argument("--style", choices=STYLES, default="edges", help="overlay style (default: edges)")
     sub.add_argument("--min-score", type=float, help="exit with status 1 when the score is below this")
     _add_ir_16bit(sub)
-    sub.add_argument("--out", required=True, type=Path, help="overlay PNG to write")
+    sub.add_argument("--out", required=True, type=path_argument, help="overlay PNG to write")
     sub.set_defaults(run=run_verify)
 
 
@@ -237,7 +237,7 @@ def _add_board(commands) -> None:
     sub.add_argument("--pattern", required=True, help="COLSxROWS: inner corners (checkerboard) or squares (ChArUco)")
     sub.add_argument("--charuco", metavar="DICT", help="draw a ChArUco board with this ArUco dictionary")
     sub.add_argument("--pixels-per-square", type=int, default=100, help="resolution (default: 100)")
-    sub.add_argument("--out", required=True, type=Path, help="PNG to write")
+    sub.add_argument("--out", required=True, type=path_argument, help="PNG to write")
     sub.set_defaults(run=run_board)
 
 

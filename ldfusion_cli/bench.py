@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
 from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--compile-mode", choices=COMPILE_KINDS, default="default",
                         help="default: inductor's kernels; reduce-overhead: also replayed as CUDA graphs, one launch per call (default: default)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
-    parser.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON output (default: bench.json)")
+    parser.add_argument("--out", type=path_argument, default=Path("bench.json"), help="JSON output (default: bench.json)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
                         help="CPU runtime for the model and pipeline paths: auto = OpenVINO when installed (default: auto)")
     add_cpu_runtime_arguments(parser)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.config import to_dict
 from ldfusion.redact import mask_credentials
 from pipeline.config import PipelineConfig, check_outputs, load_pipeline_config
@@ -34,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  ldfusion run configs/live_to_zmq.yaml --set streams.0.sync.slop_s=0.02",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("config", type=Path, help="pipeline YAML (see configs/); input paths are relative to the current folder")
+    parser.add_argument("config", type=path_argument, help="pipeline YAML (see configs/); input paths are relative to the current folder")
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -46,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", help="model weights: a file, or a registry name (auto, fast, default, ld-lite, ldfusion); overrides model.weights")
     parser.add_argument("--variant", help="network variant, when the weights do not say")
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides model.device)")
-    parser.add_argument("--out", type=Path, help="output folder (overrides run.out_dir); sink paths are relative to it")
+    parser.add_argument("--out", type=path_argument, help="output folder (overrides run.out_dir); sink paths are relative to it")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (config: run.overwrite); else the run refuses to start")
     parser.add_argument("--max-frames", type=int, help="stop each stream after this many fused frames")
     add_cpu_runtime_arguments(parser)  # override model.int8 and model.precision

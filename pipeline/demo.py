@@ -12,7 +12,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.color import planes_to_image
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import check_image_destination, write_image
@@ -36,9 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
         "side_by_side.mp4 (IR | visible | fused) and preview.png. Uses the M3SVD clip in "
         "../shared/data/video/m3svd when present, else a clip that ldfusion renders itself.",
     )
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output folder (default: demo_out)")
+    parser.add_argument("--out", type=path_argument, default=Path("demo_out"), help="output folder (default: demo_out)")
     parser.add_argument("--source", choices=SOURCES, default="auto", help="auto (M3SVD if present), m3svd or synthetic")
-    parser.add_argument("--m3svd", type=Path, default=None, help="M3SVD folder (default: ../shared/data/video/m3svd)")
+    parser.add_argument("--m3svd", type=path_argument, default=None, help="M3SVD folder (default: ../shared/data/video/m3svd)")
     parser.add_argument("--weights", default=None, help="weights file or registry name: auto, fast, default, ld-lite, ldfusion (default: auto, chosen per device and logged)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default: auto)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many fused frames")

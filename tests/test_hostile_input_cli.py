@@ -213,3 +213,24 @@ def test_demo_preview_path_that_is_a_folder_is_refused_before_the_run(tmp_path, 
     assert dispatcher.main(argv) == 2
     assert "preview.png is a folder" in one_error_line(capsys, "ldfusion demo")
     assert not (out / "fused.mp4").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["fuse", "--ir", "ir", "--vi", "vi", "--out", ""], "--out"),
+        (["fuse", "--ir", " ", "--vi", "vi", "--out", "o"], "--ir"),
+        (["eval", "--ir", "ir", "--vi", "vi", "--out", ""], "--out"),
+        (["run", ""], "config"),
+        (["calibrate", "verify", "--calib", "c.yaml", "--ir", "ir.png", "--vi", "vi.png", "--out", ""], "--out"),
+        (["bench", "--out", ""], "--out"),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(tmp_path, capsys, monkeypatch, argv, option):
+    """`--out ""` (an unset shell variable) wrote fuse's images into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        dispatcher.main(argv)
+    assert exited.value.code == 2
+    assert f"argument {option}: the path is empty" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

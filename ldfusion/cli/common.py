@@ -7,6 +7,7 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from ldfusion.backends import PRECISIONS
 from ldfusion.errors import LDFusionError, first_line
@@ -21,6 +22,14 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:  # camera URLs may carry passwords
         handler.addFilter(MaskCredentials())
+
+
+def path_argument(text: str) -> Path:
+    """argparse type of every path option: an empty one (``--out ""``, an unset shell variable)
+    would quietly mean the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, looks_like_video, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
@@ -52,10 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
         "temporal metrics (flicker, warping error) are added. Writes metrics.csv, metrics.json and "
         "metrics.md to --out and prints the table of means.",
     )
-    parser.add_argument("--ir", required=True, type=Path, help="folder (or file, or video) of infrared sources")
-    parser.add_argument("--vi", required=True, type=Path, help="folder (or file, or video) of visible sources")
+    parser.add_argument("--ir", required=True, type=path_argument, help="folder (or file, or video) of infrared sources")
+    parser.add_argument("--vi", required=True, type=path_argument, help="folder (or file, or video) of visible sources")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--fused", type=Path, help="folder (or file, or video) of fused results to score")
+    source.add_argument("--fused", type=path_argument, help="folder (or file, or video) of fused results to score")
     source.add_argument(
         "--fuse-with",
         metavar="WEIGHTS",
@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant for --fuse-with (default: from the weights)")
     parser.add_argument("--device", default="auto", help="device for --fuse-with: auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--batch", type=int, default=4, help="frames fused together with --fuse-with (default: 4)")
-    parser.add_argument("--save-fused", type=Path, help="with --fuse-with on images: also write the fused PNGs here")
-    parser.add_argument("--out", required=True, type=Path, help="output folder for metrics.csv/.json/.md (created)")
+    parser.add_argument("--save-fused", type=path_argument, help="with --fuse-with on images: also write the fused PNGs here")
+    parser.add_argument("--out", required=True, type=path_argument, help="output folder for metrics.csv/.json/.md (created)")
     parser.add_argument("--name", help="method name in the tables (default: the fused folder or the weights)")
     parser.add_argument("--every", type=int, default=1, help="video: score the image metrics on every N-th frame (default: 1)")
     parser.add_argument("--max-frames", type=int, help="video: stop after this many frames")

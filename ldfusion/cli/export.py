@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import torch
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import ConfigError
 from ldfusion.variants import VARIANTS
 
@@ -33,8 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--int8", action="store_true",
                         help="OpenVINO only: post-training int8 (NNCF), calibrated on --calib-ir/--calib-vi; "
                         "the first and last convs and the norms' inputs stay float32. The bundled default's ships with ldfusion")
-    parser.add_argument("--calib-ir", type=Path, help="folder of infrared calibration images (with --int8)")
-    parser.add_argument("--calib-vi", type=Path, help="folder of the paired visible images (with --int8)")
+    parser.add_argument("--calib-ir", type=path_argument, help="folder of infrared calibration images (with --int8)")
+    parser.add_argument("--calib-vi", type=path_argument, help="folder of the paired visible images (with --int8)")
     parser.add_argument("--calib-count", type=int, default=32, help="calibration pairs (default: 32)")
     parser.add_argument("--force", action="store_true", help="export again even when the cached file is current")
     add_logging_arguments(parser)

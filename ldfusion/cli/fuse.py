@@ -13,7 +13,7 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, PendingArrays, default_batch_size
@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(ir/7.png with vi/7.jpg); the fused images are written to --out as PNG with the visible "
         "image's colour. --ir and --vi may also be two single files.",
     )
-    parser.add_argument("--ir", required=True, type=Path, help="folder (or file) of infrared images, 8- or 16-bit")
-    parser.add_argument("--vi", required=True, type=Path, help="folder (or file) of visible images, colour or gray")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument("--ir", required=True, type=path_argument, help="folder (or file) of infrared images, 8- or 16-bit")
+    parser.add_argument("--vi", required=True, type=path_argument, help="folder (or file) of visible images, colour or gray")
+    parser.add_argument("--out", required=True, type=path_argument, help="output folder (created if missing)")
     parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant (default: read from the weights)")
     parser.add_argument(
         "--weights",

@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.config import load_config
 from ldfusion.checkpoint import Checkpoint, load_checkpoint
 from ldfusion.errors import CheckpointError, first_line
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the CLIP similarity and VGG perceptual terms, and optionally distillation from a teacher. "
         "Writes last.pt every epoch (resumable), model.pt at the end, and the resolved config.yaml.",
     )
-    parser.add_argument("--config", required=True, type=Path, help="YAML training config (see configs/train.yaml)")
+    parser.add_argument("--config", required=True, type=path_argument, help="YAML training config (see configs/train.yaml)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=1e-4 --set data.crop=128 (repeatable)",
