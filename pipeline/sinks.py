@@ -39,6 +39,7 @@ from ldfusion.video import VideoWriter, h264_encoder
 from pipeline.config import PipelineConfig, SinkConfig
 from pipeline.frames import EndOfStream, FusedFrame, StreamInfo
 from pipeline.queues import FrameQueue
+from pipeline.subscriber import check_tcp_port
 from pipeline.views import view_name
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ class ZmqSink(Sink):
         linger_s: float = 1.0, pixel_format: str = "rgb24",
     ):
         super().__init__()
-        check_tcp_port(endpoint)
+        check_tcp_port(endpoint, bind=True)
         self._topic = topic
         self._pixel_format = pixel_format
         self._view = view_name("fused", pixel_format)
@@ -275,16 +276,6 @@ class ZmqSink(Sink):
     def close(self) -> None:
         self._socket.close()
         self._context.term()
-
-
-def check_tcp_port(endpoint: str) -> None:
-    """A tcp:// endpoint's port must be 1-65535 or ``*``: ZeroMQ takes 99999 modulo 65536
-    and binds port 34463 without a word, so a subscriber on the port the config names hears nothing."""
-    if not endpoint.startswith("tcp://"):
-        return
-    port = endpoint.rsplit(":", 1)[-1]
-    if port != "*" and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise ConfigError(f"ZeroMQ endpoint {endpoint}: the port must be 1-65535 (or * for any free port); got {port!r}")
 
 
 def _is_local(endpoint: str) -> bool:

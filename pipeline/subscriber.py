@@ -30,7 +30,7 @@ import numpy as np
 import zmq
 
 from ldfusion.cli.common import EXIT_INTERRUPTED, add_logging_arguments, one_line_errors, setup_logging
-from ldfusion.errors import DataError
+from ldfusion.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,18 @@ def _poll_ms(deadline: float | None) -> int | None:
     return math.ceil(min(_LONGEST_POLL_MS, max(0.0, (deadline - time.monotonic()) * 1000)))  # ceil: no early wake-up to spin on
 
 
+def check_tcp_port(endpoint: str, bind: bool = False) -> None:
+    """A tcp:// endpoint's port must be 1-65535 (or ``*``, any free port, to bind): ZeroMQ takes
+    99999 modulo 65536 and binds port 34463 without a word, so a subscriber on the port the
+    config names hears nothing, and a subscriber given port 70000 waits forever."""
+    if not endpoint.startswith("tcp://"):
+        return
+    port = endpoint.rsplit(":", 1)[-1]
+    if not ((bind and port == "*") or (port.isdigit() and 1 <= int(port) <= 65535)):
+        anything = " (or * for any free port)" if bind else ""
+        raise ConfigError(f"ZeroMQ endpoint {endpoint}: the port must be 1-65535{anything}; got {port!r}")
+
+
 class Subscriber:
     """Subscribes to ``<topic>`` (every stream) or ``<topic>/<stream id>`` (one stream).
 
@@ -113,6 +125,7 @@ class Subscriber:
         self.timeout_s = timeout_s
         self.skip_malformed = skip_malformed
         self.malformed = 0  # messages skipped as malformed
+        check_tcp_port(endpoint)
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, hwm)

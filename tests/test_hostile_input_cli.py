@@ -202,6 +202,14 @@ def test_subscribe_with_a_huge_timeout_waits_instead_of_overflowing(capsys):
     assert "received 2 frame(s)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("port", ["70000", "0", "*"])
+def test_subscribe_to_a_port_no_publisher_can_have_is_refused(capsys, port):
+    """Port 70000 waited forever: ZeroMQ connects to it modulo 65536 (and * is for binding)."""
+    argv = ["--endpoint", f"tcp://127.0.0.1:{port}", "--count", "1", "--timeout", "60", "-q"]
+    assert subscriber_cli.main(argv) == 2
+    assert f"the port must be 1-65535; got '{port}'" in one_error_line(capsys, "ldfusion subscribe")
+
+
 # --- demo -----------------------------------------------------------------------------------
 
 
