@@ -61,7 +61,7 @@ def read_point_pairs(path: str | os.PathLike) -> PointPairs:
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"point file not found: {path}")
-    text = path.read_text(errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: spreadsheet programs start CSVs with a byte-order mark
     if path.suffix.lower() in (".yaml", ".yml"):
         return _parse_yaml(text, path)
     return _parse_csv(text, path)

@@ -45,6 +45,15 @@ def test_csv_points_with_header_in_any_order_and_comments(tmp_path):
     assert 0.05 < result.rms_px < 0.6  # noisy clicks show up as a residual
 
 
+def test_csv_saved_by_a_spreadsheet_with_a_byte_order_mark(tmp_path):
+    """Excel's 'CSV UTF-8' starts with a byte-order mark, which made the header unknown."""
+    lines = ["ir_x,ir_y,vi_x,vi_y"] + [f"{x},{y},{u},{v}" for (x, y), (u, v) in zip(IR_POINTS, _vi_points())]
+    path = tmp_path / "clicks.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    np.testing.assert_allclose(read_point_pairs(path).ir, IR_POINTS)
+
+
 def test_csv_without_header(tmp_path):
     path = tmp_path / "clicks.csv"
     path.write_text("\n".join(f"{x},{y},{u},{v}" for (x, y), (u, v) in zip(IR_POINTS, _vi_points())))
