@@ -139,6 +139,15 @@ class StreamConfig:
             raise ValueError(f"stream id must start with a letter or digit and hold only those, '-', '_' or '.'; got {self.id!r}")
         if self.ir.kind == self.visible.kind == "images":
             self._check_image_folders_pair()
+        elif self.ir.kind == self.visible.kind and self._same_source():
+            raise ValueError(f"stream {self.id}: ir and visible read the same {self.ir.kind}, {self.ir.path}; give one of each camera")
+
+    def _same_source(self) -> bool:
+        """Both sides the same file (another name for it included) or the same camera: every frame fused with itself."""
+        ir, visible = str(self.ir.path), str(self.visible.path)
+        if self.ir.kind == "camera" and not Path(ir).exists():
+            return ir == visible  # a device index or URL
+        return Path(ir).exists() and file_key(ir) == file_key(visible)
 
     def _check_image_folders_pair(self) -> None:
         """Two image folders pair by name, so they must hold the same names and share one rate."""

@@ -110,6 +110,23 @@ def test_run_refuses_two_image_folders_at_different_rates(tmp_path, capsys, rand
     assert "need one fps" in one_error_line(capsys, "ldfusion run")
 
 
+def test_one_file_or_folder_given_for_both_cameras_is_refused(tmp_path, capsys, random_weights):
+    """Every frame fused with itself, written with exit 0: a slip in a path, not a rig."""
+    ir_dir, _ = image_folders(tmp_path, ["1"], ["1"])
+    argv = ["--ir", str(ir_dir), "--vi", f"{ir_dir}/.", "--out", str(tmp_path / "fused"), "--weights", str(random_weights["ld-lite"]), "-q"]
+    assert fuse_cli.main(argv) == 2
+    assert "the infrared and visible images are the same folder" in one_error_line(capsys, "ldfusion fuse")
+    data = video_config(tmp_path)
+    data["streams"][0]["visible"]["path"] = data["streams"][0]["ir"]["path"]
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert "stream cam0: ir and visible read the same video" in one_error_line(capsys, "ldfusion run")
+    data["streams"][0] = {"id": "cam0", "ir": {"kind": "camera", "path": "0"}, "visible": {"kind": "camera", "path": "0"}}
+    data["run"]["mode"] = "live"
+    assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
+    assert "ir and visible read the same camera, 0" in one_error_line(capsys, "ldfusion run")
+    assert not (tmp_path / "fused").exists() and not (tmp_path / "out").exists()
+
+
 def test_run_pairs_image_folders_with_matching_names(tmp_path, random_weights):
     ir_dir, vi_dir = image_folders(tmp_path, ["1", "2", "10"], ["1", "2", "10"])
     config = write_config(tmp_path, images_config(ir_dir, vi_dir, tmp_path))

@@ -186,7 +186,7 @@ def _write_config(tmp_path: Path, ir: str, vi: str, **stream) -> Path:
 )
 def test_bad_input_is_a_one_line_error(tmp_path, capsys, random_weights, problem, expected):
     good = str(marked_video(tmp_path / "good.mp4", 3, 30))
-    ir, stream = good, {}
+    ir, stream = str(marked_video(tmp_path / "ir.mp4", 3, 30, seed=5)), {}  # another file: one video for both is refused
     if problem == "corrupt":
         (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
         ir = str(tmp_path / "junk.mp4")
