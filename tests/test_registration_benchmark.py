@@ -64,3 +64,18 @@ def test_a_reference_far_from_the_identity_is_left_out(benchmark):
     assert benchmark.sound_reference(near, size)
     assert not benchmark.sound_reference(far, size)
     assert corner_error(far, np.eye(3), size) > benchmark.REFERENCE_MAX_PX
+
+
+def test_the_picture_error_measures_misplacement_inside_the_visible_frame(benchmark):
+    """A 2 px shift is 2 px everywhere; an estimate off only where the infrared frame reaches
+    beyond the picture (a zoomed-out infrared camera, its corners extrapolated) costs the picture less."""
+    size = (640, 480)
+    truth = np.array([[1.25, 0.0, -80.0], [0.0, 1.25, -60.0], [0.0, 0.0, 1.0]])  # the infrared frame reaches 1.25x as far
+    shifted = np.array([[1.0, 0.0, 2.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ truth
+    assert benchmark.picture_error(shifted, truth, size) == pytest.approx(2.0)
+    # A scale error about the picture's centre: proportional to the distance from it, so the
+    # infrared corners (1.25x as far out) are off by more than the picture's grid is on average.
+    centre = np.array([[1.0, 0.0, 319.5], [0.0, 1.0, 239.5], [0.0, 0.0, 1.0]])
+    scaled = centre @ np.diag([1.01, 1.01, 1.0]) @ np.linalg.inv(centre) @ truth
+    assert benchmark.picture_error(scaled, truth, size) < 0.7 * corner_error(scaled, truth, size)
+    assert benchmark.picture_error(truth, truth, size) == pytest.approx(0.0, abs=1e-9)
