@@ -220,7 +220,11 @@ class VideoReader:
             return Planes.gray(_plane(frame, 0), full)
         luma = _plane(frame, 0, np.dtype(">u2" if name.endswith("be") else "<u2")).astype(np.uint16, copy=False)
         if self._limits is None and self._ir_16bit == "stretch":
-            self._limits = stretch_limits(luma)
+            limits = stretch_limits(luma)
+            # A flat frame (a thermal camera's shutter frame, often the first) has no range to
+            # stretch: the first frame with one sets the limits for the rest of the clip.
+            if limits[1] > limits[0]:
+                self._limits = limits
         unit = infrared_to_unit(luma, self._ir_16bit, source=str(self.path), bits=bits, limits=self._limits)
         return Planes.gray(unit_to_uint8(unit), full_range=True)
 

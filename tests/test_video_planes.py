@@ -87,6 +87,19 @@ def test_sixteen_bit_ir_video_is_stretched_like_a_sixteen_bit_png(tmp_path):
     assert warmer.data[0].mean() > first.data[0].mean() + 20  # held limits: warmer looks warmer
 
 
+def test_a_flat_first_frame_does_not_fix_the_stretch_of_the_clip(tmp_path):
+    """A thermal camera often starts on its flat shutter frame: its limits (no range) made
+    every later frame black, a visible-only fusion with exit 0. The first frame with a range sets them."""
+    raw = (30000 + 500 * texture(48, 32, seed=3).astype(np.float64) / 255).astype(np.uint16)
+    _raw_video(tmp_path / "ir16.mkv", [np.full_like(raw, 30100), raw, raw + 100], "gray16le")
+    with VideoReader(tmp_path / "ir16.mkv", luma_only=True) as reader:
+        shutter, first, warmer = (frame.planes for frame in reader)
+    assert shutter.data[0].max() == shutter.data[0].min()  # flat stays flat
+    expected = (infrared_to_unit(raw) * 255 + 0.5).astype(np.uint8)
+    assert np.abs(first.data[0].astype(int) - expected).max() <= 1  # as if the clip began here
+    assert warmer.data[0].mean() > first.data[0].mean() + 20  # and those limits are held
+
+
 def test_ten_bit_ir_video_is_read_at_full_depth(tmp_path):
     levels = (200 + 40 * texture(48, 32, seed=4).astype(np.float64) / 255).astype(np.uint16)  # a narrow 10-bit band
     neutral = np.full((16, 24), 512, np.uint16)
