@@ -87,7 +87,8 @@ def demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineCo
             # for a file 2.4 times as large.
             SinkConfig(kind="mp4", path="side_by_side.mp4", content="side_by_side", preset="ultrafast"),
         ),
-        run=RunConfig(out_dir=str(args.out), mode="file", max_frames=args.max_frames, progress=not args.quiet),
+        # Run again, the demo replaces its own two files (and the preview) as it always has.
+        run=RunConfig(out_dir=str(args.out), mode="file", max_frames=args.max_frames, progress=not args.quiet, overwrite=True),
     )
 
 

@@ -38,7 +38,7 @@ from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.redact import mask_credentials
 from ldfusion.threads import decoder_threads
-from pipeline.config import PipelineConfig, StreamConfig
+from pipeline.config import PipelineConfig, StreamConfig, check_outputs
 from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
 from pipeline.fusion_worker import FusionWorker
 from pipeline.queues import Cancelled, FrameQueue
@@ -134,6 +134,7 @@ class Pipeline:
         extra_sinks: Sequence[Sink] = (),
         open_capture: OpenCapture | None = None,
     ) -> None:
+        check_outputs(config)  # as `ldfusion run` does: the API replaced existing outputs without --overwrite
         self.config = config
         self._fuser = fuser
         self._extra_sinks = list(extra_sinks)

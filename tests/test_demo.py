@@ -27,6 +27,9 @@ def test_demo_on_a_rendered_clip_writes_playable_mp4s_and_a_preview(tmp_path, ra
     assert (height, width) == (240, 320)
     assert sbs[0].shape[:2] == (height, 3 * width)
     assert cv2.imread(str(out / "preview.png")).shape == (height, 3 * width, 3)
+    # Run again, it replaces its own files (the pipeline refuses existing outputs unless told).
+    code = demo_main(["--source", "synthetic", "--out", str(out), "--weights", str(random_weights["ld-lite"]), "--max-frames", "4", "-q"])
+    assert code == 0 and len(_frames(out / "fused.mp4")) == 4
 
 
 def test_the_preview_is_the_middle_frame(tmp_path):

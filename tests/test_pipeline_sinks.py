@@ -119,6 +119,19 @@ def test_in_process_consumer_gets_device_tensors(tmp_path, random_weights):
         assert np.abs(as_u8.astype(int) - reference.fused.astype(int)).max() <= 1  # what the sinks get
 
 
+def test_the_in_process_api_refuses_existing_outputs_as_the_command_does(tmp_path, random_weights):
+    """run_pipeline and fused_frames replaced an earlier run's MP4 without run.overwrite."""
+    ir, vi = marked_video(tmp_path / "ir.mp4", 3, 30, seed=1), marked_video(tmp_path / "vi.mp4", 3, 30, seed=2)
+    config = make_config(ir, vi, sinks=[{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "o.mp4").write_bytes(b"an earlier result")
+    with pytest.raises(ConfigError, match="exists already; pass --overwrite"):
+        run_pipeline(config, cpu_fuser(random_weights["ld-lite"]))
+    with pytest.raises(ConfigError, match="exists already; pass --overwrite"):
+        next(pipeline.fused_frames(config, cpu_fuser(random_weights["ld-lite"])))
+    assert (tmp_path / "out" / "o.mp4").read_bytes() == b"an earlier result"
+
+
 def test_leaving_the_consumer_loop_early_stops_the_pipeline(tmp_path, random_weights):
     ir, vi = marked_video(tmp_path / "ir.mp4", 30, 30), marked_video(tmp_path / "vi.mp4", 30, 30, seed=1)
     before = threading.active_count()
