@@ -135,12 +135,6 @@ def valid_mask(source_size: Size, H: np.ndarray, destination_size: Size, erode: 
     return mask
 
 
-def coverage(source_size: Size, H: np.ndarray, destination_size: Size) -> float:
-    """Fraction of the destination's pixels that the source, mapped by H, covers (0 = off-screen)."""
-    mask = valid_mask(source_size, H, destination_size)
-    return float(np.count_nonzero(mask)) / mask.size
-
-
 def image_corners(size: Size) -> np.ndarray:
     """The four corner pixel centres of an image, (4, 2) float64."""
     width, height = size

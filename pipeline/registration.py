@@ -37,7 +37,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from calibration.fileformat import Registration
-from calibration.imaging import coverage
 from ldfusion.color import YCrCbBatch
 from ldfusion.errors import DataError
 from pipeline.frames import IR, VISIBLE
@@ -98,12 +97,20 @@ def plan_from_calibration(registration: Registration, warp: str, crop: bool, sou
 
 def check_overlap(plan: WarpPlan, source_name: str) -> None:
     """Refuse a plan whose moving image (nearly) misses the fixed frame; warn when it covers little of it."""
-    covered = coverage(plan.moving_size, plan.matrix, plan.fixed_size)
+    covered = coverage(plan)
     moving, fixed = ("IR", "visible") if plan.moving == IR else ("visible", "IR")
     if covered < MIN_COVERAGE:
         raise DataError(f"{source_name}: maps the {moving} image onto only {covered:.1%} of the {fixed} frame (off-screen?); check it with `ldfusion calibrate verify`")
     if covered < WARN_COVERAGE:
         log.warning("%s: the %s image covers only %.0f%% of the %s frame; the rest of the output is the %s image alone", source_name, moving, 100 * covered, fixed, fixed)
+
+
+def coverage(plan: WarpPlan) -> float:
+    """Share of the fixed frame's pixels that sample inside the moving image, by the grid the
+    warp itself uses: a point behind the camera covers nothing. (OpenCV's warp, which this
+    used, ignores that side, so a map across the horizon counted 27 % and warped nothing.)"""
+    grid = sampling_grid(replace(plan, crop=None))
+    return float(torch.all(grid.abs() <= 1.0, dim=-1).float().mean())
 
 
 def plan_without_calibration(ir_size: Size, vi_size: Size, warp: str, crop: bool) -> WarpPlan:

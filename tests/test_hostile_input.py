@@ -357,6 +357,15 @@ def test_a_registration_that_maps_ir_off_screen_is_refused(dx):
         check_overlap(plan, "calib.yaml")
 
 
+def test_a_map_across_the_horizon_is_refused_as_the_warp_sees_it():
+    """OpenCV's warp ignores which side of the camera a point lies on and counted 27 % of the
+    frame covered (a warning), while the pipeline's warp sampled nothing: a visible-only output."""
+    H = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.02, -1.0]])
+    plan = plan_from_calibration(Registration(H, (160, 120), (160, 120)), "ir_to_visible", crop=False)
+    with pytest.raises(DataError, match=r"maps the IR image onto only 0\.0% of the visible frame"):
+        check_overlap(plan, "calib.yaml")
+
+
 def test_a_partial_overlap_runs_with_a_warning(caplog):
     check_overlap(plan_from_calibration(shifted(40.0), "ir_to_visible", crop=False), "calib.yaml")
     assert "covers only 38% of the visible frame" in caplog.text
