@@ -19,6 +19,7 @@ the sinks still close properly. The first error is raised again from ``run``.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -571,15 +572,23 @@ def fused_frames(
         finally:
             handoff.put_end(EndOfStream("*"))
 
+    def abort() -> None:
+        if thread.is_alive():
+            pipeline.abort()
+            handoff.cancel()
+        thread.join()
+
     thread = threading.Thread(target=body, name="pipeline", daemon=True)
     thread.start()
+    # A script that ends with the loop unfinished (the generator never closed) must not leave
+    # the pipeline running into the interpreter's teardown: the process aborted (SIGABRT) and
+    # the MP4s were never closed. At exit the run is aborted, the outputs closed with what they hold.
+    atexit.register(abort)
     try:
         while not isinstance(item := handoff.get(), EndOfStream):
             yield item
     finally:
-        if thread.is_alive():  # the consumer left early
-            pipeline.abort()
-            handoff.cancel()
-        thread.join()
+        atexit.unregister(abort)
+        abort()  # the consumer left early, or nothing is left to do
     if errors:
         raise errors[0]

@@ -144,6 +144,30 @@ def test_leaving_the_consumer_loop_early_stops_the_pipeline(tmp_path, random_wei
     assert threading.active_count() <= before
 
 
+def test_a_script_that_ends_inside_the_consumer_loop_exits_cleanly_with_valid_outputs(tmp_path, random_weights):
+    """An unclosed generator at interpreter exit left the pipeline running into the teardown:
+    'terminate called without an active exception', SIGABRT, and no MP4."""
+    script = tmp_path / "consumer.py"
+    script.write_text(
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import pipeline\n"
+        "from tests.pipeline_helpers import make_config, marked_video\n"
+        "tmp = Path(sys.argv[1])\n"
+        "ir, vi = marked_video(tmp / 'ir.mp4', 30, 30), marked_video(tmp / 'vi.mp4', 30, 30, seed=1)\n"
+        "sinks = [{'kind': 'mp4', 'path': 'o.mp4'}]\n"
+        "model = {'weights': sys.argv[2], 'device': 'cpu', 'batch_size': 1}\n"
+        "frames = pipeline.fused_frames(make_config(ir, vi, sinks, out_dir=tmp / 'out', model=model), queue_size=2)\n"
+        "print('first frame', next(frames).meta.seq)\n"  # and the script ends, the loop unfinished
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path), str(random_weights["ld-lite"])], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "first frame 0" in done.stdout
+    assert 1 <= decodable_frames(tmp_path / "out" / "o.mp4") < 30  # closed with what it held
+
+
 @pytest.mark.slow
 def test_fragmented_mp4_survives_kill_9_up_to_the_last_fragment(tmp_path, random_weights):
     """A real `ldfusion run` killed with SIGKILL after more than two GOPs leaves a file that
