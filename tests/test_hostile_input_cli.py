@@ -6,6 +6,7 @@ The cases `tests/test_hostile_input.py` covers (mostly `run`) are not repeated h
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -64,6 +65,21 @@ def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, r
         assert dispatcher.main(argv) == 2, argv
         line = one_error_line(capsys, f"ldfusion {argv[0]}")
         assert f"{xml}: not a readable OpenVINO export" in line and "delete it (and its .bin)" in line, line
+    assert dispatcher.main(["export", "--weights", str(weights)]) == 2
+    assert "up to date" not in capsys.readouterr().out  # it said so before finding the file damaged
+
+
+@pytest.mark.parametrize("argv, missing", [(["--format", "onnx"], "--format onnx needs onnx"), (["--int8"], "--int8 needs nncf")])
+def test_an_export_without_its_extra_installed_says_how_to_install_it(tmp_path, capsys, random_weights, monkeypatch, argv, missing):
+    """It ended in OnnxExporterError or ModuleNotFoundError: nncf (exit 1) after loading the weights."""
+    pytest.importorskip("openvino")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in ("onnx", "nncf") else real(name, *rest))
+    ir_dir, vi_dir = paired_folders(tmp_path, 32, 24, count=1)
+    full = ["export", "--weights", str(random_weights["ld-lite"]), "--calib-ir", str(ir_dir), "--calib-vi", str(vi_dir), *argv]
+    assert dispatcher.main(full) == 2
+    line = one_error_line(capsys, "ldfusion export")
+    assert missing in line and 'pip install "ldfusion[export]"' in line
 
 
 def test_a_damaged_cached_onnx_export_is_one_line_naming_the_file(tmp_path, capfd, random_weights):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 
 import torch
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--calib-count must be at least 1; got {args.calib_count}")
     if not openvino_available():
         raise ConfigError("openvino is not installed (pip install openvino); it converts and checks the export")
+    _check_extra(args)
     weights = resolve_weights_path(args.weights)
     if not weights.is_file():
         raise ConfigError(f"{weights}: export needs a single weights file (not an Enc_/Dec_ folder)")
@@ -69,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         target.unlink(missing_ok=True)
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
     path, built = ensure_exported(model, weights, args.format, args.int8, calibration, bundled_dir=BUNDLED_DIR)
-    print(f"{'wrote' if built else 'up to date'}: {path}")
     # f32 checks the export itself; where auto computes in bf16 (int8), also what the pipeline will run.
-    for precision in dict.fromkeys(("f32", float_precision("auto", args.int8))):
-        network = OpenVinoNetwork(path, model.spec, precision=precision)
+    # Read before saying anything: a damaged cached file is named as such, not called up to date.
+    networks = {precision: OpenVinoNetwork(path, model.spec, precision=precision) for precision in dict.fromkeys(("f32", float_precision("auto", args.int8)))}
+    print(f"{'wrote' if built else 'up to date'}: {path}")
+    for precision, network in networks.items():
         generator = torch.Generator().manual_seed(0)
         for height, width in PARITY_SIZES:
             vi_y, ir = parity_inputs(height, width, generator)
@@ -83,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parity {height}x{width}, {precision}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, "
                   f"max |diff| {diff:.2e}")
     return 0
+
+
+def _check_extra(args: argparse.Namespace) -> None:
+    """ONNX and int8 need the export extra, which a plain install leaves out: say so before the work."""
+    needed = [name for name, wanted in (("onnx", args.format == "onnx"), ("nncf", args.int8)) if wanted and importlib.util.find_spec(name) is None]
+    if needed:
+        what = "--format onnx" if "onnx" in needed else "--int8"
+        raise ConfigError(f"{what} needs {' and '.join(needed)}, which a plain install leaves out: pip install \"ldfusion[export]\" (or -e \".[export]\")")
 
 
 def parity_inputs(height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
