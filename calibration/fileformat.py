@@ -79,11 +79,11 @@ class Registration:
             raise CalibrationError(f"H must be a 3x3 matrix; got shape {H.shape}")
         if not np.all(np.isfinite(H)):
             raise CalibrationError(f"H must be finite; it holds {np.count_nonzero(~np.isfinite(H))} NaN or infinite value(s)")
-        if abs(np.linalg.det(H)) < 1e-12:
-            raise CalibrationError("H is singular (determinant ~ 0)")
         if abs(H[2, 2]) < 1e-12:
             raise CalibrationError("H[2][2] must not be zero")
-        H = H / H[2, 2]
+        H = H / H[2, 2]  # first: a homography's scale is arbitrary, so 1e-5 times the identity is the identity
+        if abs(np.linalg.det(H)) < 1e-12:
+            raise CalibrationError("H is singular (determinant ~ 0)")
         if self.model == "affine" and not is_affine(H):
             raise CalibrationError("an affine model needs the last row of H to be [0, 0, 1]")
         object.__setattr__(self, "H", H)

@@ -223,3 +223,12 @@ def test_image_out_in_a_folder_not_made_yet_is_written_there(folder, capsys, com
     argv = _verify(folder, out) if command == "verify" else ["board", "--pattern", "4x3", "--out", out]
     assert main(["calibrate", *map(str, argv)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_a_homography_is_checked_for_singularity_after_its_scale_is_removed():
+    """1e-5 times the identity is the identity (a homography's scale is arbitrary); it was refused as singular."""
+    from calibration.fileformat import CalibrationError, Registration
+
+    assert np.allclose(Registration(1e-5 * np.eye(3), (64, 48), (64, 48)).H, np.eye(3))
+    with pytest.raises(CalibrationError, match="singular"):
+        Registration(np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]]), (64, 48), (64, 48))
