@@ -141,6 +141,8 @@ def choose_weights(name: str | os.PathLike | None, device: "torch.device") -> st
 def resolve_weights_path(name_or_path: str | os.PathLike | None) -> Path:
     """Turn a registry name or a path into a local file (or folder) to load."""
     name = str(name_or_path) if name_or_path is not None else DEFAULT_WEIGHTS
+    if not name.strip():  # Path("") is the current folder, which a weights folder lookup would then search
+        raise CheckpointError(f"weights: the name is empty; give a file or one of {sorted(REGISTRY)}")
     entry = REGISTRY.get(name)
     if entry is None:
         path = Path(name).expanduser()

@@ -146,6 +146,8 @@ def test_missing_weights_file_is_a_one_line_error(tmp_path, capsys):
     _make_pairs(tmp_path, [(32, 32)])
     assert _run(tmp_path, tmp_path / "absent.pt") == 2
     assert "weights not found" in capsys.readouterr().err
+    assert _run(tmp_path, "") == 2  # Path("") would be the current folder
+    assert "weights: the name is empty" in capsys.readouterr().err
 
 
 @pytest.mark.shared_data
