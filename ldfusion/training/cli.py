@@ -15,9 +15,9 @@ from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_arg
 from ldfusion.config import load_config
 from ldfusion.checkpoint import Checkpoint, load_checkpoint
 from ldfusion.errors import CheckpointError, first_line
-from ldfusion.paths import check_output_folder
+from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.training.config import TrainConfig
-from ldfusion.training.trainer import DistInfo, Trainer, init_distributed, shutdown_distributed
+from ldfusion.training.trainer import DistInfo, Trainer, files_written, init_distributed, shutdown_distributed
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.train")
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args)
     # Checked before the trainer loads CLIP and VGG (minutes, or a download error offline).
     check_output_folder(Path(config.out_dir))
+    refuse_overwriting_own_inputs(config, args.config)
     resume_path = _resume_path(args.resume, Path(config.out_dir))
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     init_distributed(info)
@@ -73,6 +74,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown_distributed()
     return 0
+
+
+def refuse_overwriting_own_inputs(config: TrainConfig, config_file: Path) -> None:
+    """No file the run writes may be its config or the weights it starts from: the final
+    model.pt would replace the teacher, config.yaml the user's own config. Resuming from
+    OUT/last.pt is the one file read and then written again, by design (it is read whole
+    before training starts)."""
+    weights = [Path(name).expanduser() for name in (config.teacher, config.init) if name is not None]  # a registry name matches no output
+    refuse_overwriting_inputs(files_written(config), [config_file, *weights], f"out_dir {config.out_dir}")
 
 
 def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:

@@ -12,6 +12,8 @@ from ldfusion.variants import VARIANTS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 OPTIMIZERS = ("adam", "lbfgs")
+# torch.manual_seed takes 64 bits; each process under torchrun adds its rank to the seed.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,12 @@ class OptimConfig:
             raise ValueError("optim.lbfgs_iterations and optim.lbfgs_history must be at least 1")
         if self.steps_per_epoch < 0:
             raise ValueError("optim.steps_per_epoch must be 0 (full pass) or positive")
+        # A decay factor: 0 would stop training at the first milestone, a negative one
+        # turns descent into ascent, and one above 1 (2 typed for 0.5) makes the rate grow.
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"optim.gamma (the learning rate's factor at each milestone) must lie in (0, 1]; got {self.gamma}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"optim.betas must both lie in [0, 1); got {list(self.betas)}")
 
 
 @dataclass(frozen=True)
@@ -83,3 +91,7 @@ class TrainConfig:
             raise ValueError("prune_from_teacher needs a teacher (and no init: the student starts from the teacher)")
         if not uses_teacher and not (self.loss.weights.needs_clip or self.loss.weights.needs_vgg):
             raise ValueError("every loss weight is zero: set a teacher or a language/perceptual weight")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must lie in 0..{MAX_SEED}; got {self.seed}")
+        if self.save_every < 0:
+            raise ValueError(f"save_every must be 0 (only last.pt) or positive; got {self.save_every}")

@@ -58,6 +58,23 @@ class DistInfo:
         return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
 
 
+CONFIG_FILE = "config.yaml"  # the resolved config
+LAST_FILE = "last.pt"  # weights and training state after the last finished epoch (resumable)
+FINAL_FILE = "model.pt"  # the trained weights
+
+
+def epoch_file(epoch: int) -> str:
+    """The weights kept after ``epoch`` when ``save_every`` divides it."""
+    return f"epoch_{epoch:04d}.pt"
+
+
+def files_written(config: TrainConfig) -> list[Path]:
+    """Every file a run of ``config`` writes into its ``out_dir``."""
+    every = config.save_every
+    kept = [epoch_file(epoch) for epoch in range(every, config.optim.epochs + 1, every)] if every else []
+    return [Path(config.out_dir) / name for name in (CONFIG_FILE, LAST_FILE, FINAL_FILE, *kept)]
+
+
 def learning_rate(optim: OptimConfig, epoch: int, step_in_epoch: int, steps_per_epoch: int) -> float:
     """Step decay at the milestone epochs, with a linear warm-up over epoch 1 (epochs count from 1)."""
     lr = optim.lr * optim.gamma ** sum(epoch > m for m in optim.milestones)
@@ -83,8 +100,8 @@ class Trainer:
         self.teacher = self._load_teacher()
         self.teacher_channels = self._prune_from_teacher()  # {} unless config.prune_from_teacher
         self.hint_names, self.hint_adapters = self._plan_hints()  # fixed for the run; [] when hints are off
+        self.loader = self._build_loader()  # before CLIP and VGG (minutes to load), so data errors come first
         self.criterion = self._build_criterion()
-        self.loader = self._build_loader()
         self.steps_per_epoch = config.optim.steps_per_epoch or len(self.loader)
         self.optimizer = self._build_optimizer()
         self.autocast_dtype = self._pick_autocast_dtype()
@@ -194,7 +211,7 @@ class Trainer:
     def fit(self) -> Path:
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            write_yaml(self.out_dir / "config.yaml", self.config)
+            write_yaml(self.out_dir / CONFIG_FILE, self.config)
         for epoch in range(self.epoch + 1, self.config.optim.epochs + 1):
             forced_epochs = self.config.loss.hints.teacher_forced_epochs
             if self.uses_lbfgs and forced_epochs and epoch == forced_epochs + 1:
@@ -205,7 +222,7 @@ class Trainer:
             self.epoch = epoch
             if self.dist.is_main:
                 self.save_epoch()
-        final = self.out_dir / "model.pt"
+        final = self.out_dir / FINAL_FILE
         if self.dist.is_main:
             save_checkpoint(final, self.model, config=to_dict(self.config))
             log.info("wrote %s", final)
@@ -335,10 +352,10 @@ class Trainer:
             "hint_adapters": self.hint_adapters.state_dict(),
         }
         config = to_dict(self.config)
-        save_checkpoint(self.out_dir / "last.pt", self.model, config=config, training=state)
+        save_checkpoint(self.out_dir / LAST_FILE, self.model, config=config, training=state)
         every = self.config.save_every
         if every and self.epoch % every == 0:
-            save_checkpoint(self.out_dir / f"epoch_{self.epoch:04d}.pt", self.model, config=config)
+            save_checkpoint(self.out_dir / epoch_file(self.epoch), self.model, config=config)
 
     def resume(self, path: str | os.PathLike, ckpt: Checkpoint | None = None) -> None:
         """Continue from the training state in ``path`` (``ckpt``: that file, already loaded)."""
@@ -347,13 +364,39 @@ class Trainer:
             raise CheckpointError(f"{path}: holds weights only, no training state to resume from")
         if ckpt.spec.name != self.model.spec.name:
             raise CheckpointError(f"{path}: is a {ckpt.spec.name!r} run, but the config trains {self.model.spec.name!r}")
+        self._check_same_optimizer(path, ckpt)
         self.model.load_state_dict(model_from_checkpoint(ckpt).state_dict())
-        self.optimizer.load_state_dict(ckpt.training["optimizer"])
+        self._load_optimizer_state(ckpt.training["optimizer"])
         self.scaler.load_state_dict(ckpt.training.get("scaler", {}))
         self.hint_adapters.load_state_dict(ckpt.training.get("hint_adapters", {}))
         self.epoch, self.step = int(ckpt.training["epoch"]), int(ckpt.training["step"])
         if self.dist.is_main:
             log.info("resumed from %s after epoch %d (step %d)", path, self.epoch, self.step)
+
+    def _check_same_optimizer(self, path: str | os.PathLike, ckpt: Checkpoint) -> None:
+        """Adam's moments and L-BFGS's history do not convert: a state of the other kind would
+        load (torch checks only the parameter count) and then fail mid-run."""
+        saved = ckpt.config.get("optim", {}).get("optimizer", "adam")  # runs from before L-BFGS were Adam
+        wanted = self.config.optim.optimizer
+        if saved != wanted:
+            raise CheckpointError(f"{path}: cannot resume with optim.optimizer {wanted}: this run was trained with {saved} "
+                                  f"(start a new run with init: {path} to continue from its weights)")
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        """The checkpoint's optimizer state (Adam's moments, L-BFGS's history) with this config's
+        hyperparameters. ``load_state_dict`` would bring back the saved ones too (betas,
+        lbfgs_iterations) while config.yaml records the new ones; the config wins, as it does
+        for the learning rate and its schedule."""
+        configured = [{key: value for key, value in group.items() if key != "params"} for group in self.optimizer.param_groups]
+        saved_history = [group.get("history_size") for group in state["param_groups"]]
+        self.optimizer.load_state_dict(state)
+        for group, hyperparameters in zip(self.optimizer.param_groups, configured):
+            group.update(hyperparameters)
+        if self.uses_lbfgs and saved_history != [group["history_size"] for group in self.optimizer.param_groups]:
+            # L-BFGS's stored history has the old length and would index past the new one;
+            # it is rebuilt within a few steps (as when teacher forcing ends).
+            self.optimizer.state.clear()
+            log.info("optim.lbfgs_history changed: the L-BFGS history starts again")
 
 
 def _cycle(loader: DataLoader, steps: int):
