@@ -170,6 +170,7 @@ def test_a_frame_size_change_mid_clip_is_one_line_naming_the_clip(tmp_path, rand
     ("seed=-1", "seed must lie in 0.."),
     ("data.num_workers=-1", "num_workers must be 0 (load in the training process) or positive; got -1"),
     ("data.videos=[{ir: a.mp4, vi: b.mp4, max_frames: -1}]", "max_frames must be 0 (no limit) or positive; got -1"),
+    ("optim.grad_clip=-1", "optim.grad_clip must be 0 (off) or a positive norm; got -1.0"),
 ])
 def test_values_out_of_range_are_one_line(tmp_path, random_weights, capsys, no_training, override, message):
     config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))
@@ -183,6 +184,14 @@ def test_exclude_names_that_match_no_pair_are_named(tmp_path):
     with pytest.raises(DataError) as exc:
         load_folder_pairs(FolderSource(str(ir), str(vi), exclude=("1", "7", "3.png")))
     assert "exclude names that match no pair: '3.png', '7' (names are file stems without the extension, such as '0')" in str(exc.value)
+
+
+def test_a_diverged_run_is_one_line_saying_what_to_change(tmp_path, random_weights, capsys):
+    """lr 1e30 made the loss NaN: an unforeseen FloatingPointError (exit 1) with a torch warning."""
+    config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))
+    code, err = _train(["--config", str(config), "--set", "optim.lr=1e30"], capsys)
+    assert code == 2
+    assert "the loss is not finite at step" in err and "lower optim.lr (now 1e+30)" in err
 
 
 # --- crop -----------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     init_distributed(info)
     try:
-        trainer = Trainer(config, info)
+        trainer = Trainer(config, info, progress=not args.quiet)  # -q: only warnings and errors, as in fuse and run
         if resume_path is not None:
             resume(trainer, resume_path, resume_state)
         trainer.fit()

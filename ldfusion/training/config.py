@@ -58,6 +58,8 @@ class OptimConfig:
             raise ValueError("optim.steps_per_epoch must be 0 (full pass) or positive")
         # A decay factor: 0 would stop training at the first milestone, a negative one
         # turns descent into ascent, and one above 1 (2 typed for 0.5) makes the rate grow.
+        if self.grad_clip < 0:  # read as "off" before, silently
+            raise ValueError(f"optim.grad_clip must be 0 (off) or a positive norm; got {self.grad_clip}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"optim.gamma (the learning rate's factor at each milestone) must lie in (0, 1]; got {self.gamma}")
         if not all(0 <= beta < 1 for beta in self.betas):

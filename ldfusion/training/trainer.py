@@ -90,9 +90,11 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, dist_info: DistInfo = DistInfo()) -> None:
+    def __init__(self, config: TrainConfig, dist_info: DistInfo = DistInfo(), progress: bool = True) -> None:
+        """``progress``: a bar per epoch (the main process only; ``ldfusion train -q`` turns it off)."""
         self.config = config
         self.dist = dist_info
+        self.progress = progress
         self.out_dir = Path(config.out_dir)
         self.device = self._pick_device()
         seed_everything(config.seed + dist_info.rank)
@@ -234,7 +236,7 @@ class Trainer:
         if isinstance(sampler, DistributedSampler):
             sampler.set_epoch(epoch)
         totals: dict[str, float] = defaultdict(float)
-        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.optim.epochs}", disable=not self.dist.is_main)
+        bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{self.config.optim.epochs}", disable=not (self.dist.is_main and self.progress))
         with bar:
             for index, batch in enumerate(_cycle(self.loader, self.steps_per_epoch)):
                 lr = learning_rate(self.config.optim, epoch, index, self.steps_per_epoch)
@@ -287,8 +289,12 @@ class Trainer:
         return {name: float(value) for name, value in terms.items()}
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
+        """A diverged run is the settings' doing (most often the learning rate): one line that says what
+        to change, not an unforeseen FloatingPointError. last.pt keeps the last finished epoch."""
         if not torch.isfinite(terms["total"]):
-            raise FloatingPointError(f"loss is not finite at step {self.step}: { {k: float(v) for k, v in terms.items()} }")
+            values = ", ".join(f"{name} {float(value.detach()):.3g}" for name, value in terms.items())
+            raise ConfigError(f"the loss is not finite at step {self.step} ({values}): the run diverged; lower optim.lr "
+                              f"(now {self.config.optim.lr:g}) or set optim.grad_clip; {LAST_FILE} keeps the last finished epoch")
 
     def compute_loss(self, batch: dict[str, Tensor], epoch: int | None = None,
                      teacher: TeacherOutputs | None = None) -> dict[str, Tensor]:
