@@ -69,6 +69,14 @@ def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, r
     assert "up to date" not in capsys.readouterr().out  # it said so before finding the file damaged
 
 
+def test_export_calibration_images_without_int8_are_refused(tmp_path, capsys, random_weights):
+    """They were ignored: the user, who meant an int8 export, got a float32 one."""
+    ir_dir, vi_dir = paired_folders(tmp_path, 32, 24, count=1)
+    argv = ["export", "--weights", str(random_weights["ld-lite"]), "--calib-ir", str(ir_dir), "--calib-vi", str(vi_dir)]
+    assert dispatcher.main(argv) == 2
+    assert "--calib-ir and --calib-vi calibrate an int8 export: add --int8" in one_error_line(capsys, "ldfusion export")
+
+
 @pytest.mark.parametrize("argv, missing", [(["--format", "onnx"], "--format onnx needs onnx"), (["--int8"], "--int8 needs nncf")])
 def test_an_export_without_its_extra_installed_says_how_to_install_it(tmp_path, capsys, random_weights, monkeypatch, argv, missing):
     """It ended in OnnxExporterError or ModuleNotFoundError: nncf (exit 1) after loading the weights."""
@@ -76,7 +84,8 @@ def test_an_export_without_its_extra_installed_says_how_to_install_it(tmp_path, 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in ("onnx", "nncf") else real(name, *rest))
     ir_dir, vi_dir = paired_folders(tmp_path, 32, 24, count=1)
-    full = ["export", "--weights", str(random_weights["ld-lite"]), "--calib-ir", str(ir_dir), "--calib-vi", str(vi_dir), *argv]
+    calibration = ["--calib-ir", str(ir_dir), "--calib-vi", str(vi_dir)] if "--int8" in argv else []
+    full = ["export", "--weights", str(random_weights["ld-lite"]), *calibration, *argv]
     assert dispatcher.main(full) == 2
     line = one_error_line(capsys, "ldfusion export")
     assert missing in line and 'pip install "ldfusion[export]"' in line

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.int8 and args.format != "openvino":
         raise ConfigError("--int8 needs --format openvino")
+    if not args.int8 and (args.calib_ir is not None or args.calib_vi is not None):  # the user meant an int8 export
+        raise ConfigError("--calib-ir and --calib-vi calibrate an int8 export: add --int8, or leave them out for float32")
     if args.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1; got {args.calib_count}")
     if not openvino_available():
