@@ -57,19 +57,21 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--calib-count must be at least 1; got {args.calib_count}")
     if not openvino_available():
         raise ConfigError("openvino is not installed (pip install openvino); it converts and checks the export")
-    _check_extra(args)
     weights = resolve_weights_path(args.weights)
     if not weights.is_file():
         raise ConfigError(f"{weights}: export needs a single weights file (not an Enc_/Dec_ folder)")
     model = resolve_model(args.weights, args.model).eval()
     target = exported_path(weights, args.format, args.int8, BUNDLED_DIR)
     no_calibration = args.calib_ir is None or args.calib_vi is None
-    if args.int8 and no_calibration and (args.force or not target.is_file()):
+    building = args.force or not target.is_file()
+    if args.int8 and no_calibration and building:
         raise ConfigError("--int8 needs calibration images: --calib-ir DIR --calib-vi DIR (e.g. training pairs)")
+    if args.force and target.parent.resolve() == BUNDLED_DIR.resolve():
+        raise ConfigError(f"{target.name} ships with ldfusion and is not rebuilt here; "
+                          "to quantize with your own calibration images, export a copy of the weights file")
+    if building:
+        _check_extra(args)  # before --force deletes the cached file it could not make again
     if args.force:
-        if target.parent.resolve() == BUNDLED_DIR.resolve():
-            raise ConfigError(f"{target.name} ships with ldfusion and is not rebuilt here; "
-                              "to quantize with your own calibration images, export a copy of the weights file")
         target.unlink(missing_ok=True)
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
     path, built = ensure_exported(model, weights, args.format, args.int8, calibration, bundled_dir=BUNDLED_DIR)
@@ -91,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_extra(args: argparse.Namespace) -> None:
-    """ONNX and int8 need the export extra, which a plain install leaves out: say so before the work."""
+    """Making an ONNX or int8 export needs the export extra, which a plain install leaves out: say so
+    before the work (a cached or shipped export needs neither)."""
     needed = [name for name, wanted in (("onnx", args.format == "onnx"), ("nncf", args.int8)) if wanted and importlib.util.find_spec(name) is None]
     if needed:
         what = "--format onnx" if "onnx" in needed else "--int8"
