@@ -185,6 +185,28 @@ def test_eval_video_adds_temporal_metrics(videos, capsys):
     assert "| method | frames | flicker_fused |" in printed
 
 
+def test_eval_deep_infrared_video_follows_ir_16bit_as_images_do(videos, capsys):
+    """The option reached image folders only: a 16-bit infrared clip was always stretched."""
+    raw = [(30000 + 50 * frame.astype(np.uint16)).astype(np.uint16) for frame in _video_frames(videos["ir"])]
+    deep = videos["ir"].with_name("ir16.mkv")
+    with VideoWriter(deep, 10, codec="ffv1", crf=None, preset=None, pixel_format="gray16le") as writer:
+        for frame in raw:
+            writer.write_image(frame)
+    scores = {}
+    for mode in ("stretch", "scale"):
+        argv = ["--ir", str(deep), "--vi", str(videos["vi"]), "--fused", str(videos["fused"]), "--out", str(videos["out"] / mode), "-q"]
+        assert main([*argv, "--ir-16bit", mode, "--no-temporal"]) == 0
+        scores[mode] = json.loads((videos["out"] / mode / "metrics.json").read_text())["images"][0]
+    assert scores["stretch"] != scores["scale"]  # the infrared image the metrics compare with differs
+
+
+def _video_frames(path: Path) -> list[np.ndarray]:
+    from ldfusion.video import VideoReader
+
+    with VideoReader(path, luma_only=True) as reader:
+        return [frame.planes.data[0] for frame in reader]
+
+
 def test_eval_video_fused_by_a_model(videos, random_weights):
     assert run(videos, "--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu", "--max-frames", "3") == 0
     report = json.loads((videos["out"] / "metrics.json").read_text())

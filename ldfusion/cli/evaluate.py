@@ -226,7 +226,7 @@ def _check_same_size(name: str, shape_a: tuple, shape_b: tuple, what_a: str, wha
 
 def _video_samples(args: argparse.Namespace, stack: ExitStack) -> tuple[Iterator[Sample], int | None, float | None]:
     """Frame triples of the IR, visible (and fused) videos, with the count to expect and the rate."""
-    ir = stack.enter_context(VideoReader(args.ir, luma_only=True))
+    ir = stack.enter_context(VideoReader(args.ir, luma_only=True, ir_16bit=args.ir_16bit))  # deep video by the same rule as images
     vi = stack.enter_context(VideoReader(args.vi))
     fused = stack.enter_context(VideoReader(args.fused)) if args.fused else None
     _check_frame_rates(ir, vi, "ir", "vi")
@@ -234,7 +234,7 @@ def _video_samples(args: argparse.Namespace, stack: ExitStack) -> tuple[Iterator
         _check_frame_rates(fused, vi, "fused", "vi")
     ir_n, vi_n = ir.declared_frames, vi.declared_frames
     if ir_n and vi_n and ir_n != vi_n:
-        log.info("ir has %d frames and vi %d; pairing the first %d", ir_n, vi_n, min(ir_n, vi_n))
+        log.warning("ir has %d frames and vi %d; pairing the first %d by frame number", ir_n, vi_n, min(ir_n, vi_n))
     expected = min(ir_n, vi_n) if ir_n and vi_n else None
     if fused is not None and fused.declared_frames and expected and fused.declared_frames != expected:
         raise DataError(f"{args.fused} has {fused.declared_frames} frames but the ir/vi pair has {expected}; they must match")
