@@ -370,7 +370,10 @@ def _scene_pairs(args: argparse.Namespace) -> list:
     if frames < 1:
         raise CalibrationError(f"--frames must be at least 1; got {frames}")
     ir_frames, vi_frames = sample_frames(args.ir, frames), sample_frames(args.vi, frames)
-    return list(zip(ir_frames, vi_frames))
+    pairs = list(zip(ir_frames, vi_frames))
+    if len(pairs) < frames:  # the clips are shorter: the vote has fewer frames than asked for
+        log.warning("--frames %d: the clips hold only %d frame pair(s); registering those", frames, len(pairs))
+    return pairs
 
 
 def run_points(args: argparse.Namespace) -> int:

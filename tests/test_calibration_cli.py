@@ -160,6 +160,20 @@ def test_scene_command_on_video_frames(tmp_path, capsys, frames):
     assert "of 5 frame pairs agree" in capsys.readouterr().out
 
 
+def test_scene_frames_beyond_the_clips_says_how_many_it_registers(tmp_path, caplog):
+    """--frames 100 on 3-frame clips used 3 without a word."""
+    import argparse
+
+    from calibration.cli import _scene_pairs
+
+    frames = np.stack([np.full((24, 32), 0.2 * k, np.float32) for k in range(3)])
+    write_video(tmp_path / "ir.mp4", frames, 10)
+    write_video(tmp_path / "vi.mp4", frames, 10)
+    args = argparse.Namespace(frames=100, ir=tmp_path / "ir.mp4", vi=tmp_path / "vi.mp4", ir_16bit="stretch")
+    assert len(_scene_pairs(args)) == 3
+    assert "--frames 100: the clips hold only 3 frame pair(s)" in caplog.text
+
+
 def test_verify_scores_the_right_homography_above_wrong_ones(scene_pair):
     folder, H_true = scene_pair
     ir, vi = read_infrared(folder / "ir.png"), read_visible(folder / "vi.png")
