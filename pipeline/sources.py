@@ -223,6 +223,11 @@ class LiveCameraSource(Source):
         self.rate = Fraction(fps).limit_denominator(1001)
         self.size = _reported_size(self._capture)
         self._network = isinstance(self._camera, str) and "://" in self._camera
+        # A recording given as a camera: OpenCV decodes it as fast as it can, so two such
+        # "cameras" drifted apart and nearly every pair joined frames seconds apart. It is
+        # delivered at its own rate instead, as a camera would deliver it.
+        self._recording = isinstance(self._camera, str) and Path(self._camera).is_file()
+        self._playback_start: float | None = None  # when the recording's first frame was delivered
         self._catching_up = self._network
         self._stale_now = 0  # stale frames skipped since the last (re)connect
         self._previous_read: tuple[float, float | None] | None = None  # (arrival, stream time) while catching up
@@ -235,6 +240,8 @@ class LiveCameraSource(Source):
         while not stop.is_set():
             ok, image = self._capture.read() if self._capture is not None else (False, None)
             if ok and image is not None and image.size > 0:  # an empty frame counts as a failed read
+                if self._recording and self._wait_for_due_time(stop):
+                    return
                 arrival, stream_t = time.monotonic(), self._stream_time()
                 if self._skip_buffered(arrival, stream_t):
                     continue
@@ -261,6 +268,16 @@ class LiveCameraSource(Source):
                 return
             delay = min(2 * delay, self._config.reconnect_max_s)
             self._reopen()
+
+    def _wait_for_due_time(self, stop: threading.Event) -> bool:
+        """Hold a recording's frame until its time (its position since the first frame delivered);
+        True when the run stopped meanwhile."""
+        position = self._stream_time() or 0.0
+        now = time.monotonic()
+        if self._playback_start is None or position == 0.0:  # the first frame, or the recording started again
+            self._playback_start = now - position
+            return False
+        return stop.wait(max(0.0, self._playback_start + position - now))
 
     def _skip_buffered(self, arrival: float, stream_t: float | None) -> bool:
         """Right after a network camera (re)connects: is this frame part of a stale backlog?

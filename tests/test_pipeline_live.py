@@ -292,3 +292,23 @@ def test_a_camera_reports_its_frame_size_when_it_knows_it():
     silent = FakeCamera(30)
     silent.width = silent.height = 0
     assert LiveCameraSource(config, "ir", time.monotonic(), open_capture=lambda _id: silent).size is None
+
+
+def test_a_recording_given_as_a_camera_is_delivered_at_its_own_rate(tmp_path):
+    """OpenCV decoded it as fast as it could: two such cameras drifted apart and fused frames
+    seconds apart. Its frames now come at the recording's pace and carry its timing."""
+    from tests.pipeline_helpers import marked_video
+
+    clip = marked_video(tmp_path / "cam.mp4", 12, 20)  # 0.6 s of frames at 20 fps
+    config = from_dict(SourceConfig, {"kind": "camera", "path": str(clip)})
+    source = LiveCameraSource(config, "ir", time.monotonic())
+    stop = threading.Event()
+    frames = source.frames(stop)
+    start = time.monotonic()
+    stamps = [next(frames)[1] for _ in range(10)]
+    elapsed = time.monotonic() - start
+    stop.set()
+    source.close()
+    assert elapsed >= 0.4  # ten frames at 20 fps take 0.45 s (decoding them takes a few ms)
+    steps = np.diff(stamps)
+    assert np.all(steps > 0.03) and np.all(steps < 0.08), steps  # each 50 ms after the last
