@@ -9,7 +9,9 @@ import sys
 import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
+from ldfusion.cli.common import (
+    EXIT_INTERRUPTED, EXIT_TERMINATED, add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging,
+)
 from ldfusion.config import to_dict
 from ldfusion.redact import mask_credentials
 from pipeline.config import PipelineConfig, check_outputs, load_pipeline_config
@@ -17,7 +19,7 @@ from pipeline.runner import run_pipeline
 
 log = logging.getLogger("pipeline.cli")
 
-EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}  # 128 + signal number, as shells report it
+EXIT_CODES = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from calibration.fileformat import Registration, load_registration
+from ldfusion.cli.common import EXIT_TERMINATED
 from ldfusion.config import to_dict, write_yaml
 from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
@@ -175,8 +176,26 @@ class Pipeline:
     # --- running -------------------------------------------------------------------------
 
     def run(self) -> RunSummary:
+        # Signals are only recorded from the start: a KeyboardInterrupt raised inside OpenVINO's
+        # compile or FFmpeg's encoder setup during start-up was lost (the run went on to exit
+        # 0) or crashed the process. Start-up ends at its next step instead (_end_if_signalled).
+        with self._signals_handled():
+            return self._run()
+
+    def _end_if_signalled(self) -> None:
+        """Between start-up steps: a Ctrl-C so far ends the run before any thread starts, nothing
+        fused (exit 130, as the default handler gave); SIGTERM exits 143 with a line saying so."""
+        if not self._signals:
+            return
+        if self._signals[0] == "SIGINT":
+            raise KeyboardInterrupt
+        log.warning("%s during start-up: stopping before any frame is read", self._signals[0])
+        raise SystemExit(EXIT_TERMINATED)
+
+    def _run(self) -> RunSummary:
         config = self.config
         fuser = self._fuser or self._load_fuser()
+        self._end_if_signalled()
         live = config.live
         origin = time.monotonic()
         with contextlib.ExitStack() as cleanup:
@@ -205,10 +224,10 @@ class Pipeline:
             self.stats.start()
             # CUDA graphs are recorded in the warm-up only (``ldfusion.inference``).
             cleanup.enter_context(fuser.no_new_graphs())
+            self._end_if_signalled()
             threads = self._start_threads(worker, sinks, live, origin, infos)
             try:
-                with self._signals_handled():
-                    self._supervise()
+                self._supervise()
             finally:
                 if not self._done.is_set():  # the main thread itself failed: take the stages down
                     self.abort()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -98,3 +99,32 @@ def test_a_signal_half_way_leaves_a_valid_mp4_of_the_frames_fused_so_far(tmp_pat
     assert 10 <= len(video["frames"]) < total
     assert len(video["frames"]) == written  # every frame fused before the signal is in the MP4
     assert all(b > a for a, b in zip(video["pts"], video["pts"][1:]))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_start_up_ends_the_run_before_any_frame(tmp_path, random_weights, monkeypatch, sig):
+    """A Ctrl-C while OpenVINO compiled or encoders were set up was raised inside native code:
+    lost (the run went on, exit 0) or a crash. It is recorded and ends start-up at its next step."""
+    from pipeline.runner import Pipeline
+    from tests.pipeline_helpers import cpu_fuser, make_config
+
+    ir = marked_video(tmp_path / "ir.mp4", 6, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 6, 30, seed=2)
+    config = make_config(ir, vi, sinks=[{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path / "out")
+
+    loaded = []
+
+    def load_while_signalled(self):
+        os.kill(os.getpid(), sig)  # arrives while the network loads (in native code, where it was lost)
+        loaded.append(True)  # so the step is not torn apart half-way: it ends, then the run does
+        return cpu_fuser(random_weights["ld-lite"])
+
+    monkeypatch.setattr(Pipeline, "_load_fuser", load_while_signalled)
+    expected = KeyboardInterrupt if sig == signal.SIGINT else SystemExit
+    with pytest.raises(expected) as ended:
+        Pipeline(config).run()
+    if sig == signal.SIGTERM:
+        assert ended.value.code == 143
+    assert loaded == [True]
+    assert not (tmp_path / "out" / "o.mp4").exists()
+    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)  # the run's handler is gone again

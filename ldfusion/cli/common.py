@@ -14,7 +14,8 @@ from ldfusion.errors import LDFusionError, first_line
 from ldfusion.redact import MaskCredentials, mask_credentials
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
