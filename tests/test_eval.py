@@ -207,6 +207,24 @@ def _video_frames(path: Path) -> list[np.ndarray]:
         return [frame.planes.data[0] for frame in reader]
 
 
+def test_eval_one_frame_video_leaves_the_temporal_metrics_out(videos, capsys):
+    """Flicker and warping error need two frames: one frame was reported as perfectly steady."""
+    one = {name: write_video(videos["ir"].with_name(f"one_{name}.mp4"), _colour_frames(videos[name])[:1])
+           for name in ("ir", "vi", "fused")}
+    argv = ["--ir", str(one["ir"]), "--vi", str(one["vi"]), "--fused", str(one["fused"]), "--out", str(videos["out"]), "-q"]
+    assert main(argv) == 0
+    report = json.loads((videos["out"] / "metrics.json").read_text())
+    assert report["count"] == 1 and "temporal" not in report
+    assert "temporal metrics need two frames or more; the video gave 1" in capsys.readouterr().err
+
+
+def _colour_frames(path: Path) -> list[np.ndarray]:
+    from ldfusion.video import VideoReader
+
+    with VideoReader(path) as reader:
+        return list(reader.images())
+
+
 def test_eval_video_fused_by_a_model(videos, random_weights):
     assert run(videos, "--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu", "--max-frames", "3") == 0
     report = json.loads((videos["out"] / "metrics.json").read_text())

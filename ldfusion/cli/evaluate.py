@@ -335,7 +335,11 @@ def score(
         raise DataError("nothing to score: the inputs hold no images or frames")
     report: dict = {"count": len(rows), "mean": _means(rows), "std": _stds(rows), "images": rows}
     if meter is not None:
-        report["temporal"] = meter.result().as_dict()
+        scores = meter.result()
+        if scores.frames < 2:  # flicker and warping error compare consecutive frames: one frame scored perfect
+            log.warning("temporal metrics need two frames or more; the video gave %d, so they are left out", scores.frames)
+        else:
+            report["temporal"] = scores.as_dict()
     return report
 
 
