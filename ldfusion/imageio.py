@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 
 from ldfusion.errors import DataError
-from ldfusion.paths import file_key, replaced_whole
+from ldfusion.paths import replaced_whole, same_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})  # what commands taking images or videos read as video
@@ -57,7 +57,7 @@ def pair_folders(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike) -> list[I
     position instead would shift every later pair by one.
     """
     ir_dir, vi_dir = Path(ir_dir), Path(vi_dir)
-    if ir_dir.exists() and file_key(ir_dir) == file_key(vi_dir):  # each image fused with itself
+    if same_file(ir_dir, vi_dir):
         raise DataError(f"the infrared and visible images are the same {'file' if ir_dir.is_file() else 'folder'}, {ir_dir}; give one of each camera")
     if ir_dir.is_file() or vi_dir.is_file():
         return [_single_pair(ir_dir, vi_dir)]

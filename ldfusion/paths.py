@@ -28,6 +28,12 @@ def check_output_folder(path: Path, option: str = "--out") -> None:
         raise DataError(f"{option} {path} is a file, not a folder")
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether ``a`` and ``b`` name one existing file or folder (a hard link or another spelling
+    included): given for both cameras, every frame would be paired with itself."""
+    return Path(a).exists() and file_key(a) == file_key(b)
+
+
 def refuse_overwriting_inputs(outputs: Iterable[Path], inputs: Iterable[Path], option: str) -> None:
     """A one-line error naming ``option`` when writing any of ``outputs`` would replace one of ``inputs``."""
     taken = {file_key(path): path for path in inputs}

@@ -38,7 +38,7 @@ from ldfusion.config import load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
-from ldfusion.paths import file_key
+from ldfusion.paths import file_key, same_file
 from ldfusion.variants import VARIANTS
 
 SOURCE_KINDS = ("video", "images", "camera")
@@ -147,7 +147,7 @@ class StreamConfig:
         ir, visible = str(self.ir.path), str(self.visible.path)
         if self.ir.kind == "camera" and not Path(ir).exists():
             return ir == visible  # a device index or URL
-        return Path(ir).exists() and file_key(ir) == file_key(visible)
+        return same_file(ir, visible)
 
     def _check_image_folders_pair(self) -> None:
         """Two image folders pair by name, so they must hold the same names and share one rate."""
@@ -336,9 +336,8 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
     out_dir = Path(config.run.out_dir) if config.run.out_dir else None
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"run.out_dir {str(out_dir)!r} is a file, not a folder")
-    own = file_key(config_file) if config_file is not None else None
     for kind, path in config.output_paths():
-        if own is not None and file_key(path) == own:
+        if config_file is not None and same_file(config_file, path):
             raise ConfigError(f"the run would write {str(path)!r}, which is its own config file; copy the config elsewhere or choose another --out")
         if kind == "png" and path.exists() and not path.is_dir():
             raise ConfigError(f"the png sink writes into the folder {str(path)!r}, but that is a file")

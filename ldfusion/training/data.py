@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from ldfusion.color import rgb_to_y
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders, read_pair, unit_to_uint8
-from ldfusion.paths import file_key
+from ldfusion.paths import same_file
 from ldfusion.video import VideoReader
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def load_video_pairs(source: VideoSource) -> list[Pair]:
     another rate, another length or the same file for both is refused.
     """
     ir_path, vi_path = Path(source.ir), Path(source.vi)
-    if ir_path.exists() and file_key(ir_path) == file_key(vi_path):  # every frame paired with itself
+    if same_file(ir_path, vi_path):
         raise DataError(f"the infrared and visible videos are the same file, {ir_path}; give one of each camera")
     with VideoReader(vi_path) as vi_reader, VideoReader(ir_path, luma_only=True) as ir_reader:
         _check_same_rate(ir_reader, vi_reader)
