@@ -14,7 +14,7 @@ from ldfusion.cli.common import (
 )
 from ldfusion.config import to_dict
 from ldfusion.redact import mask_credentials
-from pipeline.config import PipelineConfig, check_outputs, load_pipeline_config
+from pipeline.config import load_pipeline_config
 from pipeline.runner import run_pipeline
 
 log = logging.getLogger("pipeline.cli")
@@ -81,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(mask_credentials(to_dict(config)), sort_keys=False), end="")
         return 0
-    check_outputs(config, args.config)  # before anything is opened for writing
     with logging_redirect_tqdm():
-        summary = run_pipeline(config)
+        summary = run_pipeline(config, config_file=args.config)
     print(summary.report)
     for output in summary.outputs:
         print(f"output: {output}")

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -135,8 +136,9 @@ class Pipeline:
         *,
         extra_sinks: Sequence[Sink] = (),
         open_capture: OpenCapture | None = None,
+        config_file: str | os.PathLike | None = None,
     ) -> None:
-        check_outputs(config)  # as `ldfusion run` does: the API replaced existing outputs without --overwrite
+        check_outputs(config, config_file)  # before anything is opened for writing, by the command and the API alike
         self.config = config
         self._fuser = fuser
         self._extra_sinks = list(extra_sinks)
@@ -524,15 +526,17 @@ def run_pipeline(
     *,
     extra_sinks: Sequence[Sink] = (),
     open_capture: OpenCapture | None = None,
+    config_file: str | os.PathLike | None = None,
 ) -> RunSummary:
     """Run ``config`` to the end (or until stopped) and return its summary.
 
     ``fuser``: a loaded model to use instead of ``config.model``'s weights/device (a
     benchmark loads one and runs several configs). ``extra_sinks``: sink objects added to
     the configured ones (e.g. a ``CallbackSink``). ``open_capture``: replaces
-    ``cv2.VideoCapture`` for camera sources (fake cameras in tests).
+    ``cv2.VideoCapture`` for camera sources (fake cameras in tests). ``config_file``: the
+    file ``config`` was read from, which no output may replace (``check_outputs``).
     """
-    return Pipeline(config, fuser, extra_sinks=extra_sinks, open_capture=open_capture).run()
+    return Pipeline(config, fuser, extra_sinks=extra_sinks, open_capture=open_capture, config_file=config_file).run()
 
 
 class _ToSinks:

@@ -96,7 +96,7 @@ def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwri
         for name in output_names(pair, with_sbs):
             if writers.setdefault(name, pair.name) != pair.name:  # pairs a and a_sbs with --side-by-side
                 raise DataError(f"pairs {writers[name]!r} and {pair.name!r} would both write {name}; rename one of them or leave out --side-by-side")
-    outputs = [out_dir / name for pair in pairs for name in output_names(pair, with_sbs)]
+    outputs = [out_dir / name for name in writers]
     refuse_overwriting_inputs(outputs, [path for pair in pairs for path in (pair.ir, pair.vi)], f"--out {out_dir}")
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
