@@ -205,8 +205,13 @@ class VideoReader:
             return Planes(YUV420, tuple(_plane(frame, i) for i in range(3)), _AS_IS[name] or _full_range(frame))
         if name == "gray":
             return Planes.gray(_plane(frame, 0))
-        converted = frame.reformat(format=YUV420)
-        return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), False)
+        # Named ranges both ways: left unnamed, FFmpeg kept the full range of some sources
+        # (MJPEG's yuvj422p, RGB tagged full) in planes labelled limited, and the colour came
+        # out ~14 % oversaturated. Full-range and RGB sources stay full, limited ones limited.
+        full = _full_range(frame) or name.startswith("yuvj") or _luma_bits(frame) is None
+        colour_range = "JPEG" if full else "MPEG"
+        converted = frame.reformat(format=YUV420, src_color_range=colour_range, dst_color_range=colour_range)
+        return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), full)
 
     def _luma(self, frame: av.VideoFrame, name: str) -> Planes:
         """The Y plane alone: 8-bit as it is, deeper by the infrared rule (then full range)."""

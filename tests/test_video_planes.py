@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import torch
 
-from ldfusion.color import planes_to_luma, planes_to_ycrcb, rgb_to_ycrcb, ycrcb_to_yuv420p
+from ldfusion.color import planes_to_image, planes_to_luma, planes_to_ycrcb, rgb_to_ycrcb, ycrcb_to_yuv420p
 from ldfusion.imageio import infrared_to_unit
 from ldfusion.video import Planes, VideoReader, VideoWriter, probe_frames
 from tests.pipeline_helpers import texture
@@ -241,3 +242,37 @@ def test_reader_threads_change_the_speed_not_the_frames(tmp_path):
         assert single._stream.codec_context.thread_count == 1
         frames = [(a.planes.data[0], b.planes.data[0]) for a, b in zip(auto, single)]
     assert len(frames) == 8 and all(np.array_equal(a, b) for a, b in frames)
+
+
+def _uniform_clip(path, codec: str, pix_fmt: str, rgb: tuple[int, int, int]) -> None:
+    """Three frames of one colour, encoded by PyAV straight from RGB (no ldfusion writer)."""
+    image = np.empty((32, 48, 3), np.uint8)
+    image[:] = rgb
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=30)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, pix_fmt
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize(
+    "name, codec, pix_fmt",
+    [
+        ("webcam.avi", "mjpeg", "yuvj422p"),  # what USB webcams record: full range 4:2:2
+        ("rgb.mkv", "libx264rgb", "rgb24"),  # decodes as gbrp, tagged full range
+        ("bgr0.mkv", "ffv1", "bgr0"),
+        ("444.mp4", "libx264", "yuv444p"),
+        ("420.mp4", "libx264", "yuv420p"),
+    ],
+)
+def test_converted_layouts_keep_their_colour(tmp_path, name, codec, pix_fmt):
+    """Layouts FFmpeg converts to 4:2:0 come out in the colour they went in (a full-range source
+    labelled limited was ~14 % oversaturated: 200, 120, 60 read back as 211, 122, 52)."""
+    colour = (200, 120, 60)
+    _uniform_clip(tmp_path / name, codec, pix_fmt, colour)
+    with VideoReader(tmp_path / name) as reader:
+        rgb = planes_to_image(next(iter(reader)).planes)
+    assert np.abs(rgb[16, 24].astype(int) - colour).max() <= 2, rgb[16, 24]
