@@ -119,12 +119,12 @@ class VideoReader:
         self._container = self._open_input()
         self.decoder = "cpu"
         if decode != "cpu":  # NVDEC needs the stream's codec, known only once the file is open
-            choice = choose_decoder(decode, self._container.streams.video[0].codec_context.name)
+            choice = choose_decoder(decode, _main_video_stream(self._container).codec_context.name)
             if choice.hwaccel is not None:
                 self._container.close()
                 self._container = self._open_input(**choice.open_options)
                 self.decoder = choice.device
-        self._stream = self._container.streams.video[0]
+        self._stream = _main_video_stream(self._container, self.path)
         self._stream.thread_type = "AUTO"  # frame-parallel decoding
         if threads is not None:
             self._stream.codec_context.thread_count = max(1, threads)  # read when the decoder opens, at the first packet
@@ -262,6 +262,17 @@ def _plane(frame: av.VideoFrame, index: int, dtype: np.dtype = np.dtype(np.uint8
     plane = frame.planes[index]
     rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // dtype.itemsize)
     return rows[:, : plane.width]
+
+
+def _main_video_stream(container: av.container.InputContainer, path: Path | None = None) -> av.video.stream.VideoStream:
+    """The video stream ffmpeg's own tools would pick: the largest picture, cover art left out.
+    With several, ``path`` names the choice in a warning (a first, smaller stream was used silently)."""
+    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic] or list(container.streams.video)
+    chosen = max(streams, key=lambda s: (s.codec_context.width or 0) * (s.codec_context.height or 0))  # the first of equals
+    if path is not None and len(streams) > 1:
+        log.warning("%s holds %d video streams; using stream %d (%dx%d), the largest", path, len(streams), chosen.index,
+                    chosen.codec_context.width, chosen.codec_context.height)
+    return chosen
 
 
 def _luma_bits(frame: av.VideoFrame) -> int | None:

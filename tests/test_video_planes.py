@@ -276,3 +276,26 @@ def test_converted_layouts_keep_their_colour(tmp_path, name, codec, pix_fmt):
     with VideoReader(tmp_path / name) as reader:
         rgb = planes_to_image(next(iter(reader)).planes)
     assert np.abs(rgb[16, 24].astype(int) - colour).max() <= 2, rgb[16, 24]
+
+
+def test_the_largest_of_several_video_streams_is_read_and_named(tmp_path, caplog):
+    """A file with a small first stream and a large second one (a preview beside the recording)
+    is read from the large one, as ffmpeg's tools pick, with a warning naming it."""
+    path = tmp_path / "two.mkv"
+    with av.open(str(path), "w") as container:
+        small, large = (container.add_stream("libx264", rate=30) for _ in range(2))
+        for stream, (width, height) in ((small, (32, 24)), (large, (64, 48))):
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for index in range(3):
+            for stream in (small, large):
+                image = np.full((stream.height, stream.width, 3), 60 * index, np.uint8)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+        for stream in (small, large):
+            for packet in stream.encode():
+                container.mux(packet)
+    with caplog.at_level("WARNING"), VideoReader(path) as reader:
+        frames = list(reader)
+    assert (reader.width, reader.height) == (64, 48)
+    assert [frame.planes.size for frame in frames] == [(64, 48)] * 3
+    assert "2 video streams; using stream 1 (64x48)" in caplog.text
