@@ -16,7 +16,8 @@ Convention.
 - Timestamps: seconds from the stream's first frame, ``(pts - start) * time_base``; a
   frame without pts gets ``index / rate``.
 - Damaged or cut-off packets are skipped and counted; a stream that ends early ends with
-  one warning saying how many frames were read. A file that cannot be opened, or that
+  one warning saying how many frames were read; frames the decoder made from damaged data
+  (its errors concealed) are counted and named in one warning at the end. A file that cannot be opened, or that
   holds no decodable frame, is a one-line ``DataError``.
 
 The writer encodes planes as they are (``write_planes``) or RGB/gray arrays
@@ -141,7 +142,8 @@ class VideoReader:
         self.width, self.height = self._stream.codec_context.width, self._stream.codec_context.height
         self.codec = self._stream.codec_context.name
         self.frames_read = 0
-        self.damaged = 0
+        self.damaged = 0  # packets the decoder refused, skipped
+        self.concealed = 0  # frames the decoder made from damaged data, its errors concealed (FFmpeg's "corrupt" flag)
 
     def _open_input(self, **options) -> av.container.InputContainer:
         try:
@@ -171,13 +173,14 @@ class VideoReader:
                 for frame in decoded:
                     if self._max_frames is not None and self.frames_read >= self._max_frames:
                         return
+                    self.concealed += frame.is_corrupt
                     yield DecodedFrame(self.frames_read, self._timestamp(frame), self._planes(frame), frame.pts)
                     self.frames_read += 1
         except av.FFmpegError as exc:  # the container itself ends mid-packet
             self.damaged, reason = self.damaged + 1, ffmpeg_reason(exc)
         if self.frames_read == 0:
             raise DataError(f"no decodable video frames in {self.path}" + (f" ({reason})" if reason else ""))
-        self._report_short_read(reason)
+        self._report_damage(reason)
 
     def images(self) -> Iterator[np.ndarray]:
         """The frames as host arrays, for consumers that need RGB: (H, W, 3) RGB uint8, or
@@ -233,7 +236,10 @@ class VideoReader:
         unit = infrared_to_unit(luma, self._ir_16bit, source=str(self.path), bits=bits, limits=self._limits)
         return Planes.gray(unit_to_uint8(unit), full_range=True)
 
-    def _report_short_read(self, reason: str) -> None:
+    def _report_damage(self, reason: str) -> None:
+        if self.concealed:
+            log.warning("%s holds damaged data: %d frame(s) decoded with errors the decoder concealed (they and the frames "
+                        "that follow them may show it)", self.path, self.concealed)
         expected = self.declared_frames
         short = expected is not None and self.frames_read < expected and (self._max_frames is None or self.frames_read < self._max_frames)
         if self.damaged or short:

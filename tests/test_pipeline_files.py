@@ -162,6 +162,24 @@ def test_truncated_file_ends_its_stream_with_a_warning(tmp_path, lite, caplog):
     assert f"cut.mp4 is truncated or damaged: read {readable} of 30 frame(s)" in caplog.text
 
 
+
+def test_damaged_data_the_decoder_conceals_is_reported(tmp_path, lite, caplog):
+    """Bytes flipped inside the coded frames: FFmpeg conceals the errors and decodes every frame,
+    so nothing is cut short, but the damage is named instead of passing in silence."""
+    source = write_video(tmp_path / "fs.mp4", [marked_frame(i, 64, 48, 1) for i in range(30)], 30,
+                         container_options={"movflags": "faststart"})
+    data = bytearray(source.read_bytes())
+    for at in range(len(data) // 3, 2 * len(data) // 3, 97):
+        data[at] ^= 0xFF
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    full = marked_video(tmp_path / "full.mp4", 30, 30, seed=1)
+
+    with caplog.at_level(logging.WARNING):
+        run_pipeline(make_config(damaged, full, sinks=[{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path), lite)
+    assert "damaged.mp4 holds damaged data:" in caplog.text
+    assert "decoded with errors the decoder concealed" in caplog.text
+
 def _write_config(tmp_path: Path, ir: str, vi: str, **stream) -> Path:
     data = {
         "streams": [{"id": "cam0", "ir": {"kind": "video", "path": ir}, "visible": {"kind": "video", "path": vi}, **stream}],
