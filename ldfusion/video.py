@@ -14,7 +14,8 @@ Convention.
   default of video). The samples are never rescaled here: ``ldfusion.color`` does it on
   the device.
 - Timestamps: seconds from the stream's first frame, ``(pts - start) * time_base``; a
-  frame without pts gets ``index / rate``.
+  frame without pts gets ``index / rate``. Where they jump back by more than two frames
+  (recordings joined end to end), the timeline continues one frame after the last.
 - Damaged or cut-off packets are skipped and counted; a stream that ends early ends with
   one warning saying how many frames were read; frames the decoder made from damaged data
   (its errors concealed) are counted and named in one warning at the end. A file that cannot be opened, or that
@@ -30,6 +31,7 @@ leaves a file that plays up to its last complete fragment (one GOP, ``keyint`` f
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,6 +136,8 @@ class VideoReader:
         self._ir_16bit = ir_16bit
         self._limits: tuple[float, float] | None = None  # deep-luma stretch, from the first frame
         self._origin = self._stream.start_time
+        self._last_t = -math.inf  # the last frame's timestamp, seconds
+        self._continued_s = 0.0  # added to the file's own times after backward jumps (``_continue_after_reset``)
         stated = self._stream.average_rate or self._stream.guessed_rate
         self.rate_stated = bool(stated)
         self.rate: Fraction = Fraction(stated) if stated else DEFAULT_RATE
@@ -198,7 +202,23 @@ class VideoReader:
         # Integer ticks over the denominator: one correctly rounded division, the value a
         # Fraction product would round to, without building Fractions for every frame
         # (0.04 ms a frame, a tenth of a reader thread's time at 640x512).
-        return (frame.pts - self._origin) * self.time_base.numerator / self.time_base.denominator
+        t = (frame.pts - self._origin) * self.time_base.numerator / self.time_base.denominator + self._continued_s
+        return self._continue_after_reset(t) if t < self._last_t - 2.0 / self.rate else self._note(t)
+
+    def _continue_after_reset(self, t: float) -> float:
+        """Timestamps that jump back by more than two frames: recordings joined end to end (MPEG-TS
+        files concatenated, a camera restarted mid-file). Frames come out of the decoder in
+        presentation order, so the file's own timeline restarted here; it is continued one frame
+        after the last, instead of every later frame going back in time (and being skipped)."""
+        jump = self._last_t + 1.0 / self.rate - t
+        log.warning("%s: timestamps jump back %.2f s at frame %d (recordings joined end to end?); the timeline "
+                    "continues from the frame before", self.path, self._last_t - t, self.frames_read)
+        self._continued_s += jump
+        return self._note(t + jump)
+
+    def _note(self, t: float) -> float:
+        self._last_t = t
+        return t
 
     def _planes(self, frame: av.VideoFrame) -> Planes:
         name = frame.format.name

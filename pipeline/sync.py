@@ -34,7 +34,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -80,6 +80,7 @@ class NearestPairer:
         self._followers: deque[_Follower] = deque()  # follower frames that may still be nearest
         self._follower_ended = False
         self._last_t = {IR: float("-inf"), VISIBLE: float("-inf")}
+        self._backwards: Counter[str] = Counter()  # frames skipped for going back in time, per camera
         self._seq = 0
 
     def time_of(self, frame: CameraFrame) -> float:
@@ -88,7 +89,10 @@ class NearestPairer:
     def add(self, frame: CameraFrame) -> None:
         t = self.time_of(frame)
         if t <= self._last_t[frame.kind]:
-            log.warning("%s: %s frame %d goes back in time (%.4f s after %.4f s); skipped", self.stream, frame.kind, frame.index, t, self._last_t[frame.kind])
+            self._backwards[frame.kind] += 1
+            if self._backwards[frame.kind] == 1:  # one line, not one a frame: the count comes at the end
+                log.warning("%s: %s frame %d goes back in time (%.4f s after %.4f s); skipped, as any more will be",
+                            self.stream, frame.kind, frame.index, t, self._last_t[frame.kind])
             self._count_unpaired(frame.kind)
             return
         self._last_t[frame.kind] = t
@@ -144,6 +148,9 @@ class NearestPairer:
 
     def finish(self, count_leftovers: bool = True) -> None:
         """The stream is over: frames still held made no output (unpaired, unless stopped early)."""
+        for kind, count in sorted(self._backwards.items()):
+            if count > 1:
+                log.warning("%s: %d %s frames went back in time and were skipped", self.stream, count, kind)
         if count_leftovers:
             self._prune(float("inf"))
             for _ in self._pending:

@@ -180,6 +180,21 @@ def test_damaged_data_the_decoder_conceals_is_reported(tmp_path, lite, caplog):
     assert "damaged.mp4 holds damaged data:" in caplog.text
     assert "decoded with errors the decoder concealed" in caplog.text
 
+
+def test_recordings_joined_end_to_end_continue_one_timeline(tmp_path, lite, caplog):
+    """Two MPEG-TS recordings concatenated byte for byte (each starting at pts 0, as `cat a.ts
+    b.ts` makes them): the second half used to go back in time and be skipped, a warning a frame."""
+    parts = [marked_video(tmp_path / f"part{k}.ts", 15, 30, seed=2, first=15 * k) for k in range(2)]
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(b"".join(part.read_bytes() for part in parts))
+    ir = write_video(tmp_path / "ir.mp4", [marked_frame(i, 64, 48, 1) for i in range(30)], 30)
+    collect = Collect()
+    with caplog.at_level(logging.WARNING):
+        run_pipeline(make_config(ir, joined), lite, extra_sinks=[collect.sink()])
+    marks = [(read_mark(f.ir), read_mark(f.visible)) for f in collect.frames]
+    assert len(marks) == 30 and all(a == b for a, b in marks)
+    assert "joined.ts: timestamps jump back" in caplog.text and "goes back in time" not in caplog.text
+
 def _write_config(tmp_path: Path, ir: str, vi: str, **stream) -> Path:
     data = {
         "streams": [{"id": "cam0", "ir": {"kind": "video", "path": ir}, "visible": {"kind": "video", "path": vi}, **stream}],

@@ -129,3 +129,15 @@ def test_follower_buffer_stays_short():
         pairer.add(frame(IR, 200 + i, 6.0 + i / 100))
     assert len(pairer._followers) <= 128
     assert pairer.counts.unpaired_ir + len(pairer._followers) == 500
+
+
+def test_frames_going_back_in_time_are_warned_once_and_counted_at_the_end(caplog):
+    """A camera whose clock jumps back skips every frame until it catches up: one warning, then
+    the count when the stream ends, not a line a frame (thousands on a long capture)."""
+    visible = camera(VISIBLE, 30, 20)
+    visible = visible[:10] + [frame(VISIBLE, 10 + i, i / 30) for i in range(5)]  # the clock restarts: 5 frames back in time
+    with caplog.at_level("WARNING"):
+        pairs, counts = pair_offline(camera(IR, 30, 20), visible, slop=0.01)
+    assert len(pairs) == 10 and counts.unpaired >= 5
+    assert caplog.text.count("goes back in time") == 1
+    assert "5 visible frames went back in time and were skipped" in caplog.text
