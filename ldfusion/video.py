@@ -14,7 +14,8 @@ Convention.
   default of video). The samples are never rescaled here: ``ldfusion.color`` does it on
   the device.
 - Timestamps: seconds from the stream's first frame, ``(pts - start) * time_base``; a
-  frame without pts gets ``index / rate``. Where they jump back by more than two frames
+  frame without pts, and every frame of a raw elementary stream (``.h264``: no container,
+  so no clock), gets ``index / rate``, the rate the bitstream states or else assumed (one warning). Where they jump back by more than two frames
   (recordings joined end to end), the timeline continues one frame after the last.
 - Damaged or cut-off packets are skipped and counted; a stream that ends early ends with
   one warning saying how many frames were read; frames the decoder made from damaged data
@@ -53,6 +54,10 @@ GRAY = "gray"
 RGB = "rgb24"
 BGR = "bgr24"
 _AS_IS = {"yuv420p": False, "yuvj420p": True}  # layouts handed out untouched -> full range?
+# FFmpeg's demuxers of raw elementary video streams: no timestamps of their own (their
+# ``framerate`` option, 25 by default, makes them up).
+_RAW_VIDEO_FORMATS = frozenset({"h261", "h263", "h264", "hevc", "vvc", "m4v", "mjpeg", "mjpeg_2000", "cavsvideo", "dirac",
+                                "dnxhd", "avs2", "avs3", "vc1", "mpegvideo", "obu", "rawvideo"})
 _GRAY_FORMATS = {"gray": 8, "gray10le": 10, "gray12le": 12, "gray16le": 16, "gray10be": 10, "gray12be": 12, "gray16be": 16}
 
 
@@ -138,7 +143,11 @@ class VideoReader:
         self._origin = self._stream.start_time
         self._last_t = -math.inf  # the last frame's timestamp, seconds
         self._continued_s = 0.0  # added to the file's own times after backward jumps (``_continue_after_reset``)
-        stated = self._stream.average_rate or self._stream.guessed_rate
+        # A raw elementary stream (.h264, .mjpeg, ...) has no container clock: FFmpeg's demuxer
+        # stamps it at an assumed 25 fps. Its rate is the one the bitstream states (H.264/HEVC
+        # timing info), else unknown, and its frames are timed by count at that rate.
+        self._raw = bool(set(self._container.format.name.split(",")) & _RAW_VIDEO_FORMATS)
+        stated = self._stream.codec_context.framerate if self._raw else self._stream.average_rate or self._stream.guessed_rate
         self.rate_stated = bool(stated)
         self.rate: Fraction = Fraction(stated) if stated else DEFAULT_RATE
         self.time_base: Fraction = self._stream.time_base or Fraction(1, 90000)
@@ -195,7 +204,7 @@ class VideoReader:
             yield planes_to_image(frame.planes)
 
     def _timestamp(self, frame: av.VideoFrame) -> float:
-        if frame.pts is None:
+        if frame.pts is None or self._raw:
             return float(self.frames_read / self.rate)
         if self._origin is None:
             self._origin = frame.pts

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import yaml
 
 from calibration.fileformat import Registration, save_registration
 from pipeline import cli
+from pipeline.frames import VISIBLE
 from pipeline.runner import run_pipeline
+from pipeline.sources import VideoFileSource
 from tests.pipeline_helpers import (
     Collect,
     cpu_fuser,
@@ -194,6 +198,41 @@ def test_recordings_joined_end_to_end_continue_one_timeline(tmp_path, lite, capl
     marks = [(read_mark(f.ir), read_mark(f.visible)) for f in collect.frames]
     assert len(marks) == 30 and all(a == b for a, b in marks)
     assert "joined.ts: timestamps jump back" in caplog.text and "goes back in time" not in caplog.text
+
+
+def _raw_stream(path: Path, codec: str, images: list[np.ndarray], rate: int) -> Path:
+    """A raw elementary stream (no container: no timestamps), e.g. what a camera SDK dumps as .h264."""
+    with av.open(str(path), "w", format=path.suffix[1:]) as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height = images[0].shape[1], images[0].shape[0]
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for image in images:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_raw_h264_stream_is_timed_at_the_rate_it_states(tmp_path, lite):
+    """FFmpeg stamps a raw .h264 at 25 fps whatever it holds: 30 fps content was paired with the
+    wrong infrared frames ((4, 3), (5, 4), (10, 8), ...) and 5 of 30 frames were lost, exit 0."""
+    visible = _raw_stream(tmp_path / "vi.h264", "libx264", [marked_frame(i, 64, 48, 2) for i in range(30)], 30)
+    ir = write_video(tmp_path / "ir.mp4", [marked_frame(i, 64, 48, 1) for i in range(30)], 30)
+    collect = Collect()
+    run_pipeline(make_config(ir, visible), lite, extra_sinks=[collect.sink()])
+    marks = [(read_mark(f.ir), read_mark(f.visible)) for f in collect.frames]
+    assert len(marks) == 30 and all(a == b for a, b in marks)
+
+
+def test_a_raw_stream_without_a_rate_says_which_it_assumes(tmp_path, caplog):
+    """Raw MJPEG states no rate at all: the one it is timed at is named, not FFmpeg's silent 25."""
+    path = _raw_stream(tmp_path / "vi.mjpeg", "mjpeg", [marked_frame(i, 64, 48, 2) for i in range(3)], 30)
+    with caplog.at_level(logging.WARNING):
+        source = VideoFileSource(path, VISIBLE)
+        times = [t for _, t, _ in source.frames(threading.Event())]
+    assert "vi.mjpeg does not state its frame rate; assuming 30 fps" in caplog.text
+    assert times == pytest.approx([0, 1 / 30, 2 / 30])
 
 def _write_config(tmp_path: Path, ir: str, vi: str, **stream) -> Path:
     data = {
