@@ -17,6 +17,8 @@ Convention.
   frame without pts, and every frame of a raw elementary stream (``.h264``: no container,
   so no clock), gets ``index / rate``, the rate the bitstream states or else assumed (one warning). Where they jump back by more than two frames
   (recordings joined end to end), the timeline continues one frame after the last.
+- Orientation: a video stored turned with a display rotation (as phones record) is turned
+  upright, as players show it; the reader's width and height are the upright ones.
 - Damaged or cut-off packets are skipped and counted; a stream that ends early ends with
   one warning saying how many frames were read; frames the decoder made from damaged data
   (its errors concealed) are counted and named in one warning at the end. A file that cannot be opened, or that
@@ -77,6 +79,10 @@ class Planes:
     def size(self) -> tuple[int, int]:
         """(width, height)."""
         return self.data[0].shape[1], self.data[0].shape[0]
+
+    def turned(self, quarter_turns: int) -> "Planes":
+        """Every plane turned counterclockwise by ``quarter_turns`` x 90 degrees (a copy)."""
+        return Planes(self.layout, tuple(np.ascontiguousarray(np.rot90(plane, quarter_turns)) for plane in self.data), self.full_range)
 
     @classmethod
     def gray(cls, y: np.ndarray, full_range: bool = True) -> "Planes":
@@ -152,7 +158,13 @@ class VideoReader:
         self.rate: Fraction = Fraction(stated) if stated else DEFAULT_RATE
         self.time_base: Fraction = self._stream.time_base or Fraction(1, 90000)
         self.declared_frames: int | None = self._stream.frames or None
+        self._quarter_turns = round(_display_rotation(self.path) / 90) % 4  # counterclockwise, to show it upright
         self.width, self.height = self._stream.codec_context.width, self._stream.codec_context.height
+        if self._quarter_turns:
+            log.info("%s is stored turned (display rotation %d degrees): its frames are turned upright, as players show them",
+                     self.path, 90 * self._quarter_turns)
+            if self._quarter_turns % 2:
+                self.width, self.height = self.height, self.width
         self.codec = self._stream.codec_context.name
         self.frames_read = 0
         self.damaged = 0  # packets the decoder refused, skipped
@@ -187,7 +199,10 @@ class VideoReader:
                     if self._max_frames is not None and self.frames_read >= self._max_frames:
                         return
                     self.concealed += frame.is_corrupt
-                    yield DecodedFrame(self.frames_read, self._timestamp(frame), self._planes(frame), frame.pts)
+                    planes = self._planes(frame)
+                    if self._quarter_turns:
+                        planes = planes.turned(self._quarter_turns)
+                    yield DecodedFrame(self.frames_read, self._timestamp(frame), planes, frame.pts)
                     self.frames_read += 1
         except av.FFmpegError as exc:  # the container itself ends mid-packet
             self.damaged, reason = self.damaged + 1, ffmpeg_reason(exc)
@@ -297,6 +312,18 @@ def _plane(frame: av.VideoFrame, index: int, dtype: np.dtype = np.dtype(np.uint8
     plane = frame.planes[index]
     rows = np.frombuffer(plane, dtype).reshape(plane.height, plane.line_size // dtype.itemsize)
     return rows[:, : plane.width]
+
+
+def _display_rotation(path: Path) -> int:
+    """Degrees counterclockwise that a player turns the video by (its display matrix, as phones
+    write it), from the first frame: FFmpeg hands it over with frames, not before. 0 when unknown."""
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(_main_video_stream(container)):
+                return int(frame.rotation)
+    except (av.FFmpegError, ValueError):  # the reader itself reports a damaged file
+        pass
+    return 0
 
 
 def _main_video_stream(container: av.container.InputContainer, path: Path | None = None) -> av.video.stream.VideoStream:

@@ -259,7 +259,8 @@ def test_a_reader_given_nvdec_reopens_the_file_with_the_hwaccel(tmp_path, monkey
     monkeypatch.setattr(video.av, "open", lambda *args, **kwargs: opened.append(kwargs) or real_open(*args))
     reader = video.VideoReader(path, decode="auto")
     reader.close()
-    assert asked == [("auto", "h264")] and opened == [{}, {"hwaccel": "HW"}] and reader.decoder == "cuda"
+    # Opened plainly to learn the codec, again with the hwaccel, and plainly by the display-rotation probe.
+    assert asked == [("auto", "h264")] and opened == [{}, {"hwaccel": "HW"}, {}] and reader.decoder == "cuda"
 
 
 @no_gpu

@@ -299,3 +299,24 @@ def test_the_largest_of_several_video_streams_is_read_and_named(tmp_path, caplog
     assert (reader.width, reader.height) == (64, 48)
     assert [frame.planes.size for frame in frames] == [(64, 48)] * 3
     assert "2 video streams; using stream 1 (64x48)" in caplog.text
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_video_stored_turned_is_read_upright_as_players_show_it(tmp_path, degrees):
+    """A phone's recording: pixels stored turned, with a display rotation saying how to show
+    them. It was fused as stored (upside down against an upright infrared camera, exit 0)."""
+    upright = texture(48, 32, seed=3)  # (32, 48): wider than high
+    turns = degrees // 90 % 4  # counterclockwise quarter turns a player applies
+    stored = np.ascontiguousarray(np.rot90(upright, -turns))  # what the camera wrote
+    path = tmp_path / f"turned{degrees}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "0"})
+        stream.width, stream.height, stream.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
+        stream.set_display_rotation(degrees)
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.dstack([stored] * 3), format="rgb24")), *stream.encode()]:
+            container.mux(packet)
+    with VideoReader(path, luma_only=True) as reader:
+        luma = planes_to_luma([next(iter(reader)).planes])[0, 0].numpy() * 255
+    assert (reader.width, reader.height) == (48, 32)
+    assert luma.shape == upright.shape
+    assert np.abs(luma - upright).mean() < 2  # crf 0: lossless up to the limited-range codes
