@@ -104,12 +104,20 @@ def looks_like_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+# Depth and colour as stored, and turned upright by the EXIF orientation as viewers show it
+# (IMREAD_UNCHANGED skips the orientation: a phone's JPEG stored turned was fused turned).
+_IMREAD_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image unchanged: (H, W) gray or (H, W, 3) RGB, uint8 or uint16."""
+    """Read an image as stored, upright: (H, W) gray or (H, W, 3) RGB, uint8 or uint16."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"image not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    data = np.fromfile(path, np.uint8)
+    if _truncated_jpeg(data):
+        raise DataError(f"{path} is truncated: its JPEG data ends before the image does")
+    image = cv2.imdecode(data, _IMREAD_FLAGS) if data.size else None
     if image is None:
         if looks_like_video(path):
             raise DataError(f"{path} is a video; an image is needed here")
@@ -122,6 +130,19 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         else:
             image = image[:, :, 0]
     return image
+
+
+def _truncated_jpeg(data: np.ndarray) -> bool:
+    """A JPEG whose last scan has no end-of-image marker after it: cut off. libjpeg decodes it
+    anyway, the missing part flat grey, with a warning on stderr that names no file.
+
+    Entropy-coded data cannot hold a marker (0xFF is stuffed), so the last start-of-scan is the
+    image's own (an EXIF thumbnail's comes before it) and its end must follow.
+    """
+    if data[:2].tobytes() != b"\xff\xd8":
+        return False
+    raw = data.tobytes()
+    return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
 
 
 def read_visible(path: str | os.PathLike) -> np.ndarray:

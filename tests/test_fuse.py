@@ -126,6 +126,40 @@ def test_corrupt_image_and_missing_folder_are_one_line_errors(tmp_path, random_w
     assert "not a folder" in capsys.readouterr().err
 
 
+def test_a_truncated_jpeg_is_a_one_line_error_naming_it(tmp_path, random_weights, capsys):
+    """libjpeg decodes a cut-off JPEG with its missing part flat grey (exit 0, a stray warning that
+    names no file); the truncation is caught before decoding instead."""
+    _make_pairs(tmp_path, [(64, 64)])
+    texture = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", texture)
+    (tmp_path / "vi" / "0.png").unlink()
+    (tmp_path / "vi" / "0.jpg").write_bytes(encoded.tobytes()[: len(encoded) // 2])
+    (tmp_path / "ir" / "0.png").rename(tmp_path / "ir" / "0.jpg")  # pairs go by name
+    assert _run(tmp_path, random_weights["ld-lite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "0.jpg is truncated" in err[0], err
+    (tmp_path / "vi" / "0.jpg").write_bytes(encoded.tobytes())  # the whole file reads
+    assert read_visible(tmp_path / "vi" / "0.jpg").shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize("orientation, stored_turns", [(3, 2), (6, 1), (8, 3)])  # counterclockwise, as stored
+def test_jpegs_stored_turned_are_read_upright_by_their_exif_orientation(tmp_path, orientation, stored_turns):
+    """A phone JPEG stored turned with an EXIF orientation is read as viewers show it: it was fused
+    turned (orientation 3: upside down, exit 0) or refused with sizes no viewer shows (6, 8)."""
+    from PIL import Image
+
+    ramp = np.add.outer(np.arange(40) * 2, np.arange(60) * 3)  # smooth: JPEG keeps it
+    upright = np.dstack([ramp, ramp[::-1], 200 - ramp // 2]).clip(0, 255).astype(np.uint8)
+    upright[:10, :10] = 255  # a marked corner
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = np.ascontiguousarray(np.rot90(upright, stored_turns))
+    Image.fromarray(stored).save(tmp_path / "v.jpg", exif=exif.tobytes(), quality=98)
+    read = read_visible(tmp_path / "v.jpg")
+    assert read.shape == upright.shape
+    assert read[:10, :10].mean() > 240 and np.abs(read.astype(int) - upright).mean() < 12
+
+
 @pytest.mark.parametrize("entry", ["broken link", "folder"])
 def test_an_image_name_that_is_no_file_is_a_one_line_error(tmp_path, random_weights, capsys, entry):
     """A link to nothing (or a folder named like an image) on both sides was skipped: its pair dropped, exit 0."""
