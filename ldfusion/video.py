@@ -235,8 +235,8 @@ class VideoReader:
         presentation order, so the file's own timeline restarted here; it is continued one frame
         after the last, instead of every later frame going back in time (and being skipped)."""
         jump = self._last_t + 1.0 / self.rate - t
-        log.warning("%s: timestamps jump back %.2f s at frame %d (recordings joined end to end?); the timeline "
-                    "continues from the frame before", self.path, self._last_t - t, self.frames_read)
+        log.info("%s: timestamps jump back %.2f s at frame %d (recordings joined end to end?); the timeline "
+                 "continues from the frame before", self.path, self._last_t - t, self.frames_read)
         self._continued_s += jump
         return self._note(t + jump)
 

@@ -193,7 +193,7 @@ def test_recordings_joined_end_to_end_continue_one_timeline(tmp_path, lite, capl
     joined.write_bytes(b"".join(part.read_bytes() for part in parts))
     ir = write_video(tmp_path / "ir.mp4", [marked_frame(i, 64, 48, 1) for i in range(30)], 30)
     collect = Collect()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         run_pipeline(make_config(ir, joined), lite, extra_sinks=[collect.sink()])
     marks = [(read_mark(f.ir), read_mark(f.visible)) for f in collect.frames]
     assert len(marks) == 30 and all(a == b for a, b in marks)
