@@ -238,6 +238,32 @@ def test_eval_video_with_missing_frames_or_another_rate_is_an_error(videos, caps
     assert "different frame rates: 25 vs 10 fps" in capsys.readouterr().err
 
 
+def test_eval_scores_runs_own_output_of_odd_sized_clips(tmp_path, capsys):
+    """`run` pads odd-sized sources by a row and a column (4:2:0 needs even sides); eval refused
+    that output ("frame_000000: fused and sources differ in size: 96x80 vs 95x79")."""
+    import av
+
+    visible, ir = scene(3, (79, 95))
+    sources = {}
+    for name, image, layout in (("ir", np.dstack([ir] * 3), "gray"), ("vi", visible, "yuv444p")):
+        sources[name] = tmp_path / f"{name}.mkv"  # FFV1 straight from PyAV: odd sides kept, as a camera may record
+        with av.open(str(sources[name]), "w") as container:
+            stream = container.add_stream("ffv1", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 95, 79, layout
+            for _ in range(3):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+    fused = write_video(tmp_path / "fused.mp4", [visible] * 3)  # 4:2:0: padded to 96x80
+    argv = ["--ir", str(sources["ir"]), "--vi", str(sources["vi"]), "--out", str(tmp_path / "out"), "-q", "--no-temporal"]
+    assert main([*argv, "--fused", str(fused)]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["count"] == 3
+    other = write_video(tmp_path / "other.mp4", [np.zeros((48, 64, 3), np.uint8)] * 3)
+    assert main([*argv, "--fused", str(other)]) == 2
+    assert "frame 0 of " + str(other) + ": fused and sources differ in size: 64x48 vs 95x79" in capsys.readouterr().err
+
+
 def test_eval_corrupt_video_is_a_one_line_error(videos, capsys):
     broken = videos["out"].parent / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)

@@ -261,14 +261,24 @@ def _paired_frames(ir: VideoReader, vi: VideoReader, fused: VideoReader | None, 
         name = f"frame_{index:06d}"
         if fused_frames is not None and fused_rgb is None:
             raise DataError(f"{fused.path} ended after {index} frames, before the ir/vi pair")
-        _check_same_size(name, ir_luma.shape[:2], vi_rgb.shape[:2], "ir", "vi")
+        _check_same_size(f"frame {index} of {ir.path} and {vi.path}", ir_luma.shape[:2], vi_rgb.shape[:2], "ir", "vi")
         if fused_rgb is not None:
-            _check_same_size(name, fused_rgb.shape[:2], vi_rgb.shape[:2], "fused", "sources")
+            fused_rgb = _without_even_padding(fused_rgb, vi_rgb.shape[:2])
+            _check_same_size(f"frame {index} of {fused.path}", fused_rgb.shape[:2], vi_rgb.shape[:2], "fused", "sources")
         ir_gray = ir_luma.astype(np.float32) / 255.0
         yield Sample(name, vi_rgb, ir_gray, fused_rgb)
         index += 1
     if limit is None and fused_frames is not None and next(fused_frames, None) is not None:
         raise DataError(f"{fused.path} has more frames than the ir/vi pair ({index})")
+
+
+def _without_even_padding(fused: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A fused video of odd-sized sources carries the writer's row or column of padding
+    (4:2:0 needs even sides, ``ldfusion.video``): cropped off, so `run`'s own output scores."""
+    height, width = size
+    if fused.shape[:2] == (height + height % 2, width + width % 2):
+        return fused[:height, :width]
+    return fused
 
 
 # --- fusing first ----------------------------------------------------------------------
