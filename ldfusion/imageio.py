@@ -28,12 +28,14 @@ class ImagePair:
 
 
 def list_images(folder: Path) -> dict[str, Path]:
-    """Images in ``folder`` keyed by stem; two files with one stem are an error."""
+    """Images in ``folder`` keyed by stem; two files with one stem are an error. Hidden files
+    (``._0.png``, the resource forks macOS copies leave beside every file) are no images, as
+    for ``ls`` and ``glob``: they stopped a run with "no partner"."""
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
             continue
         if not path.is_file():  # skipping it would drop a pair (or a frame) without a word
             what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a file"

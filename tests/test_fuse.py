@@ -126,6 +126,14 @@ def test_corrupt_image_and_missing_folder_are_one_line_errors(tmp_path, random_w
     assert "not a folder" in capsys.readouterr().err
 
 
+def test_hidden_files_beside_the_images_are_no_images(tmp_path, random_weights):
+    """A folder copied from a Mac holds ``._0.png`` resource forks beside the images."""
+    _make_pairs(tmp_path, [(32, 32)])
+    (tmp_path / "vi" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    assert _run(tmp_path, random_weights["ld-lite"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0.png"]
+
+
 def test_a_truncated_jpeg_is_a_one_line_error_naming_it(tmp_path, random_weights, capsys):
     """libjpeg decodes a cut-off JPEG with its missing part flat grey (exit 0, a stray warning that
     names no file); the truncation is caught before decoding instead."""
