@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable
@@ -45,6 +46,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1's integers include forms nobody types as numbers: ``0111`` is octal 73, ``1:30``
+# sexagesimal 90, ``1_000`` a thousand, so a stream ``id: 0111`` became "73" and wrote 73.mp4.
+# Only plain decimals (and 0x hex) are integers here; the rest stay text, which a text setting
+# keeps as written and a number setting refuses by name.
+_INT_TAG = "tag:yaml.org,2002:int"
+_UniqueKeyLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _INT_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_UniqueKeyLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+
+
 def read_yaml(path: str | os.PathLike, what: str = "config file", error: type[ConfigError] = ConfigError) -> dict:
     """A YAML mapping from ``path`` (safe loading: plain data only); problems raise ``error`` naming the file."""
     path = Path(path)
@@ -57,7 +74,7 @@ def read_yaml(path: str | os.PathLike, what: str = "config file", error: type[Co
     except UnicodeDecodeError:
         raise error(f"{path}: not a YAML {what} (not UTF-8 text)") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+        data = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -78,7 +95,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
         except yaml.YAMLError:
             raise ConfigError(f"override {item!r}: value is not valid YAML") from None
         node = result

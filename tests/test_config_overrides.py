@@ -49,3 +49,20 @@ def test_a_key_that_yaml_reads_as_no_string_is_named_as_unknown(tmp_path, key):
     points.write_text(f"points: [[0, 0, 0, 0], [1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1]]\n{key}: foo\n")
     with pytest.raises(CalibrationError, match="unknown key"):
         read_point_pairs(points)
+
+
+def test_numbers_yaml_1_1_reads_in_surprising_ways_stay_as_written(tmp_path):
+    """``id: 0111`` was octal 73 (the stream wrote 73.mp4), ``1:30`` sexagesimal 90. Only plain
+    decimals are numbers: a text setting keeps the others as written, a number setting names them."""
+    from pipeline.config import load_pipeline_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "streams: [{id: 0111, ir: {kind: video, path: a.mp4}, visible: {kind: video, path: b.mp4}}]\n"
+        "sinks: [{kind: mp4, path: '{stream}.mp4'}]\n"
+    )
+    assert load_pipeline_config(config).streams[0].id == "0111"
+    assert load_pipeline_config(config, ["streams.0.id=0012"]).streams[0].id == "0012"
+    assert load_pipeline_config(config, ["model.batch_size=12"]).model.batch_size == 12
+    with pytest.raises(ConfigError, match="model.batch_size: expected an integer, got '010'"):
+        load_pipeline_config(config, ["model.batch_size=010"])
