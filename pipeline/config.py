@@ -232,6 +232,8 @@ class SinkConfig:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
         if self.kind == "zmq" and self.content != "fused":
             raise ValueError("a zmq sink publishes fused frames only")
+        if self.kind == "zmq":
+            _check_publisher_endpoint(self.endpoint)
         if self.keyint is not None and not 1 <= self.keyint <= C_INT_MAX:
             raise ValueError(f"keyint must be within 1..{C_INT_MAX}; got {self.keyint}")
         if self.pixel_format not in ZMQ_PIXEL_FORMATS:
@@ -242,6 +244,24 @@ class SinkConfig:
             raise ValueError(f"wait_subscribers must be at most {C_INT_MAX}; got {self.wait_subscribers}")
         if self.wait_subscribers < 0 or self.wait_timeout_s < 0:
             raise ValueError("wait_subscribers and wait_timeout_s must be >= 0")
+
+
+def _check_publisher_endpoint(endpoint: str) -> None:
+    """Endpoints a subscriber can reach, and that destroy nothing by being bound.
+
+    ``ipc://PATH``: libzmq unlinks whatever is at PATH before it binds its socket there, so an
+    input video, the config or any other file there was deleted (exit 0). Only an old socket
+    (a previous run's) may be there. ``inproc://``: reachable from the publisher's own ZeroMQ
+    context only, which nothing else shares; in-process consumers read ``pipeline.fused_frames``.
+    """
+    if endpoint.startswith("inproc://"):
+        raise ValueError(f"zmq endpoint {endpoint}: inproc:// reaches no subscriber (the sink has its own context); "
+                         "use tcp:// or ipc://, or pipeline.fused_frames in the same process")
+    if endpoint.startswith("ipc://"):
+        path = Path(endpoint[len("ipc://"):])
+        if path.exists() and not path.is_socket():
+            raise ValueError(f"zmq endpoint {endpoint}: binding there deletes the {'folder' if path.is_dir() else 'file'} "
+                             f"{str(path)!r} (ZeroMQ replaces what is at an ipc:// path); give a path where nothing but an old socket is")
 
 
 @dataclass(frozen=True)

@@ -237,10 +237,12 @@ class ZmqSink(Sink):
         except zmq.ZMQError as exc:
             self.close()
             raise ConfigError(f"cannot bind ZeroMQ publisher to {endpoint}: {exc}") from None
-        if not _is_local(endpoint):
-            log.warning("ZeroMQ publisher on %s is reachable from other machines", endpoint)
-        self.endpoint = endpoint
-        self.outputs.append(endpoint)
+        # Where it is bound: ``tcp://127.0.0.1:*`` names the port the system chose, which a
+        # subscriber needs (the config's ``*`` finds nothing).
+        self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if not _is_local(self.endpoint):
+            log.warning("ZeroMQ publisher on %s is reachable from other machines", self.endpoint)
+        self.outputs.append(self.endpoint)
         self.sent = 0
         self.dropped = 0
         if wait_subscribers:
