@@ -20,22 +20,26 @@ in ``Subscriber.malformed`` and skipped, so one bad sender does not end the call
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterator
 
 import numpy as np
 import zmq
 
-from ldfusion.cli.common import EXIT_INTERRUPTED, add_logging_arguments, one_line_errors, setup_logging
+from ldfusion.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _HEADER_KEYS = ("stream", "seq", "shape", "dtype")
+_TIME_KEYS = ("t_fused", "t_ir", "t_vi", "captured_unix", "published_unix")  # optional; numbers where given
 DTYPES = ("uint8", "uint16", "float32")  # what a frame may hold; the zmq sink sends uint8
 MAX_SIDE, MAX_CHANNELS = 65536, 4
 _LONGEST_POLL_MS = 3_600_000
@@ -51,18 +55,35 @@ def decode_message(parts: list[bytes]) -> tuple[dict, np.ndarray]:
         header = json.loads(parts[1])
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"message on {topic!r}: header is not JSON: {exc}") from None
+    except RecursionError:
+        raise DataError(f"message on {topic!r}: header JSON nests too deeply") from None
     if not isinstance(header, dict):
         raise DataError(f"message on {topic!r}: header is a JSON {type(header).__name__}, not an object")
     name = f"message on {topic!r}" + (f" seq {header['seq']!r}" if "seq" in header else "")
     missing = [key for key in _HEADER_KEYS if key not in header]
     if missing:
         raise DataError(f"{name}: header lacks {', '.join(missing)}")
+    _check_header_types(header, name)
     header["topic"] = topic
     shape, dtype = _frame_shape(header["shape"], name), _frame_dtype(header["dtype"], name)
     if len(parts[2]) != dtype.itemsize * math.prod(shape):
         raise DataError(f"{name}: {len(parts[2])} bytes do not make a {'x'.join(map(str, shape))} {dtype} frame")
     frame = np.frombuffer(parts[2], dtype=dtype).reshape(shape)
     return header, frame
+
+
+def _check_header_types(header: dict, name: str) -> None:
+    """``stream`` text, ``seq`` a whole number, the times numbers: what the caller's code (and
+    ``ldfusion subscribe``'s line) formats. A string or NaN there crashed the subscriber, even
+    with ``--skip-malformed``."""
+    if not isinstance(header["stream"], str):
+        raise DataError(f"{name}: stream {header['stream']!r} is not text")
+    if not isinstance(header["seq"], int) or isinstance(header["seq"], bool):
+        raise DataError(f"{name}: seq {header['seq']!r} is not a whole number")
+    for key in _TIME_KEYS:
+        value = header.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise DataError(f"{name}: {key} {value!r} is not a finite number")
 
 
 def _frame_shape(shape, name: str) -> tuple[int, ...]:
@@ -136,6 +157,12 @@ class Subscriber:
             self.close()
             raise DataError(f"cannot connect to endpoint {endpoint!r} ({exc}); expected e.g. {DEFAULT_ENDPOINT}") from None
         self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        self._topic = topic
+
+    def _wanted(self, message_topic: str) -> bool:
+        """ZeroMQ matches topics by prefix: ``fused/cam0`` also received ``fused/cam01``. A
+        topic names whole parts: itself, or what lies below it after a ``/``."""
+        return not self._topic or message_topic == self._topic or message_topic.startswith(self._topic.rstrip("/") + "/")
 
     def receive(self, timeout_s: float | None = None) -> tuple[dict, np.ndarray] | None:
         """The next well-formed (header, frame), or None when ``timeout_s`` passes first."""
@@ -145,8 +172,11 @@ class Subscriber:
                 if deadline is None or not time.monotonic() < deadline:  # `not <`: a NaN timeout ends too
                     return None
                 continue  # a long timeout waits in several polls
+            parts = self._socket.recv_multipart()
+            if not self._wanted(bytes(parts[0]).decode(errors="replace")):
+                continue
             try:
-                return decode_message(self._socket.recv_multipart())
+                return decode_message(parts)
             except DataError as exc:
                 if not self.skip_malformed:
                     raise
@@ -176,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
         "An example of what a detector does with the stream.",
     )
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"publisher address (default: {DEFAULT_ENDPOINT})")
-    parser.add_argument("--topic", default="fused", help="topic prefix; fused/cam0 for one stream (default: fused)")
-    parser.add_argument("--count", type=int, help="exit after this many frames (error if the stream ends first)")
+    parser.add_argument("--topic", default="fused", help="fused (every stream) or fused/<stream id> for one stream (default: fused)")
+    parser.add_argument("--count", type=int, help="exit after this many frames (with --timeout: an error if the stream pauses that long first)")
     parser.add_argument("--timeout", type=float, help="give up after this many seconds without a frame (default: wait forever)")
     parser.add_argument("--summary-only", action="store_true", help="no line per frame, only the rate")
     parser.add_argument(
@@ -194,11 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     if args.count is not None and args.count < 1:
         raise DataError(f"--count must be at least 1; got {args.count}")
-    received, started, interrupted = 0, time.monotonic(), False
+    received, started, signalled_exit = 0, time.monotonic(), 0
     window_start, window_count = None, 0
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise DataError(f"--timeout must be a positive number of seconds; got {args.timeout}")
-    with Subscriber(args.endpoint, args.topic, args.timeout, skip_malformed=args.skip_malformed) as subscriber:
+    with Subscriber(args.endpoint, args.topic, args.timeout, skip_malformed=args.skip_malformed) as subscriber, _terminate_as_interrupt():
         try:
             for header, frame in subscriber:
                 received += 1
@@ -212,19 +242,41 @@ def main(argv: list[str] | None = None) -> int:
                     window_start, window_count = now, 0
                 if args.count is not None and received >= args.count:
                     break
-        except KeyboardInterrupt:  # the usual way to end an open-ended subscription
-            interrupted = True
+        except KeyboardInterrupt as stop:  # the usual way to end an open-ended subscription (SIGTERM too)
+            signalled_exit = EXIT_TERMINATED if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
         malformed = subscriber.malformed
     elapsed = time.monotonic() - started
     skipped = f"; skipped {malformed} malformed message(s)" if args.skip_malformed else ""
     print(f"received {received} frame(s) in {elapsed:.1f} s{skipped}")
-    if interrupted:
-        return EXIT_INTERRUPTED
+    if signalled_exit:
+        return signalled_exit
     if received == 0:
         raise DataError(f"no frames from {args.endpoint} within {args.timeout} s")
     if args.count is not None and received < args.count:
         raise DataError(f"only {received} of {args.count} frame(s) arrived before {args.timeout} s passed without one")
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, ending the subscription as Ctrl-C does: the count is printed, exit 143."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within: SIGTERM raises ``_Terminated`` (the default handler killed the process without
+    the count). Signal handlers belong to the main thread; elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _frame_line(header: dict, frame: np.ndarray) -> str:

@@ -137,3 +137,109 @@ def test_a_wait_longer_than_zeromqs_timeout_still_ends_when_the_subscriber_joins
     finally:
         sink.close()
         thread.join(10)
+
+
+def _publish_until(sink: ZmqSink, stop: threading.Event, frames) -> threading.Thread:
+    """Keep publishing ``frames()`` (a list of FusedFrame) until ``stop`` is set."""
+
+    def publish() -> None:
+        while not stop.wait(0.02):
+            for frame in frames():
+                sink.write(frame)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    return thread
+
+
+def _frame_of(stream: str, seq: int) -> FusedFrame:
+    meta = FrameMeta(stream, seq, seq / 10, seq / 10, seq / 10, seq, seq, 0.0, 0.0)
+    return FusedFrame(meta, {"fused:rgb24": np.full((4, 6, 3), seq % 256, np.uint8)})
+
+
+def test_a_stream_topic_receives_that_stream_only():
+    """ZeroMQ matches topics by prefix: fused/cam0 also delivered the frames of stream cam01."""
+    sink, stop = ZmqSink("tcp://127.0.0.1:*", hwm=100), threading.Event()
+    counter = iter(range(10**9))
+    thread = _publish_until(sink, stop, lambda: [_frame_of(stream, next(counter)) for stream in ("cam0", "cam01")])
+    try:
+        with Subscriber(sink.endpoint, "fused/cam0", timeout_s=10) as subscriber:
+            streams = {subscriber.receive()[0]["stream"] for _ in range(20)}
+    finally:
+        stop.set()
+        thread.join(5)
+        sink.close()
+    assert streams == {"cam0"}
+
+
+def test_a_publisher_on_any_free_port_reports_the_port_it_took():
+    """``tcp://127.0.0.1:*`` was reported as such: no subscriber could find it."""
+    sink = ZmqSink("tcp://127.0.0.1:*")
+    try:
+        host, port = sink.endpoint.rsplit(":", 1)
+        assert host == "tcp://127.0.0.1" and port.isdigit() and sink.outputs == [sink.endpoint]
+    finally:
+        sink.close()
+
+
+@pytest.mark.parametrize("header, problem", [
+    ('{"stream": "a", "seq": "x", "shape": [2, 2], "dtype": "uint8"}', "seq 'x' is not a whole number"),
+    ('{"stream": "a", "seq": NaN, "shape": [2, 2], "dtype": "uint8"}', "seq nan is not a whole number"),
+    ('{"stream": "a", "seq": 1, "t_fused": "soon", "shape": [2, 2], "dtype": "uint8"}', "t_fused 'soon' is not a finite number"),
+    ('{"stream": 5, "seq": 1, "shape": [2, 2], "dtype": "uint8"}', "stream 5 is not text"),
+    ('{"stream": "a", "seq": 1, "shape": [2, 2], "dtype": "uint8", "x": ' + "[" * 100000 + "]" * 100000 + "}", "nests too deeply"),
+])
+def test_header_fields_of_the_wrong_type_are_malformed_messages(header, problem):
+    """They crashed `ldfusion subscribe` (ValueError, TypeError, RecursionError: exit 1), even
+    with --skip-malformed, which skips malformed messages only."""
+    from ldfusion.errors import DataError
+
+    with pytest.raises(DataError, match=problem):
+        decode_message([b"fused/a", header.encode(), bytes(4)])
+
+
+def test_sigterm_ends_subscribe_with_its_count(tmp_path):
+    """The default handler killed the subscriber without the count the README promises."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sink, stop = ZmqSink("tcp://127.0.0.1:*", hwm=100), threading.Event()
+    counter = iter(range(10**9))
+    thread = _publish_until(sink, stop, lambda: [_frame_of("cam0", next(counter))])
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "ldfusion_cli.main", "subscribe", "--endpoint", sink.endpoint, "--summary-only"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        process.send_signal(signal.SIGTERM)
+        out, _ = process.communicate(timeout=20)
+    finally:
+        stop.set()
+        thread.join(5)
+        sink.close()
+    assert process.returncode == 143, out
+    assert "received" in out and "frame(s)" in out
+
+
+def test_an_ipc_endpoint_on_a_file_is_refused_and_the_file_kept(tmp_path):
+    """libzmq unlinks what is at an ipc:// path before binding: the run's own input video (or its
+    config, or any file) was deleted, exit 0. Only an old socket may be replaced."""
+    import socket as sockets
+
+    from ldfusion.config import from_dict
+    from ldfusion.errors import ConfigError
+    from pipeline.config import SinkConfig
+
+    video = tmp_path / "myvis.mp4"
+    video.write_bytes(b"a recording")
+    with pytest.raises(ConfigError, match="binding there deletes the file"):
+        from_dict(SinkConfig, {"kind": "zmq", "endpoint": f"ipc://{video}"})
+    assert video.read_bytes() == b"a recording"
+    old = tmp_path / "old.sock"  # what an earlier run left
+    with sockets.socket(sockets.AF_UNIX) as leftover:
+        leftover.bind(str(old))
+    assert from_dict(SinkConfig, {"kind": "zmq", "endpoint": f"ipc://{old}"}).endpoint == f"ipc://{old}"
+    with pytest.raises(ConfigError, match="inproc:// reaches no subscriber"):
+        from_dict(SinkConfig, {"kind": "zmq", "endpoint": "inproc://frames"})
