@@ -279,6 +279,8 @@ class RunConfig:
     allow_absolute_paths: bool = False  # let a sink path be absolute, i.e. write outside out_dir
 
     def __post_init__(self) -> None:
+        if self.out_dir is not None and not self.out_dir.strip():  # Path("") is the current folder
+            raise ValueError("run.out_dir is empty; name a folder (or leave the key out)")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {self.mode!r}")
         if self.queue_size < 1 or self.live_queue_size < 1:
@@ -357,6 +359,9 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"run.out_dir {str(out_dir)!r} is a file, not a folder")
     for kind, path in config.output_paths():
+        if kind == "artefact" and not _inside(path, out_dir):  # a link planted in out_dir: written through, outside it
+            raise ConfigError(f"{str(path)!r} is a link to {os.path.realpath(path)!r}, outside run.out_dir; the run writes "
+                              "its summary and config there: remove the link")
         if config_file is not None and same_file(config_file, path):
             raise ConfigError(f"the run would write {str(path)!r}, which is its own config file; copy the config elsewhere or choose another --out")
         if kind == "png" and path.exists() and not path.is_dir():

@@ -217,6 +217,24 @@ def test_sink_paths_stay_inside_out_dir(tmp_path, capsys, random_weights, sink_p
     assert not (tmp_path / "escape.mp4").exists()
 
 
+@pytest.mark.parametrize("artefact", ["summary.json", "config.yaml"])
+def test_run_artefacts_are_not_written_through_links_out_of_out_dir(tmp_path, capsys, random_weights, artefact):
+    """A link planted in out_dir: the run wrote its summary or config through it, outside out_dir."""
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "elsewhere.txt"
+    victim.write_text("keep me")
+    (tmp_path / "out" / artefact).symlink_to(victim)
+    assert run_command(write_config(tmp_path, video_config(tmp_path)), weights=random_weights["ld-lite"]) == 2
+    assert f"out/{artefact}' is a link to '{victim}', outside run.out_dir" in one_error_line(capsys, "ldfusion run")
+    assert victim.read_text() == "keep me" and not (tmp_path / "out" / "o.mp4").exists()
+
+
+def test_an_empty_out_dir_is_refused(tmp_path, capsys, random_weights):
+    """``out_dir: ''`` was the current folder (Path("") is "."), written to without a word."""
+    assert run_command(write_config(tmp_path, video_config(tmp_path, out_dir="")), weights=random_weights["ld-lite"]) == 2
+    assert "run.out_dir is empty" in one_error_line(capsys, "ldfusion run")
+
+
 def test_an_absolute_sink_path_is_allowed_when_the_config_says_so(tmp_path, random_weights):
     target = tmp_path / "elsewhere" / "abs.mp4"
     data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": str(target)}], allow_absolute_paths=True)
@@ -530,11 +548,16 @@ def test_an_unknown_device_is_one_line(tmp_path, capsys, random_weights, device)
     assert repr(device) in one_error_line(capsys, "ldfusion run")
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to stand for a full disk")
-def test_a_full_disk_is_one_line(tmp_path, capsys, random_weights):
+def test_a_full_disk_is_one_line(tmp_path, capsys, random_weights, monkeypatch):
+    import errno
+
+    from pipeline import runner
+
+    def full_disk(path, _obj):  # what writing out_dir/config.yaml meets on a full disk
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(runner, "write_yaml", full_disk)
     config = write_config(tmp_path, video_config(tmp_path))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "config.yaml").symlink_to("/dev/full")  # every write there fails with ENOSPC
     assert run_command(config, weights=random_weights["ld-lite"]) == 2
     assert "No space left on device: " in one_error_line(capsys, "ldfusion run")
 
