@@ -267,10 +267,16 @@ class Fuser:
 
     @torch.inference_mode()
     def fuse_rgb(self, visible: Tensor, ir: Tensor) -> Tensor:
-        """Fuse (B, 3, H, W) visible RGB with (B, 1, H, W) infrared; returns RGB float32 in [0, 1]."""
-        visible = visible.to(self.device, non_blocking=True).float()
-        fused_y = self.fuse_y(rgb_to_y(visible), ir)
-        return merge_fused_y(fused_y, visible)
+        """Fuse (B, 3, H, W) visible RGB with (B, 1, H, W) infrared, float in [0, 1]; returns RGB
+        float32 in [0, 1]. Inputs of another layout, an integer type (0..255 taken for [0, 1]
+        came out 44 % saturated white) or values outside [0, 1] (NaN too) are refused."""
+        _check_tensor_pair(visible, ir)
+        visible, ir = visible.to(self.device, non_blocking=True).float(), ir.to(self.device, non_blocking=True).float()
+        inputs_in_range = _within_unit_range(visible) & _within_unit_range(ir)  # read below, once the network runs
+        fused_y = self.fuse_y(rgb_to_y(visible), ir, check_finite=False)
+        if not bool(inputs_in_range):
+            raise ValueError("fuse_rgb: the inputs must be finite and within [0, 1] (frames of 0..255 are divided by 255 first)")
+        return merge_fused_y(self._finite(fused_y), visible)
 
     # --- array API ----------------------------------------------------------------------
 
@@ -286,6 +292,9 @@ class Fuser:
     def start_fuse_arrays(self, visible: list[np.ndarray], ir: list[np.ndarray]) -> PendingArrays:
         """``fuse_arrays`` begun: the network call runs on where it can (``start_fuse_y``), so a
         caller may start the next batch before taking this one's ``result()``."""
+        for frames in (visible, ir):
+            if isinstance(frames, np.ndarray) or not isinstance(frames, (list, tuple)):
+                raise TypeError(f"fuse_arrays takes lists of frames; got {type(frames).__name__} (one frame goes as [frame])")
         if len(visible) != len(ir) or not visible:
             raise ValueError(f"need the same, non-zero number of visible and ir frames; got {len(visible)} and {len(ir)}")
         vi_t = self._frames_on_device(visible)  # (B, C, H, W)
@@ -304,9 +313,11 @@ class Fuser:
         pinned buffers, without page-locking a fresh float copy every call) and become floats
         on the device. Other depths are converted on the host (``to_chw_float``).
         """
-        shapes = {frame.shape for frame in frames}
+        shapes = {np.shape(frame) for frame in frames}
         if len(shapes) != 1:
             raise ValueError(f"frames of one batch differ in size: {sorted(shapes)}")
+        if any(side == 0 for side in next(iter(shapes))[:2]):
+            raise ValueError(f"frames must have pixels; got shape {next(iter(shapes))}")
         if not all(frame.dtype == np.uint8 for frame in frames) or frames[0].ndim not in (2, 3):
             return torch.stack([to_chw_float(frame) for frame in frames]).to(self.device)
         if self.device.type == "cuda":
@@ -457,6 +468,7 @@ def to_chw_float(image: np.ndarray) -> Tensor:
     elif array.dtype == np.uint16:
         tensor = torch.from_numpy(array.astype(np.float32)).div_(65535.0)
     elif np.issubdtype(array.dtype, np.floating):
+        _check_unit_floats(array)
         tensor = torch.from_numpy(array.astype(np.float32, copy=False))
     else:
         raise ValueError(f"unsupported image dtype {array.dtype}")
@@ -467,10 +479,40 @@ def to_chw_float(image: np.ndarray) -> Tensor:
     raise ValueError(f"expected an (H, W) or (H, W, C) image; got shape {array.shape}")
 
 
+def _check_unit_floats(array: np.ndarray) -> None:
+    """Float frames stand for [0, 1]: one of 0..255 in float32 came out 107 grey levels off, NaN black."""
+    finite = np.isfinite(array)
+    values = array if finite.all() else array[finite]
+    if finite.all() and (not values.size or (values.min() >= 0.0 and values.max() <= 1.0)):
+        return
+    span = f"values from {values.min():g} to {values.max():g}" if values.size else "no finite value"
+    raise ValueError(f"float frames must be finite and within [0, 1]; got {span}{'' if finite.all() else ' and NaN or inf'} "
+                     "(0..255 frames go as uint8)")
+
+
 def to_y_batch(visible: np.ndarray) -> Tensor:
     """One visible image, (H, W, 3) RGB or (H, W) gray, -> its Y as a (1, 1, H, W) batch in [0, 1]."""
     chw = to_chw_float(visible)  # (C, H, W)
     return (rgb_to_y(chw) if chw.shape[0] == 3 else chw)[None]
+
+
+def _check_tensor_pair(visible: Tensor, ir: Tensor) -> None:
+    """(B, 3, H, W) and (B, 1, H, W) float tensors of one batch and size, B, H, W > 0."""
+    for name, tensor, channels in (("visible", visible, 3), ("ir", ir, 1)):
+        if not isinstance(tensor, Tensor):
+            raise TypeError(f"fuse_rgb: {name} must be a torch.Tensor; got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"fuse_rgb: {name} is {tensor.dtype}; it takes float tensors in [0, 1] (divide 0..255 frames by 255)")
+        if tensor.ndim != 4 or tensor.shape[1] != channels or 0 in tensor.shape:
+            raise ValueError(f"fuse_rgb: {name} must be (B, {channels}, H, W) with B, H, W > 0; got {tuple(tensor.shape)}")
+    if visible.shape[0] != ir.shape[0] or visible.shape[-2:] != ir.shape[-2:]:
+        raise ValueError(f"fuse_rgb: visible {tuple(visible.shape)} and ir {tuple(ir.shape)} differ in batch or size")
+
+
+def _within_unit_range(x: Tensor) -> Tensor:
+    """A 0-d bool tensor on ``x``'s device (not read here: reading waits for the device)."""
+    low, high = torch.aminmax(x)
+    return (low >= 0.0) & (high <= 1.0)  # NaN compares false: refused too
 
 
 def finite_flag(out: Tensor) -> Tensor:

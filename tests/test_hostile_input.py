@@ -455,6 +455,47 @@ def test_fuse_with_nan_weights_is_one_line(tmp_path, capsys):
     assert code == 2 and "non-finite values" in one_error_line(capsys, "ldfusion fuse")
 
 
+# --- 7. the Python API: inputs of the wrong kind ---------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["torch", "openvino"])
+def api_fuser(request, random_weights):
+    """Both CPU backends: OpenVINO returned a plausible image for NaN infrared, PyTorch blamed the weights."""
+    if request.param == "openvino":
+        pytest.importorskip("openvino")
+    return Fuser.from_weights(str(random_weights["ld-lite"]), options=FuserOptions(device="cpu", backend=request.param))
+
+
+@pytest.mark.parametrize("visible, ir, error, message", [
+    (torch.full((1, 3, 24, 32), 128, dtype=torch.uint8), torch.full((1, 1, 24, 32), 128, dtype=torch.uint8), TypeError, "takes float tensors in"),
+    (torch.full((1, 3, 24, 32), 128.0), torch.full((1, 1, 24, 32), 128.0), ValueError, "finite and within"),
+    (torch.full((1, 3, 24, 32), 0.5), torch.full((1, 1, 24, 32), float("nan")), ValueError, "finite and within"),
+    (torch.full((1, 3, 24, 32), float("nan")), torch.full((1, 1, 24, 32), 0.5), ValueError, "finite and within"),
+    (torch.full((0, 3, 24, 32), 0.5), torch.full((0, 1, 24, 32), 0.5), ValueError, "with B, H, W > 0"),
+    (torch.full((1, 4, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.5), ValueError, r"must be \(B, 3, H, W\)"),
+    (torch.full((1, 24, 32, 3), 0.5), torch.full((1, 1, 24, 32), 0.5), ValueError, r"must be \(B, 3, H, W\)"),
+    (torch.full((2, 3, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.5), ValueError, "differ in batch or size"),
+])
+def test_fuse_rgb_refuses_inputs_it_would_fuse_into_garbage(api_fuser, visible, ir, error, message):
+    """uint8 or 0..255 tensors came out 44 % saturated white; NaN passed (OpenVINO) or blamed the weights."""
+    with pytest.raises(error, match=message):
+        api_fuser.fuse_rgb(visible, ir)
+    fused = api_fuser.fuse_rgb(torch.full((1, 3, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.25))
+    assert fused.shape == (1, 3, 24, 32) and bool(torch.isfinite(fused).all())
+
+
+@pytest.mark.parametrize("visible, ir, error, message", [
+    ([np.full((24, 32, 3), 128.0, np.float32)], [np.full((24, 32), 128.0, np.float32)], ValueError, "float frames must be finite and within"),
+    ([np.full((24, 32, 3), 0.5, np.float32)], [np.full((24, 32), np.nan, np.float32)], ValueError, "NaN or inf"),
+    (np.zeros((1, 24, 32, 3), np.uint8), [np.zeros((24, 32), np.uint8)], TypeError, "takes lists of frames"),
+    ([np.zeros((0, 32, 3), np.uint8)], [np.zeros((0, 32), np.uint8)], ValueError, "frames must have pixels"),
+])
+def test_fuse_arrays_refuses_inputs_it_would_fuse_into_garbage(api_fuser, visible, ir, error, message):
+    """float32 frames of 0..255 came out 107 grey levels off; NaN black; an array batch or an empty frame a bare numpy or torch error."""
+    with pytest.raises(error, match=message):
+        api_fuser.fuse_arrays(visible, ir)
+
+
 # --- 8. crafted checkpoints ------------------------------------------------------------------
 
 
