@@ -133,6 +133,10 @@ def load_config(cls: type[C], path: str | os.PathLike | None, overrides: list[st
     """Read ``path`` (YAML), apply ``key=value`` overrides (``apply_overrides``), then ``settings``
     (a command's own flags: typed values nested as in the config; they win), and check it once,
     so that an error names the values the command runs with."""
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a config is read from a YAML file's path (str or Path); got {type(path).__name__} (a dict goes to from_dict)")
+    if isinstance(overrides, str):  # a string is a list of characters: 'r' must look like section.key=value
+        raise TypeError(f"overrides are a list of 'section.key=value' strings; got the string {overrides!r} (put it in a list)")
     data = read_yaml(path) if path is not None else {}
     data = apply_overrides(data, parse_overrides(overrides))
     data = apply_overrides(data, settings or {})

@@ -3,7 +3,8 @@
 Entry points (imported from their modules, so ``import pipeline`` stays light):
 
 - ``pipeline.config.load_pipeline_config(path, overrides) -> PipelineConfig``
-- ``pipeline.runner.run_pipeline(config, fuser=None, *, extra_sinks=(), open_capture=None) -> RunSummary``
+- ``pipeline.runner.run_pipeline(config, fuser=None, *, extra_sinks=(), open_capture=None) -> RunSummary``;
+  ``config`` is a ``PipelineConfig``, the same as a dict, or a YAML file's path
 - ``pipeline.fused_frames(config, fuser=None)``: iterate over fused frames as tensors on the
   fusion device, in this process (``pipeline.runner.fused_frames``)
 - ``pipeline.subscriber.Subscriber``: read the ZeroMQ stream in another process

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ldfusion.backends import PRECISIONS
 from ldfusion.codecs import DECODES, ENCODERS
-from ldfusion.config import load_config
+from ldfusion.config import from_dict, load_config
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
@@ -393,6 +393,17 @@ def _check_outputs_apart_from_inputs(config: PipelineConfig) -> None:
 def _inside(path: Path, folder: Path) -> bool:
     """Whether ``path`` is ``folder`` or lies under it, after resolving ``..`` and links."""
     return path.resolve().is_relative_to(folder.resolve())
+
+
+def as_pipeline_config(config: PipelineConfig | dict | str | os.PathLike) -> PipelineConfig:
+    """What the Python API takes as a config: a ``PipelineConfig``, the same as a dict, or a YAML file's path."""
+    if isinstance(config, PipelineConfig):
+        return config
+    if isinstance(config, dict):
+        return from_dict(PipelineConfig, config)
+    if isinstance(config, (str, os.PathLike)):
+        return load_pipeline_config(config)
+    raise TypeError(f"config must be a PipelineConfig, a dict or a YAML file's path; got {type(config).__name__}")
 
 
 def load_pipeline_config(path: str | os.PathLike | None, overrides: list[str] | None = None, settings: dict | None = None) -> PipelineConfig:

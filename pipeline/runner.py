@@ -41,7 +41,7 @@ from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.redact import mask_credentials
 from ldfusion.threads import decoder_threads
-from pipeline.config import PipelineConfig, StreamConfig, check_outputs
+from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, check_outputs
 from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
 from pipeline.fusion_worker import FusionWorker
 from pipeline.queues import Cancelled, FrameQueue
@@ -521,7 +521,7 @@ def _rate(source: Source) -> str:
 
 
 def run_pipeline(
-    config: PipelineConfig,
+    config: PipelineConfig | dict | str | os.PathLike,
     fuser: Fuser | None = None,
     *,
     extra_sinks: Sequence[Sink] = (),
@@ -534,9 +534,20 @@ def run_pipeline(
     benchmark loads one and runs several configs). ``extra_sinks``: sink objects added to
     the configured ones (e.g. a ``CallbackSink``). ``open_capture``: replaces
     ``cv2.VideoCapture`` for camera sources (fake cameras in tests). ``config_file``: the
-    file ``config`` was read from, which no output may replace (``check_outputs``).
+    file ``config`` was read from, which no output may replace (``check_outputs``); a path
+    given as ``config`` is that file. ``config`` may also be the config as a dict.
     """
-    return Pipeline(config, fuser, extra_sinks=extra_sinks, open_capture=open_capture, config_file=config_file).run()
+    if isinstance(config, (str, os.PathLike)) and config_file is None:
+        config_file = config
+    return Pipeline(as_pipeline_config(config), _checked_fuser(fuser), extra_sinks=extra_sinks, open_capture=open_capture,
+                    config_file=config_file).run()
+
+
+def _checked_fuser(fuser: object) -> Fuser | None:
+    if fuser is not None and not isinstance(fuser, Fuser):
+        raise TypeError(f"fuser must be a loaded ldfusion.inference.Fuser or None; got {type(fuser).__name__} {fuser!r:.60} "
+                        "(weights by name go in the config: model.weights)")
+    return fuser
 
 
 class _ToSinks:
@@ -573,7 +584,8 @@ class _ConsumerSink(Sink):
 
 
 def fused_frames(
-    config: PipelineConfig, fuser: Fuser | None = None, *, queue_size: int = 8, open_capture: OpenCapture | None = None
+    config: PipelineConfig | dict | str | os.PathLike, fuser: Fuser | None = None, *, queue_size: int = 8,
+    open_capture: OpenCapture | None = None,
 ) -> Iterator[DeviceFrame]:
     """Fused frames as ``DeviceFrame`` tensors on the fusion device, for a consumer in this
     process (a detector): no download, no copy. The configured sinks run as well.
@@ -581,10 +593,15 @@ def fused_frames(
     The pipeline runs in a background thread; up to ``queue_size`` frames wait for the
     consumer. File mode: nothing is lost, the pipeline waits for a slow consumer. Live mode:
     the newest frames are kept. Leaving the loop early stops the pipeline; an error in it
-    is raised here, after the frames fused before it.
+    is raised here, after the frames fused before it. ``config``: as ``run_pipeline`` takes it.
     """
+    config_file = config if isinstance(config, (str, os.PathLike)) else None
+    config = as_pipeline_config(config)
+    if isinstance(queue_size, bool) or not isinstance(queue_size, int):
+        raise TypeError(f"queue_size must be a whole number of frames; got {queue_size!r}")
     handoff = FrameQueue("consumer", queue_size, drop_oldest=config.live)
-    pipeline = Pipeline(config, fuser, extra_sinks=[_ConsumerSink(handoff)], open_capture=open_capture)
+    pipeline = Pipeline(config, _checked_fuser(fuser), extra_sinks=[_ConsumerSink(handoff)], open_capture=open_capture,
+                        config_file=config_file)
     errors: list[BaseException] = []
 
     def body() -> None:

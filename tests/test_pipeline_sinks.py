@@ -119,6 +119,33 @@ def test_in_process_consumer_gets_device_tensors(tmp_path, random_weights):
         assert np.abs(as_u8.astype(int) - reference.fused.astype(int)).max() <= 1  # what the sinks get
 
 
+def test_the_in_process_api_takes_a_dict_or_a_path_and_names_wrong_arguments(tmp_path, random_weights):
+    """A dict or a YAML path was an AttributeError ('dict' object has no attribute 'live'), weights
+    by name where a Fuser goes another, a queue size as text a bare TypeError from a comparison."""
+    import yaml
+
+    from ldfusion.config import to_dict
+    from pipeline.config import load_pipeline_config
+
+    ir, vi = marked_video(tmp_path / "ir.mp4", 3, 30, seed=1), marked_video(tmp_path / "vi.mp4", 3, 30, seed=2)
+    data = to_dict(make_config(ir, vi, model={"weights": str(random_weights["ld-lite"]), "device": "cpu"}))
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert [f.meta.seq for f in pipeline.fused_frames(data)] == [0, 1, 2]
+    assert [f.meta.seq for f in pipeline.fused_frames(path)] == [0, 1, 2]
+    assert run_pipeline(str(path)).frames_out == 3
+    with pytest.raises(TypeError, match="fuser must be a loaded ldfusion.inference.Fuser or None; got str 'default'"):
+        next(pipeline.fused_frames(data, "default"))
+    with pytest.raises(TypeError, match="queue_size must be a whole number of frames; got '4'"):
+        next(pipeline.fused_frames(data, queue_size="4"))
+    with pytest.raises(TypeError, match="config must be a PipelineConfig, a dict or a YAML file's path; got NoneType"):
+        run_pipeline(None)
+    with pytest.raises(TypeError, match="overrides are a list of 'section.key=value' strings"):
+        load_pipeline_config(path, "run.max_frames=3")
+    with pytest.raises(TypeError, match="a dict goes to from_dict"):
+        load_pipeline_config(data)
+
+
 def test_the_in_process_api_refuses_existing_outputs_as_the_command_does(tmp_path, random_weights):
     """run_pipeline and fused_frames replaced an earlier run's MP4 without run.overwrite."""
     ir, vi = marked_video(tmp_path / "ir.mp4", 3, 30, seed=1), marked_video(tmp_path / "vi.mp4", 3, 30, seed=2)
