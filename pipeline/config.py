@@ -28,6 +28,7 @@ here (numbers are finite: ``ldfusion.config``), so a typo or a bad value is a on
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,13 @@ MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # containers the mp4 sink's options (mo
 MIN_FPS, MAX_FPS = 0.1, 1000.0
 RUN_ARTEFACTS = ("config.yaml", "summary.json")  # written into out_dir by every run
 ZMQ_PIXEL_FORMATS = ("rgb24", "bgr24", "gray")
+# Which kinds of sink read each setting of SinkConfig (kind itself: all of them).
+SINK_SETTINGS = {
+    "path": ("mp4", "png"), "content": ("mp4", "png"),
+    "crf": ("mp4",), "preset": ("mp4",), "encoder": ("mp4",), "fragmented": ("mp4",), "keyint": ("mp4",),
+    "pixel_format": ("zmq",), "endpoint": ("zmq",), "topic": ("zmq",), "hwm": ("zmq",), "wait_subscribers": ("zmq",),
+    "wait_timeout_s": ("zmq",),
+}
 C_INT_MAX = 2**31 - 1  # FFmpeg's GOP size and ZeroMQ's high-water mark are C ints: a larger value overflowed deep inside
 
 
@@ -220,6 +228,7 @@ class SinkConfig:
     def __post_init__(self) -> None:
         if self.kind not in SINK_KINDS:
             raise ValueError(f"sink kind must be one of {', '.join(SINK_KINDS)}; got {self.kind!r}")
+        self._check_settings_of_other_kinds()
         if self.kind in ("mp4", "png") and not self.path:
             raise ValueError(f"a {self.kind} sink needs a path")
         if self.kind == "mp4" and Path(str(self.path)).suffix.lower() not in MP4_SUFFIXES:
@@ -230,8 +239,6 @@ class SinkConfig:
             raise ValueError(f"crf must be in 0..51; got {self.crf}")
         if self.encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {', '.join(ENCODERS)}; got {self.encoder!r}")
-        if self.kind == "zmq" and self.content != "fused":
-            raise ValueError("a zmq sink publishes fused frames only")
         if self.kind == "zmq":
             _check_publisher_endpoint(self.endpoint)
         if self.keyint is not None and not 1 <= self.keyint <= C_INT_MAX:
@@ -244,6 +251,15 @@ class SinkConfig:
             raise ValueError(f"wait_subscribers must be at most {C_INT_MAX}; got {self.wait_subscribers}")
         if self.wait_subscribers < 0 or self.wait_timeout_s < 0:
             raise ValueError("wait_subscribers and wait_timeout_s must be >= 0")
+
+    def _check_settings_of_other_kinds(self) -> None:
+        """A setting another kind of sink reads was passed over in silence (``pixel_format: gray``
+        on a png sink still wrote RGB; ``crf`` on png, ``path`` on zmq). Set to anything but its
+        default, it is refused, naming the kinds that read it."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, kinds in SINK_SETTINGS.items():
+            if self.kind not in kinds and getattr(self, name) != defaults[name]:
+                raise ValueError(f"{name} is not a {self.kind} sink's setting (only {' and '.join(kinds)} sinks read it)")
 
 
 def _check_publisher_endpoint(endpoint: str) -> None:

@@ -243,3 +243,19 @@ def test_an_ipc_endpoint_on_a_file_is_refused_and_the_file_kept(tmp_path):
     assert from_dict(SinkConfig, {"kind": "zmq", "endpoint": f"ipc://{old}"}).endpoint == f"ipc://{old}"
     with pytest.raises(ConfigError, match="inproc:// reaches no subscriber"):
         from_dict(SinkConfig, {"kind": "zmq", "endpoint": "inproc://frames"})
+
+
+@pytest.mark.parametrize("sink, message", [
+    ({"kind": "png", "path": "p", "pixel_format": "gray"}, "pixel_format is not a png sink's setting (only zmq sinks read it)"),
+    ({"kind": "png", "path": "p", "crf": 10}, "crf is not a png sink's setting (only mp4 sinks read it)"),
+    ({"kind": "zmq", "path": "x.mp4"}, "path is not a zmq sink's setting (only mp4 and png sinks read it)"),
+    ({"kind": "zmq", "content": "side_by_side"}, "content is not a zmq sink's setting"),
+])
+def test_a_setting_another_kind_of_sink_reads_is_refused(sink, message):
+    """They were passed over in silence: pixel_format gray on a png sink still wrote RGB."""
+    from ldfusion.config import from_dict
+    from ldfusion.errors import ConfigError
+    from pipeline.config import SinkConfig
+
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        from_dict(SinkConfig, sink)
