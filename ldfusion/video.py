@@ -15,14 +15,15 @@ Convention.
   the device.
 - Timestamps: seconds from the stream's first frame, ``(pts - start) * time_base``; a
   frame without pts, and every frame of a raw elementary stream (``.h264``: no container,
-  so no clock), gets ``index / rate``, the rate the bitstream states or else assumed (one warning). Where they jump back by more than two frames
-  (recordings joined end to end), the timeline continues one frame after the last.
+  so no clock), gets ``index / rate``, the rate the bitstream states or else an assumed one.
+  Where they jump back by more than two frames (recordings joined end to end), the
+  timeline continues one frame after the last.
 - Orientation: a video stored turned with a display rotation (as phones record) is turned
   upright, as players show it; the reader's width and height are the upright ones.
 - Damaged or cut-off packets are skipped and counted; a stream that ends early ends with
   one warning saying how many frames were read; frames the decoder made from damaged data
-  (its errors concealed) are counted and named in one warning at the end. A file that cannot be opened, or that
-  holds no decodable frame, is a one-line ``DataError``.
+  (its errors concealed) are counted and named in one warning at the end. A file that
+  cannot be opened, or that holds no decodable frame, is a one-line ``DataError``.
 
 The writer encodes planes as they are (``write_planes``) or RGB/gray arrays
 (``write_image``), takes pts from timestamps (strictly increasing), pads odd sizes to
@@ -156,6 +157,7 @@ class VideoReader:
         stated = self._stream.codec_context.framerate if self._raw else self._stream.average_rate or self._stream.guessed_rate
         self.rate_stated = bool(stated)
         self.rate: Fraction = Fraction(stated) if stated else DEFAULT_RATE
+        self._frame_s = 1.0 / float(self.rate)  # a float: Fraction arithmetic a frame costs the reader thread
         self.time_base: Fraction = self._stream.time_base or Fraction(1, 90000)
         self.declared_frames: int | None = self._stream.frames or None
         self._quarter_turns = round(_display_rotation(self.path) / 90) % 4  # counterclockwise, to show it upright
@@ -227,14 +229,14 @@ class VideoReader:
         # Fraction product would round to, without building Fractions for every frame
         # (0.04 ms a frame, a tenth of a reader thread's time at 640x512).
         t = (frame.pts - self._origin) * self.time_base.numerator / self.time_base.denominator + self._continued_s
-        return self._continue_after_reset(t) if t < self._last_t - 2.0 / self.rate else self._note(t)
+        return self._continue_after_reset(t) if t < self._last_t - 2.0 * self._frame_s else self._note(t)
 
     def _continue_after_reset(self, t: float) -> float:
         """Timestamps that jump back by more than two frames: recordings joined end to end (MPEG-TS
         files concatenated, a camera restarted mid-file). Frames come out of the decoder in
         presentation order, so the file's own timeline restarted here; it is continued one frame
         after the last, instead of every later frame going back in time (and being skipped)."""
-        jump = self._last_t + 1.0 / self.rate - t
+        jump = self._last_t + self._frame_s - t
         log.info("%s: timestamps jump back %.2f s at frame %d (recordings joined end to end?); the timeline "
                  "continues from the frame before", self.path, self._last_t - t, self.frames_read)
         self._continued_s += jump
