@@ -135,16 +135,54 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 
 def _truncated_jpeg(data: np.ndarray) -> bool:
-    """A JPEG whose last scan has no end-of-image marker after it: cut off. libjpeg decodes it
-    anyway, the missing part flat grey, with a warning on stderr that names no file.
+    """A JPEG whose data ends before its end-of-image marker: cut off. libjpeg decodes it anyway,
+    the missing part flat grey, with a warning on stderr that names no file.
 
-    Entropy-coded data cannot hold a marker (0xFF is stuffed), so the last start-of-scan is the
-    image's own (an EXIF thumbnail's comes before it) and its end must follow.
+    The markers are walked from the start (segments by their lengths, scans to the next
+    marker: entropy-coded data holds none, every 0xFF in it is stuffed), so what follows the
+    image (a Motion Photo's video, a camera maker's trailer) is never read as part of it.
+    A structure the walk does not understand is left to the decoder.
     """
-    if data[:2].tobytes() != b"\xff\xd8":
-        return False
     raw = data.tobytes()
-    return raw.rfind(b"\xff\xd9") < raw.rfind(b"\xff\xda")
+    if raw[:2] != b"\xff\xd8":
+        return False
+    return _jpeg_end(raw) is None
+
+
+def _jpeg_end(raw: bytes) -> int | None:
+    """The offset just past a JPEG's end-of-image marker; None when the data end first. A
+    structure that is not JPEG's counts as ended (the decoder will say what is wrong)."""
+    pos, size = 2, len(raw)
+    while pos + 1 < size:
+        if raw[pos] != 0xFF:
+            return size  # not a marker where one belongs: not for this check to judge
+        marker = raw[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:  # end of image
+            return pos + 2
+        elif 0xD0 <= marker <= 0xD7 or marker in (0x01, 0xD8):  # markers without a length
+            pos += 2
+        elif pos + 3 >= size:
+            return None
+        else:
+            pos += 2 + int.from_bytes(raw[pos + 2 : pos + 4], "big")
+            if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+                pos = _next_marker(raw, pos)
+                if pos is None:
+                    return None
+    return None
+
+
+def _next_marker(raw: bytes, pos: int) -> int | None:
+    """The offset of the first marker at or after ``pos`` in entropy-coded data (0xFF 0x00 is a
+    stuffed 0xFF, 0xFF 0xD0-0xD7 a restart marker inside the scan); None when the data end first."""
+    while (pos := raw.find(b"\xff", pos)) != -1 and pos + 1 < len(raw):
+        following = raw[pos + 1]
+        if following != 0x00 and not 0xD0 <= following <= 0xD7 and following != 0xFF:
+            return pos
+        pos += 1 if following == 0xFF else 2
+    return None
 
 
 def read_visible(path: str | os.PathLike) -> np.ndarray:

@@ -148,6 +148,11 @@ def test_a_truncated_jpeg_is_a_one_line_error_naming_it(tmp_path, random_weights
     assert len(err) == 1 and "0.jpg is truncated" in err[0], err
     (tmp_path / "vi" / "0.jpg").write_bytes(encoded.tobytes())  # the whole file reads
     assert read_visible(tmp_path / "vi" / "0.jpg").shape == (64, 64, 3)
+    # A Motion Photo: a whole JPEG with a video after it, whose bytes hold start-of-scan pairs
+    # (0xFF 0xDA) and no end-of-image after the last one: read as the image it starts with.
+    trailer = bytes([0xFF, 0xDA, 0x00, 0x0C]) + bytes(range(256)) * 8
+    (tmp_path / "vi" / "0.jpg").write_bytes(encoded.tobytes() + trailer)
+    assert np.array_equal(read_visible(tmp_path / "vi" / "0.jpg"), cv2.imdecode(encoded, cv2.IMREAD_COLOR)[..., ::-1])
 
 
 @pytest.mark.parametrize("orientation, stored_turns", [(3, 2), (6, 1), (8, 3)])  # counterclockwise, as stored
