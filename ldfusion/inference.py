@@ -275,7 +275,8 @@ class Fuser:
         inputs_in_range = _within_unit_range(visible) & _within_unit_range(ir)  # read below, once the network runs
         fused_y = self.fuse_y(rgb_to_y(visible), ir, check_finite=False)
         if not bool(inputs_in_range):
-            raise ValueError("fuse_rgb: the inputs must be finite and within [0, 1] (frames of 0..255 are divided by 255 first)")
+            raise ValueError(f"fuse_rgb: the inputs must be finite floats in [0, 1]; got {_value_span(visible)} (visible), "
+                             f"{_value_span(ir)} (ir){UNIT_RANGE_HINT}")
         return merge_fused_y(self._finite(fused_y), visible)
 
     # --- array API ----------------------------------------------------------------------
@@ -481,13 +482,10 @@ def to_chw_float(image: np.ndarray) -> Tensor:
 
 def _check_unit_floats(array: np.ndarray) -> None:
     """Float frames stand for [0, 1]: one of 0..255 in float32 came out 107 grey levels off, NaN black."""
-    finite = np.isfinite(array)
-    values = array if finite.all() else array[finite]
-    if finite.all() and (not values.size or (values.min() >= 0.0 and values.max() <= 1.0)):
+    low, high = UNIT_RANGE_SLACK
+    if not array.size or (np.isfinite(array).all() and array.min() >= low and array.max() <= high):
         return
-    span = f"values from {values.min():g} to {values.max():g}" if values.size else "no finite value"
-    raise ValueError(f"float frames must be finite and within [0, 1]; got {span}{'' if finite.all() else ' and NaN or inf'} "
-                     "(0..255 frames go as uint8)")
+    raise ValueError(f"float frames must be finite and in [0, 1]; got {_value_span(array)}{UNIT_RANGE_HINT}")
 
 
 def to_y_batch(visible: np.ndarray) -> Tensor:
@@ -509,10 +507,24 @@ def _check_tensor_pair(visible: Tensor, ir: Tensor) -> None:
         raise ValueError(f"fuse_rgb: visible {tuple(visible.shape)} and ir {tuple(ir.shape)} differ in batch or size")
 
 
+# Inputs stand for [0, 1]. Resampling overshoots a little (bicubic: -0.16 to 1.16), which the
+# network takes as it always did; values far outside are another scale (0..255) or broken.
+UNIT_RANGE_SLACK = (-0.5, 1.5)
+UNIT_RANGE_HINT = " (0..255 frames are divided by 255 first, or given as uint8 arrays)"
+
+
 def _within_unit_range(x: Tensor) -> Tensor:
     """A 0-d bool tensor on ``x``'s device (not read here: reading waits for the device)."""
     low, high = torch.aminmax(x)
-    return (low >= 0.0) & (high <= 1.0)  # NaN compares false: refused too
+    return (low >= UNIT_RANGE_SLACK[0]) & (high <= UNIT_RANGE_SLACK[1])  # NaN compares false: refused too
+
+
+def _value_span(x: Tensor | np.ndarray) -> str:
+    """'values from a to b' over the finite values, and whether NaN or inf are among them."""
+    x = torch.as_tensor(x)
+    finite = x[torch.isfinite(x)]
+    span = f"values from {finite.min().item():g} to {finite.max().item():g}" if finite.numel() else "no finite value"
+    return span + ("" if finite.numel() == x.numel() else " and NaN or inf")
 
 
 def finite_flag(out: Tensor) -> Tensor:

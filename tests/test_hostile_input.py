@@ -468,9 +468,9 @@ def api_fuser(request, random_weights):
 
 @pytest.mark.parametrize("visible, ir, error, message", [
     (torch.full((1, 3, 24, 32), 128, dtype=torch.uint8), torch.full((1, 1, 24, 32), 128, dtype=torch.uint8), TypeError, "takes float tensors in"),
-    (torch.full((1, 3, 24, 32), 128.0), torch.full((1, 1, 24, 32), 128.0), ValueError, "finite and within"),
-    (torch.full((1, 3, 24, 32), 0.5), torch.full((1, 1, 24, 32), float("nan")), ValueError, "finite and within"),
-    (torch.full((1, 3, 24, 32), float("nan")), torch.full((1, 1, 24, 32), 0.5), ValueError, "finite and within"),
+    (torch.full((1, 3, 24, 32), 128.0), torch.full((1, 1, 24, 32), 128.0), ValueError, "got values from 128 to 128 .visible."),
+    (torch.full((1, 3, 24, 32), 0.5), torch.full((1, 1, 24, 32), float("nan")), ValueError, "no finite value and NaN or inf .ir."),
+    (torch.full((1, 3, 24, 32), float("nan")), torch.full((1, 1, 24, 32), 0.5), ValueError, "finite floats in"),
     (torch.full((0, 3, 24, 32), 0.5), torch.full((0, 1, 24, 32), 0.5), ValueError, "with B, H, W > 0"),
     (torch.full((1, 4, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.5), ValueError, r"must be \(B, 3, H, W\)"),
     (torch.full((1, 24, 32, 3), 0.5), torch.full((1, 1, 24, 32), 0.5), ValueError, r"must be \(B, 3, H, W\)"),
@@ -484,8 +484,17 @@ def test_fuse_rgb_refuses_inputs_it_would_fuse_into_garbage(api_fuser, visible, 
     assert fused.shape == (1, 3, 24, 32) and bool(torch.isfinite(fused).all())
 
 
+def test_resampling_overshoot_is_fused_as_before(api_fuser):
+    """Bicubic resizing overshoots [0, 1] a little (-0.16 to 1.16); such frames were fused before
+    the range check and still are (refused: 0.5 up front)."""
+    ramp = np.linspace(-0.16, 1.16, 24 * 32, dtype=np.float32).reshape(24, 32)
+    assert api_fuser.fuse_arrays([np.dstack([ramp] * 3)], [ramp])[0].shape == (24, 32, 3)
+    tensor = torch.from_numpy(ramp)[None, None]
+    assert api_fuser.fuse_rgb(tensor.expand(1, 3, 24, 32), tensor).shape == (1, 3, 24, 32)
+
+
 @pytest.mark.parametrize("visible, ir, error, message", [
-    ([np.full((24, 32, 3), 128.0, np.float32)], [np.full((24, 32), 128.0, np.float32)], ValueError, "float frames must be finite and within"),
+    ([np.full((24, 32, 3), 128.0, np.float32)], [np.full((24, 32), 128.0, np.float32)], ValueError, "float frames must be finite and in"),
     ([np.full((24, 32, 3), 0.5, np.float32)], [np.full((24, 32), np.nan, np.float32)], ValueError, "NaN or inf"),
     (np.zeros((1, 24, 32, 3), np.uint8), [np.zeros((24, 32), np.uint8)], TypeError, "takes lists of frames"),
     ([np.zeros((0, 32, 3), np.uint8)], [np.zeros((0, 32), np.uint8)], ValueError, "frames must have pixels"),
