@@ -134,7 +134,7 @@ class VideoReader:
         self._container = self._open_input()
         self.decoder = "cpu"
         if decode != "cpu":  # NVDEC needs the stream's codec, known only once the file is open
-            choice = choose_decoder(decode, _main_video_stream(self._container).codec_context.name)
+            choice = choose_decoder(decode, _main_video_stream(self._container, self.path, warn=False).codec_context.name)
             if choice.hwaccel is not None:
                 self._container.close()
                 self._container = self._open_input(**choice.open_options)
@@ -177,9 +177,14 @@ class VideoReader:
             container = av.open(str(self.path), **options)
         except av.FFmpegError as exc:
             raise DataError(f"cannot read video {self.path}: {ffmpeg_reason(exc)} (corrupt, truncated or not a video)") from None
+        except UnicodeDecodeError:  # PyAV reads the container's metadata as UTF-8
+            raise DataError(f"cannot read video {self.path}: its metadata is not text (corrupt, or not a video)") from None
         if not container.streams.video:
             container.close()
             raise DataError(f"{self.path} holds no video stream")
+        if all(stream.codec_context is None for stream in container.streams.video):
+            container.close()
+            raise DataError(f"{self.path} holds no video stream FFmpeg can decode (an unknown or damaged codec)")
         return container
 
     @property
@@ -321,19 +326,21 @@ def _display_rotation(path: Path) -> int:
     write it), from the first frame: FFmpeg hands it over with frames, not before. 0 when unknown."""
     try:
         with av.open(str(path)) as container:
-            for frame in container.decode(_main_video_stream(container)):
+            for frame in container.decode(_main_video_stream(container, path, warn=False)):
                 return int(frame.rotation)
-    except (av.FFmpegError, ValueError):  # the reader itself reports a damaged file
+    except (av.FFmpegError, ValueError, UnicodeDecodeError):  # the reader itself reports a damaged file
         pass
     return 0
 
 
-def _main_video_stream(container: av.container.InputContainer, path: Path | None = None) -> av.video.stream.VideoStream:
+def _main_video_stream(container: av.container.InputContainer, path: Path, warn: bool = True) -> av.video.stream.VideoStream:
     """The video stream ffmpeg's own tools would pick: the largest picture, cover art left out.
-    With several, ``path`` names the choice in a warning (a first, smaller stream was used silently)."""
-    streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic] or list(container.streams.video)
+    With several, a warning names the choice (a first, smaller stream was used silently).
+    Streams of a codec FFmpeg cannot decode (no codec context) are no candidates."""
+    decodable = [s for s in container.streams.video if s.codec_context is not None]  # never empty after ``_open_input``
+    streams = [s for s in decodable if not s.disposition & av.stream.Disposition.attached_pic] or decodable
     chosen = max(streams, key=lambda s: (s.codec_context.width or 0) * (s.codec_context.height or 0))  # the first of equals
-    if path is not None and len(streams) > 1:
+    if warn and len(streams) > 1:
         log.warning("%s holds %d video streams; using stream %d (%dx%d), the largest", path, len(streams), chosen.index,
                     chosen.codec_context.width, chosen.codec_context.height)
     return chosen

@@ -320,3 +320,28 @@ def test_video_stored_turned_is_read_upright_as_players_show_it(tmp_path, degree
     assert (reader.width, reader.height) == (48, 32)
     assert luma.shape == upright.shape
     assert np.abs(luma - upright).mean() < 2  # crf 0: lossless up to the limited-range codes
+
+
+def _small_clip(path, **metadata) -> bytes:
+    with av.open(str(path), "w") as container:
+        container.metadata.update(metadata)
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for packet in [*stream.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")), *stream.encode()]:
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def test_a_stream_of_an_unknown_codec_or_metadata_that_is_no_text_is_one_line(tmp_path):
+    """Both ended in someone else's exception (AttributeError: 'NoneType' object has no attribute
+    'width'; UnicodeDecodeError from inside av.open), exit 1, naming no file."""
+    from ldfusion.errors import DataError
+
+    unknown = tmp_path / "unknown.mp4"
+    unknown.write_bytes(_small_clip(tmp_path / "a.mp4").replace(b"avc1", b"zzzz"))  # a codec tag FFmpeg does not know
+    with pytest.raises(DataError, match="unknown.mp4 holds no video stream FFmpeg can decode"):
+        VideoReader(unknown)
+    binary = tmp_path / "binary.mkv"
+    binary.write_bytes(_small_clip(tmp_path / "b.mkv", title="X" * 16).replace(b"X" * 16, b"\x89" * 16))
+    with pytest.raises(DataError, match="cannot read video .*binary.mkv: its metadata is not text"):
+        VideoReader(binary)
