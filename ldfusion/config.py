@@ -94,6 +94,8 @@ def parse_overrides(items: list[str] | None) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like section.key=value")
+        if not raw.strip():  # YAML reads nothing as null: `--set run.out_dir=$UNSET` wrote into the current folder
+            raise ConfigError(f"override {item!r} has no value (an unset shell variable?); write {key}=null to unset the key")
         try:
             value = _load_yaml(raw)
         except yaml.YAMLError:

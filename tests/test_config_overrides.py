@@ -66,3 +66,10 @@ def test_numbers_yaml_1_1_reads_in_surprising_ways_stay_as_written(tmp_path):
     assert load_pipeline_config(config, ["model.batch_size=12"]).model.batch_size == 12
     with pytest.raises(ConfigError, match="model.batch_size: expected an integer, got '010'"):
         load_pipeline_config(config, ["model.batch_size=010"])
+
+
+def test_an_override_without_a_value_is_refused():
+    """`--set run.out_dir=$UNSET` was null: the run wrote into the current folder, exit 0."""
+    with pytest.raises(ConfigError, match=r"override 'run.out_dir=' has no value .* write run.out_dir=null"):
+        parse_overrides(["run.out_dir="])
+    assert parse_overrides(["run.out_dir=null"]) == {"run": {"out_dir": None}}
