@@ -47,15 +47,15 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 # YAML 1.1's integers include forms nobody types as numbers: ``0111`` is octal 73, ``1:30``
-# sexagesimal 90, ``1_000`` a thousand, so a stream ``id: 0111`` became "73" and wrote 73.mp4.
-# Only plain decimals (and 0x hex) are integers here; the rest stay text, which a text setting
+# sexagesimal 90, ``1_000`` a thousand, ``0x1F`` 31, so a stream ``id: 0111`` became "73" and
+# wrote 73.mp4. Only plain decimals are integers here; the rest stay text, which a text setting
 # keeps as written and a number setting refuses by name.
 _INT_TAG = "tag:yaml.org,2002:int"
 _UniqueKeyLoader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _INT_TAG]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_UniqueKeyLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$"), list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789"))
 
 
 def _load_yaml(text: str) -> Any:
@@ -256,7 +256,9 @@ def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int) and not isinstance(value, bool):  # a plain decimal reads back as written (camera 0)
             return str(value)
+        if isinstance(value, float):  # 0111.0 would be "111.0", .5 "0.5": not what was written
+            raise ConfigError(f"{where}: expected text, got the number {value!r}; quote it if it is text")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported config type {hint}")

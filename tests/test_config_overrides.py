@@ -66,6 +66,11 @@ def test_numbers_yaml_1_1_reads_in_surprising_ways_stay_as_written(tmp_path):
     assert load_pipeline_config(config, ["model.batch_size=12"]).model.batch_size == 12
     with pytest.raises(ConfigError, match="model.batch_size: expected an integer, got '010'"):
         load_pipeline_config(config, ["model.batch_size=010"])
+    assert load_pipeline_config(config, ["streams.0.id=0x1F"]).streams[0].id == "0x1F"  # not 31
+    with pytest.raises(ConfigError, match="model.batch_size: expected an integer, got '0x10'"):
+        load_pipeline_config(config, ["model.batch_size=0x10"])
+    with pytest.raises(ConfigError, match=r"streams\[0\].id: expected text, got the number 111.0; quote it"):
+        load_pipeline_config(config, ["streams.0.id=0111.0"])
 
 
 def test_an_override_without_a_value_is_refused():
