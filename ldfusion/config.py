@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ldfusion.errors import ConfigError
+from ldfusion.paths import write_text_whole
 
 C = TypeVar("C")
 
@@ -183,10 +184,8 @@ def to_dict(obj: Any) -> Any:
 
 
 def write_yaml(path: str | os.PathLike, obj: Any) -> None:
-    try:
-        Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
-    except OSError as exc:  # a full disk says nothing of where: name the file
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
+    """``obj`` as YAML, the whole file at once (``ldfusion.paths.write_text_whole``; errors name ``path``)."""
+    write_text_whole(path, yaml.safe_dump(to_dict(obj), sort_keys=False))
 
 
 def finite_float(value: Any, where: str, error: type[ConfigError] = ConfigError) -> float:

@@ -67,3 +67,11 @@ def replaced_whole(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Pa
         # Quietly: on a read-only file system unlink fails too, and its error would replace the one above.
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
+
+
+def write_text_whole(path: str | os.PathLike, text: str) -> None:
+    """``text`` as the whole of ``path``, through ``replaced_whole``: the old file or the new one,
+    never half; and a link at ``path`` (soft or hard) is replaced, not written through to the
+    file it shares (a link planted in a run's out_dir made its summary overwrite a file elsewhere)."""
+    with replaced_whole(path) as temporary:
+        temporary.write_text(text)

@@ -39,6 +39,7 @@ from ldfusion.cli.common import EXIT_TERMINATED
 from ldfusion.config import to_dict, write_yaml
 from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
+from ldfusion.paths import write_text_whole
 from ldfusion.redact import mask_credentials
 from ldfusion.threads import decoder_threads
 from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, check_outputs
@@ -492,7 +493,7 @@ class Pipeline:
         if self.config.run.out_dir:
             path = Path(self.config.run.out_dir) / "summary.json"
             # Strict JSON: no NaN (a run with no fused frame has no latency), which many parsers reject.
-            path.write_text(json.dumps(_finite_or_none(summary.to_dict()), indent=2, default=str, allow_nan=False) + "\n")
+            write_text_whole(path, json.dumps(_finite_or_none(summary.to_dict()), indent=2, default=str, allow_nan=False) + "\n")
 
 
 def _finite_or_none(value):

@@ -217,16 +217,18 @@ def test_sink_paths_stay_inside_out_dir(tmp_path, capsys, random_weights, sink_p
     assert not (tmp_path / "escape.mp4").exists()
 
 
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
 @pytest.mark.parametrize("artefact", ["summary.json", "config.yaml"])
-def test_run_artefacts_are_not_written_through_links_out_of_out_dir(tmp_path, capsys, random_weights, artefact):
-    """A link planted in out_dir: the run wrote its summary or config through it, outside out_dir."""
+def test_run_artefacts_replace_links_in_out_dir_instead_of_writing_through_them(tmp_path, random_weights, artefact, link):
+    """A link planted in out_dir: the run wrote its summary or config through it, to a file outside."""
     (tmp_path / "out").mkdir()
     victim = tmp_path / "elsewhere.txt"
     victim.write_text("keep me")
-    (tmp_path / "out" / artefact).symlink_to(victim)
-    assert run_command(write_config(tmp_path, video_config(tmp_path)), weights=random_weights["ld-lite"]) == 2
-    assert f"out/{artefact}' is a link to '{victim}', outside run.out_dir" in one_error_line(capsys, "ldfusion run")
-    assert victim.read_text() == "keep me" and not (tmp_path / "out" / "o.mp4").exists()
+    planted = tmp_path / "out" / artefact
+    planted.symlink_to(victim) if link == "symbolic" else os.link(victim, planted)
+    assert run_command(write_config(tmp_path, video_config(tmp_path)), weights=random_weights["ld-lite"]) == 0
+    assert victim.read_text() == "keep me"
+    assert not planted.is_symlink() and planted.stat().st_ino != victim.stat().st_ino and planted.stat().st_size > 10
 
 
 def test_an_empty_out_dir_is_refused(tmp_path, capsys, random_weights):
