@@ -354,8 +354,10 @@ class PipelineConfig:
         return base / path
 
     def output_paths(self) -> list[tuple[str, Path]]:
-        """Every file or folder a run writes, as (kind, path): "mp4" files, "png" folders, run artefacts."""
+        """Every file or folder a run writes, as (kind, path): "mp4" files, "png" folders, "zmq"
+        ipc:// sockets (a socket on an MP4's path lost the video), run artefacts."""
         outputs = [(sink.kind, self.sink_path(sink, stream.id)) for sink in self.sinks if sink.kind in ("mp4", "png") for stream in self.streams]
+        outputs += [("zmq", Path(sink.endpoint[len("ipc://"):])) for sink in self.sinks if sink.kind == "zmq" and sink.endpoint.startswith("ipc://")]
         if self.run.out_dir:
             outputs += [("artefact", Path(self.run.out_dir) / name) for name in RUN_ARTEFACTS]
         return outputs

@@ -259,3 +259,18 @@ def test_a_setting_another_kind_of_sink_reads_is_refused(sink, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         from_dict(SinkConfig, sink)
+
+
+def test_an_ipc_socket_on_one_of_the_runs_own_outputs_is_refused(tmp_path):
+    """The socket took the MP4's path first: the run lost its video and blamed a full disk."""
+    from ldfusion.config import from_dict
+    from ldfusion.errors import ConfigError
+    from pipeline.config import PipelineConfig
+
+    data = {
+        "streams": [{"id": "s", "ir": {"path": "ir.mp4"}, "visible": {"path": "vi.mp4"}}],
+        "sinks": [{"kind": "mp4", "path": "s.mp4"}, {"kind": "zmq", "endpoint": f"ipc://{tmp_path / 'out' / 's.mp4'}"}],
+        "run": {"out_dir": str(tmp_path / "out")},
+    }
+    with pytest.raises(ConfigError, match=r"two outputs write .*s.mp4' \(mp4 and zmq\)"):
+        from_dict(PipelineConfig, data)
