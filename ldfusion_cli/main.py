@@ -5,9 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from ldfusion import __version__
 from ldfusion.errors import first_line
@@ -48,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ldfusion: error: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     try:
-        module = importlib.import_module(COMMANDS[name][0])  # torch takes seconds: Ctrl-C often lands here
+        with _signals_recorded() as signals:
+            module = importlib.import_module(COMMANDS[name][0])  # torch takes seconds: Ctrl-C often lands here
+        if signals:
+            print(f"ldfusion {name}: {'interrupted' if signals[0] == signal.SIGINT else 'terminated'}", file=sys.stderr)
+            return 130 if signals[0] == signal.SIGINT else 143
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:
         print(f"ldfusion {name}: interrupted", file=sys.stderr)
@@ -59,6 +67,23 @@ def main(argv: list[str] | None = None) -> int:
         message = mask_credentials(first_line(exc))  # a camera URL in the message may hold a password
         print(f"ldfusion {name}: error: {type(exc).__name__}: {message} (LDFUSION_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def _signals_recorded() -> Iterator[list[int]]:
+    """Within: SIGINT and SIGTERM are recorded, not raised. A KeyboardInterrupt raised while a
+    library is imported can land in its own ``except:`` around an optional import and be lost:
+    a Ctrl-C one second into `ldfusion run` let it fuse every frame and exit 0."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

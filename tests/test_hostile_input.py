@@ -460,7 +460,7 @@ def test_fuse_with_nan_weights_is_one_line(tmp_path, capsys):
 # --- 7. the Python API: inputs of the wrong kind ---------------------------------------------
 
 
-@pytest.fixture(scope="module", params=["torch", "openvino"])
+@pytest.fixture(params=["torch", "openvino"])
 def api_fuser(request, random_weights):
     """Both CPU backends: OpenVINO returned a plausible image for NaN infrared, PyTorch blamed the weights."""
     if request.param == "openvino":
@@ -621,6 +621,32 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(dispatcher.importlib, "import_module", interrupted_import)
     assert dispatcher.main(["run", "config.yaml"]) == 130
     assert one_error_line(capsys, "ldfusion run") == "ldfusion run: interrupted"
+
+
+@pytest.mark.parametrize("sig, code, word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_swallowed_by_a_library_import_still_ends_the_command(monkeypatch, capsys, sig, code, word):
+    """A library's bare ``except:`` around an optional import caught the KeyboardInterrupt of a
+    Ctrl-C one second into `ldfusion run`: it fused every frame and exited 0 (4 of 6 tries)."""
+    import types
+
+    ran = []
+
+    def import_swallowing_the_signal(_name):
+        try:
+            os.kill(os.getpid(), sig)  # lands while the library imports ...
+            time.sleep(0.05)
+        except BaseException:  # noqa: BLE001 - ... whose optional import swallows everything
+            pass
+        return types.SimpleNamespace(main=lambda argv: ran.append(argv) or 0)
+
+    monkeypatch.setattr(dispatcher.importlib, "import_module", import_swallowing_the_signal)
+    previous = signal.signal(sig, lambda *_: None)  # were the command not to record it, the test run survives and fails
+    try:
+        assert dispatcher.main(["run", "config.yaml"]) == code
+    finally:
+        signal.signal(sig, previous)
+    assert ran == []  # the command itself never started
+    assert one_error_line(capsys, "ldfusion run") == f"ldfusion run: {word}"
 
 
 def _wait_until_mapped(pid: int, library: str, timeout_s: float) -> bool:
