@@ -63,6 +63,25 @@ def no_training(monkeypatch):
 # --- outputs onto inputs ------------------------------------------------------------------
 
 
+def test_a_new_run_into_an_earlier_runs_folder_needs_resume_or_overwrite(tmp_path, random_weights, capsys, monkeypatch):
+    """Without --resume, a second run replaced last.pt, model.pt and config.yaml without a word and
+    left the earlier run's later epoch_*.pt beside its own: a forgotten --resume lost a long run."""
+    config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"], save_every=1))
+    assert _train(["--config", str(config), "--epochs", "2"], capsys)[0] == 0
+    earlier = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()}
+    assert {"last.pt", "model.pt", "config.yaml", "epoch_0001.pt", "epoch_0002.pt"} <= set(earlier)
+
+    import ldfusion.training.cli as train_cli
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_cli, "Trainer", lambda *a, **k: pytest.fail("the trainer was built before the refusal"))
+        code, err = _train(["--config", str(config), "--epochs", "1"], capsys)
+    assert code == 2 and "holds an earlier run (config.yaml, epoch_0001.pt, epoch_0002.pt, last.pt, ...)" in err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == earlier
+    assert _train(["--config", str(config), "--epochs", "1", "--overwrite"], capsys)[0] == 0
+    assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["config.yaml", "epoch_0001.pt", "last.pt", "model.pt"]
+
+
 @pytest.mark.parametrize("role", ["teacher", "init", "config"])
 def test_train_refuses_to_write_over_its_config_teacher_or_init_weights(tmp_path, random_weights, capsys, no_training, role):
     out = tmp_path / "run"

@@ -14,10 +14,12 @@ from pathlib import Path
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.config import load_config
 from ldfusion.checkpoint import Checkpoint, load_checkpoint
-from ldfusion.errors import CheckpointError, first_line
+from ldfusion.errors import CheckpointError, DataError, first_line
 from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.training.config import TrainConfig
-from ldfusion.training.trainer import DistInfo, Trainer, files_written, init_distributed, shutdown_distributed
+from ldfusion.training.trainer import (
+    CONFIG_FILE, EPOCH_FILE, FINAL_FILE, LAST_FILE, DistInfo, Trainer, files_written, init_distributed, shutdown_distributed,
+)
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.train")
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, help="number of epochs (config: optim.epochs)")
     parser.add_argument("--device", help="auto, cpu, cuda (config: device)")
     parser.add_argument("--resume", nargs="?", const="auto", help="resume from a last.pt (default: OUT/last.pt)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in an OUT that holds an earlier run: its checkpoints and config are removed first")
     add_logging_arguments(parser)
     return parser
 
@@ -64,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     check_output_folder(Path(config.out_dir))
     refuse_overwriting_own_inputs(config, args.config)
     resume_path = _resume_path(args.resume, Path(config.out_dir))
+    if resume_path is None:
+        _start_fresh(Path(config.out_dir), args.overwrite)
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     init_distributed(info)
     try:
@@ -83,6 +89,21 @@ def refuse_overwriting_own_inputs(config: TrainConfig, config_file: Path) -> Non
     before training starts)."""
     weights = [Path(name).expanduser() for name in (config.teacher, config.init) if name is not None]  # a registry name matches no output
     refuse_overwriting_inputs(files_written(config), [config_file, *weights], f"out_dir {config.out_dir}")
+
+
+def _start_fresh(out_dir: Path, overwrite: bool) -> None:
+    """A new run in a folder that holds an earlier one: refused unless ``--overwrite``, which
+    removes the earlier run's files first. A forgotten --resume replaced last.pt, model.pt and
+    config.yaml without a word and left the old run's later epoch_*.pt beside the new ones."""
+    earlier = sorted(path for path in out_dir.glob("*") if path.name in (CONFIG_FILE, LAST_FILE, FINAL_FILE) or EPOCH_FILE.fullmatch(path.name))
+    if not earlier:
+        return
+    if not overwrite:
+        names = ", ".join(path.name for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        raise DataError(f"{out_dir} holds an earlier run ({names}); --resume to continue it, --overwrite to start over there, "
+                        "or choose another --out")
+    for path in earlier:
+        path.unlink()
 
 
 def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,9 @@ class DistInfo:
 CONFIG_FILE = "config.yaml"  # the resolved config
 LAST_FILE = "last.pt"  # weights and training state after the last finished epoch (resumable)
 FINAL_FILE = "model.pt"  # the trained weights
+
+
+EPOCH_FILE = re.compile(r"epoch_\d{4,}\.pt")  # what ``epoch_file`` names
 
 
 def epoch_file(epoch: int) -> str:
