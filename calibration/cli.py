@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
-from calibration.imaging import image_size, parse_size, size_ratio_homography
+from calibration.imaging import folds_the_frame, image_size, parse_size, size_ratio_homography
 from calibration.scene import SceneOptions
 from calibration.target import MIN_VIEWS_FLOOR
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
@@ -387,6 +387,9 @@ def run_points(args: argparse.Namespace) -> int:
         raise CalibrationError("give the image sizes: --ir-size and --vi-size (or ir_size/vi_size in the YAML file)")
     check_inside(pairs, ir_size, vi_size)
     result = fit_points(pairs, args.model, robust=args.robust)
+    if folds_the_frame(result.H, ir_size):
+        raise CalibrationError(f"{args.file}: the point pairs give a map that folds the infrared image over itself "
+                               "(are two pairs out of order, or the ir and vi columns swapped?)")
     registration = Registration(result.H, ir_size, vi_size, model=args.model, method="points", error_px=result.rms_px)
     save_registration(args.out, registration)
     used = int(result.inliers.sum())

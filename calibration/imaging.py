@@ -141,6 +141,18 @@ def image_corners(size: Size) -> np.ndarray:
     return np.array([[0, 0], [width - 1, 0], [width - 1, height - 1], [0, height - 1]], dtype=np.float64)
 
 
+def folds_the_frame(H: np.ndarray, size: Size) -> bool:
+    """Whether H tears or folds the frame of ``size``: the line it sends to infinity crosses the
+    frame (w changes sign between corners), or the corners land as a bow tie rather than a
+    convex quad. Two swapped point pairs give such a map; no warp of a camera can."""
+    corners = image_corners(size)
+    w = H[2, 0] * corners[:, 0] + H[2, 1] * corners[:, 1] + H[2, 2]
+    if not (np.all(w > 0) or np.all(w < 0)):
+        return True
+    quad = apply_homography(H, corners).astype(np.float32)
+    return not (np.all(np.isfinite(quad)) and cv2.isContourConvex(quad.reshape(-1, 1, 2)))
+
+
 def apply_homography(H: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(N, 2) points through H -> (N, 2)."""
     points = np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)

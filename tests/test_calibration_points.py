@@ -135,3 +135,17 @@ def test_is_affine_is_one_test_of_the_last_row_whatever_the_scale():
     perspective = affine.copy()
     perspective[2, 0] = 1e-6  # 1e-3 at x = 1000 px: a visible perspective
     assert not is_affine(perspective) and not is_affine(-2.0 * perspective)
+
+
+def test_points_out_of_order_that_fold_the_image_are_refused(tmp_path, capsys):
+    """Two swapped rows gave a bow-tie map whose line at infinity crosses the infrared frame:
+    written, exit 0 (verify then said 'alignment score nan ... over 0%')."""
+    from calibration.cli import main as calibrate_main
+
+    rows = {"bowtie": "0,0,0,0\n639,0,1919,1079\n639,511,0,1079\n0,511,1919,0\n", "ok": "0,0,0,0\n639,0,1919,0\n639,511,1919,1079\n0,511,0,1079\n"}
+    for name, body in rows.items():
+        (tmp_path / f"{name}.csv").write_text("ir_x,ir_y,vi_x,vi_y\n" + body)
+    argv = ["points", "--ir-size", "640x512", "--vi-size", "1920x1080", "-q"]
+    assert calibrate_main([*argv, "--file", str(tmp_path / "bowtie.csv"), "--out", str(tmp_path / "b.yaml")]) == 2
+    assert "folds the infrared image over itself" in capsys.readouterr().err and not (tmp_path / "b.yaml").exists()
+    assert calibrate_main([*argv, "--file", str(tmp_path / "ok.csv"), "--out", str(tmp_path / "o.yaml")]) == 0
