@@ -182,7 +182,8 @@ def scene_confidence(
     tiles = registration_confidence(pairs, H, starts_agreeing, starts)
     stability = resampled_drift(pairs, H, options)
     wander = resampled_drift(pairs, H, options, SECOND_RESAMPLING)
-    score = tiles.score / (1.0 + (stability / STABILITY_PX) ** 2) if wander <= WANDER_PX else 0.0
+    level_pixel = image_size(pairs[0][1])[0] / min(options.max_width, image_size(pairs[0][1])[0])  # as the tiles' tolerance
+    score = tiles.score / (1.0 + (stability / (STABILITY_PX * level_pixel)) ** 2) if wander <= WANDER_PX * level_pixel else 0.0
     return dataclasses.replace(tiles, score=float(score), stability_px=stability, wander_px=wander)
 
 

@@ -379,3 +379,16 @@ def test_a_refusal_names_the_part_of_the_confidence_that_sank_it(parts, reason):
     from calibration.quality import Confidence
 
     assert reason in _confidence_reason(Confidence(0.2, 9, 40, **parts))
+
+
+def test_a_high_resolution_visible_camera_is_held_to_the_same_tolerance(shared_data):
+    """The confidence measured its tolerances in full-resolution visible pixels while the tiles
+    work at most 640 wide: the same correct answer scored 0.84 with a 500 px visible image and 0
+    at 2000 px and above (refused), the usual rig of a small thermal and an HD visible camera."""
+    base = shared_data / "pairs" / "roadscene"
+    ir, vi = read_infrared(next((base / "ir").glob("FLIR_00006.*"))), read_visible(next((base / "vi").glob("FLIR_00006.*")))
+    native = register_scene(ir, vi)
+    large = register_scene(ir, cv2.resize(vi, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC))
+    assert native.confident and large.confident
+    back = np.diag([0.25, 0.25, 1.0]) @ np.array([[1, 0, -1.5], [0, 1, -1.5], [0, 0, 1.0]]) @ large.H  # 4x pixel centres -> native
+    assert corner_error(back, native.H, image_size(ir)) < 2.0
