@@ -13,7 +13,12 @@ from ldfusion.errors import DataError
 from ldfusion.paths import replaced_whole, same_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm"})  # what commands taking images or videos read as video
+# What commands taking images or videos read as video: containers, MPEG transport streams
+# (camera recorders), and raw elementary streams (camera SDKs dump .h264), which the reader times.
+VIDEO_SUFFIXES = frozenset({
+    ".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".ts", ".mts", ".m2ts", ".mpg", ".mpeg", ".flv", ".3gp",
+    ".h264", ".264", ".h265", ".265", ".hevc", ".mjpeg", ".mjpg", ".y4m", ".ivf",
+})
 IR_16BIT_MODES = ("stretch", "scale")
 # Percentiles for stretching 16-bit infrared: raw thermal counts fill a narrow band of the
 # 16-bit range, so dividing by 65535 would give a nearly black image.

@@ -264,6 +264,14 @@ def test_eval_scores_runs_own_output_of_odd_sized_clips(tmp_path, capsys):
     assert "frame 0 of " + str(other) + ": fused and sources differ in size: 64x48 vs 95x79" in capsys.readouterr().err
 
 
+def test_eval_reads_transport_streams_as_video(videos, capsys):
+    """A recorder's .ts files were taken for images ("got ir.ts (images)")."""
+    ts = {name: write_video(videos["ir"].with_name(f"{name}.ts"), _colour_frames(videos[name])) for name in ("ir", "vi", "fused")}
+    argv = ["--ir", str(ts["ir"]), "--vi", str(ts["vi"]), "--fused", str(ts["fused"]), "--out", str(videos["out"]), "-q", "--no-temporal"]
+    assert main(argv) == 0
+    assert json.loads((videos["out"] / "metrics.json").read_text())["count"] == FRAMES
+
+
 def test_eval_corrupt_video_is_a_one_line_error(videos, capsys):
     broken = videos["out"].parent / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
