@@ -234,6 +234,9 @@ def test_eval_video_fused_by_a_model(videos, random_weights):
 def test_eval_video_with_missing_frames_or_another_rate_is_an_error(videos, capsys):
     assert run(videos, "--fused", str(videos["short"])) == 2
     assert "short.mp4 has 3 frames but the ir/vi pair has 5" in capsys.readouterr().err
+    # `run` with run.max_frames 3 fused three: eval --max-frames 3 scores them (it refused them).
+    assert run(videos, "--fused", str(videos["short"]), "--max-frames", "3", "--no-temporal") == 0
+    assert run(videos, "--fused", str(videos["short"]), "--max-frames", "4") == 2
     assert run(videos, "--fused", str(videos["fast"])) == 2
     assert "different frame rates: 25 vs 10 fps" in capsys.readouterr().err
 

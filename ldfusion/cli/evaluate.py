@@ -236,10 +236,16 @@ def _video_samples(args: argparse.Namespace, stack: ExitStack) -> tuple[Iterator
     if ir_n and vi_n and ir_n != vi_n:
         log.warning("ir has %d frames and vi %d; pairing the first %d by frame number", ir_n, vi_n, min(ir_n, vi_n))
     expected = min(ir_n, vi_n) if ir_n and vi_n else None
-    if fused is not None and fused.declared_frames and expected and fused.declared_frames != expected:
+    if fused is not None and fused.declared_frames and expected and _frame_counts_disagree(fused.declared_frames, expected, args.max_frames):
         raise DataError(f"{args.fused} has {fused.declared_frames} frames but the ir/vi pair has {expected}; they must match")
     total = min(expected, args.max_frames) if expected and args.max_frames else expected or args.max_frames
     return _paired_frames(ir, vi, fused, args.max_frames), total, float(vi.rate) if vi.rate_stated else None
+
+
+def _frame_counts_disagree(fused: int, pair: int, limit: int | None) -> bool:
+    """With --max-frames only the first ``limit`` need a fused frame: `run` with run.max_frames
+    fused that many, and eval refused its output ('has 4 frames but the ir/vi pair has 8')."""
+    return fused != pair if limit is None else fused < min(pair, limit)
 
 
 def _check_frame_rates(a: VideoReader, b: VideoReader, name_a: str, name_b: str) -> None:
