@@ -31,7 +31,7 @@ from ldfusion.imageio import (
     read_visible,
     write_image,
 )
-from ldfusion.paths import file_key
+from ldfusion.paths import file_key, same_file
 
 log = logging.getLogger("calibration.cli")
 DEFAULT_SCENE_FRAMES = 5  # frame pairs of two videos: on the M3SVD clips five refined together land within ~1 px
@@ -355,6 +355,8 @@ def _confidence_reason(confidence) -> str:
 def _scene_pairs(args: argparse.Namespace) -> list:
     """The (infrared, visible) pairs to register: two images, or --frames pairs from two videos
     (DEFAULT_SCENE_FRAMES when both inputs are named as videos and --frames is not given)."""
+    if same_file(args.ir, args.vi):  # an identity 'registration' at confidence 1.00, written
+        raise CalibrationError(f"--ir and --vi are the same file, {args.ir}; give one of each camera")
     frames = args.frames
     if frames is None:
         videos = looks_like_video(args.ir), looks_like_video(args.vi)

@@ -102,6 +102,12 @@ def test_offset_out_that_is_an_input_video_is_refused(videos, capsys):
     _refused(argv, videos, capsys, "--out", "--ir")
 
 
+def test_scene_of_one_file_for_both_cameras_is_refused(folder, capsys):
+    """It wrote an identity registration at confidence 1.00; run refuses one file for both cameras."""
+    argv = ["scene", "--ir", folder / "vi.png", "--vi", folder / "vi.png", "--out", folder / "calib_new.yaml"]
+    _refused(argv, folder, capsys, "--ir and --vi are the same file", "vi.png")
+
+
 def test_scene_on_a_video_and_an_image_is_refused(videos, capsys):
     """Without --frames the inputs' names decide image or video; one of each is a mistake, said as one."""
     argv = ["scene", "--ir", videos / "ir.mp4", "--vi", videos / "vi.png", "--out", videos / "calib_new.yaml"]
