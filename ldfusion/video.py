@@ -111,9 +111,10 @@ def ffmpeg_reason(exc: BaseException) -> str:
 
 
 class VideoReader:
-    """Frames of a video file's first video stream as ``DecodedFrame``s.
+    """Frames of a video file's main video stream as ``DecodedFrame``s.
 
-    ``luma_only``: hand out the Y plane alone (infrared). ``threads``: FFmpeg's decoding
+    ``luma_only``: hand out the Y plane alone (infrared). ``unstated_rate``: the rate of a
+    video that states none (raw MJPEG), else DEFAULT_RATE with a warning. ``threads``: FFmpeg's decoding
     threads (None: its own choice, about one per core; see ``ldfusion.threads.decoder_threads``
     for readers that run side by side). ``ir_16bit``: the deep-luma rule
     (``stretch`` or ``scale``, as for 16-bit infrared images). ``decode``: ``cpu`` (default),
@@ -126,7 +127,7 @@ class VideoReader:
 
     def __init__(
         self, path: str | os.PathLike, luma_only: bool = False, max_frames: int | None = None, ir_16bit: str = "stretch",
-        decode: str = "cpu", threads: int | None = None,
+        decode: str = "cpu", threads: int | None = None, unstated_rate: float | None = None,
     ):
         self.path = Path(path)
         if not self.path.is_file():
@@ -156,7 +157,7 @@ class VideoReader:
         self._raw = bool(set(self._container.format.name.split(",")) & _RAW_VIDEO_FORMATS)
         stated = self._stream.codec_context.framerate if self._raw else self._stream.average_rate or self._stream.guessed_rate
         self.rate_stated = bool(stated)
-        self.rate: Fraction = Fraction(stated) if stated else DEFAULT_RATE
+        self.rate: Fraction = Fraction(stated) if stated else self._assumed_rate(unstated_rate)
         self._frame_s = 1.0 / float(self.rate)  # a float: Fraction arithmetic a frame costs the reader thread
         self.time_base: Fraction = self._stream.time_base or Fraction(1, 90000)
         self.declared_frames: int | None = self._stream.frames or None
@@ -171,6 +172,13 @@ class VideoReader:
         self.frames_read = 0
         self.damaged = 0  # packets the decoder refused, skipped
         self.concealed = 0  # frames the decoder made from damaged data, its errors concealed (FFmpeg's "corrupt" flag)
+
+    def _assumed_rate(self, given: float | None) -> Fraction:
+        """The rate of a video that states none (raw MJPEG): the caller's, or DEFAULT_RATE with a warning."""
+        if given is not None:
+            return Fraction(given).limit_denominator(1001)
+        log.warning("%s does not state its frame rate; assuming %s fps (a source's fps: sets it)", self.path, DEFAULT_RATE)
+        return DEFAULT_RATE
 
     def _open_input(self, **options) -> av.container.InputContainer:
         try:

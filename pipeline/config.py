@@ -55,6 +55,11 @@ MP4_SUFFIXES = (".mp4", ".m4v", ".mov")  # containers the mp4 sink's options (mo
 MIN_FPS, MAX_FPS = 0.1, 1000.0
 RUN_ARTEFACTS = ("config.yaml", "summary.json")  # written into out_dir by every run
 ZMQ_PIXEL_FORMATS = ("rgb24", "bgr24", "gray")
+# Which kinds of source read each setting of SourceConfig (kind and path: all of them).
+SOURCE_SETTINGS = {
+    "fps": ("images", "camera", "video"), "max_frames": ("video", "images"), "decode": ("video",),
+    "reconnect_backoff_s": ("camera",), "reconnect_max_s": ("camera",), "max_reconnects": ("camera",), "read_timeout_s": ("camera",),
+}
 # Which kinds of sink read each setting of SinkConfig (kind itself: all of them).
 SINK_SETTINGS = {
     "path": ("mp4", "png"), "content": ("mp4", "png"),
@@ -71,7 +76,7 @@ class SourceConfig:
 
     kind: str = "video"  # video | images | camera
     path: str | None = None  # video file, image folder, or a camera's device index ("0") or URL
-    fps: float | None = None  # images: required (timestamps are index / fps); camera: used when it does not say
+    fps: float | None = None  # images: required (timestamps are index / fps); camera, video: used when it does not say (raw .mjpeg)
     max_frames: int | None = None  # video, images: read at most this many frames
     reconnect_backoff_s: float = 0.5  # camera: first wait after it stops delivering; doubles each time
     reconnect_max_s: float = 10.0  # camera: longest wait between attempts
@@ -82,6 +87,7 @@ class SourceConfig:
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
             raise ValueError(f"kind must be one of {', '.join(SOURCE_KINDS)}; got {self.kind!r}")
+        _refuse_settings_of_other_kinds(self, SOURCE_SETTINGS, "source")
         if not self.path:
             raise ValueError(f"a {self.kind} source needs a path")
         if self.kind == "images" and self.fps is None:
@@ -228,7 +234,7 @@ class SinkConfig:
     def __post_init__(self) -> None:
         if self.kind not in SINK_KINDS:
             raise ValueError(f"sink kind must be one of {', '.join(SINK_KINDS)}; got {self.kind!r}")
-        self._check_settings_of_other_kinds()
+        _refuse_settings_of_other_kinds(self, SINK_SETTINGS, "sink")
         if self.kind in ("mp4", "png") and not self.path:
             raise ValueError(f"a {self.kind} sink needs a path")
         if self.kind == "mp4" and Path(str(self.path)).suffix.lower() not in MP4_SUFFIXES:
@@ -252,14 +258,17 @@ class SinkConfig:
         if self.wait_subscribers < 0 or self.wait_timeout_s < 0:
             raise ValueError("wait_subscribers and wait_timeout_s must be >= 0")
 
-    def _check_settings_of_other_kinds(self) -> None:
-        """A setting another kind of sink reads was passed over in silence (``pixel_format: gray``
-        on a png sink still wrote RGB; ``crf`` on png, ``path`` on zmq). Set to anything but its
-        default, it is refused, naming the kinds that read it."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        for name, kinds in SINK_SETTINGS.items():
-            if self.kind not in kinds and getattr(self, name) != defaults[name]:
-                raise ValueError(f"{name} is not a {self.kind} sink's setting (only {' and '.join(kinds)} sinks read it)")
+
+
+def _refuse_settings_of_other_kinds(config, settings: dict[str, tuple[str, ...]], what: str) -> None:
+    """A setting that another kind of sink or source reads was passed over in silence
+    (``pixel_format: gray`` on a png sink still wrote RGB; ``crf`` on png, ``path`` on zmq,
+    ``read_timeout_s`` on a video file). Set to anything but its default, it is refused,
+    naming the kinds that read it. ``settings``: which kinds read each setting."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    for name, kinds in settings.items():
+        if config.kind not in kinds and getattr(config, name) != defaults[name]:
+            raise ValueError(f"{name} is not a setting of {config.kind} {what}s (only {' and '.join(kinds)} {what}s read it)")
 
 
 def _check_publisher_endpoint(endpoint: str) -> None:

@@ -103,13 +103,15 @@ class VideoFileSource(Source):
     """A video file through ``ldfusion.video.VideoReader``: planes as decoded, infrared as luma."""
 
     def __init__(self, path: Path, kind: str, max_frames: int | None = None, decode: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, fps: float | None = None) -> None:
         super().__init__(kind, str(path))
-        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames, decode=decode, threads=threads)
+        self._reader = VideoReader(path, luma_only=kind == IR, max_frames=max_frames, decode=decode, threads=threads,
+                                   unstated_rate=fps)
         self.time_base = self._reader.time_base
         self.rate = self._reader.rate
-        if not self._reader.rate_stated:
-            log.warning("%s does not state its frame rate; assuming %s fps", path, DEFAULT_RATE)
+        if fps is not None and self._reader.rate_stated and abs(float(self.rate) - fps) > 1e-3 * fps:
+            log.warning("%s states its own rate, %.6g fps: the source's fps (%.6g) is for videos that state none, and is not used",
+                        path, float(self.rate), fps)
         self.expected_frames = self._reader.expected_frames
         self.size = (self._reader.width, self._reader.height)
 
@@ -375,7 +377,7 @@ def open_source(config: SourceConfig, kind: str, clock_origin: float, open_captu
                 decoder_threads: int | None = None) -> Source:
     """``decoder_threads``: FFmpeg threads for a video file (None: FFmpeg's choice)."""
     if config.kind == "video":
-        return VideoFileSource(Path(str(config.path)), kind, config.max_frames, config.decode, decoder_threads)
+        return VideoFileSource(Path(str(config.path)), kind, config.max_frames, config.decode, decoder_threads, config.fps)
     if config.kind == "images":
         assert config.fps is not None  # checked by SourceConfig
         return ImageFolderSource(Path(str(config.path)), kind, config.fps, config.max_frames)

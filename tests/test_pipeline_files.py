@@ -233,6 +233,23 @@ def test_a_raw_stream_without_a_rate_says_which_it_assumes(tmp_path, caplog):
         times = [t for _, t, _ in source.frames(threading.Event())]
     assert "vi.mjpeg does not state its frame rate; assuming 30 fps" in caplog.text
     assert times == pytest.approx([0, 1 / 30, 2 / 30])
+    # A source's fps gives it (it was accepted and ignored), without the warning.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        times = [t for _, t, _ in VideoFileSource(path, VISIBLE, fps=24).frames(threading.Event())]
+    assert times == pytest.approx([0, 1 / 24, 2 / 24]) and "does not state" not in caplog.text
+
+
+def test_a_source_setting_another_kind_reads_is_refused():
+    """read_timeout_s on a video file, decode on an image folder: accepted and ignored."""
+    from ldfusion.config import from_dict
+    from ldfusion.errors import ConfigError
+    from pipeline.config import SourceConfig
+
+    with pytest.raises(ConfigError, match=r"read_timeout_s is not a setting of video sources \(only camera sources read it\)"):
+        from_dict(SourceConfig, {"kind": "video", "path": "a.mp4", "read_timeout_s": 2})
+    with pytest.raises(ConfigError, match="decode is not a setting of images sources"):
+        from_dict(SourceConfig, {"kind": "images", "path": "f", "fps": 10, "decode": "cpu"})
 
 def _write_config(tmp_path: Path, ir: str, vi: str, **stream) -> Path:
     data = {

@@ -246,10 +246,10 @@ def test_an_ipc_endpoint_on_a_file_is_refused_and_the_file_kept(tmp_path):
 
 
 @pytest.mark.parametrize("sink, message", [
-    ({"kind": "png", "path": "p", "pixel_format": "gray"}, "pixel_format is not a png sink's setting (only zmq sinks read it)"),
-    ({"kind": "png", "path": "p", "crf": 10}, "crf is not a png sink's setting (only mp4 sinks read it)"),
-    ({"kind": "zmq", "path": "x.mp4"}, "path is not a zmq sink's setting (only mp4 and png sinks read it)"),
-    ({"kind": "zmq", "content": "side_by_side"}, "content is not a zmq sink's setting"),
+    ({"kind": "png", "path": "p", "pixel_format": "gray"}, "pixel_format is not a setting of png sinks (only zmq sinks read it)"),
+    ({"kind": "png", "path": "p", "crf": 10}, "crf is not a setting of png sinks (only mp4 sinks read it)"),
+    ({"kind": "zmq", "path": "x.mp4"}, "path is not a setting of zmq sinks (only mp4 and png sinks read it)"),
+    ({"kind": "zmq", "content": "side_by_side"}, "content is not a setting of zmq sinks"),
 ])
 def test_a_setting_another_kind_of_sink_reads_is_refused(sink, message):
     """They were passed over in silence: pixel_format gray on a png sink still wrote RGB."""
