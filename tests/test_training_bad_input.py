@@ -82,6 +82,17 @@ def test_a_new_run_into_an_earlier_runs_folder_needs_resume_or_overwrite(tmp_pat
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["config.yaml", "epoch_0001.pt", "last.pt", "model.pt"]
 
 
+def test_resuming_a_run_that_has_done_its_epochs_is_refused(tmp_path, random_weights, capsys):
+    """--resume --epochs 2 after 2 epochs trained nothing, exit 0, and rewrote model.pt and config.yaml."""
+    config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))
+    assert _train(["--config", str(config), "--epochs", "2"], capsys)[0] == 0
+    before = {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()}
+    code, err = _train(["--config", str(config), "--epochs", "2", "--resume"], capsys)
+    assert code == 2 and "last.pt has finished epoch 2 of this run; --epochs 2 leaves nothing to train" in err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "run").iterdir()} == before
+    assert _train(["--config", str(config), "--epochs", "3", "--resume"], capsys)[0] == 0
+
+
 @pytest.mark.parametrize("role", ["teacher", "init", "config"])
 def test_train_refuses_to_write_over_its_config_teacher_or_init_weights(tmp_path, random_weights, capsys, no_training, role):
     out = tmp_path / "run"

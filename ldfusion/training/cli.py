@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if resume_path is None:
         _start_fresh(Path(config.out_dir), args.overwrite)
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
+    if resume_state is not None:
+        _check_epochs_left(resume_path, resume_state, config.optim.epochs)
     init_distributed(info)
     try:
         trainer = Trainer(config, info, progress=not args.quiet)  # -q: only warnings and errors, as in fuse and run
@@ -104,6 +106,15 @@ def _start_fresh(out_dir: Path, overwrite: bool) -> None:
                         "or choose another --out")
     for path in earlier:
         path.unlink()
+
+
+def _check_epochs_left(path: Path, state: Checkpoint, epochs: int) -> None:
+    """Resuming a run that has done its epochs trained nothing, exit 0, and rewrote model.pt and a
+    config.yaml with the smaller count."""
+    done = int((state.training or {}).get("epoch", 0))
+    if done >= epochs:
+        raise DataError(f"{path} has finished epoch {done} of this run; --epochs {epochs} leaves nothing to train "
+                        f"(give more than {done} to go on)")
 
 
 def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:
