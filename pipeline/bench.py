@@ -137,6 +137,9 @@ def default_devices() -> list[str]:
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
+MAX_SIDE, MAX_PIXELS = 8190, 7680 * 4320
+
+
 def parse_resolution(text: str) -> tuple[int, int]:
     """'640x480' -> (640, 480)."""
     try:
@@ -145,6 +148,10 @@ def parse_resolution(text: str) -> tuple[int, int]:
         raise ConfigError(f"resolution must look like 640x480; got {text!r}") from None
     if width < 8 or height < 8:
         raise ConfigError(f"resolution must be at least 8x8; got {text!r}")
+    # The pipeline paths' test clips are MPEG-4 part 2 (fast to decode), whose sides stop at 8191
+    # (wider failed as 'cannot finish ...: Invalid argument'); 20000x20000 grew to 24 GB and was killed.
+    if max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+        raise ConfigError(f"resolution {text!r} is beyond what bench measures: sides up to {MAX_SIDE}, up to 8K UHD (7680x4320) in pixels")
     return width, height
 
 

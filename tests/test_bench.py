@@ -77,6 +77,9 @@ def test_bench_argument_errors_are_one_line(random_weights, capsys):
     assert "resolution must look like 640x480" in capsys.readouterr().err
     assert bench_cli.main([*weights, "--batch-sizes", "0"]) == 2
     assert "batch sizes must be at least 1" in capsys.readouterr().err
+    for size in ("8200x16", "20000x20000"):  # past the test clips' codec (a wrong reason), or 24 GB and killed
+        assert bench_cli.main([*weights, "--resolutions", size]) == 2
+        assert f"resolution '{size}' is beyond what bench measures" in capsys.readouterr().err
 
 
 def test_scripts_bench_is_the_same_command():
