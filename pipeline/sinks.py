@@ -240,6 +240,7 @@ class ZmqSink(Sink):
         # Where it is bound: ``tcp://127.0.0.1:*`` names the port the system chose, which a
         # subscriber needs (the config's ``*`` finds nothing).
         self.endpoint = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info("publishing fused frames on %s", self.endpoint)  # now, not in the end-of-run summary: subscribers need it
         if not _is_local(self.endpoint):
             log.warning("ZeroMQ publisher on %s is reachable from other machines", self.endpoint)
         self.outputs.append(self.endpoint)

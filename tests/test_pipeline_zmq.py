@@ -172,12 +172,15 @@ def test_a_stream_topic_receives_that_stream_only():
     assert streams == {"cam0"}
 
 
-def test_a_publisher_on_any_free_port_reports_the_port_it_took():
-    """``tcp://127.0.0.1:*`` was reported as such: no subscriber could find it."""
-    sink = ZmqSink("tcp://127.0.0.1:*")
+def test_a_publisher_on_any_free_port_reports_the_port_it_took(caplog):
+    """``tcp://127.0.0.1:*`` was reported as such, and only in the end-of-run summary: no
+    subscriber could find it while the run went on."""
+    with caplog.at_level("INFO"):
+        sink = ZmqSink("tcp://127.0.0.1:*")
     try:
         host, port = sink.endpoint.rsplit(":", 1)
         assert host == "tcp://127.0.0.1" and port.isdigit() and sink.outputs == [sink.endpoint]
+        assert f"publishing fused frames on {sink.endpoint}" in caplog.text
     finally:
         sink.close()
 
