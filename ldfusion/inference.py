@@ -269,7 +269,8 @@ class Fuser:
     def fuse_rgb(self, visible: Tensor, ir: Tensor) -> Tensor:
         """Fuse (B, 3, H, W) visible RGB with (B, 1, H, W) infrared, float in [0, 1]; returns RGB
         float32 in [0, 1]. Inputs of another layout, an integer type (0..255 taken for [0, 1]
-        came out 44 % saturated white) or values outside [0, 1] (NaN too) are refused."""
+        came out 44 % saturated white), values far outside [0, 1] (``UNIT_RANGE_SLACK``) or NaN
+        are refused."""
         _check_tensor_pair(visible, ir)
         visible, ir = visible.to(self.device, non_blocking=True).float(), ir.to(self.device, non_blocking=True).float()
         inputs_in_range = _within_unit_range(visible) & _within_unit_range(ir)  # read below, once the network runs

@@ -259,7 +259,6 @@ class SinkConfig:
             raise ValueError("wait_subscribers and wait_timeout_s must be >= 0")
 
 
-
 def _refuse_settings_of_other_kinds(config, settings: dict[str, tuple[str, ...]], what: str) -> None:
     """A setting that another kind of sink or source reads was passed over in silence
     (``pixel_format: gray`` on a png sink still wrote RGB; ``crf`` on png, ``path`` on zmq,
