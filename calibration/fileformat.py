@@ -176,17 +176,17 @@ def load_registration(path: str | os.PathLike) -> Registration:
     if data["version"] != FORMAT_VERSION:
         raise CalibrationError(f"{path}: unsupported version {data['version']!r} (this ldfusion reads {FORMAT_VERSION})")
     try:
-        H = np.array(data["H"], dtype=np.float64)
+        H = np.array(_listed(data["H"], "H"), dtype=np.float64)
         return Registration(
             H=H,
-            source_size=tuple(data["source_size"]),
-            destination_size=tuple(data["destination_size"]),
+            source_size=tuple(_listed(data["source_size"], "source_size")),
+            destination_size=tuple(_listed(data["destination_size"], "destination_size")),
             model=data.get("model", "homography"),
             source=data.get("source", "ir"),
             time_offset_s=data.get("time_offset_s") or 0.0,
             method=str(data.get("method", "unknown")),
             error_px=data.get("error_px"),
-            crop=None if data.get("crop") is None else tuple(data["crop"]),
+            crop=None if data.get("crop") is None else tuple(_listed(data["crop"], "crop")),
             cameras=data.get("cameras"),
             created=str(data.get("created", "")),
         )
@@ -194,3 +194,11 @@ def load_registration(path: str | os.PathLike) -> Registration:
         raise CalibrationError(f"{path}: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise CalibrationError(f"{path}: malformed value ({exc})") from None
+
+
+def _listed(value, key: str) -> list | tuple:
+    """A list value of the file, else an error naming ``key`` (``crop: true`` said only
+    "malformed value ('bool' object is not iterable)")."""
+    if not isinstance(value, (list, tuple)):
+        raise CalibrationError(f"{key} must be a list; got {value!r}")
+    return value

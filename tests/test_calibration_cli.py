@@ -245,6 +245,13 @@ def test_malformed_calibration_file(scene_pair, tmp_path, capsys):
     bad.write_text("version: 1\nH: [[1, 0, 0], [0, 1, 0]\n")
     assert main(args) == 2
     assert "malformed YAML" in _single_error_line(capsys)
+    # A list where a scalar was written names its key (it was "malformed value ('bool' object is not iterable)").
+    whole = "version: 1\nH: [[1, 0, 0], [0, 1, 0], [0, 0, 1]]\nsource_size: [256, 192]\ndestination_size: [256, 192]\n"
+    for text, message in ((whole + "crop: true\n", "crop must be a list; got True"),
+                          (whole.replace("source_size: [256, 192]", "source_size: 256"), "source_size must be a list; got 256")):
+        bad.write_text(text)
+        assert main(args) == 2
+        assert message in _single_error_line(capsys)
 
 
 def test_calibration_for_other_image_sizes(scene_pair, tmp_path, capsys):
