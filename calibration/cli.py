@@ -383,8 +383,8 @@ def run_points(args: argparse.Namespace) -> int:
 
     _check_out(args.out, ("--file", args.file))
     pairs = read_point_pairs(args.file)
-    ir_size = _size_argument(args.ir_size, "--ir-size") or pairs.ir_size
-    vi_size = _size_argument(args.vi_size, "--vi-size") or pairs.vi_size
+    ir_size = _one_size(_size_argument(args.ir_size, "--ir-size"), pairs.ir_size, "--ir-size", "ir_size", args.file)
+    vi_size = _one_size(_size_argument(args.vi_size, "--vi-size"), pairs.vi_size, "--vi-size", "vi_size", args.file)
     if ir_size is None or vi_size is None:
         raise CalibrationError("give the image sizes: --ir-size and --vi-size (or ir_size/vi_size in the YAML file)")
     check_inside(pairs, ir_size, vi_size)
@@ -532,6 +532,14 @@ def _board(pattern: str, charuco: str | None, square_size: float, marker_size: f
     kind = "charuco" if charuco else "checkerboard"
     options = {"dictionary": charuco} if charuco else {}
     return BoardSpec(kind, columns, rows, square_size, marker_size, legacy=legacy, **options)
+
+
+def _one_size(given: tuple[int, int] | None, in_file: tuple[int, int] | None, flag: str, key: str, path) -> tuple[int, int] | None:
+    """The flag's size or the point file's; two that differ are refused (the flag won in silence,
+    and the points, clicked on images of the file's size, were read as another's)."""
+    if given is not None and in_file is not None and tuple(given) != tuple(in_file):
+        raise CalibrationError(f"{flag} {given[0]}x{given[1]} differs from {path}'s {key} {in_file[0]}x{in_file[1]}; give one of them")
+    return given or in_file
 
 
 def _size_argument(text: str | None, flag: str) -> tuple[int, int] | None:

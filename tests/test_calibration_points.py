@@ -149,3 +149,15 @@ def test_points_out_of_order_that_fold_the_image_are_refused(tmp_path, capsys):
     assert calibrate_main([*argv, "--file", str(tmp_path / "bowtie.csv"), "--out", str(tmp_path / "b.yaml")]) == 2
     assert "folds the infrared image over itself" in capsys.readouterr().err and not (tmp_path / "b.yaml").exists()
     assert calibrate_main([*argv, "--file", str(tmp_path / "ok.csv"), "--out", str(tmp_path / "o.yaml")]) == 0
+
+
+def test_a_size_flag_that_differs_from_the_point_files_is_refused(tmp_path, capsys):
+    """--ir-size 1280x1024 silently replaced the file's ir_size 640x512."""
+    from calibration.cli import main as calibrate_main
+
+    points = [{"ir": [x, y], "vi": [x, y]} for x, y in ((0, 0), (639, 0), (639, 511), (0, 511))]
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump({"points": points, "ir_size": [640, 512], "vi_size": [640, 512]}))
+    argv = ["points", "--file", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "c.yaml"), "-q"]
+    assert calibrate_main([*argv, "--ir-size", "1280x1024"]) == 2
+    assert "--ir-size 1280x1024 differs from" in capsys.readouterr().err and not (tmp_path / "c.yaml").exists()
+    assert calibrate_main([*argv, "--ir-size", "640x512"]) == 0
