@@ -147,6 +147,9 @@ def register_scene(
     infrared -> visible homography (default: the frames stretched over each other); the
     global search covers ``options.search`` around it.
     """
+    for name, image in (("infrared", ir), ("visible", vi)):
+        if np.ptp(image) == 0:  # it was refused as "the answer moves inf px when refined", which says nothing
+            raise CalibrationError(f"the {name} image is one flat grey level: it shows nothing to register")
     ir_size, vi_size = image_size(ir), image_size(vi)
     start = size_ratio_homography(ir_size, vi_size) if init is None else normalise_homography(init)
     pyramid = Pyramid.build(ir, vi, start, options)

@@ -177,6 +177,16 @@ def test_blank_and_smoky_frames_are_not_confident(synthetic_scene):
         assert not result.confident, result.confidence.describe()
 
 
+def test_a_flat_image_is_refused_saying_so(synthetic_scene):
+    """A constant infrared frame (a lens cap, a camera that sent zeros) was refused as "the answer
+    moves inf px when refined", which does not say what is wrong."""
+    visible, _ = synthetic_scene
+    with pytest.raises(CalibrationError, match="the infrared image is one flat grey level"):
+        register_scene(np.zeros((190, 256), np.float32), visible)
+    with pytest.raises(CalibrationError, match="the visible image is one flat grey level"):
+        register_scene(visible[..., 0] if visible.ndim == 3 else visible, np.full_like(visible, 7))
+
+
 def test_one_blank_frame_cannot_decide(synthetic_scene):
     visible, thermal = synthetic_scene
     ir_size, vi_size = _sizes(visible.shape)
