@@ -104,13 +104,17 @@ def _parse_csv(text: str, path: Path) -> PointPairs:
     if not lines:
         raise CalibrationError(f"{path}: no point pairs")
     order = list(range(4))
-    first = next(csv.reader(io.StringIO(lines[0][1])))
+    # Spreadsheets in locales with a decimal comma separate fields with semicolons: 12,5;30;...
+    semicolons = ";" in lines[0][1]
+    read = lambda line: [field.strip().replace(",", ".") if semicolons else field.strip()  # noqa: E731
+                         for field in next(csv.reader(io.StringIO(line), delimiter=";" if semicolons else ","))]
+    first = read(lines[0][1])
     if not _looks_numeric(first):
         order = _header_order(first, path, lines[0][0])
         lines = lines[1:]
     rows = []
     for number, line in lines:
-        fields = [field.strip() for field in next(csv.reader(io.StringIO(line)))]
+        fields = read(line)
         if len(fields) != 4:
             raise CalibrationError(f"{path} line {number}: expected 4 values ({', '.join(COLUMNS)}), got {len(fields)}")
         rows.append(_numbers([fields[i] for i in order], f"{path} line {number}"))

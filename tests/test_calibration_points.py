@@ -54,6 +54,18 @@ def test_csv_saved_by_a_spreadsheet_with_a_byte_order_mark(tmp_path):
     np.testing.assert_allclose(read_point_pairs(path).ir, IR_POINTS)
 
 
+def test_csv_from_a_spreadsheet_in_a_decimal_comma_locale(tmp_path):
+    """Semicolon-separated, with comma decimals (German or French Excel): refused as a bad header."""
+    vi = _vi_points(noise=0.3)
+    fmt = lambda n: f"{n:.2f}".replace(".", ",")  # noqa: E731
+    lines = ["ir_x;ir_y;vi_x;vi_y"] + [";".join(map(fmt, (x, y, u, v))) for (x, y), (u, v) in zip(IR_POINTS, vi)]
+    path = tmp_path / "clicks.csv"
+    path.write_text("\r\n".join(lines) + "\r\n")
+    pairs = read_point_pairs(path)
+    np.testing.assert_allclose(pairs.ir, IR_POINTS, atol=0.005)
+    np.testing.assert_allclose(pairs.vi, vi, atol=0.005)
+
+
 def test_csv_without_header(tmp_path):
     path = tmp_path / "clicks.csv"
     path.write_text("\n".join(f"{x},{y},{u},{v}" for (x, y), (u, v) in zip(IR_POINTS, _vi_points())))
