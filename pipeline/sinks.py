@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -184,9 +185,25 @@ class PngSink(Sink):
         if folder is None:
             folder = self._folder_for(frame.meta.stream)
             folder.mkdir(parents=True, exist_ok=True)
+            _remove_earlier_frames(folder)
             self._folders[frame.meta.stream] = folder
             self.outputs.append(str(folder))
         write_image(folder / f"{frame.meta.seq:06d}.png", frame.view(self._view))
+
+
+_FRAME_NAME = re.compile(r"\d{6,}\.png")  # what PngSink names its frames
+
+
+def _remove_earlier_frames(folder: Path) -> None:
+    """An earlier run's frames: the run got here only with run.overwrite (``check_outputs``
+    refuses a folder of frames otherwise), and replacing them file by file left the earlier
+    run's later frames beside the new ones, another clip's frames in this stream's output.
+    Other files in the folder are left alone."""
+    earlier = [path for path in folder.iterdir() if _FRAME_NAME.fullmatch(path.name) and path.is_file()]
+    for path in earlier:
+        path.unlink()
+    if earlier:
+        log.info("%s: removed %d frame(s) of an earlier run (overwrite)", folder, len(earlier))
 
 
 # --- ZeroMQ ----------------------------------------------------------------------------------

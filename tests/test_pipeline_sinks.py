@@ -159,6 +159,19 @@ def test_the_in_process_api_refuses_existing_outputs_as_the_command_does(tmp_pat
     assert (tmp_path / "out" / "o.mp4").read_bytes() == b"an earlier result"
 
 
+def test_overwriting_a_png_folder_leaves_no_frame_of_the_earlier_run(tmp_path, random_weights):
+    """--overwrite replaced frames one by one: a shorter second run left the first run's later
+    frames beside its own (another clip's frames in this stream's output, exit 0)."""
+    long_ir, long_vi = marked_video(tmp_path / "a_ir.mp4", 8, 30, seed=1), marked_video(tmp_path / "a_vi.mp4", 8, 30, seed=2)
+    short_ir, short_vi = marked_video(tmp_path / "b_ir.mp4", 3, 30, seed=3), marked_video(tmp_path / "b_vi.mp4", 3, 30, seed=4)
+    fuser = cpu_fuser(random_weights["ld-lite"])
+    sinks = [{"kind": "png", "path": "png"}]
+    run_pipeline(make_config(long_ir, long_vi, sinks=sinks, out_dir=tmp_path / "out"), fuser)
+    (tmp_path / "out" / "png" / "notes.txt").write_text("mine")
+    run_pipeline(make_config(short_ir, short_vi, sinks=sinks, out_dir=tmp_path / "out", run={"overwrite": True}), fuser)
+    assert sorted(path.name for path in (tmp_path / "out" / "png").iterdir()) == ["000000.png", "000001.png", "000002.png", "notes.txt"]
+
+
 def test_leaving_the_consumer_loop_early_stops_the_pipeline(tmp_path, random_weights):
     ir, vi = marked_video(tmp_path / "ir.mp4", 30, 30), marked_video(tmp_path / "vi.mp4", 30, 30, seed=1)
     before = threading.active_count()
