@@ -99,8 +99,8 @@ def parse_overrides(items: list[str] | None) -> dict:
             raise ConfigError(f"override {item!r} has no value (an unset shell variable?); write {key}=null to unset the key")
         try:
             value = _load_yaml(raw)
-        except yaml.YAMLError:
-            raise ConfigError(f"override {item!r}: value is not valid YAML") from None
+        except yaml.YAMLError:  # e.g. {stream}.mp4, a flow mapping cut short: the text as written
+            value = raw  # (the setting's type check names it if text does not fit there)
         node = result
         *parents, leaf = key.split(".")
         for part in parents:
@@ -259,5 +259,7 @@ def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
             return str(value)
         if isinstance(value, float):  # 0111.0 would be "111.0", .5 "0.5": not what was written
             raise ConfigError(f"{where}: expected text, got the number {value!r}; quote it if it is text")
+        if isinstance(value, bool):  # YAML 1.1 reads true, yes, on, off as booleans
+            raise ConfigError(f"{where}: expected text, got {str(value).lower()} (YAML reads yes/no/on/off/true/false so); quote it if it is text")
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     raise ConfigError(f"{where}: unsupported config type {hint}")

@@ -78,3 +78,17 @@ def test_an_override_without_a_value_is_refused():
     with pytest.raises(ConfigError, match=r"override 'run.out_dir=' has no value .* write run.out_dir=null"):
         parse_overrides(["run.out_dir="])
     assert parse_overrides(["run.out_dir=null"]) == {"run": {"out_dir": None}}
+
+
+def test_an_override_that_is_no_yaml_is_taken_as_text_and_booleans_for_text_ask_for_quotes(tmp_path):
+    """--set 'sinks.0.path={stream}.mp4' was 'value is not valid YAML' ({...} opens a mapping);
+    id=true was 'expected a string, got True'."""
+    from pipeline.config import load_pipeline_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text("streams: [{id: cam, ir: {path: a.mp4}, visible: {path: b.mp4}}]\nsinks: [{kind: mp4, path: o.mp4}]\n")
+    assert load_pipeline_config(config, ["sinks.0.path={stream}.mp4"]).sinks[0].path == "{stream}.mp4"
+    with pytest.raises(ConfigError, match=r"expected text, got true .*quote it"):
+        load_pipeline_config(config, ["streams.0.id=true"])
+    with pytest.raises(ConfigError, match="model.batch_size: expected an integer, got '\\[1, 2'"):
+        load_pipeline_config(config, ["model.batch_size=[1, 2"])
