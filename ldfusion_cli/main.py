@@ -10,12 +10,12 @@ import importlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 
 from ldfusion import __version__
 from ldfusion.errors import first_line
 from ldfusion.redact import mask_credentials
+from ldfusion.signals import signals_handled
 
 # Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -75,15 +75,8 @@ def _signals_recorded() -> Iterator[list[int]]:
     library is imported can land in its own ``except:`` around an optional import and be lost:
     a Ctrl-C one second into `ldfusion run` let it fuse every frame and exit 0."""
     received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():  # handlers belong to the main thread
+    with signals_handled(lambda signum, _frame: received.append(signum)):
         yield received
-        return
-    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield received
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":

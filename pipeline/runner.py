@@ -41,6 +41,7 @@ from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.paths import write_text_whole
 from ldfusion.redact import mask_credentials
+from ldfusion.signals import signals_handled
 from ldfusion.threads import decoder_threads
 from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, check_outputs
 from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
@@ -425,19 +426,8 @@ class Pipeline:
         The handler only records the signal: it may run while the main thread holds a lock
         that stopping needs, so ``_supervise`` acts on it (within ``_MAIN_LOOP_WAKE_S``).
         """
-        if threading.current_thread() is not threading.main_thread():
+        with signals_handled(lambda signum, _frame: self._signals.append(signal.Signals(signum).name)):
             yield
-            return
-
-        def handle(signum, _frame) -> None:
-            self._signals.append(signal.Signals(signum).name)
-
-        previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
     def _handle_signals(self, handled: int) -> int:
         """Act on signals received since the last call; returns how many are handled now."""

@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import signal
-import threading
 import time
 from collections.abc import Iterator
 
@@ -34,6 +33,7 @@ import zmq
 
 from ldfusion.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import ConfigError, DataError
+from ldfusion.signals import signals_handled
 
 log = logging.getLogger(__name__)
 
@@ -265,18 +265,12 @@ class _Terminated(KeyboardInterrupt):
 def _terminate_as_interrupt() -> Iterator[None]:
     """Within: SIGTERM raises ``_Terminated`` (the default handler killed the process without
     the count). Signal handlers belong to the main thread; elsewhere nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def terminate(signum, frame) -> None:
         raise _Terminated
 
-    previous = signal.signal(signal.SIGTERM, terminate)
-    try:
+    with signals_handled(terminate, (signal.SIGTERM,)):
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _frame_line(header: dict, frame: np.ndarray) -> str:
