@@ -56,7 +56,7 @@ YUV420 = "yuv420p"
 GRAY = "gray"
 RGB = "rgb24"
 BGR = "bgr24"
-_AS_IS = {"yuv420p": False, "yuvj420p": True}  # layouts handed out untouched -> full range?
+_AS_IS = ("yuv420p", "yuvj420p")  # layouts handed out untouched
 # FFmpeg's demuxers of raw elementary video streams: no timestamps of their own (their
 # ``framerate`` option, 25 by default, makes them up).
 _RAW_VIDEO_FORMATS = frozenset({"h261", "h263", "h264", "hevc", "vvc", "m4v", "mjpeg", "mjpeg_2000", "cavsvideo", "dirac",
@@ -264,13 +264,13 @@ class VideoReader:
         if self._luma_only:
             return self._luma(frame, name)
         if name in _AS_IS:
-            return Planes(YUV420, tuple(_plane(frame, i) for i in range(3)), _AS_IS[name] or _full_range(frame))
+            return Planes(YUV420, tuple(_plane(frame, i) for i in range(3)), _full_range(frame))
         if name == "gray":
             return Planes.gray(_plane(frame, 0))
         # Named ranges both ways: left unnamed, FFmpeg kept the full range of some sources
         # (MJPEG's yuvj422p, RGB tagged full) in planes labelled limited, and the colour came
         # out ~14 % oversaturated. Full-range and RGB sources stay full, limited ones limited.
-        full = _full_range(frame) or name.startswith("yuvj") or _luma_bits(frame) is None
+        full = _full_range(frame) or _luma_bits(frame) is None
         colour_range = "JPEG" if full else "MPEG"
         converted = frame.reformat(format=YUV420, src_color_range=colour_range, dst_color_range=colour_range)
         return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), full)
@@ -278,7 +278,7 @@ class VideoReader:
     def _luma(self, frame: av.VideoFrame, name: str) -> Planes:
         """The Y plane alone: 8-bit as it is, deeper by the infrared rule (then full range)."""
         bits = _GRAY_FORMATS.get(name) or _luma_bits(frame)
-        full = name in _GRAY_FORMATS or name.startswith("yuvj") or _full_range(frame)
+        full = name in _GRAY_FORMATS or _full_range(frame)
         if bits is None:  # packed RGB-like layouts: FFmpeg computes the luma, full range
             deep = max(c.bits for c in frame.format.components) > 8
             frame = frame.reformat(format="gray16le" if deep else "gray")
@@ -363,7 +363,8 @@ def _luma_bits(frame: av.VideoFrame) -> int | None:
 
 
 def _full_range(frame: av.VideoFrame) -> bool:
-    return getattr(frame, "color_range", 0) == 2  # AVCOL_RANGE_JPEG
+    """Full-range samples: tagged so (AVCOL_RANGE_JPEG), or a ``yuvj`` layout, full range by name."""
+    return getattr(frame, "color_range", 0) == 2 or frame.format.name.startswith("yuvj")
 
 
 # --- writing ---------------------------------------------------------------------------------
