@@ -53,7 +53,7 @@ def decode_message(parts: list[bytes]) -> tuple[dict, np.ndarray]:
         raise DataError(f"message on {topic!r}: expected 3 parts (topic, header, pixels); got {len(parts)}")
     try:
         header = json.loads(parts[1])
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:  # ValueError: JSONDecodeError, and an integer of over 4300 digits
         raise DataError(f"message on {topic!r}: header is not JSON: {exc}") from None
     except RecursionError:
         raise DataError(f"message on {topic!r}: header JSON nests too deeply") from None
@@ -82,8 +82,18 @@ def _check_header_types(header: dict, name: str) -> None:
         raise DataError(f"{name}: seq {header['seq']!r} is not a whole number")
     for key in _TIME_KEYS:
         value = header.get(key)
-        if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
-            raise DataError(f"{name}: {key} {value!r} is not a finite number")
+        if value is not None and not _finite_number(value):
+            raise DataError(f"{name}: {key} {value!r:.40} is not a finite number")
+
+
+def _finite_number(value) -> bool:
+    """A number that is a finite float, as the caller's code uses it (10**400 overflowed there)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _frame_shape(shape, name: str) -> tuple[int, ...]:

@@ -190,6 +190,8 @@ def test_a_publisher_on_any_free_port_reports_the_port_it_took(caplog):
     ('{"stream": "a", "seq": NaN, "shape": [2, 2], "dtype": "uint8"}', "seq nan is not a whole number"),
     ('{"stream": "a", "seq": 1, "t_fused": "soon", "shape": [2, 2], "dtype": "uint8"}', "t_fused 'soon' is not a finite number"),
     ('{"stream": 5, "seq": 1, "shape": [2, 2], "dtype": "uint8"}', "stream 5 is not text"),
+    ('{"stream": "a", "seq": 1, "t_fused": 1' + "0" * 400 + ', "shape": [2, 2], "dtype": "uint8"}', "t_fused 1000.* is not a finite number"),
+    ('{"stream": "a", "seq": 1' + "0" * 5000 + ', "shape": [2, 2], "dtype": "uint8"}', "header is not JSON"),
     ('{"stream": "a", "seq": 1, "shape": [2, 2], "dtype": "uint8", "x": ' + "[" * 100000 + "]" * 100000 + "}", "nests too deeply"),
 ])
 def test_header_fields_of_the_wrong_type_are_malformed_messages(header, problem):
