@@ -583,7 +583,8 @@ def fused_frames(
 
     The pipeline runs in a background thread; up to ``queue_size`` frames wait for the
     consumer. File mode: nothing is lost, the pipeline waits for a slow consumer. Live mode:
-    the newest frames are kept. Leaving the loop early stops the pipeline; an error in it
+    the newest frames are kept. Leaving the loop early stops the pipeline: the frames already
+    read are still fused and written by the sinks, not given to the consumer. An error in it
     is raised here, after the frames fused before it. ``config``: as ``run_pipeline`` takes it.
     """
     config_file = config if isinstance(config, (str, os.PathLike)) else None
@@ -603,9 +604,13 @@ def fused_frames(
         finally:
             handoff.put_end(EndOfStream("*"))
 
-    def abort() -> None:
+    def finish() -> None:
+        # A stop, not an abort: the frames already read are still fused and written by the
+        # sinks, so each MP4 holds at least every frame the consumer was given (an abort
+        # dropped what the sinks' queues held: an MP4 with none of the frames the consumer saw).
+        # The consumer's own queue is cancelled: nobody takes from it any more.
         if thread.is_alive():
-            pipeline.abort()
+            pipeline.stop("the consumer left the loop")
             handoff.cancel()
         thread.join()
 
@@ -613,13 +618,13 @@ def fused_frames(
     thread.start()
     # A script that ends with the loop unfinished (the generator never closed) must not leave
     # the pipeline running into the interpreter's teardown: the process aborted (SIGABRT) and
-    # the MP4s were never closed. At exit the run is aborted, the outputs closed with what they hold.
-    atexit.register(abort)
+    # the MP4s were never closed. At exit the run is stopped, the outputs closed with what was read.
+    atexit.register(finish)
     try:
         while not isinstance(item := handoff.get(), EndOfStream):
             yield item
     finally:
-        atexit.unregister(abort)
-        abort()  # the consumer left early, or nothing is left to do
+        atexit.unregister(finish)
+        finish()  # the consumer left early, or nothing is left to do
     if errors:
         raise errors[0]

@@ -173,15 +173,20 @@ def test_overwriting_a_png_folder_leaves_no_frame_of_the_earlier_run(tmp_path, r
 
 
 def test_leaving_the_consumer_loop_early_stops_the_pipeline(tmp_path, random_weights):
-    ir, vi = marked_video(tmp_path / "ir.mp4", 30, 30), marked_video(tmp_path / "vi.mp4", 30, 30, seed=1)
+    """The pipeline stops, and the MP4 holds every frame the consumer was given: an abort
+    dropped what the MP4 sink's queue held, so it could end with none of them."""
+    n = 120
+    ir, vi = marked_video(tmp_path / "ir.mp4", n, 30), marked_video(tmp_path / "vi.mp4", n, 30, seed=1)
+    config = make_config(ir, vi, [{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path / "out")
     before = threading.active_count()
-    for frame in pipeline.fused_frames(make_config(ir, vi), cpu_fuser(random_weights["ld-lite"]), queue_size=2):
+    for frame in pipeline.fused_frames(config, cpu_fuser(random_weights["ld-lite"]), queue_size=2):
         if frame.meta.seq == 2:
             break
     deadline = time.monotonic() + 10
     while threading.active_count() > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert threading.active_count() <= before
+    assert 3 <= decodable_frames(tmp_path / "out" / "o.mp4") < n
 
 
 def test_a_script_that_ends_inside_the_consumer_loop_exits_cleanly_with_valid_outputs(tmp_path, random_weights):
@@ -194,7 +199,7 @@ def test_a_script_that_ends_inside_the_consumer_loop_exits_cleanly_with_valid_ou
         "import pipeline\n"
         "from tests.pipeline_helpers import make_config, marked_video\n"
         "tmp = Path(sys.argv[1])\n"
-        "ir, vi = marked_video(tmp / 'ir.mp4', 30, 30), marked_video(tmp / 'vi.mp4', 30, 30, seed=1)\n"
+        "ir, vi = marked_video(tmp / 'ir.mp4', 120, 30), marked_video(tmp / 'vi.mp4', 120, 30, seed=1)\n"
         "sinks = [{'kind': 'mp4', 'path': 'o.mp4'}]\n"
         "model = {'weights': sys.argv[2], 'device': 'cpu', 'batch_size': 1}\n"
         "frames = pipeline.fused_frames(make_config(ir, vi, sinks, out_dir=tmp / 'out', model=model), queue_size=2)\n"
@@ -205,7 +210,7 @@ def test_a_script_that_ends_inside_the_consumer_loop_exits_cleanly_with_valid_ou
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "first frame 0" in done.stdout
-    assert 1 <= decodable_frames(tmp_path / "out" / "o.mp4") < 30  # closed with what it held
+    assert 1 <= decodable_frames(tmp_path / "out" / "o.mp4") < 120  # stopped, closed with what was read
 
 
 @pytest.mark.slow
