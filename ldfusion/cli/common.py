@@ -35,7 +35,7 @@ def path_argument(text: str) -> Path:
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors, no progress bar (the result is still printed)")
 
 
 def add_cpu_runtime_arguments(parser: argparse.ArgumentParser) -> None:
