@@ -44,6 +44,9 @@ SEGMENTS = 6  # time windows matched on their own for the confidence
 SEGMENT_FRACTION = 0.4  # of the signal, each
 AGREEMENT_S = 0.05  # window lags within this of the overall one agree
 TREND_SECONDS = 2.0  # slow changes (auto-exposure, clouds) are removed over this window
+REPEAT_FRACTION = 0.25  # repeats change a frame by under this share of what new frames change (medians)
+HELD_SHARE = 0.3  # a video that holds frames repeats at least this share (a 20 Hz camera sent at 30 fps: a third)
+HELD_RUN = 6  # the longest run of repeats taken out (a 9 Hz camera sent at 60 fps repeats each frame 5-6 times)
 
 
 @dataclass(frozen=True)
@@ -100,21 +103,92 @@ def motion_energy(
 def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
     fps = float(reader.rate) if reader.rate_stated else 0.0
     size = (reader.width, reader.height)
-    times, energies, previous, previous_time = [], [], None, None
+    frame_times, energies, previous = [], [], None
     for time, gray in _gray_frames(reader, width, progress):
-        if max_seconds is not None and times and time - times[0] > max_seconds:
+        if max_seconds is not None and frame_times and time - frame_times[0] > max_seconds:
             break
         gray = cv2.GaussianBlur(gray, (0, 0), 1.0)  # compression noise is not motion
         if previous is not None:
             energies.append(region_energy(np.abs(gray - previous)))
-            times.append(0.5 * (time + previous_time))
-        previous, previous_time = gray, time
+        previous = gray
+        frame_times.append(time)
     if len(energies) < MIN_FRAMES:
         within = f" in the first {max_seconds:g} s" if max_seconds is not None else ""  # the cap, not the video, may be short
         raise CalibrationError(f"{path}: only {len(energies) + 1} frame(s) decoded{within}; need at least {MIN_FRAMES + 1}")
     if not fps:
-        fps = (len(times) - 1) / max(times[-1] - times[0], 1e-9)
-    return MotionSignal(np.array(times), np.array(energies), fps, size)
+        fps = (len(frame_times) - 1) / max(frame_times[-1] - frame_times[0], 1e-9)
+    times, energy = _changes(np.array(frame_times), np.array(energies), path)
+    return MotionSignal(times, energy, fps, size)
+
+
+def _changes(frame_times: np.ndarray, energies: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Each frame-to-frame change at the midpoint of the two frames' times, per frame period.
+
+    Many thermal cameras make fewer frames than they send (a 9 Hz core at 30 fps): each
+    sensor frame is repeated until the next, so the difference is nothing on the repeats
+    and all the motion of several periods on the new frame. Such a spiky signal matched the
+    visible camera's smooth one badly (M3SVD infrared held at 9 or 12 Hz and sent at 30 or
+    60 fps: 1.5-36 frames off at confidences 0.17-0.5). In a video that holds frames, a short run of
+    repeats is taken out: the change to the next new frame spans the run, is placed at its
+    middle, and is divided by its length in frame periods. Long runs are a still scene.
+    """
+    midpoints = 0.5 * (frame_times[1:] + frame_times[:-1])
+    whole = energies[:, -1]
+    repeats = _repeats(whole)
+    runs = _runs(repeats)
+    if not _holds_frames(repeats, runs):
+        return midpoints, energies
+    keep = np.ones(len(whole), bool)
+    since = np.arange(len(whole))  # the frame each change starts from: the one before, unless it repeats an older one
+    for first, length in runs:
+        if length <= HELD_RUN and first + length < len(whole):
+            keep[first : first + length] = False
+            since[first + length] = first
+    log.info("%s holds frames (%d of %d repeat the one before); they are taken out", path, int((~keep).sum()), len(whole))
+    start_times, end_times = frame_times[since[keep]], frame_times[1:][keep]
+    periods = np.maximum((end_times - start_times) / np.median(np.diff(frame_times)), 1.0)
+    return 0.5 * (start_times + end_times), energies[keep] / periods[:, None]
+
+
+def _holds_frames(repeats: np.ndarray, runs: list[tuple[int, int]]) -> bool:
+    """A camera that holds frames repeats them often, a few at a time, at a steady cadence
+    (9 Hz at 30 fps: a new frame every 3 or 4). A scene that stops moving now and then (or a
+    rendered clip's still frames) has no such rhythm."""
+    if repeats.mean() < HELD_SHARE or len(runs) < MIN_FRAMES or np.median([length for _, length in runs]) > HELD_RUN:
+        return False
+    cadence = np.diff([first for first, _ in runs])
+    return bool(np.mean(np.abs(cadence - np.median(cadence)) <= 1) >= 0.8)
+
+
+def _repeats(changes: np.ndarray) -> np.ndarray:
+    """Which frames repeat the one before: the changes far below the others.
+
+    An encoder does not reproduce a repeat exactly (its changes are 2-30 % of a new frame's),
+    so the changes are split in two groups by their logarithm (Otsu's threshold), and the
+    lower group counts as repeats when its median is under REPEAT_FRACTION of the upper's.
+    """
+    # Measured from a floor of 5 % of the large changes: an exact repeat (0) and one the
+    # encoder left 10 % of a change in belong together, not at opposite ends of a log scale.
+    logs = np.log(changes + 0.05 * max(float(np.percentile(changes, 90)), 1e-6))
+    # Bursts above the 90th percentile (a camera's own frame drops, a flash) would make a
+    # third group that the split falls between; they count with the new frames.
+    order = np.sort(np.minimum(logs, np.percentile(logs, 90)))
+    below = np.arange(1, len(order))  # split after each sorted value
+    mean_low = np.cumsum(order)[:-1] / below
+    mean_high = (order.sum() - np.cumsum(order)[:-1]) / (len(order) - below)
+    split = int(np.argmax(below * (len(order) - below) * (mean_high - mean_low) ** 2))
+    threshold = 0.5 * (order[split] + order[split + 1])
+    low, high = order[order <= threshold], order[order > threshold]
+    if not len(low) or not len(high) or np.median(high) - np.median(low) < math.log(1.0 / REPEAT_FRACTION):
+        return np.zeros(len(changes), bool)
+    return logs <= threshold
+
+
+def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """(first index, length) of each run of True in ``flags``."""
+    edges = np.diff(np.concatenate([[0], flags.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(a), int(b - a)) for a, b in zip(starts, ends)]
 
 
 def _gray_frames(reader: VideoReader, width: int, progress: str | None):
@@ -153,6 +227,7 @@ def estimate_offset(ir: MotionSignal, vi: MotionSignal, max_offset_s: float | No
         max_offset_s = min(10.0, 0.5 * min(ir_duration, vi_duration))
     if not 0 < max_offset_s < math.inf:  # NaN and inf would pass `<= 0` and break the lag grid
         raise CalibrationError(f"the maximum offset must be a positive number of seconds; got {max_offset_s}")
+    ir, vi = _alike_in_time(ir, vi)
     ir_signal, vi_signal = _matched_regions(_prepare(ir, rate), _prepare(vi, rate))
     # ir(t) ~ vi(t + offset). Infrared sample k (at ir_t0 + k/rate) meets visible sample
     # k + shift, so offset = shift / rate + (vi_t0 - ir_t0).
@@ -185,6 +260,27 @@ def estimate_offset(ir: MotionSignal, vi: MotionSignal, max_offset_s: float | No
             "; a better match lies beyond the maximum offset" if beaten else "",
         )
     return OffsetResult(offset, peak, ir.fps, vi.fps, psr, confidence, agreeing, segments)
+
+
+def _alike_in_time(ir: MotionSignal, vi: MotionSignal) -> tuple[MotionSignal, MotionSignal]:
+    """The signal sampled more often, averaged over the other's sample spacing.
+
+    A camera that holds frames (9 Hz sent at 30 fps) changes a few times a second; the
+    other camera's changes in between are motion that the first one cannot show, and
+    matching them against its straight-line interpolation only added noise (correlation
+    peaks of 0.2-0.35 on held M3SVD clips, 0.3-0.5 once averaged).
+    """
+    ir_step, vi_step = float(np.median(np.diff(ir.times))), float(np.median(np.diff(vi.times)))
+    if max(ir_step, vi_step) < 1.5 * min(ir_step, vi_step):
+        return ir, vi
+    finer, coarser = (ir, vi_step) if ir_step < vi_step else (vi, ir_step)
+    width = max(1, round(coarser / min(ir_step, vi_step)))
+    if width < 2 or len(finer.times) < width + MIN_FRAMES:
+        return ir, vi
+    kernel = np.ones(width) / width
+    averaged = np.stack([np.convolve(column, kernel, mode="valid") for column in finer.energy.T], axis=1)
+    smoothed = MotionSignal(np.convolve(finer.times, kernel, mode="valid"), averaged, finer.fps, finer.size)
+    return (smoothed, vi) if finer is ir else (ir, smoothed)
 
 
 def _window_lags(ir: np.ndarray, vi: np.ndarray, shifts: np.ndarray) -> np.ndarray:

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         video_scene_benchmark(args.data / "video" / "m3svd", args.warps, args.frames, args.seed, args.verbose)
     if not args.no_offsets:
         offset_benchmark(args.data / "video" / "m3svd", args.verbose)
+        held_offset_benchmark(args.data / "video" / "m3svd", args.verbose)
     return 0
 
 
@@ -284,6 +285,59 @@ def offset_benchmark(folder: Path, verbose: bool) -> None:
     if (~right).any():
         print(f"  confidence of wrong answers ({int((~right).sum())}, unrelated clips / delay beyond --max-offset): "
               f"max {confidence[~right].max():.2f}, median {np.median(confidence[~right]):.2f}")
+
+
+HELD_CAMERAS = ((9, 30), (12, 30), (9, 60))  # (frames the sensor makes a second, frames sent a second)
+HELD_SHIFTS_S = (-0.4, 0.0, 0.25)
+
+
+def held_video(source: Path, out: Path, sensor_hz: float, sent_fps: int) -> None:
+    """``source`` (a 30 fps infrared clip) as a thermal core that makes ``sensor_hz`` frames a
+    second shows it: each frame repeated until the next, sent at ``sent_fps`` (H.264, as such
+    cameras and recorders send it)."""
+    from ldfusion.video import VideoReader, VideoWriter
+
+    with VideoReader(source, luma_only=True) as reader:
+        sensor = [frame.planes.data[0].copy() for frame in reader]
+        fps = float(reader.rate)
+    sent = np.arange(int(len(sensor) * sent_fps / fps))
+    captured = np.floor(np.floor(sent * sensor_hz / sent_fps) * fps / sensor_hz + 1e-6).astype(int)
+    with VideoWriter(out, sent_fps) as writer:
+        for index in captured:
+            writer.write_image(sensor[min(index, len(sensor) - 1)])
+
+
+def held_offset_benchmark(folder: Path, verbose: bool) -> None:
+    """Offsets with an infrared camera that holds frames (``held_video``), its times shifted by
+    known amounts. A new frame is sent up to one sent frame after its capture, so the truth
+    is the shift less half a sent frame; right within +-1 visible frame."""
+    import tempfile
+
+    from calibration.timing import MotionSignal, estimate_offset, motion_energy
+
+    rows = []  # (case, error in visible frames, confidence)
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in sorted(p.name for p in (folder / "infrared").glob("*.mp4")):
+            vi = motion_energy(folder / "visible" / name)
+            for sensor_hz, sent_fps in HELD_CAMERAS:
+                held = Path(scratch) / f"{sensor_hz}_{sent_fps}_{name}"
+                held_video(folder / "infrared" / name, held, sensor_hz, sent_fps)
+                ir = motion_energy(held)
+                for shift in HELD_SHIFTS_S:
+                    result = estimate_offset(MotionSignal(ir.times - shift, ir.energy, ir.fps, ir.size), vi)
+                    error = (result.offset_s - shift + 0.5 / sent_fps) * vi.fps
+                    rows.append((f"{name} {sensor_hz} Hz sent at {sent_fps} fps, shift {shift:+.2f} s", error, result.confidence))
+    right = np.array([abs(error) <= 1.0 for _, error, _ in rows])
+    confidence = np.array([row[2] for row in rows])
+    if verbose:
+        for (case, error, conf), ok in zip(rows, right):
+            print(f"{case:50s} error {error:+7.2f} frames, confidence {conf:.2f} {'right' if ok else 'WRONG'}")
+    print(f"\ntime offset, infrared held at {', '.join(f'{h} Hz sent at {f} fps' for h, f in HELD_CAMERAS)} ({len(rows)} cases):")
+    print(f"  within +-1 frame: {int(right.sum())} of {len(rows)}")
+    if right.any():
+        print(f"  confidence of right answers: min {confidence[right].min():.2f}, median {np.median(confidence[right]):.2f}")
+    if (~right).any():
+        print(f"  confidence of wrong answers ({int((~right).sum())}): max {confidence[~right].max():.2f}, median {np.median(confidence[~right]):.2f}")
 
 
 if __name__ == "__main__":
