@@ -1,8 +1,10 @@
 """Keeping credentials out of logs, errors and saved configs.
 
-Camera URLs carry them (``rtsp://user:password@192.168.1.20/stream1``). ``mask_credentials``
-is the one place that hides them: it replaces the user-info part of every URL in a string,
-or in every string of a dict/list tree, with ``***``. Camera names in messages, the saved
+Camera URLs carry them (``rtsp://user:password@192.168.1.20/stream1``), and many HTTP and
+MJPEG IP cameras take them in the query (``?user=admin&pwd=...``, ``?token=...``).
+``mask_credentials`` is the one place that hides them: it replaces the user-info part of
+every URL in a string, or in every string of a dict/list tree, and the values of query
+parameters that name a user, password, token or key, with ``***``. Camera names in messages, the saved
 ``config.yaml``, ``--print-config``, one-line errors and (through ``MaskCredentials`` on the
 command line's log handlers) every log record go through it.
 
@@ -19,12 +21,20 @@ from typing import Any
 
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
+# Query parameters that carry credentials, by the names IP cameras and their SDKs use.
+_SECRET_PARAMETER = re.compile(
+    r"(?P<name>[?&;](?:user(?:name)?|usr|login|pwd|pass(?:word|wd)?|token|access_token|auth(?:_?token)?|"
+    r"api_?key|key|secret|sig(?:nature)?|session(?:_?id)?|credentials?)=)[^&;#\s]*",
+    re.IGNORECASE,
+)
 
 
 def mask_credentials(value: Any) -> Any:
     """``value`` with URL credentials replaced by ``***``; dicts, lists and tuples recursively."""
     if isinstance(value, str):
-        return _USERINFO.sub(rf"\g<scheme>{MASK}@", value)
+        value = _USERINFO.sub(rf"\g<scheme>{MASK}@", value)
+        return _URL.sub(lambda url: _SECRET_PARAMETER.sub(rf"\g<name>{MASK}", url.group()), value)
     if isinstance(value, dict):
         return {key: mask_credentials(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):

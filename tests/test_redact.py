@@ -26,9 +26,14 @@ SECRET = "hunter2"
         ("rtsp://192.168.1.20/stream1", "rtsp://192.168.1.20/stream1"),  # nothing to hide
         ("mail me@example.com, path /a/b@c", "mail me@example.com, path /a/b@c"),  # no URL
         ("rtsp://cam/p@th", "rtsp://cam/p@th"),  # an @ after the host is not user-info
+        # Credentials in the query, as HTTP/MJPEG cameras take them; other parameters stay.
+        ("http://a:b@h/x.mp4?user=admin&pwd=QuerySecret", "http://***@h/x.mp4?user=***&pwd=***"),
+        ("http://cam/video.cgi?resolution=640x480&Password=s3&fps=9", "http://cam/video.cgi?resolution=640x480&Password=***&fps=9"),
+        ("rtsp://cam/live?token=abc.def#frag and ?token=plain", "rtsp://cam/live?token=***#frag and ?token=plain"),  # URLs only
+        ("http://cam/x?api_key=k1;channel=2&keyframe=1", "http://cam/x?api_key=***;channel=2&keyframe=1"),
     ],
 )
-def test_mask_credentials_hides_user_info_only(text, masked):
+def test_mask_credentials_hides_credentials_only(text, masked):
     assert mask_credentials(text) == masked
 
 
@@ -75,15 +80,22 @@ def test_print_config_masks_credentials(tmp_path, capsys):
     assert "rtsp://***@10.0.0.9/ir" in out and SECRET not in out and "operator" not in out
 
 
-def test_a_camera_that_does_not_answer_is_named_without_its_password(tmp_path, capfd):
-    # A real OpenCV/FFmpeg open of an RTSP URL where nothing listens: the one-line error,
-    # the log, and whatever FFmpeg itself prints on stderr.
-    url = f"rtsp://operator:{SECRET}@127.0.0.1:{free_port()}/ir"
-    assert cli.main([str(_camera_config(tmp_path, url)), "--device", "cpu"]) == 2
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("rtsp://operator:{secret}@127.0.0.1:{port}/ir", "rtsp://***@127.0.0.1"),
+        ("http://127.0.0.1:{port}/video.mjpg?user=operator&pwd={secret}", "http://127.0.0.1:{port}/video.mjpg?user=***&pwd=***"),
+    ],
+)
+def test_a_camera_that_does_not_answer_is_named_without_its_password(tmp_path, capfd, url, named):
+    # A real OpenCV/FFmpeg open of a URL where nothing listens: the one-line error, the log,
+    # and whatever FFmpeg itself prints on stderr.
+    port = free_port()
+    assert cli.main([str(_camera_config(tmp_path, url.format(secret=SECRET, port=port))), "--device", "cpu"]) == 2
     sys.stderr.flush()
     output = capfd.readouterr()
-    assert "cannot open camera rtsp://***@127.0.0.1" in output.err
-    assert SECRET not in output.out + output.err
+    assert f"cannot open camera {named.format(port=port)}" in output.err
+    assert SECRET not in output.out + output.err and "operator" not in output.out + output.err
 
 
 def test_the_command_lines_log_handlers_mask_any_message(capfd):
