@@ -244,7 +244,24 @@ class Pipeline:
         summary = self._summary(fuser, outputs)
         self._write_summary(summary)
         self._refuse_streams_that_paired_nothing(summary)
+        self._report_live_streams_that_wrote_nothing(summary)
         return summary
+
+    def _report_live_streams_that_wrote_nothing(self, summary: RunSummary) -> None:
+        """A live run that ended by itself or by run.duration_s and fused nothing for a stream
+        says so, with what its cameras delivered; when no stream fused anything the run failed
+        (exit 2). A live run used to exit 0 with no output and no word: a camera whose every
+        frame was skipped as buffered, one that never delivered. Not after Ctrl-C or SIGTERM:
+        the user ended it and already knows."""
+        if not self.config.live or self._stopped_by in ("SIGINT", "SIGTERM"):
+            return
+        empty = [stream for stream in summary.streams if not stream.frames_out]
+        for stream in empty:
+            log.warning("stream %s: nothing was fused (IR camera: %d frame(s) read, %d skipped as buffered on connect; "
+                        "visible camera: %d read, %d skipped)", stream.stream, stream.read_ir, stream.stale_ir, stream.read_vi,
+                        stream.stale_vi)
+        if empty and len(empty) == len(summary.streams):
+            raise DataError(f"the live run fused no frame in {summary.wall_s:.1f} s (see the warnings above)")
 
     def _refuse_streams_that_paired_nothing(self, summary: RunSummary) -> None:
         """A stream that read frames on both sides and paired none wrote nothing: almost always

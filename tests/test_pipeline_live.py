@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ldfusion.config import from_dict
+from ldfusion.config import from_dict, to_dict
 from ldfusion.errors import DataError
 from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.runner import run_pipeline
@@ -36,6 +36,17 @@ def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, 
 @pytest.fixture(scope="module")
 def lite(random_weights):
     return cpu_fuser(random_weights["ld-lite"])
+
+
+def test_a_live_run_that_fuses_nothing_says_so_and_fails(lite, caplog):
+    """It exited 0 with no output and no word (here: an offset that keeps every pair apart)."""
+    cameras = {0: FakeCamera(fps=15, seed=1), 1: FakeCamera(fps=30, seed=2)}
+    data = to_dict(live_config(1 / 60, duration_s=1.0))
+    data["streams"][0]["sync"]["offset_s"] = 30.0
+    config = from_dict(PipelineConfig, data)
+    with caplog.at_level(logging.WARNING), pytest.raises(DataError, match=r"the live run fused no frame in \d"):
+        run_pipeline(config, lite, open_capture=cameras.__getitem__)
+    assert re.search(r"stream live: nothing was fused \(IR camera: [1-9]\d* frame\(s\) read", caplog.text)
 
 
 def test_two_cameras_pair_within_the_slop_with_bounded_latency(lite):
@@ -312,3 +323,4 @@ def test_a_recording_given_as_a_camera_is_delivered_at_its_own_rate(tmp_path):
     assert elapsed >= 0.4  # ten frames at 20 fps take 0.45 s (decoding them takes a few ms)
     steps = np.diff(stamps)
     assert np.all(steps > 0.03) and np.all(steps < 0.08), steps  # each 50 ms after the last
+
