@@ -229,7 +229,8 @@ class LiveCameraSource(Source):
         # "cameras" drifted apart and nearly every pair joined frames seconds apart. It is
         # delivered at its own rate instead, as a camera would deliver it.
         self._recording = isinstance(self._camera, str) and Path(self._camera).is_file()
-        self._playback_start: float | None = None  # when the recording's first frame was delivered
+        self._playback_start: float | None = None  # when the recording's first frame was (or is) due
+        self._position = 0.0  # the recording's position, seconds, of the frame last delivered
         self._catching_up = self._network
         self._stale_now = 0  # stale frames skipped since the last (re)connect
         self._previous_read: tuple[float, float | None] | None = None  # (arrival, stream time) while catching up
@@ -256,6 +257,8 @@ class LiveCameraSource(Source):
                 continue
             if stop.is_set():
                 return
+            if self._recording and count and self._start_again():
+                continue
             if failures == 0:
                 self.outages += 1
                 log.warning("%s: outage %d: no frame (the stream stopped or timed out)", self.name, self.outages)
@@ -271,14 +274,27 @@ class LiveCameraSource(Source):
             delay = min(2 * delay, self._config.reconnect_max_s)
             self._reopen()
 
+    def _start_again(self) -> bool:
+        """A recording at its end goes back to its first frame, due one frame period after its
+        last (it was reopened as after an outage: a warning each time round and half a second
+        without frames). False when it cannot seek: then it is reopened."""
+        assert self._capture is not None
+        last_due = self._playback_start + self._position if self._playback_start is not None else time.monotonic()
+        if not self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+            return False
+        log.debug("%s: starting again at its first frame", self.name)
+        self._playback_start = last_due + 1.0 / float(self.rate)
+        self._position = 0.0
+        return True
+
     def _wait_for_due_time(self, stop: threading.Event) -> bool:
         """Hold a recording's frame until its time (its position since the first frame delivered);
         True when the run stopped meanwhile."""
         position = self._stream_time() or 0.0
         now = time.monotonic()
-        if self._playback_start is None or position == 0.0:  # the first frame, or the recording started again
+        if self._playback_start is None or (position == 0.0 and self._position != 0.0):  # the first frame, or reopened
             self._playback_start = now - position
-            return False
+        self._position = position
         return stop.wait(max(0.0, self._playback_start + position - now))
 
     def _skip_buffered(self, arrival: float, stream_t: float | None) -> bool:

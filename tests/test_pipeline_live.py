@@ -17,6 +17,7 @@ from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.runner import run_pipeline
 from pipeline.sinks import CallbackSink
 from pipeline.sources import LiveCameraSource, StreamClock
+from ldfusion.color import planes_to_image
 from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, marked_frame, read_mark
 
 
@@ -324,3 +325,20 @@ def test_a_recording_given_as_a_camera_is_delivered_at_its_own_rate(tmp_path):
     steps = np.diff(stamps)
     assert np.all(steps > 0.03) and np.all(steps < 0.08), steps  # each 50 ms after the last
 
+
+def test_a_recording_given_as_a_camera_starts_again_at_its_end_without_a_gap(tmp_path, caplog):
+    """It was reopened as after an outage: a warning each time round and half a second without frames."""
+    from tests.pipeline_helpers import marked_video
+
+    clip = marked_video(tmp_path / "cam.mp4", 6, 20)  # 0.3 s at 20 fps: 30 frames go round five times
+    source = LiveCameraSource(from_dict(SourceConfig, {"kind": "camera", "path": str(clip)}), "ir", time.monotonic())
+    stop = threading.Event()
+    frames = source.frames(stop)
+    with caplog.at_level(logging.WARNING):
+        got = [next(frames) for _ in range(30)]
+    stop.set()
+    source.close()
+    assert source.outages == 0 and not caplog.records
+    assert [read_mark(planes_to_image(planes)) for _, _, planes in got] == [i % 6 for i in range(30)]
+    steps = np.diff([t for _, t, _ in got])
+    assert np.all(steps > 0.03) and np.all(steps < 0.08), steps
