@@ -276,7 +276,8 @@ class Fuser:
         inputs_in_range = _within_unit_range(visible) & _within_unit_range(ir)  # read below, once the network runs
         fused_y = self.fuse_y(rgb_to_y(visible), ir, check_finite=False)
         if not bool(inputs_in_range):
-            raise ValueError(f"fuse_rgb: the inputs must be finite floats in [0, 1]; got {_value_span(visible)} (visible), "
+            raise ValueError(f"fuse_rgb: the inputs must be finite floats in [0, 1] (a little beyond, {UNIT_RANGE_SLACK[0]}.."
+                             f"{UNIT_RANGE_SLACK[1]}, is taken); got {_value_span(visible)} (visible), "
                              f"{_value_span(ir)} (ir){UNIT_RANGE_HINT}")
         return merge_fused_y(self._finite(fused_y), visible)
 
@@ -486,7 +487,8 @@ def _check_unit_floats(array: np.ndarray) -> None:
     low, high = UNIT_RANGE_SLACK
     if not array.size or (np.isfinite(array).all() and array.min() >= low and array.max() <= high):
         return
-    raise ValueError(f"float frames must be finite and in [0, 1]; got {_value_span(array)}{UNIT_RANGE_HINT}")
+    raise ValueError(f"float frames must be finite and in [0, 1] (a little beyond, {low}..{high}, is taken); "
+                     f"got {_value_span(array)}{UNIT_RANGE_HINT}")
 
 
 def to_y_batch(visible: np.ndarray) -> Tensor:
