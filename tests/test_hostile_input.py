@@ -649,6 +649,37 @@ def test_a_signal_swallowed_by_a_library_import_still_ends_the_command(monkeypat
     assert one_error_line(capsys, "ldfusion run") == f"ldfusion run: {word}"
 
 
+@pytest.mark.parametrize("catches_it", [True, False])
+def test_sigterm_ends_a_command_as_ctrl_c_does_with_exit_143(monkeypatch, capsys, catches_it):
+    """SIGTERM's default killed fuse, eval, calibrate and train with no word and no cleanup.
+    It now goes through the command's own Ctrl-C handling (which returns 130), or the
+    dispatcher's, and the exit says SIGTERM."""
+    import types
+
+    def command(_argv):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            if not catches_it:
+                raise
+            print("ldfusion fuse: error: interrupted", file=sys.stderr)
+            return 130
+        return 0
+
+    def survive(*_):  # were the dispatcher not to handle it, the test run survives and fails
+        pass
+
+    monkeypatch.setattr(dispatcher.importlib, "import_module", lambda _name: types.SimpleNamespace(main=command))
+    previous = signal.signal(signal.SIGTERM, survive)
+    try:
+        assert dispatcher.main(["fuse"]) == 143
+        assert signal.getsignal(signal.SIGTERM) is survive  # restored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert one_error_line(capsys, "ldfusion fuse") == ("ldfusion fuse: error: interrupted" if catches_it else "ldfusion fuse: terminated")
+
+
 def _wait_until_mapped(pid: int, library: str, timeout_s: float) -> bool:
     """Whether a shared library whose path contains ``library`` got mapped into process ``pid`` in time."""
     deadline = time.monotonic() + timeout_s
