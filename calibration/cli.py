@@ -23,6 +23,7 @@ from calibration.target import MIN_VIEWS_FLOOR
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import (
+    IMAGE_SUFFIXES,
     IR_16BIT_MODES,
     check_image_destination,
     looks_like_video,
@@ -256,6 +257,9 @@ def run_target(args: argparse.Namespace) -> int:
 
     _check_finite(args.square_size, "--square-size")  # a NaN would end up in the stereo T
     _check_finite(args.marker_size, "--marker-size")
+    for flag, given in (("--marker-size", args.marker_size is not None), ("--legacy-charuco", args.legacy_charuco)):
+        if given and args.charuco is None:  # a chessboard has no markers: it was ignored
+            raise CalibrationError(f"{flag} describes a ChArUco board; it needs --charuco")
     if args.min_views < MIN_VIEWS_FLOOR:  # intrinsics from one view: a focal length of 10^6 px, written with exit 0
         raise CalibrationError(f"--min-views must be at least {MIN_VIEWS_FLOOR}: fewer views cannot pin a camera's intrinsics; got {args.min_views}")
     board = _board(args.pattern, args.charuco, args.square_size, args.marker_size, args.legacy_charuco)
@@ -358,6 +362,9 @@ def _scene_pairs(args: argparse.Namespace) -> list:
     if same_file(args.ir, args.vi):  # an identity 'registration' at confidence 1.00, written
         raise CalibrationError(f"--ir and --vi are the same file, {args.ir}; give one of each camera")
     frames = args.frames
+    for flag, path in (("--ir", args.ir), ("--vi", args.vi)):
+        if frames is not None and Path(path).suffix.lower() in IMAGE_SUFFIXES:  # it was taken as a one-frame video
+            raise CalibrationError(f"--frames samples frame pairs from two videos, and {flag} {path} is an image; leave it out")
     if frames is None:
         videos = looks_like_video(args.ir), looks_like_video(args.vi)
         if videos[0] != videos[1]:
@@ -408,6 +415,8 @@ def run_points(args: argparse.Namespace) -> int:
 def run_offset(args: argparse.Namespace) -> int:
     from calibration.timing import estimate_offset, motion_energy, video_size
 
+    if same_file(args.ir, args.vi):  # an offset of 0 at confidence 1.00, written
+        raise CalibrationError(f"--ir and --vi are the same file, {args.ir}; give one recording of each camera")
     _check_positive_seconds(args.max_offset, "--max-offset")
     _check_positive_seconds(args.max_seconds, "--max-seconds")
     _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi))  # --out may be --calib: that updates it

@@ -108,6 +108,27 @@ def test_scene_of_one_file_for_both_cameras_is_refused(folder, capsys):
     _refused(argv, folder, capsys, "--ir and --vi are the same file", "vi.png")
 
 
+def test_offset_of_one_file_for_both_cameras_is_refused(videos, capsys):
+    """It wrote an offset of 0 at confidence 1.00."""
+    argv = ["offset", "--ir", videos / "vi.mp4", "--vi", videos / "vi.mp4", "--out", videos / "calib_new.yaml"]
+    _refused(argv, videos, capsys, "--ir and --vi are the same file", "vi.mp4")
+
+
+@pytest.mark.parametrize("image", ["ir", "vi"])
+def test_scene_frames_on_an_image_is_refused(videos, capsys, image):
+    """--frames took an image as a one-frame video and registered it, exit 0."""
+    inputs = {"ir": videos / "ir.mp4", "vi": videos / "vi.mp4", image: videos / f"{image}.png"}
+    argv = ["scene", "--ir", inputs["ir"], "--vi", inputs["vi"], "--frames", "3", "--out", videos / "calib_new.yaml"]
+    _refused(argv, videos, capsys, "--frames", f"--{image}", f"{image}.png", "is an image")
+
+
+@pytest.mark.parametrize("flag", [["--marker-size", "7"], ["--legacy-charuco"]])
+def test_target_charuco_options_without_charuco_are_refused(folder, capsys, flag):
+    """A chessboard has no markers: the option was ignored, exit 0."""
+    argv = ["target", "--ir", folder / "ir.png", "--vi", folder / "vi.png", "--pattern", "4x3", *flag, "--out", folder / "c.yaml"]
+    _refused(argv, folder, capsys, flag[0], "--charuco")
+
+
 def test_scene_on_a_video_and_an_image_is_refused(videos, capsys):
     """Without --frames the inputs' names decide image or video; one of each is a mistake, said as one."""
     argv = ["scene", "--ir", videos / "ir.mp4", "--vi", videos / "vi.png", "--out", videos / "calib_new.yaml"]

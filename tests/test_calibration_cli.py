@@ -290,8 +290,9 @@ def test_board_not_found(tmp_path, capsys):
 
 def test_offset_size_mismatch_and_bad_video(tmp_path, capsys):
     write_video(tmp_path / "v.mp4", moving_blobs(20), 30)
+    write_video(tmp_path / "w.mp4", moving_blobs(20, seed=1), 30)
     save_registration(tmp_path / "c.yaml", identity_registration(320, 240))
-    args = ["offset", "--ir", str(tmp_path / "v.mp4"), "--vi", str(tmp_path / "v.mp4"), "--calib", str(tmp_path / "c.yaml")]
+    args = ["offset", "--ir", str(tmp_path / "w.mp4"), "--vi", str(tmp_path / "v.mp4"), "--calib", str(tmp_path / "c.yaml")]
     assert main([*args, "--out", str(tmp_path / "o.yaml")]) == 2
     assert "made for infrared 320x240 / visible 320x240 frames, but the videos are infrared 64x48" in _single_error_line(capsys)
     (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
