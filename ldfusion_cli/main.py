@@ -83,10 +83,6 @@ def _signals_recorded() -> Iterator[list[int]]:
         yield received
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt."""
 
@@ -111,3 +107,7 @@ def _sigterm_stops_like_ctrl_c() -> Iterator[list[int]]:
         yield received
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
