@@ -23,6 +23,16 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     for handler in logging.getLogger().handlers:  # camera URLs may carry passwords
         handler.addFilter(MaskCredentials())
+    _quiet_opencv(verbose)
+
+
+def _quiet_opencv(verbose: int) -> None:
+    """OpenCV prints its own warnings to stderr (a truncated PNG: "[ WARN:0@1.1] global
+    grfmt_png.cpp:793 ... buffer is incomplete") before the command's one-line error about the
+    same file, even with -q. They are kept for -v."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if verbose else cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def path_argument(text: str) -> Path:
