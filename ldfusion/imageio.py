@@ -37,7 +37,7 @@ def list_images(folder: Path) -> dict[str, Path]:
     (``._0.png``, the resource forks macOS copies leave beside every file) are no images, as
     for ``ls`` and ``glob``: they stopped a run with "no partner"."""
     if not folder.is_dir():
-        raise DataError(f"not a folder: {folder}")
+        raise DataError(f"not a folder: {folder}" if folder.exists() else f"{folder}: no such file or folder")
     by_stem: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
@@ -77,6 +77,8 @@ def pair_folders(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike) -> list[I
 
 def _single_pair(ir: Path, vi: Path) -> ImagePair:
     for path in (ir, vi):
+        if not path.exists():
+            raise DataError(f"{path}: no such file or folder")
         if not path.is_file():
             raise DataError(f"--ir and --vi must both be files or both be folders; {path} is not a file")
     return ImagePair(ir.stem, ir, vi)

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from ldfusion.cli.evaluate import luma_255, main
+from ldfusion.cli.evaluate import build_parser, luma_255, main, markdown_tables
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
 from ldfusion.temporal_metrics import TEMPORAL_NAMES
 from ldfusion.video import VideoWriter
+from ldfusion.weights import AUTO_WEIGHTS, REGISTRY
 
 H, W = 48, 64
 
@@ -119,7 +121,7 @@ def test_fused_image_of_another_size_is_a_one_line_error(folders, capsys):
 
 def test_unpaired_sources_and_bad_arguments_are_one_line_errors(folders, capsys):
     assert run(folders, "--fused", str(folders["out"] / "nowhere")) == 2
-    assert "not a folder" in capsys.readouterr().err
+    assert f"--fused {folders['out'] / 'nowhere'}: no such file or folder" in capsys.readouterr().err
     assert run(folders, "--fused", str(folders["fused"] / "clip.mp4")) == 2
     assert "must all be videos or all be images" in capsys.readouterr().err
     assert run(folders, "--fused", str(folders["fused"]), "--batch", "0") == 2
@@ -127,6 +129,92 @@ def test_unpaired_sources_and_bad_arguments_are_one_line_errors(folders, capsys)
     (folders["vi"] / "1.jpg").unlink()
     assert run(folders, "--fused", str(folders["fused"])) == 2
     assert "have no partner" in capsys.readouterr().err
+
+
+def test_a_missing_input_is_named_as_missing(folders, capsys):
+    """It was "not a folder: nope", as if nope were there and of the wrong kind."""
+    missing = folders["out"].parent / "nope"
+    for option in ("--ir", "--vi", "--fused"):
+        given = {"ir": folders["ir"], "vi": folders["vi"], "fused": folders["fused"], option[2:]: missing}
+        argv = ["--ir", str(given["ir"]), "--vi", str(given["vi"]), "--fused", str(given["fused"]), "--out", str(folders["out"])]
+        assert main(argv) == 2
+        assert one_error(capsys) == f"ldfusion eval: error: {option} {missing}: no such file or folder"
+    missing.symlink_to(folders["out"].parent / "gone")
+    assert run(folders, "--fused", str(missing)) == 2
+    assert one_error(capsys) == f"ldfusion eval: error: --fused {missing}: a link to nothing"
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("option", [["--every", "1"], ["--max-frames", "3"], ["--no-temporal"]])
+def test_video_options_on_images_are_refused(folders, capsys, random_weights, option):
+    """They were ignored without a word, even --every 10; a value equal to the default is refused too."""
+    for source in (["--fused", str(folders["fused"])], ["--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu"]):
+        assert run(folders, *source, *option) == 2
+        assert one_error(capsys) == f"ldfusion eval: error: {option[0]} applies to video only, and these inputs are images; leave it out"
+        assert not folders["out"].exists()  # refused before any work
+
+
+@pytest.mark.parametrize("option", [["--model", "ld-lite"], ["--device", "auto"], ["--device", "cuda"], ["--batch", "4"]])
+def test_fusing_options_without_fuse_with_are_refused(folders, videos, capsys, option):
+    """They set up the model, which --fused does not load: `--device cuda` passed on a machine without a GPU."""
+    expected = f"ldfusion eval: error: {option[0]} sets up the fusing of --fuse-with, and --fused scores results already fused; leave it out"
+    for inputs in (folders, videos):
+        assert run(inputs, "--fused", str(inputs["fused"]), *option) == 2
+        assert one_error(capsys) == expected
+        assert not inputs["out"].exists()
+
+
+def test_blank_or_multiline_name_is_refused(folders, capsys):
+    """A blank --name fell back to the folder's name without a word; a line break split the table's row."""
+    for name in ("", "   "):
+        assert run(folders, "--fused", str(folders["fused"]), "--name", name) == 2
+        assert one_error(capsys).startswith("ldfusion eval: error: --name is empty; ")
+    assert run(folders, "--fused", str(folders["fused"]), "--name", "a\nb") == 2
+    assert one_error(capsys) == "ldfusion eval: error: --name 'a\\nb' holds a line break, which would split the table's row; give it on one line"
+    assert not folders["out"].exists()
+
+
+def test_empty_fuse_with_is_refused(folders, capsys):
+    """An empty --fuse-with (an unset shell variable) was taken for none: AttributeError, exit 1."""
+    assert run(folders, "--fuse-with", "") == 2
+    assert one_error(capsys).startswith("ldfusion eval: error: --fuse-with is empty; give a weights file or folder, or one of: auto ")
+    assert not folders["out"].exists()
+
+
+def markdown_cells(line: str) -> list[str]:
+    """A Markdown table row's cells; an escaped pipe (\\|) stays inside its cell."""
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]]
+
+
+def test_a_pipe_in_the_method_name_stays_in_its_cell(folders, capsys):
+    """--name 'a|b' added a column to metrics.md's row."""
+    assert run(folders, "--fused", str(folders["fused"]), "--name", "a|b") == 0
+    header, rule, row = (folders["out"] / "metrics.md").read_text().splitlines()
+    assert len(markdown_cells(row)) == len(markdown_cells(header)) == len(markdown_cells(rule))
+    assert markdown_cells(row)[0] == r"a\|b"
+    assert json.loads((folders["out"] / "metrics.json").read_text())["method"] == "a|b"  # the data keeps the name as given
+
+
+def test_names_from_paths_are_made_safe_for_markdown():
+    """The method is the fused folder's or the weights' name when --name is left out; --name's checks miss those."""
+    report = {"count": 1, "mean": dict.fromkeys(METRIC_NAMES, 0.5)}
+    lines = markdown_tables("run|2\nsecond", report).splitlines()
+    assert len(lines) == 3
+    assert markdown_cells(lines[2])[:2] == [r"run\|2 second", "1"]
+    assert len(markdown_cells(lines[2])) == len(markdown_cells(lines[0]))
+
+
+def test_fuse_with_help_names_every_registry_name(monkeypatch):
+    """The help listed default, ld-lite and ldfusion; auto and fast worked too."""
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option, so no name is split at its hyphen
+    line = next(line for line in build_parser().format_help().splitlines() if line.strip().startswith("--fuse-with"))
+    listed = re.sub(r"\([^)]*\)", "", line.split("registry name:", 1)[1])  # without "(bundled weights ...)"
+    assert {name.strip() for name in listed.split(",")} == {AUTO_WEIGHTS, *REGISTRY}
 
 
 def test_fuse_with_weights_fuses_first_and_saves(folders, random_weights):

@@ -123,7 +123,27 @@ def test_corrupt_image_and_missing_folder_are_one_line_errors(tmp_path, random_w
     assert _run(tmp_path, random_weights["ld-lite"]) == 2
     assert "cannot decode image" in capsys.readouterr().err
     assert fuse_main(["--ir", str(tmp_path / "nope"), "--vi", str(tmp_path / "vi"), "--out", str(tmp_path / "o")]) == 2
-    assert "not a folder" in capsys.readouterr().err
+    assert f"--ir {tmp_path / 'nope'}: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_missing_input_is_named_as_missing(tmp_path, random_weights, capsys):
+    """It was "not a folder: nope", as if nope were there and of the wrong kind; an input that is
+    there but of the wrong kind keeps the reader's message."""
+    _make_pairs(tmp_path, [(32, 32)])
+    nope, gone = tmp_path / "nope", tmp_path / "gone.png"
+    gone.symlink_to(tmp_path / "deleted.png")
+    cases = [
+        (nope, tmp_path / "vi", f"--ir {nope}: no such file or folder"),
+        (tmp_path / "ir", nope, f"--vi {nope}: no such file or folder"),
+        (tmp_path / "ir" / "0.png", nope, f"--vi {nope}: no such file or folder"),  # was "... nope is not a file"
+        (gone, tmp_path / "vi" / "0.png", f"--ir {gone}: a link to nothing"),
+        (tmp_path / "ir" / "0.png", tmp_path / "vi", f"--ir and --vi must both be files or both be folders; {tmp_path / 'vi'} is not a file"),
+    ]
+    for ir, vi, expected in cases:
+        assert fuse_main(["--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o"), "--weights", str(random_weights["ld-lite"])]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == f"ldfusion fuse: error: {expected}", err
+    assert not (tmp_path / "o").exists()
 
 
 def test_hidden_files_beside_the_images_are_no_images(tmp_path, random_weights):

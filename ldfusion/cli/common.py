@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ldfusion.backends import PRECISIONS
-from ldfusion.errors import LDFusionError, first_line
+from ldfusion.errors import DataError, LDFusionError, first_line
 from ldfusion.redact import MaskCredentials, mask_credentials
 
 EXIT_USER_ERROR = 2
@@ -33,6 +33,16 @@ def _quiet_opencv(verbose: int) -> None:
     import cv2
 
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_WARNING if verbose else cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+def check_inputs_exist(inputs: dict[str, Path | None]) -> None:
+    """Each input path (by its option: ``{"--ir": path}``) that is not there is named as missing:
+    the image reader's own words, "not a folder: nope", sent users looking for what was wrong
+    with a folder that is not there. One that exists but is of the wrong kind is left to the
+    reader, which names what it found."""
+    for option, path in inputs.items():
+        if path is not None and not path.exists():
+            raise DataError(f"{option} {path}: {'a link to nothing' if path.is_symlink() else 'no such file or folder'}")
 
 
 def path_argument(text: str) -> Path:

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
+from ldfusion.cli.common import add_logging_arguments, check_inputs_exist, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, looks_like_video, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
@@ -34,12 +34,21 @@ from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
 from ldfusion.video import VideoReader
+from ldfusion.weights import AUTO_WEIGHTS, REGISTRY
 
 log = logging.getLogger("ldfusion.eval")
 
 SIDE_BY_SIDE_SUFFIX = "_sbs"  # what `ldfusion fuse --side-by-side` adds; not a fused image
 _FRAME_RATE_TOLERANCE = 0.01
 METRICS_FILES = ("metrics.csv", "metrics.json", "metrics.md")
+
+# Options that mean something only for video, or only when eval fuses the sources itself.
+# They default to None, not to their value, so that one the user gave is told from one left
+# out: given where it does not apply (--every on images, --device with --fused), it is refused
+# even at its default value. _fill_in_defaults sets the values once the checks are done.
+VIDEO_OPTIONS = ("--every", "--max-frames", "--no-temporal")
+FUSING_OPTIONS = ("--model", "--device", "--batch")
+DEFAULTS = {"device": "auto", "batch": 4, "every": 1, "no_temporal": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,22 +68,32 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--fuse-with",
         metavar="WEIGHTS",
-        help="fuse the sources first with these weights (a file or a registry name: default, ld-lite, ldfusion)",
+        help=f"fuse the sources first with these weights: a file, an Enc_*/Dec_* folder, or a registry name: {_weights_names()}",
     )
     parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant for --fuse-with (default: from the weights)")
-    parser.add_argument("--device", default="auto", help="device for --fuse-with: auto, cpu, cuda or cuda:N (default: auto)")
-    parser.add_argument("--batch", type=int, default=4, help="frames fused together with --fuse-with (default: 4)")
+    parser.add_argument(
+        "--device", help=f"device for --fuse-with: auto, cpu, cuda or cuda:N (default: {DEFAULTS['device']})"
+    )
+    parser.add_argument("--batch", type=int, help=f"frames fused together with --fuse-with (default: {DEFAULTS['batch']})")
     parser.add_argument("--save-fused", type=path_argument, help="with --fuse-with on images: also write the fused PNGs here")
     parser.add_argument("--out", required=True, type=path_argument, help="output folder for metrics.csv/.json/.md (created)")
     parser.add_argument("--name", help="method name in the tables (default: the fused folder or the weights)")
-    parser.add_argument("--every", type=int, default=1, help="video: score the image metrics on every N-th frame (default: 1)")
+    parser.add_argument(
+        "--every", type=int, help=f"video: score the image metrics on every N-th frame (default: {DEFAULTS['every']})"
+    )
     parser.add_argument("--max-frames", type=int, help="video: stop after this many frames")
-    parser.add_argument("--no-temporal", action="store_true", help="video: skip flicker and warping error")
+    parser.add_argument("--no-temporal", action="store_true", default=None, help="video: skip flicker and warping error")
     parser.add_argument(
         "--ir-16bit", choices=IR_16BIT_MODES, default="stretch", help="16-bit infrared handling, as in `ldfusion fuse`"
     )
     add_logging_arguments(parser)
     return parser
+
+
+def _weights_names() -> str:
+    """The names --fuse-with takes, read from the registry: a list typed into the help fell behind
+    it (``auto`` and ``fast`` worked but were not named)."""
+    return ", ".join([f"{AUTO_WEIGHTS} (bundled weights chosen for the device)", *sorted(REGISTRY)])
 
 
 @dataclass(frozen=True)
@@ -92,12 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     _check_arguments(args)
+    _fill_in_defaults(args)
     video = looks_like_video(args.ir)
     pairs = None if video else pair_folders(args.ir, args.vi)  # unpaired names fail before the model loads
     if args.save_fused:  # images only (_check_arguments)
         _check_saved_fused_apart_from_inputs(pairs, args.save_fused)
     fuser = _load_fuser(args) if args.fuse_with else None
-    method = args.name or (f"{fuser.spec.name} ({args.fuse_with})" if fuser else _stem_or_name(args.fused))
+    method = _method_name(args, fuser)
     args.out.mkdir(parents=True, exist_ok=True)
     _remove_summaries(args.out)
 
@@ -131,22 +151,83 @@ def _remove_summaries(out: Path) -> None:
 
 
 def _check_arguments(args: argparse.Namespace) -> None:
-    if args.batch < 1:
-        raise DataError(f"--batch must be at least 1; got {args.batch}")
-    if args.every < 1:
-        raise DataError(f"--every must be at least 1; got {args.every}")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise DataError(f"--max-frames must be at least 1; got {args.max_frames}")
+    """The command line first (nothing read yet), then the paths it names."""
+    _check_counts(args)
+    _check_name(args.name)
+    _check_weights_named(args.fuse_with)
+    _check_all_videos_or_all_images(args)
+    _refuse_options_that_do_not_apply(args, looks_like_video(args.ir))
+    check_inputs_exist({"--ir": args.ir, "--vi": args.vi, "--fused": args.fused})
     check_output_folder(args.out)
     _check_metrics_apart_from_inputs(args)
+    if args.save_fused:
+        check_output_folder(args.save_fused, "--save-fused")  # made only when the first image is fused
+
+
+def _dest(option: str) -> str:
+    return option.removeprefix("--").replace("-", "_")
+
+
+def _first_given(args: argparse.Namespace, options: tuple[str, ...]) -> str | None:
+    """The first of ``options`` on the command line (they default to None, whatever their value)."""
+    return next((option for option in options if getattr(args, _dest(option)) is not None), None)
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    for option in ("--batch", "--every", "--max-frames"):
+        value = getattr(args, _dest(option))
+        if value is not None and value < 1:
+            raise DataError(f"{option} must be at least 1; got {value}")
+
+
+def _check_name(name: str | None) -> None:
+    """--name is the first cell of the tables: a blank one fell back to the folder's name without
+    a word, and a line break splits the Markdown row (and the printed table) in two."""
+    if name is None:
+        return
+    if not name.strip():
+        raise DataError("--name is empty; give the method's name, or leave --name out to name it after --fused or the weights")
+    if name.splitlines() != [name]:
+        raise DataError(f"--name {name!r} holds a line break, which would split the table's row; give it on one line")
+
+
+def _check_weights_named(fuse_with: str | None) -> None:
+    """An empty --fuse-with (an unset shell variable) was taken for no --fuse-with, and eval
+    then failed on the --fused it did not have."""
+    if fuse_with is not None and not fuse_with.strip():
+        raise DataError(f"--fuse-with is empty; give a weights file or folder, or one of: {_weights_names()}")
+
+
+def _check_all_videos_or_all_images(args: argparse.Namespace) -> None:
     kinds = {path: looks_like_video(path) for path in (args.ir, args.vi, args.fused) if path is not None}
     if len(set(kinds.values())) > 1:
         listing = ", ".join(f"{path} ({'video' if is_video else 'images'})" for path, is_video in kinds.items())
         raise DataError(f"--ir, --vi and --fused must all be videos or all be images; got {listing}")
-    if args.save_fused and (not args.fuse_with or looks_like_video(args.ir)):
+
+
+def _refuse_options_that_do_not_apply(args: argparse.Namespace, video: bool) -> None:
+    """An option that cannot act is refused, not ignored: `--every 10` on images, or `--device cuda`
+    while scoring --fused results, ran without a word and left the user believing it had acted."""
+    video_option = _first_given(args, VIDEO_OPTIONS)
+    if video_option and not video:
+        raise DataError(f"{video_option} applies to video only, and these inputs are images; leave it out")
+    fusing_option = _first_given(args, FUSING_OPTIONS)
+    if fusing_option and not args.fuse_with:
+        raise DataError(f"{fusing_option} sets up the fusing of --fuse-with, and --fused scores results already fused; leave it out")
+    if args.save_fused and (not args.fuse_with or video):
         raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
-    if args.save_fused:
-        check_output_folder(args.save_fused, "--save-fused")  # made only when the first image is fused
+
+
+def _fill_in_defaults(args: argparse.Namespace) -> None:
+    for dest, default in DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
+
+
+def _method_name(args: argparse.Namespace, fuser) -> str:
+    if args.name is not None:  # not blank (_check_name)
+        return args.name
+    return f"{fuser.spec.name} ({args.fuse_with})" if fuser else _stem_or_name(args.fused)
 
 
 def _check_metrics_apart_from_inputs(args: argparse.Namespace) -> None:
@@ -381,7 +462,14 @@ def markdown_tables(method: str, report: dict) -> str:
 
 
 def _md_row(cells: list[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+    return "| " + " | ".join(map(_md_cell, cells)) + " |"
+
+
+def _md_cell(text: str) -> str:
+    """Text kept inside its cell: a bare '|' ends the cell (a method named 'a|b' added a column)
+    and a line break ends the row. The method may be a folder's or a weights path's name, which
+    --name's checks do not reach, so both are made safe here too."""
+    return " ".join(text.splitlines()).replace("|", r"\|")
 
 
 def _fmt(value: float) -> str:

@@ -13,7 +13,14 @@ from typing import TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
+from ldfusion.cli.common import (
+    add_cpu_runtime_arguments,
+    add_logging_arguments,
+    check_inputs_exist,
+    one_line_errors,
+    path_argument,
+    setup_logging,
+)
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, PendingArrays, default_batch_size
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     if args.batch is not None and args.batch < 1:
         raise DataError(f"--batch must be at least 1; got {args.batch}")
+    check_inputs_exist({"--ir": args.ir, "--vi": args.vi})
     pairs = pair_folders(args.ir, args.vi)
     check_outputs(pairs, args.out, args.side_by_side, args.overwrite)
     # A folder is a batch job: two OpenVINO calls in flight, as a file-mode pipeline run keeps.
