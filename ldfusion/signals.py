@@ -24,3 +24,21 @@ def signals_handled(handler: Callable[[int, object], None], signals: tuple[int, 
     finally:
         for sig, earlier in previous.items():
             signal.signal(sig, earlier)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (``sigterm_as_interrupt``)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[list[int]]:
+    """Within: SIGTERM raises ``Terminated``, so code that finishes cleanly on Ctrl-C does on
+    SIGTERM too (its default killed the process on the spot); the list collects the signals."""
+    received: list[int] = []
+
+    def terminate(signum: int, _frame: object) -> None:
+        received.append(signum)
+        raise Terminated
+
+    with signals_handled(terminate, (signal.SIGTERM,)):
+        yield received

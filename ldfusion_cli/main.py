@@ -10,13 +10,12 @@ import importlib
 import os
 import signal
 import sys
-import threading
 from collections.abc import Iterator
 
 from ldfusion import __version__
 from ldfusion.errors import first_line
 from ldfusion.redact import mask_credentials
-from ldfusion.signals import signals_handled
+from ldfusion.signals import Terminated, sigterm_as_interrupt, signals_handled
 
 # Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,11 +57,13 @@ def main(argv: list[str] | None = None) -> int:
         if signals:
             print(f"ldfusion {name}: {'interrupted' if signals[0] == signal.SIGINT else 'terminated'}", file=sys.stderr)
             return 130 if signals[0] == signal.SIGINT else 143
-        with _sigterm_stops_like_ctrl_c() as terminated:
+        # SIGTERM's default killed fuse, eval, calibrate and train on the spot, with no word:
+        # it now goes through each command's Ctrl-C handling (run and subscribe set their own).
+        with sigterm_as_interrupt() as terminated:
             code = int(module.main(rest) or 0)
         return 143 if terminated and code == 130 else code
     except KeyboardInterrupt as interrupt:
-        word, code = ("terminated", 143) if isinstance(interrupt, _Terminated) else ("interrupted", 130)
+        word, code = ("terminated", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
         print(f"ldfusion {name}: {word}", file=sys.stderr)
         return code
     except Exception as exc:  # noqa: BLE001 (last resort: each command turns the errors it knows into one line itself)
@@ -82,31 +83,6 @@ def _signals_recorded() -> Iterator[list[int]]:
     with signals_handled(lambda signum, _frame: received.append(signum)):
         yield received
 
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt."""
-
-
-@contextlib.contextmanager
-def _sigterm_stops_like_ctrl_c() -> Iterator[list[int]]:
-    """Within: SIGTERM ends a command as Ctrl-C does, through its own handling (`fuse` finishes
-    the images handed to its writer, `eval` keeps the rows scored), then exits 143. SIGTERM's
-    default killed `fuse`, `eval`, `calibrate` and `train` on the spot, with no word. `run` and
-    `subscribe` install their own handlers inside and restore this one after."""
-    received: list[int] = []
-
-    def on_sigterm(signum: int, _frame: object) -> None:
-        received.append(signum)
-        raise _Terminated
-
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
-        yield received
-        return
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield received
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

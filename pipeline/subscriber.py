@@ -15,16 +15,18 @@ A malformed message (wrong part count, a header that is not a JSON object, a bad
 dtype, a pixel buffer of the wrong size) is a ``DataError`` naming the message and what
 is wrong with it. With ``skip_malformed=True`` (``--skip-malformed``) it is logged, counted
 in ``Subscriber.malformed`` and skipped, so one bad sender does not end the caller's loop.
+
+Convention: header text is the sender's, not ours. ``Subscriber`` hands it over as received;
+``ldfusion subscribe`` prints it with non-printable characters escaped (``\\x1b``, ``\\n``), so
+a sender cannot clear the terminal or forge lines of output.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
-import signal
 import time
 from collections.abc import Iterator
 
@@ -33,13 +35,13 @@ import zmq
 
 from ldfusion.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import ConfigError, DataError
-from ldfusion.signals import signals_handled
+from ldfusion.signals import Terminated, sigterm_as_interrupt
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 _HEADER_KEYS = ("stream", "seq", "shape", "dtype")
-_TIME_KEYS = ("t_fused", "t_ir", "t_vi", "captured_unix", "published_unix")  # optional; numbers where given
+_TIME_KEYS = ("t_fused", "t_ir", "t_vi", "captured_unix", "published_unix")  # optional; finite numbers where given, never null
 DTYPES = ("uint8", "uint16", "float32")  # what a frame may hold; the zmq sink sends uint8
 MAX_SIDE, MAX_CHANNELS = 65536, 4
 _LONGEST_POLL_MS = 3_600_000
@@ -73,17 +75,20 @@ def decode_message(parts: list[bytes]) -> tuple[dict, np.ndarray]:
 
 
 def _check_header_types(header: dict, name: str) -> None:
-    """``stream`` text, ``seq`` a whole number, the times numbers: what the caller's code (and
-    ``ldfusion subscribe``'s line) formats. A string or NaN there crashed the subscriber, even
-    with ``--skip-malformed``."""
+    """``stream`` text, ``seq`` a whole number, ``pixel_format`` text and the times numbers
+    where given: what the caller's code (and ``ldfusion subscribe``'s line) formats. A string,
+    NaN or null there crashed the subscriber, even with ``--skip-malformed``."""
     if not isinstance(header["stream"], str):
         raise DataError(f"{name}: stream {header['stream']!r} is not text")
     if not isinstance(header["seq"], int) or isinstance(header["seq"], bool):
         raise DataError(f"{name}: seq {header['seq']!r} is not a whole number")
+    if not isinstance(header.get("pixel_format", ""), str):
+        raise DataError(f"{name}: pixel_format {header['pixel_format']!r:.40} is not text")
     for key in _TIME_KEYS:
-        value = header.get(key)
-        if value is not None and not _finite_number(value):
-            raise DataError(f"{name}: {key} {value!r:.40} is not a finite number")
+        # A key left out is fine; a null is not: the publisher always sends a number, and
+        # ``t {None:.3f}`` or ``time.time() - None`` raised TypeError past --skip-malformed.
+        if key in header and not _finite_number(header[key]):
+            raise DataError(f"{name}: {key} {header[key]!r:.40} is not a finite number")
 
 
 def _finite_number(value) -> bool:
@@ -136,6 +141,14 @@ def check_tcp_port(endpoint: str, bind: bool = False) -> None:
         raise ConfigError(f"ZeroMQ endpoint {endpoint}: the port must be 1-65535{anything}; got {port!r}")
 
 
+def _check_reachable(endpoint: str) -> None:
+    """inproc:// reaches only sockets of the same ZeroMQ context, and a Subscriber makes its own:
+    nothing, not even this process, could publish to it, so it waited for --timeout or forever."""
+    if endpoint.startswith("inproc://"):
+        raise ConfigError(f"ZeroMQ endpoint {endpoint}: inproc:// reaches no publisher (the subscriber has its own context); "
+                          "use the tcp:// or ipc:// endpoint the publisher binds")
+
+
 class Subscriber:
     """Subscribes to ``<topic>`` (every stream) or ``<topic>/<stream id>`` (one stream).
 
@@ -157,6 +170,7 @@ class Subscriber:
         self.skip_malformed = skip_malformed
         self.malformed = 0  # messages skipped as malformed
         check_tcp_port(endpoint)
+        _check_reachable(endpoint)
         self._context = zmq.Context()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
@@ -216,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
         "An example of what a detector does with the stream.",
     )
     parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help=f"publisher address (default: {DEFAULT_ENDPOINT})")
-    parser.add_argument("--topic", default="fused", help="fused (every stream) or fused/<stream id> for one stream (default: fused)")
+    parser.add_argument("--topic", default="fused",
+                        help="fused (every stream) or fused/<stream id> for one stream; another word where the sink sets topic: "
+                             "(default: fused)")
     parser.add_argument("--count", type=int, help="exit after this many frames (with --timeout: an error if the stream pauses that long first)")
     parser.add_argument("--timeout", type=float, help="give up after this many seconds without a frame (default: wait forever)")
     parser.add_argument("--summary-only", action="store_true", help="no line per frame, only the rate")
@@ -238,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     window_start, window_count = None, 0
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise DataError(f"--timeout must be a positive number of seconds; got {args.timeout}")
-    with Subscriber(args.endpoint, args.topic, args.timeout, skip_malformed=args.skip_malformed) as subscriber, _terminate_as_interrupt():
+    _check_topic(args.topic)
+    with Subscriber(args.endpoint, args.topic, args.timeout, skip_malformed=args.skip_malformed) as subscriber, sigterm_as_interrupt():
         try:
             for header, frame in subscriber:
                 received += 1
@@ -253,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.count is not None and received >= args.count:
                     break
         except KeyboardInterrupt as stop:  # the usual way to end an open-ended subscription (SIGTERM too)
-            signalled_exit = EXIT_TERMINATED if isinstance(stop, _Terminated) else EXIT_INTERRUPTED
+            signalled_exit = EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
         malformed = subscriber.malformed
     elapsed = time.monotonic() - started
     skipped = f"; skipped {malformed} malformed message(s)" if args.skip_malformed else ""
@@ -267,27 +284,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, ending the subscription as Ctrl-C does: the count is printed, exit 143."""
+def _check_topic(topic: str) -> None:
+    """The publisher's topic (``fused``, or its sink's ``topic``), or that and ``/<stream id>``:
+    a topic no publisher can send (empty, ``fused/``, ``fused/a/b``, a blank) received nothing
+    and waited, without a word, for --timeout or forever."""
+    head, slash, stream = topic.partition("/")
+    if not head or any(c.isspace() for c in head) or (slash and not _is_stream_id(stream)):
+        raise ConfigError(f"--topic must be the publisher's topic (fused unless its sink sets topic:), or that and /<stream id> "
+                          f"for one stream; got {topic!r}")
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """Within: SIGTERM raises ``_Terminated`` (the default handler killed the process without
-    the count). Signal handlers belong to the main thread; elsewhere nothing changes."""
-
-    def terminate(signum, frame) -> None:
-        raise _Terminated
-
-    with signals_handled(terminate, (signal.SIGTERM,)):
-        yield
+def _is_stream_id(text: str) -> bool:
+    """What ``pipeline.config.StreamConfig`` allows as a stream id."""
+    return bool(text) and text[0].isalnum() and all(c.isalnum() or c in "-_." for c in text)
 
 
 def _frame_line(header: dict, frame: np.ndarray) -> str:
+    """One frame as a line of text; ``decode_message`` checked the types of what it formats."""
     latency_ms = (time.time() - header["captured_unix"]) * 1000.0 if "captured_unix" in header else float("nan")
     shape = "x".join(str(n) for n in frame.shape)
     return (
-        f"{header['stream']} seq {header['seq']} t {header.get('t_fused', float('nan')):.3f} s "
+        f"{_printable(header['stream'])} seq {header['seq']} t {header.get('t_fused', float('nan')):.3f} s "
         f"(ir {header.get('t_ir', float('nan')):.3f}, vi {header.get('t_vi', float('nan')):.3f}) "
-        f"{shape} {header.get('pixel_format', '?')} latency {latency_ms:.0f} ms"
+        f"{shape} {_printable(header.get('pixel_format', '?'))} latency {latency_ms:.0f} ms"
     )
+
+
+def _printable(text: str) -> str:
+    """``text`` with each non-printable character (and the backslash, so an escape cannot be
+    forged) written as Python escapes it: a sender's ANSI escapes and newlines printed raw
+    could clear the terminal or fake lines of output, and a lone surrogate made print() raise.
+    A stream id that a config allows comes out unchanged."""
+    return "".join(c if c.isprintable() and c != "\\" else repr(c)[1:-1] for c in text)

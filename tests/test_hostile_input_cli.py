@@ -6,7 +6,9 @@ The cases `tests/test_hostile_input.py` covers (mostly `run`) are not repeated h
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
 import os
 import threading
 import time
@@ -233,6 +235,112 @@ def test_subscribe_to_a_port_no_publisher_can_have_is_refused(capsys, port):
     argv = ["--endpoint", f"tcp://127.0.0.1:{port}", "--count", "1", "--timeout", "60", "-q"]
     assert subscriber_cli.main(argv) == 2
     assert f"the port must be 1-65535; got '{port}'" in one_error_line(capsys, "ldfusion subscribe")
+
+
+def frame_message(**fields) -> list[bytes]:
+    """[topic, header, pixels] of a 2x2 RGB frame of stream cam0, ``fields`` added to the header."""
+    header = {"stream": "cam0", "seq": 1, "shape": [2, 2, 3], "dtype": "uint8", **fields}
+    return [b"fused/cam0", json.dumps(header).encode(), bytes(12)]
+
+
+@contextlib.contextmanager
+def publishing(messages: list[list[bytes]], bind: str = "tcp://127.0.0.1:*"):
+    """A PUB socket sending ``messages`` over and over until the block ends (a subscriber joins
+    late and misses the first ones); yields the endpoint it bound."""
+    context = zmq.Context()
+    socket = context.socket(zmq.PUB)
+    socket.bind(bind)
+    endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    stop = threading.Event()
+
+    def send():
+        while not stop.wait(0.01):
+            for parts in messages:
+                socket.send_multipart(parts)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        yield endpoint
+    finally:
+        stop.set()
+        sender.join()
+        socket.close(0)
+        context.term()
+
+
+@pytest.mark.parametrize("key", ["t_fused", "t_ir", "captured_unix"])
+def test_subscribe_skips_a_header_time_that_is_null(capsys, key):
+    """``"t_fused": null`` passed the type check (None was taken for a missing key) and the
+    frame line raised TypeError, exit 1, even with --skip-malformed."""
+    with publishing([frame_message(**{key: None}), frame_message(t_fused=0.5)]) as endpoint:
+        argv = ["--endpoint", endpoint, "--count", "2", "--timeout", "10", "--skip-malformed", "-q"]
+        assert subscriber_cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("cam0 seq 1 t 0.500 s") == 2 and "received 2 frame(s)" in out
+    assert "skipped 0 malformed" not in out
+
+
+def test_subscribe_names_a_null_header_time_without_skip_malformed(capsys):
+    with publishing([frame_message(captured_unix=None)]) as endpoint:
+        assert subscriber_cli.main(["--endpoint", endpoint, "--count", "1", "--timeout", "10", "-q"]) == 2
+    assert "seq 1: captured_unix None is not a finite number" in one_error_line(capsys, "ldfusion subscribe")
+
+
+@pytest.mark.parametrize("stream, pixel_format, printed", [
+    ("\x1b[2J\x1b[31mPWNED\nfake line", "rgb24", r"\x1b[2J\x1b[31mPWNED\nfake line seq 1"),  # clear the screen, forge a line
+    ("cam0", "rgb24\r\x1b[K", r"rgb24\r\x1b[K latency"),  # go back and overwrite the line
+    ("cam\ud800", "rgb24", r"cam\ud800 seq 1"),  # a lone surrogate: print() raised UnicodeEncodeError, exit 1
+    ("cam\\x1b", "rgb24", r"cam\\x1b seq 1"),  # a backslash is escaped too, so no escape can be forged
+])
+def test_subscribe_prints_header_text_with_control_characters_escaped(capsys, stream, pixel_format, printed):
+    """The stream id and pixel_format went to the terminal raw: a publisher could clear it,
+    colour it or forge lines of output."""
+    with publishing([frame_message(stream=stream, pixel_format=pixel_format)]) as endpoint:
+        assert subscriber_cli.main(["--endpoint", endpoint, "--count", "1", "--timeout", "10", "-q"]) == 0
+    frame_line, summary = capsys.readouterr().out.splitlines()
+    assert printed in frame_line and summary.startswith("received 1 frame(s)")
+    assert frame_line.isprintable()
+
+
+@pytest.mark.parametrize("stream", ["cam0", "cam-0_left.1", "kamera-ä"])
+def test_subscribe_prints_stream_ids_a_config_allows_as_they_are(capsys, stream):
+    with publishing([frame_message(stream=stream, pixel_format="rgb24")]) as endpoint:
+        assert subscriber_cli.main(["--endpoint", endpoint, "--count", "1", "--timeout", "10", "-q"]) == 0
+    assert capsys.readouterr().out.startswith(f"{stream} seq 1 t nan s (ir nan, vi nan) 2x2x3 rgb24 latency nan ms\n")
+
+
+def test_subscribe_to_an_inproc_endpoint_is_refused(capsys):
+    """inproc:// reaches only the subscriber's own ZeroMQ context: it waited for --timeout (or
+    forever) for a publisher that cannot exist."""
+    assert subscriber_cli.main(["--endpoint", "inproc://frames", "--count", "1", "--timeout", "0.5"]) == 2
+    assert "inproc:// reaches no publisher" in one_error_line(capsys, "ldfusion subscribe")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_subscribe_over_tcp_and_ipc_still_receives(tmp_path, capsys, transport):
+    bind = "tcp://127.0.0.1:*" if transport == "tcp" else f"ipc://{tmp_path / 'frames.sock'}"
+    with publishing([frame_message()], bind) as endpoint:
+        assert subscriber_cli.main(["--endpoint", endpoint, "--count", "1", "--timeout", "10", "-q"]) == 0
+    assert "received 1 frame(s)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("topic", ["", " ", "fused/", "fused//cam0", "/cam0", "fused/cam0/x", "fused/cam 0", "my topic/cam0"])
+def test_subscribe_to_a_topic_no_publisher_sends_is_refused(capsys, topic):
+    """Such a topic waited for --timeout (or forever) for frames that never come."""
+    argv = ["--endpoint", "tcp://127.0.0.1:5", "--topic", topic, "--count", "1", "--timeout", "0.5"]
+    assert subscriber_cli.main(argv) == 2
+    line = one_error_line(capsys, "ldfusion subscribe")
+    assert f"--topic must be the publisher's topic (fused unless its sink sets topic:), or that and /<stream id> for one " \
+           f"stream; got {topic!r}" in line
+
+
+@pytest.mark.parametrize(("sent", "topic"), [(b"fused/cam0", "fused"), (b"fused/cam0", "fused/cam0"), (b"gate/cam0", "gate")])
+def test_subscribe_to_every_stream_or_one_still_receives(capsys, sent, topic):
+    """Also from a sink whose config sets another topic."""
+    with publishing([[sent, *frame_message()[1:]]]) as endpoint:
+        assert subscriber_cli.main(["--endpoint", endpoint, "--topic", topic, "--count", "1", "--timeout", "10", "-q"]) == 0
+    assert "received 1 frame(s)" in capsys.readouterr().out
 
 
 # --- demo -----------------------------------------------------------------------------------
