@@ -385,6 +385,7 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"run.out_dir {str(out_dir)!r} is a file, not a folder")
     for kind, path in config.output_paths():
+        _check_name_lengths(kind, path)
         if config_file is not None and same_file(config_file, path):
             raise ConfigError(f"the run would write {str(path)!r}, which is its own config file; copy the config elsewhere or choose another --out")
         if kind == "png" and path.exists() and not path.is_dir():
@@ -395,6 +396,21 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
         if existing and not config.run.overwrite:
             what = "holds PNG frames" if kind == "png" else "exists"
             raise ConfigError(f"{str(path)!r} {what} already; pass --overwrite (run.overwrite: true) to replace it, or choose another --out")
+
+
+def _check_name_lengths(kind: str, path: Path) -> None:
+    """A name longer than the file system takes failed only once frames were fused (the other
+    sinks had written), with advice about disk space: refused before the run instead."""
+    existing = next((folder for folder in path.absolute().parents if folder.is_dir()), Path("/"))
+    try:
+        longest = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):  # the file system does not say
+        return
+    for part in path.parts:
+        size = len(os.fsencode(part))
+        if size > longest:
+            raise ConfigError(f"the {kind} output {str(path)!r} has a name of {size} bytes ({part[:24]}...); "
+                              f"this file system takes names up to {longest}")
 
 
 def _check_outputs_apart_from_inputs(config: PipelineConfig) -> None:

@@ -146,6 +146,15 @@ def test_the_in_process_api_takes_a_dict_or_a_path_and_names_wrong_arguments(tmp
         load_pipeline_config(data)
 
 
+def test_an_output_name_too_long_for_the_file_system_is_refused_before_the_run(tmp_path, random_weights):
+    """It failed once frames were fused (the png sink had written 12), advising disk space."""
+    ir, vi = marked_video(tmp_path / "ir.mp4", 3, 30, seed=1), marked_video(tmp_path / "vi.mp4", 3, 30, seed=2)
+    sinks = [{"kind": "png", "path": "frames"}, {"kind": "mp4", "path": "a" * 300 + ".mp4"}]
+    with pytest.raises(ConfigError, match=r"has a name of 304 bytes \(a{24}\.\.\.\); this file system takes names up to 255"):
+        run_pipeline(make_config(ir, vi, sinks=sinks, out_dir=tmp_path / "out"), cpu_fuser(random_weights["ld-lite"]))
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_in_process_api_refuses_existing_outputs_as_the_command_does(tmp_path, random_weights):
     """run_pipeline and fused_frames replaced an earlier run's MP4 without run.overwrite."""
     ir, vi = marked_video(tmp_path / "ir.mp4", 3, 30, seed=1), marked_video(tmp_path / "vi.mp4", 3, 30, seed=2)
