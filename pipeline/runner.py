@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -56,6 +57,7 @@ from pipeline.sync import NearestPairer, run_pairing
 
 log = logging.getLogger(__name__)
 
+_READER_PREFIX = "read-"  # the reader threads' names
 _JOIN_TIMEOUT_S = 10.0  # a live camera stuck inside read() is left behind (daemon thread) after this
 _MAIN_LOOP_WAKE_S = 0.25  # how soon the main thread reacts to signals and run.duration_s
 _STALL_AFTER_S = 3.0  # a camera silent this long is reported in the periodic log
@@ -152,6 +154,7 @@ class Pipeline:
         self._error_lock = threading.Lock()
         self._stopped_by: str | None = None
         self._aborted = False
+        self._signals_handled_count = 0  # of self._signals, acted on by _handle_signals
         self._done = threading.Event()
         self._batch = config.model.batch_size or 1  # resolved against the device in run()
         self._signals: list[str] = []  # appended by the signal handler, read by _supervise
@@ -311,7 +314,8 @@ class Pipeline:
             registration = _load_calibration(config)
             sources = []
             for kind, source_config in ((IR, config.ir), (VISIBLE, config.visible)):
-                source = open_source(source_config, kind, origin, self._open_capture, threads)
+                opening = functools.partial(open_source, source_config, kind, origin, self._open_capture, threads)
+                source = self._open_heeding_signals(opening) if source_config.kind == "camera" else opening()
                 cleanup.callback(source.close)
                 sources.append(source)
             ir, visible = sources
@@ -327,6 +331,42 @@ class Pipeline:
             for source in sources:
                 if source.expected_frames is not None:
                     log.info("%s: %s, %s fps, %d frame(s)", config.id, source.name, _rate(source), source.expected_frames)
+
+    def _open_heeding_signals(self, opening: Callable[[], Source]) -> Source:
+        """Open a camera in a helper thread while this one heeds signals. A camera that does
+        not answer held Ctrl-C for its whole read_timeout_s (40 s in one test), and then the run
+        exited 2 with the camera's error instead of 130. A camera that opens after the run
+        ended is closed by the helper."""
+        opened: dict[str, object] = {}
+        lock = threading.Lock()  # the source is closed once, by whichever side sees both it and the end
+
+        def body() -> None:
+            try:
+                source = opening()
+            except BaseException as exc:  # noqa: BLE001 (raised in this thread below)
+                opened["error"] = exc
+                return
+            with lock:
+                opened["source"] = source
+                if "abandoned" in opened:
+                    source.close()
+
+        helper = threading.Thread(target=body, name="open-camera", daemon=True)
+        helper.start()
+        try:
+            while helper.is_alive():
+                helper.join(_MAIN_LOOP_WAKE_S)
+                self._end_if_signalled()
+            self._end_if_signalled()
+        except BaseException:
+            with lock:
+                opened["abandoned"] = True
+                if "source" in opened:
+                    opened["source"].close()
+            raise
+        if "error" in opened:
+            raise opened["error"]
+        return opened["source"]
 
     def _make_pairer(self, config: StreamConfig, registration: Registration | None, ir: Source, visible: Source) -> NearestPairer:
         sync = config.sync
@@ -354,7 +394,7 @@ class Pipeline:
         for stream in self._streams:
             for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
-                threads.append(self._thread(f"read-{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
+                threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, origin))
         sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
@@ -422,10 +462,9 @@ class Pipeline:
         run = self.config.run
         deadline = None if run.duration_s is None else time.monotonic() + run.duration_s
         next_log = time.monotonic() + run.stats_interval_s
-        handled = 0
         while not self._done.wait(_MAIN_LOOP_WAKE_S):
             now = time.monotonic()
-            handled = self._handle_signals(handled)
+            self._handle_signals()
             if deadline is not None and now >= deadline and self._stopped_by is None:
                 log.info("run.duration_s reached; stopping")
                 self.stop("duration")
@@ -446,22 +485,31 @@ class Pipeline:
         with signals_handled(lambda signum, _frame: self._signals.append(signal.Signals(signum).name)):
             yield
 
-    def _handle_signals(self, handled: int) -> int:
-        """Act on signals received since the last call; returns how many are handled now."""
-        for name in self._signals[handled:]:
+    def _handle_signals(self) -> None:
+        """Act on signals received since the last call."""
+        for name in self._signals[self._signals_handled_count:]:
             if self._stopped_by is None:
                 log.warning("%s: stopping; the frames already read are still fused and written (again to abort)", name)
                 self.stop(name)
             elif not self._aborted:
                 log.warning("%s again: aborting; the outputs are closed with what they hold", name)
                 self.abort()
-        return len(self._signals)
+        self._signals_handled_count = len(self._signals)
 
     def _join(self, threads: list[threading.Thread]) -> None:
+        """Wait for the stages for up to _JOIN_TIMEOUT_S, still acting on signals: a reader stuck
+        in a camera that does not answer held a second Ctrl-C for those 10 s. After an abort a
+        reader is not waited for (what it reads goes nowhere); the sinks are, to close their files."""
+        deadline = time.monotonic() + _JOIN_TIMEOUT_S
         for thread in threads:
-            thread.join(_JOIN_TIMEOUT_S)
+            while thread.is_alive() and not self._left_behind(thread) and time.monotonic() < deadline:
+                thread.join(_MAIN_LOOP_WAKE_S)
+                self._handle_signals()
             if thread.is_alive():
                 log.warning("thread %s did not finish (a camera read that never returns?); leaving it", thread.name)
+
+    def _left_behind(self, thread: threading.Thread) -> bool:
+        return self._aborted and thread.name.startswith(_READER_PREFIX)
 
     # --- outputs -------------------------------------------------------------------------
 

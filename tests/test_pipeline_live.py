@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
+import signal
 import threading
 import time
 
@@ -342,3 +344,50 @@ def test_a_recording_given_as_a_camera_starts_again_at_its_end_without_a_gap(tmp
     assert [read_mark(planes_to_image(planes)) for _, _, planes in got] == [i % 6 for i in range(30)]
     steps = np.diff([t for _, t, _ in got])
     assert np.all(steps > 0.03) and np.all(steps < 0.08), steps
+
+
+def _signal_later(seconds: float, sig: int = signal.SIGINT) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), sig))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_while_a_camera_does_not_answer_its_open_ends_the_run_at_once(lite):
+    """The open blocked Ctrl-C for the camera's whole read_timeout_s (40 s in one try), and the
+    run then exited 2 with the camera's error instead of 130."""
+    def opening_that_hangs(camera):
+        time.sleep(20)  # FFmpeg waiting on a server that accepts and never answers
+        return FakeCamera(fps=30)
+
+    timer = _signal_later(0.5)
+    start = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(live_config(1 / 60, duration_s=5.0), lite, open_capture=opening_that_hangs)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - start < 3.0
+
+
+class _StuckCamera(FakeCamera):
+    """Delivers ``fail_after`` frames, then its read never returns (a server gone silent)."""
+
+    def read(self):
+        if self.delivered >= 10:
+            time.sleep(60)
+        return super().read()
+
+
+def test_a_second_ctrl_c_while_a_reader_is_stuck_in_its_camera_ends_the_run_at_once(lite, caplog):
+    """The first Ctrl-C stops; the run then waited 10 s for the stuck reader, and a second
+    Ctrl-C meanwhile was not acted on."""
+    cameras = {0: _StuckCamera(fps=30, seed=1), 1: FakeCamera(fps=30, seed=2)}
+    first, second = _signal_later(1.5), _signal_later(2.5)
+    start = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            summary = run_pipeline(live_config(1 / 60, duration_s=20.0), lite, open_capture=cameras.__getitem__)
+    finally:
+        first.cancel(), second.cancel()
+    assert time.monotonic() - start < 5.0
+    assert summary.stopped_by == "SIGINT" and "SIGINT again: aborting" in caplog.text
