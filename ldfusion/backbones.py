@@ -11,8 +11,10 @@ it), and VGG19 activations after the ReLUs (see ``VGG_LAYERS``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +86,19 @@ class ClipEncoder(nn.Module):
         return self.model.encode_text(tokens).float()
 
 
+@contextlib.contextmanager
+def _hub_logs_quiet() -> Iterator[None]:
+    """Offline, the model hub logged every retry (twenty lines over 47 s, each twice, even with
+    -q) and open_clip logged the failure at ERROR before raising it: the one-line error that
+    follows says it once. Real errors still raise."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEncoder:
     """The frozen CLIP of ``config``, built with the activation its weights were trained with."""
     import open_clip
@@ -100,10 +115,14 @@ def load_clip(config: ClipConfig, device: torch.device | str = "cpu") -> ClipEnc
     if conflict:
         raise ConfigError(conflict)
     try:
-        model = open_clip.create_model(
-            config.model, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=config.quick_gelu
-        )
+        with _hub_logs_quiet():
+            model = open_clip.create_model(
+                config.model, pretrained=pretrained, device=device, weights_only=True, force_quick_gelu=config.quick_gelu
+            )
     except RuntimeError as exc:
+        if "Failed to download" in str(exc):
+            raise CheckpointError(f"could not download CLIP {config.model!r} weights {pretrained!r} ({first_line(exc)}); "
+                                  "without network access pass a local checkpoint file as clip.pretrained") from None
         if "Unknown model" in str(exc) or "not found" in str(exc):
             raise ConfigError(f"unknown CLIP model {config.model!r} ({first_line(exc)})") from None
         raise CheckpointError(f"could not load CLIP {config.model!r} with pretrained={pretrained!r}: {first_line(exc)}") from None

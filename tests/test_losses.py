@@ -290,6 +290,29 @@ def test_gelu_trained_weights_with_quickgelu_are_refused_before_any_download():
         load_clip(ClipConfig(model="ViT-B-32", pretrained="laion2b_s34b_b79k", quick_gelu=True))
 
 
+def test_a_failed_clip_download_is_one_error_with_advice_and_no_retry_log(monkeypatch, capfd):
+    """Offline the hub logged twenty retry lines (each twice, even with -q) and open_clip an
+    ERROR before the one-line error said the same."""
+    import logging
+
+    import open_clip
+
+    from ldfusion.cli.common import setup_logging
+
+    def offline(*_args, **_kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("'[Errno -2] Name or service not known' thrown; Retrying in 1s")
+        logging.error("Failed to download weights for tag 'openai'")
+        raise RuntimeError("Failed to download weights for tag 'openai': Failed to download file (open_clip_pytorch_model.bin)")
+
+    setup_logging(quiet=True)
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(CheckpointError, match=r"could not download CLIP .*without network access pass a local checkpoint"):
+        load_clip(ClipConfig(model="ViT-B-32-quickgelu", pretrained="openai", quick_gelu=True))
+    assert capfd.readouterr().err == ""
+    logging.getLogger("ldfusion").warning("still heard")  # logging is back once CLIP is loaded
+    assert "still heard" in capfd.readouterr().err
+
+
 def test_a_local_clip_file_runs_the_activation_the_config_names(backbones, loaded):
     clip_config, _ = backbones
     quick = loaded[0]
