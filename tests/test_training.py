@@ -82,6 +82,26 @@ def test_short_training_run_on_msrs_writes_a_checkpoint_that_fuse_loads(tmp_path
     assert cv2.imread(str(fused_dir / (Path(name).stem + ".png"))).shape == (480, 640, 3)
 
 
+@pytest.mark.parametrize("out", ["a: b", "[x]", "2024", "yes"])
+def test_flags_are_taken_as_typed_not_read_as_yaml(tmp_path, backbones, out):
+    """--out was passed on as the override 'out_dir=VALUE', which YAML read: a folder named
+    "a: b" or "[x]" was refused as a mapping or a list."""
+    from ldfusion.training.cli import build_parser, config_from_args
+
+    ir, vi = _synthetic_pairs(tmp_path / "data")
+    config = _write_config(tmp_path / "train.yaml", ir, vi, tmp_path / "run", *backbones)
+    args = build_parser().parse_args(["--config", str(config), "--out", str(tmp_path / out), "--epochs", "3", "--device", "cpu"])
+    resolved = config_from_args(args)
+    assert (resolved.out_dir, resolved.optim.epochs, resolved.device) == (str(tmp_path / out), 3, "cpu")
+
+
+def test_an_empty_out_is_named_as_the_flag(tmp_path, capsys):
+    """It was "override 'out_dir=' has no value", about a key the user never typed."""
+    with pytest.raises(SystemExit) as stop:
+        train_main(["--config", str(tmp_path / "train.yaml"), "--out", ""])
+    assert stop.value.code == 2 and "argument --out: the path is empty" in capsys.readouterr().err
+
+
 def test_a_wrong_out_or_resume_file_is_refused_before_the_backbones_load(tmp_path, backbones, monkeypatch, capsys):
     """CLIP and VGG take minutes to load (or fail to download offline): a mistake in a path
     must be named before that."""

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set optim.lr=1e-4 --set data.crop=128 (repeatable)",
     )
-    parser.add_argument("--out", help="output folder (config: out_dir)")
+    parser.add_argument("--out", type=path_argument, help="output folder (config: out_dir)")
     parser.add_argument("--teacher", help="teacher weights for distillation: a file or a registry name (config: teacher)")
     parser.add_argument("--variant", help=f"student layout: {', '.join(sorted(VARIANTS))} (config: variant)")
     parser.add_argument("--epochs", type=int, help="number of epochs (config: optim.epochs)")
@@ -50,12 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = list(args.overrides)
-    for flag, key in (("out", "out_dir"), ("teacher", "teacher"), ("variant", "variant"), ("epochs", "optim.epochs"), ("device", "device")):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    return load_config(TrainConfig, args.config, overrides)
+    """The config file, --set, then the flags as typed values (they win). The flags were
+    --set strings once, so YAML read them: a folder named "a: b" or "[x]" was a mapping or a
+    list, and --out "" an override 'out_dir=' with no value."""
+    settings: dict = {key: getattr(args, flag) for flag, key in (("teacher", "teacher"), ("variant", "variant"), ("device", "device"))
+                      if getattr(args, flag) is not None}
+    if args.out is not None:
+        settings["out_dir"] = str(args.out)
+    if args.epochs is not None:
+        settings["optim"] = {"epochs": args.epochs}
+    return load_config(TrainConfig, args.config, list(args.overrides), settings)
 
 
 @one_line_errors("ldfusion train")
