@@ -198,11 +198,12 @@ def test_a_camera_that_drops_its_connection_gets_frames_again_from_the_running_s
     stop = threading.Event()
     give_up = threading.Timer(30.0, stop.set)  # a source that never comes back must not hang the test
     give_up.start()
-    numbers, times = [], []
+    numbers, times, lags = [], [], []  # lags: frames between the one read and the one the server has due
     try:
         for _, t, planes in source.frames(stop):
             numbers.append(read_frame_number(planes_to_image(planes)))
             times.append(t)
+            lags.append(vi.frame_due(time.time()) - numbers[-1])
             if source.reconnects and len(numbers) >= 120:
                 break
     finally:
@@ -214,9 +215,11 @@ def test_a_camera_that_drops_its_connection_gets_frames_again_from_the_running_s
     gap = max(b - a for a, b in zip(times, times[1:]))
     assert gap < 6.0, gap
     assert all(a < b for a, b in zip(numbers, numbers[1:])), numbers
-    # Within a second of the server's clock: on a loaded 2-core machine (the suite beside two
-    # pipelines) the reader lagged 0.7 s, so half a second failed a working reader.
-    assert abs(vi.frame_due(time.time()) - numbers[-1]) < 1.0 * FPS, (vi.frame_due(time.time()), numbers[-1])
+    # After the reconnect, frames due now: no further behind the server's clock than before the
+    # blip, give or take a second, and none from the future. A loaded machine (the suite beside
+    # other jobs) makes the reader itself lag, 0.7 s and once 5 s, before and after alike.
+    before, after = lags[:85], lags[-10:]
+    assert -0.5 * FPS < min(after) and max(after) < max(before) + FPS, (before, after)
 
 
 def test_the_worked_rtsp_example_is_a_valid_live_config():
