@@ -159,7 +159,8 @@ def test_video_options_on_images_are_refused(folders, capsys, random_weights, op
         assert not folders["out"].exists()  # refused before any work
 
 
-@pytest.mark.parametrize("option", [["--model", "ld-lite"], ["--device", "auto"], ["--device", "cuda"], ["--batch", "4"]])
+@pytest.mark.parametrize("option", [["--model", "ld-lite"], ["--device", "auto"], ["--device", "cuda"], ["--batch", "4"], ["--int8"],
+                                    ["--precision", "f32"]])
 def test_fusing_options_without_fuse_with_are_refused(folders, videos, capsys, option):
     """They set up the model, which --fused does not load: `--device cuda` passed on a machine without a GPU."""
     expected = f"ldfusion eval: error: {option[0]} sets up the fusing of --fuse-with, and --fused scores results already fused; leave it out"
@@ -167,6 +168,14 @@ def test_fusing_options_without_fuse_with_are_refused(folders, videos, capsys, o
         assert run(inputs, "--fused", str(inputs["fused"]), *option) == 2
         assert one_error(capsys) == expected
         assert not inputs["out"].exists()
+
+
+def test_fuse_with_takes_the_cpu_runtime_of_fuse(folders, capsys):
+    """eval could not score the int8 network that `fuse` runs by default: --int8 and --precision
+    are taken as fuse takes them, and metrics.json says which ran."""
+    assert run(folders, "--fuse-with", "default", "--device", "cpu", "--int8") == 0
+    inputs = json.loads((folders["out"] / "metrics.json").read_text())["inputs"]
+    assert (inputs["backend"], inputs["int8"]) == ("openvino", True)
 
 
 def test_blank_or_multiline_name_is_refused(folders, capsys):

@@ -26,7 +26,14 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from ldfusion.cli.common import add_logging_arguments, check_inputs_exist, one_line_errors, path_argument, setup_logging
+from ldfusion.cli.common import (
+    add_cpu_runtime_arguments,
+    add_logging_arguments,
+    check_inputs_exist,
+    one_line_errors,
+    path_argument,
+    setup_logging,
+)
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, looks_like_video, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
@@ -47,7 +54,7 @@ METRICS_FILES = ("metrics.csv", "metrics.json", "metrics.md")
 # out: given where it does not apply (--every on images, --device with --fused), it is refused
 # even at its default value. _fill_in_defaults sets the values once the checks are done.
 VIDEO_OPTIONS = ("--every", "--max-frames", "--no-temporal")
-FUSING_OPTIONS = ("--model", "--device", "--batch")
+FUSING_OPTIONS = ("--model", "--device", "--batch", "--int8", "--precision")
 DEFAULTS = {"device": "auto", "batch": 4, "every": 1, "no_temporal": False}
 
 
@@ -75,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", help=f"device for --fuse-with: auto, cpu, cuda or cuda:N (default: {DEFAULTS['device']})"
     )
     parser.add_argument("--batch", type=int, help=f"frames fused together with --fuse-with (default: {DEFAULTS['batch']})")
+    add_cpu_runtime_arguments(parser)  # --int8, --precision for --fuse-with: score what `fuse` and `run` would write
     parser.add_argument("--save-fused", type=path_argument, help="with --fuse-with on images: also write the fused PNGs here")
     parser.add_argument("--out", required=True, type=path_argument, help="output folder for metrics.csv/.json/.md (created)")
     parser.add_argument("--name", help="method name in the tables (default: the fused folder or the weights)")
@@ -250,13 +258,15 @@ def _stem_or_name(path: Path) -> str:
 def _load_fuser(args: argparse.Namespace):
     from ldfusion.inference import Fuser, FuserOptions  # late: only --fuse-with needs torch models
 
-    return Fuser.from_weights(args.fuse_with, args.model, FuserOptions(device=args.device))
+    options = FuserOptions(device=args.device, int8=args.int8, precision=args.precision or "auto")
+    return Fuser.from_weights(args.fuse_with, args.model, options)
 
 
 def _describe_inputs(args: argparse.Namespace, fuser) -> dict:
     inputs = {"ir": str(args.ir), "vi": str(args.vi)}
     if fuser is not None:
-        inputs.update(fused_with=str(args.fuse_with), model=fuser.spec.name, device=str(fuser.device))
+        inputs.update(fused_with=str(args.fuse_with), model=fuser.spec.name, device=str(fuser.device), backend=fuser.backend,
+                      int8=fuser.int8)
     else:
         inputs["fused"] = str(args.fused)
     return inputs
