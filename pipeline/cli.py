@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides model.device)")
     parser.add_argument("--out", type=path_argument, help="output folder (overrides run.out_dir); sink paths are relative to it")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that already exist (config: run.overwrite); else the run refuses to start")
-    parser.add_argument("--max-frames", type=int, help="stop each stream after this many fused frames")
+    parser.add_argument("--max-frames", type=int, help="stop each stream after this many paired frames (file mode fuses and "
+                        "writes them all; live mode may drop some to stay current)")
     add_cpu_runtime_arguments(parser)  # override model.int8 and model.precision
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (-q implies it)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
