@@ -103,13 +103,14 @@ def motion_energy(
 def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, width: int, progress: str | None) -> MotionSignal:
     fps = float(reader.rate) if reader.rate_stated else 0.0
     size = (reader.width, reader.height)
-    frame_times, energies, previous = [], [], None
-    for time, gray in _gray_frames(reader, width, progress):
+    frame_times, energies, keys, previous = [], [], [], None
+    for time, gray, key in _gray_frames(reader, width, progress):
         if max_seconds is not None and frame_times and time - frame_times[0] > max_seconds:
             break
         gray = cv2.GaussianBlur(gray, (0, 0), 1.0)  # compression noise is not motion
         if previous is not None:
             energies.append(region_energy(np.abs(gray - previous)))
+            keys.append(key)
         previous = gray
         frame_times.append(time)
     if len(energies) < MIN_FRAMES:
@@ -117,11 +118,11 @@ def _motion_energy(reader: VideoReader, path: Path, max_seconds: float | None, w
         raise CalibrationError(f"{path}: only {len(energies) + 1} frame(s) decoded{within}; need at least {MIN_FRAMES + 1}")
     if not fps:
         fps = (len(frame_times) - 1) / max(frame_times[-1] - frame_times[0], 1e-9)
-    times, energy = _changes(np.array(frame_times), np.array(energies), path)
+    times, energy = _changes(np.array(frame_times), np.array(energies), np.array(keys, bool), path)
     return MotionSignal(times, energy, fps, size)
 
 
-def _changes(frame_times: np.ndarray, energies: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _changes(frame_times: np.ndarray, energies: np.ndarray, keys: np.ndarray, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Each frame-to-frame change at the midpoint of the two frames' times, per frame period.
 
     Many thermal cameras make fewer frames than they send (a 9 Hz core at 30 fps): each
@@ -136,7 +137,7 @@ def _changes(frame_times: np.ndarray, energies: np.ndarray, path: Path) -> tuple
     whole = energies[:, -1]
     repeats = _repeats(whole)
     runs = _runs(repeats)
-    if not _holds_frames(repeats, runs):
+    if not _holds_frames(repeats, runs) or _encoder_rhythm(repeats, keys):
         return midpoints, energies
     keep = np.ones(len(whole), bool)
     since = np.arange(len(whole))  # the frame each change starts from: the one before, unless it repeats an older one
@@ -144,7 +145,8 @@ def _changes(frame_times: np.ndarray, energies: np.ndarray, path: Path) -> tuple
         if length <= HELD_RUN and first + length < len(whole):
             keep[first : first + length] = False
             since[first + length] = first
-    log.info("%s holds frames (%d of %d repeat the one before); they are taken out", path, int((~keep).sum()), len(whole))
+    log.warning("%s looks like a camera that holds frames (%d of %d repeat the one before, at a steady cadence): "
+                "the repeats are left out of its motion signal", path, int((~keep).sum()), len(whole))
     start_times, end_times = frame_times[since[keep]], frame_times[1:][keep]
     periods = np.maximum((end_times - start_times) / np.median(np.diff(frame_times)), 1.0)
     return 0.5 * (start_times + end_times), energies[keep] / periods[:, None]
@@ -158,6 +160,15 @@ def _holds_frames(repeats: np.ndarray, runs: list[tuple[int, int]]) -> bool:
         return False
     cadence = np.diff([first for first, _ in runs])
     return bool(np.mean(np.abs(cadence - np.median(cadence)) <= 1) >= 0.8)
+
+
+def _encoder_rhythm(repeats: np.ndarray, keys: np.ndarray) -> bool:
+    """Whether the frames that change much are the encoder's keyframes: a short keyframe
+    interval at a low bitrate (every 3rd frame a keyframe, crf 35) left the frames between
+    them changed little, and a steady video was taken for a held one (27 frames off). In
+    MJPEG every frame is a keyframe, repeats too, so that does not count."""
+    new_frames = ~repeats
+    return bool(keys[new_frames].mean() >= 0.5 and keys[repeats].mean() <= 0.1) if repeats.any() and new_frames.any() else False
 
 
 def _repeats(changes: np.ndarray) -> np.ndarray:
@@ -192,12 +203,12 @@ def _runs(flags: np.ndarray) -> list[tuple[int, int]]:
 
 
 def _gray_frames(reader: VideoReader, width: int, progress: str | None):
-    """(time s, (h, width) float32 gray frame) for every decoded frame, in order."""
+    """(time s, (h, width) float32 gray frame, keyframe) for every decoded frame, in order."""
     height = max(2, round(width * reader.height / max(reader.width, 1)) // 2 * 2)
     frames = tqdm(reader, total=reader.expected_frames, unit="frame", desc=progress, disable=progress is None)
     for frame in frames:
         gray = cv2.resize(planes_to_image(frame.planes), (width, height), interpolation=cv2.INTER_AREA)
-        yield frame.t, gray.astype(np.float32)
+        yield frame.t, gray.astype(np.float32), frame.key
 
 
 def region_energy(difference: np.ndarray) -> np.ndarray:

@@ -103,6 +103,7 @@ class DecodedFrame:
     t: float  # seconds from the first frame (see the module docstring)
     planes: Planes
     pts: int | None = None  # the container's own timestamp, in ``VideoReader.time_base`` units
+    key: bool = False  # a keyframe (coded on its own): the encoder's rhythm, for signals that must not follow it
 
 
 def ffmpeg_reason(exc: BaseException) -> str:
@@ -217,7 +218,7 @@ class VideoReader:
                     planes = self._planes(frame)
                     if self._quarter_turns:
                         planes = planes.turned(self._quarter_turns)
-                    yield DecodedFrame(self.frames_read, self._timestamp(frame), planes, frame.pts)
+                    yield DecodedFrame(self.frames_read, self._timestamp(frame), planes, frame.pts, bool(frame.key_frame))
                     self.frames_read += 1
         except av.FFmpegError as exc:  # the container itself ends mid-packet
             self.damaged, reason = self.damaged + 1, ffmpeg_reason(exc)
