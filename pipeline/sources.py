@@ -231,6 +231,8 @@ class LiveCameraSource(Source):
         self._recording = isinstance(self._camera, str) and Path(self._camera).is_file()
         self._playback_start: float | None = None  # when the recording's first frame was (or is) due
         self._position = 0.0  # the recording's position, seconds, of the frame last delivered
+        self._restarts_since_frame = 0  # ways of starting the recording again tried since its last frame
+        self._frames_played = 0  # since the recording (re)started: its position where it gives no times
         self._catching_up = self._network
         self._stale_now = 0  # stale frames skipped since the last (re)connect
         self._previous_read: tuple[float, float | None] | None = None  # (arrival, stream time) while catching up
@@ -248,6 +250,7 @@ class LiveCameraSource(Source):
                 arrival, stream_t = time.monotonic(), self._stream_time()
                 if self._skip_buffered(arrival, stream_t):
                     continue
+                self._restarts_since_frame = 0
                 if failures:
                     log.info("%s delivers again after %d attempt(s)", self.name, failures)
                     self.reconnects += 1
@@ -277,20 +280,34 @@ class LiveCameraSource(Source):
     def _start_again(self) -> bool:
         """A recording at its end goes back to its first frame, due one frame period after its
         last (it was reopened as after an outage: a warning each time round and half a second
-        without frames). False when it cannot seek: then it is reopened."""
-        assert self._capture is not None
-        last_due = self._playback_start + self._position if self._playback_start is not None else time.monotonic()
-        if not self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+        without frames). It seeks back; where that gives no frame (MPEG-TS and raw H.264 say
+        the seek worked, then read nothing, and the camera went quiet for good), it is opened
+        again. False when neither gave a frame since the last one: an outage, then."""
+        if self._restarts_since_frame >= 2:
             return False
+        last_due = self._playback_start + self._position if self._playback_start is not None else time.monotonic()
+        self._restarts_since_frame += 1
+        if self._restarts_since_frame == 1:
+            assert self._capture is not None
+            if not self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
+                return self._start_again()
+        else:
+            self._release()
+            self._capture = self._open(self._camera)
+            if not self._capture.isOpened():
+                return False
         log.debug("%s: starting again at its first frame", self.name)
         self._playback_start = last_due + 1.0 / float(self.rate)
-        self._position = 0.0
+        self._position, self._frames_played = 0.0, 0
         return True
 
     def _wait_for_due_time(self, stop: threading.Event) -> bool:
         """Hold a recording's frame until its time (its position since the first frame delivered);
-        True when the run stopped meanwhile."""
-        position = self._stream_time() or 0.0
+        True when the run stopped meanwhile. A raw stream (.h264) has no times: its position is
+        counted in frames at its rate (it was delivered as fast as it decoded, 75 fps for 20)."""
+        stream_t = self._stream_time()
+        position = stream_t if stream_t is not None else self._frames_played / float(self.rate)
+        self._frames_played += 1
         now = time.monotonic()
         if self._playback_start is None or (position == 0.0 and self._position != 0.0):  # the first frame, or reopened
             self._playback_start = now - position
