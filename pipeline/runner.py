@@ -155,6 +155,7 @@ class Pipeline:
         self._stopped_by: str | None = None
         self._aborted = False
         self._signals_handled_count = 0  # of self._signals, acted on by _handle_signals
+        self._sink_queues: list[FrameQueue] = []  # of self._queues, the ones the sinks drain
         self._done = threading.Event()
         self._batch = config.model.batch_size or 1  # resolved against the device in run()
         self._signals: list[str] = []  # appended by the signal handler, read by _supervise
@@ -167,6 +168,15 @@ class Pipeline:
             self._stopped_by = reason
         for stream in self._streams:
             stream.stop.set()
+
+    def stop_fusing(self, reason: str) -> None:
+        """Stop reading and fusing now; the frames fused so far are still written (the sinks
+        drain their queues and close their files). Between ``stop`` (which fuses everything
+        already read first) and ``abort`` (which drops what the sinks' queues hold)."""
+        self.stop(reason)
+        for q in self._queues:
+            if q not in self._sink_queues:
+                q.cancel()
 
     def abort(self) -> None:
         """Stop at once; sinks still close what they wrote."""
@@ -325,6 +335,8 @@ class Pipeline:
             path = Path(config.registration.calibration) if config.registration.calibration else None
             registrar = Registrar(config.id, registration, config.registration.warp, config.registration.crop, path, fuser.device)
             stream = _Stream(config, ir, visible, registrar, pairer, queues)
+            if self._stopped_by is not None:  # stopped while starting up (the consumer left): read nothing
+                stream.stop.set()
             self._streams.append(stream)
             self._queues += list(queues)
             self.stats.watch_stream(config.id, pairer.counts)
@@ -399,6 +411,7 @@ class Pipeline:
         sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
         self._queues += fanout.queues
+        self._sink_queues = list(fanout.queues)
         for q in fanout.queues:
             self.stats.watch_queue(q)
         sink_threads = [self._thread(f"sink-{i}-{sink.kind or type(sink).__name__}", fanout.drain, i) for i, sink in enumerate(sinks)]
@@ -639,6 +652,23 @@ class _ConsumerSink(Sink):
         self._handoff.put(DeviceFrame(frame.meta, rgb, ycrcb, ir))
 
 
+def _wait_aborting_on_interrupt(ended: threading.Event, pipeline: Pipeline) -> None:
+    """Wait for the pipeline's thread to end (``ended``); a Ctrl-C meanwhile aborts it (the
+    sinks still close their files) and is raised once it has ended. Interrupting the wait
+    itself left the thread encoding into the interpreter's teardown: SIGABRT, and no MP4.
+    (An Event, not ``Thread.join``: a join that a KeyboardInterrupt cut short reports the
+    thread as ended while it still runs.)"""
+    interrupted: KeyboardInterrupt | None = None
+    while not ended.is_set():
+        try:
+            ended.wait()
+        except KeyboardInterrupt as interrupt:
+            interrupted = interrupted or interrupt
+            pipeline.abort()
+    if interrupted is not None:
+        raise interrupted
+
+
 def fused_frames(
     config: PipelineConfig | dict | str | os.PathLike, fuser: Fuser | None = None, *, queue_size: int = 8,
     open_capture: OpenCapture | None = None,
@@ -648,8 +678,9 @@ def fused_frames(
 
     The pipeline runs in a background thread; up to ``queue_size`` frames wait for the
     consumer. File mode: nothing is lost, the pipeline waits for a slow consumer. Live mode:
-    the newest frames are kept. Leaving the loop early stops the pipeline: the frames already
-    read are still fused and written by the sinks, not given to the consumer. An error in it
+    the newest frames are kept. Leaving the loop early stops the pipeline at once: the frames
+    fused so far are still written by the sinks (every frame given to the consumer, a few more
+    perhaps); a Ctrl-C while it stops aborts it. An error in it
     is raised here, after the frames fused before it. ``config``: as ``run_pipeline`` takes it.
     """
     config_file = config if isinstance(config, (str, os.PathLike)) else None
@@ -661,6 +692,8 @@ def fused_frames(
                         config_file=config_file)
     errors: list[BaseException] = []
 
+    ended = threading.Event()
+
     def body() -> None:
         try:
             pipeline.run()
@@ -668,16 +701,17 @@ def fused_frames(
             errors.append(exc)
         finally:
             handoff.put_end(EndOfStream("*"))
+            ended.set()
 
     def finish() -> None:
-        # A stop, not an abort: the frames already read are still fused and written by the
-        # sinks, so each MP4 holds at least every frame the consumer was given (an abort
-        # dropped what the sinks' queues held: an MP4 with none of the frames the consumer saw).
-        # The consumer's own queue is cancelled: nobody takes from it any more.
-        if thread.is_alive():
-            pipeline.stop("the consumer left the loop")
+        # Reading and fusing stop now, and the frames fused so far are written: each MP4 holds
+        # every frame the consumer was given. An abort dropped what the sinks' queues held (an
+        # MP4 with none of them); a plain stop fused all that was read first (22 s behind a
+        # slow model). The consumer's own queue is cancelled: nobody takes from it any more.
+        if not ended.is_set():
+            pipeline.stop_fusing("the consumer left the loop")
             handoff.cancel()
-        thread.join()
+        _wait_aborting_on_interrupt(ended, pipeline)
 
     thread = threading.Thread(target=body, name="pipeline", daemon=True)
     thread.start()

@@ -198,6 +198,72 @@ def test_leaving_the_consumer_loop_early_stops_the_pipeline(tmp_path, random_wei
     assert 3 <= decodable_frames(tmp_path / "out" / "o.mp4") < n
 
 
+def _slow(fuser, seconds: float):
+    """``fuser`` taking ``seconds`` more for every batch, as a big network on a small CPU does."""
+    start = fuser.start_fuse_y
+
+    def slow_start(vi_y, ir):
+        time.sleep(seconds)
+        return start(vi_y, ir)
+
+    fuser.start_fuse_y = slow_start
+    return fuser
+
+
+def test_leaving_the_consumer_loop_behind_a_slow_model_returns_at_once(tmp_path, random_weights):
+    """A stop fused every frame already read before the loop could be left: 22 s behind a
+    slow model. Now fusing stops too, and what was fused is written."""
+    n = 120
+    ir, vi = marked_video(tmp_path / "ir.mp4", n, 30), marked_video(tmp_path / "vi.mp4", n, 30, seed=1)
+    config = make_config(ir, vi, [{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path / "out", model={"batch_size": 1})
+    frames = pipeline.fused_frames(config, _slow(cpu_fuser(random_weights["ld-lite"]), 0.1), queue_size=2)
+    for frame in frames:
+        if frame.meta.seq == 2:
+            break
+    time.sleep(1.0)  # the readers fill their queues meanwhile: 30 frames or more, 3 s of fusing
+    start = time.monotonic()
+    frames.close()
+    assert time.monotonic() - start < 1.0
+    assert 3 <= decodable_frames(tmp_path / "out" / "o.mp4") < 30  # what was fused by then (13 here)
+
+
+def test_a_stop_while_the_run_starts_up_reads_nothing(tmp_path, random_weights):
+    """A stop before the streams were opened (a consumer interrupted in its first next()) was
+    lost: the run went on to fuse the whole video, 130 s of it in one try."""
+    from pipeline.runner import Pipeline
+
+    ir, vi = marked_video(tmp_path / "ir.mp4", 120, 30), marked_video(tmp_path / "vi.mp4", 120, 30, seed=1)
+    run = Pipeline(make_config(ir, vi, [{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path / "out"), cpu_fuser(random_weights["ld-lite"]))
+    run.stop("the consumer left the loop")
+    summary = run.run()
+    assert (summary.frames_out, summary.stopped_by) == (0, "the consumer left the loop")
+
+
+def test_ctrl_c_while_the_consumer_loop_is_left_aborts_with_valid_outputs(tmp_path, random_weights, monkeypatch):
+    """Interrupting the wait for the pipeline left it encoding into the interpreter's teardown:
+    SIGABRT and no MP4. The Ctrl-C now aborts the run, which closes its files, and is raised."""
+    import signal
+
+    from pipeline.sinks import Mp4Sink
+
+    write = Mp4Sink.write
+    monkeypatch.setattr(Mp4Sink, "write", lambda self, frame: (time.sleep(0.3), write(self, frame))[1])  # a slow encoder
+    n = 60
+    ir, vi = marked_video(tmp_path / "ir.mp4", n, 30), marked_video(tmp_path / "vi.mp4", n, 30, seed=1)
+    config = make_config(ir, vi, [{"kind": "mp4", "path": "o.mp4"}], out_dir=tmp_path / "out")
+    frames = pipeline.fused_frames(config, cpu_fuser(random_weights["ld-lite"]), queue_size=8)
+    next(frames)
+    time.sleep(1.0)  # the encoder's queue fills: seconds of encoding to wait for
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        frames.close()
+    timer.cancel()
+    assert time.monotonic() - start < 2.0
+    assert 1 <= decodable_frames(tmp_path / "out" / "o.mp4") < n
+
+
 def test_a_script_that_ends_inside_the_consumer_loop_exits_cleanly_with_valid_outputs(tmp_path, random_weights):
     """An unclosed generator at interpreter exit left the pipeline running into the teardown:
     'terminate called without an active exception', SIGABRT, and no MP4."""
