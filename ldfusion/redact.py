@@ -22,24 +22,29 @@ from typing import Any
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
-# Query parameters that carry credentials, by the names IP cameras and their SDKs use.
-_SECRET_PARAMETER = re.compile(
-    r"(?P<name>[?&;](?:user(?:name)?|usr|login|pwd|pass(?:word|wd)?|token|access_token|auth(?:_?token)?|"
-    r"api_?key|key|secret|sig(?:nature)?|session(?:_?id)?|credentials?)=)[^&;#\s]*",
-    re.IGNORECASE,
-)
+_PARAMETER = re.compile(r"(?P<lead>[?&;#](?P<name>[^=&;#\s]+)=)(?P<value>[^&;#\s]*)")
+# Query (and fragment) parameters that carry credentials, by the names IP cameras, their SDKs
+# and signed URLs use: any name holding one of these words, or one of the exact names.
+_SECRET_WORDS = ("pass", "pwd", "token", "secret", "credential", "signature", "auth")
+_SECRET_NAMES = {"user", "username", "usr", "login", "loginuse", "loginpas", "pw", "sig", "session", "sessionid", "session_id"}
 
 
 def mask_credentials(value: Any) -> Any:
     """``value`` with URL credentials replaced by ``***``; dicts, lists and tuples recursively."""
     if isinstance(value, str):
         value = _USERINFO.sub(rf"\g<scheme>{MASK}@", value)
-        return _URL.sub(lambda url: _SECRET_PARAMETER.sub(rf"\g<name>{MASK}", url.group()), value)
+        return _URL.sub(lambda url: _PARAMETER.sub(_masked_parameter, url.group()), value)
     if isinstance(value, dict):
         return {key: mask_credentials(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return type(value)(mask_credentials(item) for item in value)
     return value
+
+
+def _masked_parameter(parameter: re.Match) -> str:
+    name = parameter.group("name").lower()
+    secret = any(word in name for word in _SECRET_WORDS) or name in _SECRET_NAMES or name.endswith("key")  # api_key, X-Api-Key
+    return parameter.group("lead") + MASK if secret and parameter.group("value") else parameter.group()
 
 
 class MaskCredentials(logging.Filter):

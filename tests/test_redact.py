@@ -31,6 +31,12 @@ SECRET = "hunter2"
         ("http://cam/video.cgi?resolution=640x480&Password=s3&fps=9", "http://cam/video.cgi?resolution=640x480&Password=***&fps=9"),
         ("rtsp://cam/live?token=abc.def#frag and ?token=plain", "rtsp://cam/live?token=***#frag and ?token=plain"),  # URLs only
         ("http://cam/x?api_key=k1;channel=2&keyframe=1", "http://cam/x?api_key=***;channel=2&keyframe=1"),
+        # Forms a re-check found unmasked: in the fragment, P2P cameras' names, other spellings, signed URLs.
+        ("http://cam/a#password=abc&access_token=t", "http://cam/a#password=***&access_token=***"),
+        ("http://cam/a?loginuse=admin&loginpas=pw&next=1", "http://cam/a?loginuse=***&loginpas=***&next=1"),
+        ("http://cam/a?user_pwd=x&api-key=k&X-Api-Key=k2&Authorization=Basic&client_secret=s&private_token=p",
+         "http://cam/a?user_pwd=***&api-key=***&X-Api-Key=***&Authorization=***&client_secret=***&private_token=***"),
+        ("https://s3/x?X-Amz-Signature=abc&X-Amz-Credential=AK&X-Amz-Date=2024", "https://s3/x?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=2024"),
     ],
 )
 def test_mask_credentials_hides_credentials_only(text, masked):
