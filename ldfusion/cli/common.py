@@ -12,6 +12,7 @@ from pathlib import Path
 from ldfusion.backends import PRECISIONS
 from ldfusion.errors import DataError, LDFusionError, first_line
 from ldfusion.redact import MaskCredentials, mask_credentials
+from ldfusion.signals import Terminated
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -80,7 +81,8 @@ def error_line(prog: str, message: str) -> None:
 
 
 def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Decorate a command's ``main``: user errors print one line and exit 2, Ctrl-C exits 130."""
+    """Decorate a command's ``main``: user errors print one line and exit 2, Ctrl-C exits 130,
+    SIGTERM 143."""
 
     def decorate(fn: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(fn)
@@ -97,6 +99,9 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., i
             except MemoryError as exc:  # sizes a user asked for (100000x100000 frames) that no machine holds
                 error_line(prog, f"not enough memory: {first_line(exc) or 'the sizes asked for are too large'}")
                 return EXIT_USER_ERROR
+            except Terminated:  # SIGTERM, raised as Ctrl-C is (ldfusion.signals.sigterm_as_interrupt)
+                error_line(prog, "terminated")
+                return EXIT_TERMINATED
             except KeyboardInterrupt:
                 error_line(prog, "interrupted")
                 return EXIT_INTERRUPTED
