@@ -124,8 +124,9 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"image not found: {path}")
     data = np.fromfile(path, np.uint8)
-    if _truncated_jpeg(data):
-        raise DataError(f"{path} is truncated: its JPEG data ends before the image does")
+    truncated = _truncated_jpeg(data) and "JPEG" or _truncated_png(data) and "PNG"
+    if truncated:
+        raise DataError(f"{path} is truncated: its {truncated} data ends before the image does")
     image = cv2.imdecode(data, _IMREAD_FLAGS) if data.size else None
     if image is None:
         if looks_like_video(path):
@@ -154,6 +155,26 @@ def _truncated_jpeg(data: np.ndarray) -> bool:
     if raw[:2] != b"\xff\xd8":
         return False
     return _jpeg_end(raw) is None
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _truncated_png(data: np.ndarray) -> bool:
+    """A PNG whose chunks end before its IEND chunk: cut off. libpng then prints its own
+    "libpng error: PNG input buffer is incomplete" to stderr (no log level reaches it) before
+    the decoder fails; the chunks are walked by their lengths instead, and nothing is printed."""
+    raw = data[:8].tobytes()
+    if raw != _PNG_SIGNATURE:
+        return False
+    pos, size = 8, data.size
+    while pos + 8 <= size:
+        length = int.from_bytes(data[pos : pos + 4].tobytes(), "big")
+        kind = data[pos + 4 : pos + 8].tobytes()
+        pos += 12 + length  # length, type, data, CRC
+        if kind == b"IEND":
+            return pos > size
+    return True
 
 
 def _jpeg_end(raw: bytes) -> int | None:
