@@ -160,7 +160,7 @@ def test_video_options_on_images_are_refused(folders, capsys, random_weights, op
 
 
 @pytest.mark.parametrize("option", [["--model", "ld-lite"], ["--device", "auto"], ["--device", "cuda"], ["--batch", "4"], ["--int8"],
-                                    ["--precision", "f32"]])
+                                    ["--no-int8"], ["--precision", "f32"]])
 def test_fusing_options_without_fuse_with_are_refused(folders, videos, capsys, option):
     """They set up the model, which --fused does not load: `--device cuda` passed on a machine without a GPU."""
     expected = f"ldfusion eval: error: {option[0]} sets up the fusing of --fuse-with, and --fused scores results already fused; leave it out"

@@ -220,6 +220,8 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace, video: bool) -> 
     if video_option and not video:
         raise DataError(f"{video_option} applies to video only, and these inputs are images; leave it out")
     fusing_option = _first_given(args, FUSING_OPTIONS)
+    if fusing_option == "--int8" and args.int8 is False:  # named as typed
+        fusing_option = "--no-int8"
     if fusing_option and not args.fuse_with:
         raise DataError(f"{fusing_option} sets up the fusing of --fuse-with, and --fused scores results already fused; leave it out")
     if args.save_fused and (not args.fuse_with or video):
