@@ -220,15 +220,18 @@ class LiveCameraSource(Source):
         self._capture: Capture | None = self._open(self._camera)
         if not self._capture.isOpened():
             raise DataError(f"cannot open {self.name} (no such device, or the URL does not answer)")
-        reported = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
-        fps = reported if 0 < reported < 1000 else config.fps or float(DEFAULT_RATE)
-        self.rate = Fraction(fps).limit_denominator(1001)
-        self.size = _reported_size(self._capture)
         self._network = isinstance(self._camera, str) and "://" in self._camera
         # A recording given as a camera: OpenCV decodes it as fast as it can, so two such
         # "cameras" drifted apart and nearly every pair joined frames seconds apart. It is
         # delivered at its own rate instead, as a camera would deliver it.
         self._recording = isinstance(self._camera, str) and Path(self._camera).is_file()
+        if self._recording:  # OpenCV says 25 fps for a raw stream whatever it holds; ldfusion's reader knows
+            self.rate = _recording_rate(self._camera, config.fps)
+        else:
+            reported = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
+            fps = reported if 0 < reported < 1000 else config.fps or float(DEFAULT_RATE)
+            self.rate = Fraction(fps).limit_denominator(1001)
+        self.size = _reported_size(self._capture)
         self._playback_start: float | None = None  # when the recording's first frame was (or is) due
         self._position = 0.0  # the recording's position, seconds, of the frame last delivered
         self._restarts_since_frame = 0  # ways of starting the recording again tried since its last frame
@@ -278,24 +281,19 @@ class LiveCameraSource(Source):
             self._reopen()
 
     def _start_again(self) -> bool:
-        """A recording at its end goes back to its first frame, due one frame period after its
-        last (it was reopened as after an outage: a warning each time round and half a second
-        without frames). It seeks back; where that gives no frame (MPEG-TS and raw H.264 say
-        the seek worked, then read nothing, and the camera went quiet for good), it is opened
-        again. False when neither gave a frame since the last one: an outage, then."""
-        if self._restarts_since_frame >= 2:
+        """A recording at its end is opened again, its first frame due one frame period after
+        its last (it was reopened as after an outage: a warning each time round and half a
+        second without frames). Not a seek back: MPEG-TS and raw H.264 said the seek worked
+        and then read nothing, and MPEG-TS with B-frames landed on its next keyframe, 1 s in.
+        False when the file does not open or gave no frame since the last time: an outage."""
+        if self._restarts_since_frame:
             return False
-        last_due = self._playback_start + self._position if self._playback_start is not None else time.monotonic()
         self._restarts_since_frame += 1
-        if self._restarts_since_frame == 1:
-            assert self._capture is not None
-            if not self._capture.set(cv2.CAP_PROP_POS_FRAMES, 0):
-                return self._start_again()
-        else:
-            self._release()
-            self._capture = self._open(self._camera)
-            if not self._capture.isOpened():
-                return False
+        last_due = self._playback_start + self._position if self._playback_start is not None else time.monotonic()
+        self._release()
+        self._capture = self._open(self._camera)
+        if not self._capture.isOpened():
+            return False
         log.debug("%s: starting again at its first frame", self.name)
         self._playback_start = last_due + 1.0 / float(self.rate)
         self._position, self._frames_played = 0.0, 0
@@ -373,6 +371,16 @@ class LiveCameraSource(Source):
 
     def close(self) -> None:
         self._release()
+
+
+def _recording_rate(path: str, fps: float | None) -> Fraction:
+    """A video file's frame rate as ``ldfusion.video`` reads it (a raw stream's from its
+    bitstream, else the source's ``fps``)."""
+    try:
+        with VideoReader(path, unstated_rate=fps) as reader:
+            return reader.rate
+    except DataError as exc:
+        raise DataError(f"camera {path}: {exc}") from None
 
 
 def _reported_size(capture: Capture) -> tuple[int, int] | None:

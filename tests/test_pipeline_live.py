@@ -332,13 +332,13 @@ def test_a_recording_given_as_a_camera_is_delivered_at_its_own_rate(tmp_path):
 @pytest.mark.parametrize("suffix", [".mp4", ".ts", ".h264"])
 def test_a_recording_given_as_a_camera_starts_again_at_its_end_without_a_gap(tmp_path, caplog, suffix):
     """It was reopened as after an outage: a warning each time round and half a second without
-    frames. An MPEG-TS file with B-frames says its seek back worked and then reads nothing (the
-    camera went quiet for good): it is opened again instead. A raw stream has no frame times:
-    it was delivered as fast as it decoded; now at its rate (FFmpeg's 25 fps, as it states none)."""
+    frames. (A seek back instead read nothing from MPEG-TS with B-frames or raw H.264, or landed
+    on the next keyframe.) A raw stream has no frame times: it was delivered as fast as it
+    decoded, and at OpenCV's 25 fps rather than the 20 its bitstream states."""
     from ldfusion.video import VideoWriter
 
     clip = tmp_path / f"cam{suffix}"
-    with VideoWriter(clip, 20, crf=18, preset="medium") as writer:  # medium: B-frames
+    with VideoWriter(clip, 20, crf=18, preset="medium", keyint=4) as writer:  # medium: B-frames
         for index in range(6):  # 0.3 s at 20 fps: 30 frames go round five times
             writer.write_image(marked_frame(index, 64, 48, 0))
     source = LiveCameraSource(from_dict(SourceConfig, {"kind": "camera", "path": str(clip)}), "ir", time.monotonic())
@@ -354,7 +354,8 @@ def test_a_recording_given_as_a_camera_starts_again_at_its_end_without_a_gap(tmp
     steps = np.diff([t for _, t, _ in got])
     # A frame period apart; going round, up to one more where the file is opened again (its
     # first frame's time comes out one frame late), against the 0.5 s of an outage before.
-    period = 1.0 / float(source.rate)
+    period = 1.0 / 20
+    assert source.rate == 20
     assert np.all(steps > 0.6 * period) and np.all(steps < 2.4 * period), (period, steps)
     assert np.median(steps) == pytest.approx(period, rel=0.2)
 
