@@ -23,10 +23,15 @@ MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]*")
 _PARAMETER = re.compile(r"(?P<lead>[?&;#](?P<name>[^=&;#\s]+)=)(?P<value>[^&;#\s]*)")
-# Query (and fragment) parameters that carry credentials, by the names IP cameras, their SDKs
-# and signed URLs use: any name holding one of these words, or one of the exact names.
-_SECRET_WORDS = ("pass", "pwd", "token", "secret", "credential", "signature", "auth")
-_SECRET_NAMES = {"user", "username", "usr", "login", "loginuse", "loginpas", "pw", "sig", "session", "sessionid", "session_id"}
+# Query (and fragment) parameters that carry credentials, by the words their names are made of
+# (user_pwd, X-Api-Key, AWSAccessKeyId, client_secret): IP cameras, their SDKs and signed URLs.
+# Whole words, so that author, passthrough, hotkey or tokenizer are left as they are.
+_SECRET_WORDS = frozenset({
+    "user", "username", "usr", "login", "loginuse", "loginpas", "pass", "passwd", "password", "pwd", "pw", "psw",
+    "token", "jwt", "ticket", "secret", "credential", "credentials", "signature", "sig", "auth", "authorization",
+    "key", "keys", "apikey", "apikeys", "session", "sessionid", "sid",
+})
+_NAME_WORDS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
 def mask_credentials(value: Any) -> Any:
@@ -42,9 +47,9 @@ def mask_credentials(value: Any) -> Any:
 
 
 def _masked_parameter(parameter: re.Match) -> str:
-    name = parameter.group("name").lower()
-    secret = any(word in name for word in _SECRET_WORDS) or name in _SECRET_NAMES or name.endswith("key")  # api_key, X-Api-Key
-    return parameter.group("lead") + MASK if secret and parameter.group("value") else parameter.group()
+    words = {word.lower() for word in _NAME_WORDS.findall(parameter.group("name"))}
+    secret = not words.isdisjoint(_SECRET_WORDS) and parameter.group("value")
+    return parameter.group("lead") + MASK if secret else parameter.group()
 
 
 class MaskCredentials(logging.Filter):

@@ -37,6 +37,10 @@ SECRET = "hunter2"
         ("http://cam/a?user_pwd=x&api-key=k&X-Api-Key=k2&Authorization=Basic&client_secret=s&private_token=p",
          "http://cam/a?user_pwd=***&api-key=***&X-Api-Key=***&Authorization=***&client_secret=***&private_token=***"),
         ("https://s3/x?X-Amz-Signature=abc&X-Amz-Credential=AK&X-Amz-Date=2024", "https://s3/x?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=2024"),
+        ("https://s3/x?AWSAccessKeyId=AK&psw=1&jwt=2&sid=3", "https://s3/x?AWSAccessKeyId=***&psw=***&jwt=***&sid=***"),
+        # Names that merely contain such a word are left alone: the saved config stays as written.
+        ("rtsp://cam/live?authmode=2&passthrough=1&author=me&hotkey=3&tokenizer=x&bypass_cache=1",
+         "rtsp://cam/live?authmode=2&passthrough=1&author=me&hotkey=3&tokenizer=x&bypass_cache=1"),
     ],
 )
 def test_mask_credentials_hides_credentials_only(text, masked):
