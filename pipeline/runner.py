@@ -58,6 +58,7 @@ from pipeline.sync import NearestPairer, run_pairing
 log = logging.getLogger(__name__)
 
 _READER_PREFIX = "read-"  # the reader threads' names
+_ABORT_GRACE_S = 1.0  # after an abort, how long a reader may take to finish before it is left behind
 _JOIN_TIMEOUT_S = 10.0  # a live camera stuck inside read() is left behind (daemon thread) after this
 _MAIN_LOOP_WAKE_S = 0.25  # how soon the main thread reacts to signals and run.duration_s
 _STALL_AFTER_S = 3.0  # a camera silent this long is reported in the periodic log
@@ -154,6 +155,7 @@ class Pipeline:
         self._error_lock = threading.Lock()
         self._stopped_by: str | None = None
         self._aborted = False
+        self._aborted_at: float | None = None  # time.monotonic() of the abort
         self._signals_handled_count = 0  # of self._signals, acted on by _handle_signals
         self._sink_queues: list[FrameQueue] = []  # of self._queues, the ones the sinks drain
         self._done = threading.Event()
@@ -181,6 +183,7 @@ class Pipeline:
     def abort(self) -> None:
         """Stop at once; sinks still close what they wrote."""
         self._aborted = True
+        self._aborted_at = self._aborted_at or time.monotonic()
         self.stop("abort")
         for q in self._queues:
             q.cancel()
@@ -512,17 +515,20 @@ class Pipeline:
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for the stages for up to _JOIN_TIMEOUT_S, still acting on signals: a reader stuck
         in a camera that does not answer held a second Ctrl-C for those 10 s. After an abort a
-        reader is not waited for (what it reads goes nowhere); the sinks are, to close their files."""
+        reader gets _ABORT_GRACE_S to finish (what it reads goes nowhere); the sinks get the
+        whole wait, to close their files."""
         deadline = time.monotonic() + _JOIN_TIMEOUT_S
         for thread in threads:
-            while thread.is_alive() and not self._left_behind(thread) and time.monotonic() < deadline:
+            while thread.is_alive() and time.monotonic() < self._join_deadline(thread, deadline):
                 thread.join(_MAIN_LOOP_WAKE_S)
                 self._handle_signals()
             if thread.is_alive():
                 log.warning("thread %s did not finish (a camera read that never returns?); leaving it", thread.name)
 
-    def _left_behind(self, thread: threading.Thread) -> bool:
-        return self._aborted and thread.name.startswith(_READER_PREFIX)
+    def _join_deadline(self, thread: threading.Thread, deadline: float) -> float:
+        if self._aborted_at is not None and thread.name.startswith(_READER_PREFIX):
+            return min(deadline, self._aborted_at + _ABORT_GRACE_S)
+        return deadline
 
     # --- outputs -------------------------------------------------------------------------
 
