@@ -31,14 +31,12 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[list[int]]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """Within: SIGTERM raises ``Terminated``, so code that finishes cleanly on Ctrl-C does on
-    SIGTERM too (its default killed the process on the spot); the list collects the signals."""
-    received: list[int] = []
+    SIGTERM too (its default killed the process on the spot)."""
 
-    def terminate(signum: int, _frame: object) -> None:
-        received.append(signum)
+    def terminate(_signum: int, _frame: object) -> None:
         raise Terminated
 
     with signals_handled(terminate, (signal.SIGTERM,)):
-        yield received
+        yield

@@ -58,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ldfusion {name}: {'interrupted' if signals[0] == signal.SIGINT else 'terminated'}", file=sys.stderr)
             return 130 if signals[0] == signal.SIGINT else 143
         # SIGTERM's default killed fuse, eval, calibrate and train on the spot, with no word:
-        # it now goes through each command's Ctrl-C handling (run and subscribe set their own).
-        with sigterm_as_interrupt() as terminated:
-            code = int(module.main(rest) or 0)
-        return 143 if terminated and code == 130 else code
+        # it now goes through each command's Ctrl-C handling, which exits 143 for it
+        # (ldfusion.cli.common.one_line_errors; run and subscribe set their own handlers).
+        with sigterm_as_interrupt():
+            return int(module.main(rest) or 0)
     except KeyboardInterrupt as interrupt:
         word, code = ("terminated", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
         print(f"ldfusion {name}: {word}", file=sys.stderr)
@@ -82,7 +82,6 @@ def _signals_recorded() -> Iterator[list[int]]:
     received: list[int] = []
     with signals_handled(lambda signum, _frame: received.append(signum)):
         yield received
-
 
 
 if __name__ == "__main__":
