@@ -154,8 +154,7 @@ class Pipeline:
         self._errors: list[BaseException] = []
         self._error_lock = threading.Lock()
         self._stopped_by: str | None = None
-        self._aborted = False
-        self._aborted_at: float | None = None  # time.monotonic() of the abort
+        self._aborted_at: float | None = None  # time.monotonic() of the abort; None: not aborted
         self._signals_handled_count = 0  # of self._signals, acted on by _handle_signals
         self._sink_queues: list[FrameQueue] = []  # of self._queues, the ones the sinks drain
         self._done = threading.Event()
@@ -182,7 +181,6 @@ class Pipeline:
 
     def abort(self) -> None:
         """Stop at once; sinks still close what they wrote."""
-        self._aborted = True
         self._aborted_at = self._aborted_at or time.monotonic()
         self.stop("abort")
         for q in self._queues:
@@ -507,7 +505,7 @@ class Pipeline:
             if self._stopped_by is None:
                 log.warning("%s: stopping; the frames already read are still fused and written (again to abort)", name)
                 self.stop(name)
-            elif not self._aborted:
+            elif self._aborted_at is None:
                 log.warning("%s again: aborting; the outputs are closed with what they hold", name)
                 self.abort()
         self._signals_handled_count = len(self._signals)
