@@ -278,7 +278,8 @@ class LiveCameraSource(Source):
             if stop.wait(delay):
                 return
             delay = min(2 * delay, self._config.reconnect_max_s)
-            self._reopen()
+            if self._reopen():
+                log.info("%s reconnected", self.name)
 
     def _start_again(self) -> bool:
         """A recording at its end is opened again, its first frame due one frame period after
@@ -291,8 +292,7 @@ class LiveCameraSource(Source):
         self._restarts_since_frame += 1
         last_due = self._playback_start + self._position if self._playback_start is not None else time.monotonic()
         self._release()
-        self._capture = self._open(self._camera)
-        if not self._capture.isOpened():
+        if not self._reopen():
             return False
         log.debug("%s: starting again at its first frame", self.name)
         self._playback_start = last_due + 1.0 / float(self.rate)
@@ -354,15 +354,16 @@ class LiveCameraSource(Source):
         if limit is not None and failures > limit:
             raise DataError(f"{self.name} stopped delivering after {count} frame(s) and did not come back after {limit} reconnect attempt(s)")
 
-    def _reopen(self) -> None:
+    def _reopen(self) -> bool:
+        """Open the camera (or recording) again, its clock and catch-up state anew; False when it does not open."""
         capture = self._open(self._camera)
-        if capture.isOpened():
-            log.info("%s reconnected", self.name)
-            self._capture = capture
-            self._clock.reset()
-            self._catching_up, self._stale_now, self._previous_read, self._settled_delay = self._network, 0, None, None
-        else:
+        if not capture.isOpened():
             capture.release()
+            return False
+        self._capture = capture
+        self._clock.reset()
+        self._catching_up, self._stale_now, self._previous_read, self._settled_delay = self._network, 0, None, None
+        return True
 
     def _release(self) -> None:
         if self._capture is not None:
