@@ -404,11 +404,16 @@ class Pipeline:
         for q in self._queues:
             self.stats.watch_queue(q)
         threads = []
+        # Recordings play from now, not from the clock's origin: the start-up since then (a CUDA
+        # warm-up takes seconds) would otherwise play as a burst of late frames.
+        play_from = time.monotonic() if run.realtime or live else None
         for stream in self._streams:
             for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
-                threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, run.realtime or live))
-            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, origin))
+                threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, play_from))
+            # A camera's times count from the run's clock origin, a replayed recording's from play_from.
+            replayed = play_from is not None and not (stream.ir.live or stream.visible.live)
+            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, play_from if replayed else origin))
         sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
         self._queues += fanout.queues

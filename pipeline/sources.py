@@ -432,21 +432,20 @@ def run_capture(
     out: FrameQueue,
     stop: threading.Event,
     on_frame: Callable[[CameraFrame], None] | None = None,
-    realtime: bool = False,
+    play_from: float | None = None,
 ) -> None:
     """Read ``source`` until it ends or ``stop`` is set, putting frames on ``out``.
 
-    ``realtime`` paces a file at its recorded rate (in live mode a file plays like a camera). The end sentinel is always put, so the
-    pairing stage never waits on a reader that has gone.
+    ``play_from`` (a ``time.monotonic()`` value) paces a file at its recorded rate: its frame at
+    time t is put no sooner than ``play_from + t`` (in live mode a file plays like a camera). The
+    readers of a run share it, so two recordings play in step however long each takes to open,
+    and the pairing can judge their frames by the same clock. None: as fast as they decode.
+    The end sentinel is always put, so the pairing stage never waits on a reader that has gone.
     """
-    pace_origin: float | None = None
     try:
         for index, t, planes in source.frames(stop):
-            if realtime and not source.live:
-                if pace_origin is None:
-                    pace_origin = time.monotonic() - t
-                if stop.wait(max(0.0, pace_origin + t - time.monotonic())):
-                    break
+            if play_from is not None and not source.live and stop.wait(max(0.0, play_from + t - time.monotonic())):
+                break
             frame = CameraFrame(stream, source.kind, index, t, time.monotonic(), time.time(), planes)
             if on_frame is not None:
                 on_frame(frame)

@@ -21,7 +21,7 @@ from pipeline.runner import run_pipeline
 from pipeline.sinks import CallbackSink
 from pipeline.sources import LiveCameraSource, StreamClock
 from ldfusion.color import planes_to_image
-from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, marked_frame, read_mark
+from tests.pipeline_helpers import MARKS, Collect, FakeCamera, cpu_fuser, make_config, marked_frame, marked_video, read_mark
 
 
 def live_config(slop_s: float, duration_s: float, stats_interval_s: float = 60, max_delay_s: float = 0.1, **ir_options) -> PipelineConfig:
@@ -405,3 +405,47 @@ def test_a_second_ctrl_c_while_a_reader_is_stuck_in_its_camera_ends_the_run_at_o
         first.cancel(), second.cancel()
     assert time.monotonic() - start < 5.0
     assert summary.stopped_by == "SIGINT" and "SIGINT again: aborting" in caplog.text
+
+
+def _replay(tmp_path, n: int = 24, rate: float = 30.0):
+    ir = marked_video(tmp_path / "ir.mp4", n, rate, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", n, rate, seed=2)
+    return make_config(ir, vi, run={"mode": "live"}), n
+
+
+def _ir_first_frame_late(monkeypatch, seconds: float) -> None:
+    """The IR decoder delivers its first frame ``seconds`` after the visible one's."""
+    from pipeline.sources import VideoFileSource
+
+    frames = VideoFileSource.frames
+
+    def late_ir(self, stop):
+        if self.kind == "ir":
+            time.sleep(seconds)
+        yield from frames(self, stop)
+
+    monkeypatch.setattr(VideoFileSource, "frames", late_ir)
+
+
+def test_a_recording_replayed_live_pairs_every_frame_however_long_start_up_takes(tmp_path, lite, monkeypatch):
+    """The pairing judged a frame by the time since the run's clock started, the replay by the
+    time since its first frame: after a start-up longer than the slop plus max_delay (a CUDA
+    warm-up takes seconds) a visible frame was judged on arrival, and an IR frame arriving a
+    moment after it was too late. An H200 run paired none of 205."""
+    from pipeline.runner import Pipeline
+
+    start_threads = Pipeline._start_threads
+    monkeypatch.setattr(Pipeline, "_start_threads", lambda self, *args: time.sleep(0.6) or start_threads(self, *args))
+    _ir_first_frame_late(monkeypatch, 0.03)  # well inside max_delay (0.1 s)
+    config, n = _replay(tmp_path)
+    summary = run_pipeline(config, lite)
+    assert summary.frames_out == n and summary.unpaired == 0
+
+
+def test_the_two_recordings_of_a_live_replay_play_in_step_when_one_opens_late(tmp_path, lite, monkeypatch):
+    """Each reader started its own clock at its first frame, so a decoder slow to deliver its
+    first frame put that recording behind the other for the whole run."""
+    _ir_first_frame_late(monkeypatch, 0.3)
+    config, n = _replay(tmp_path, n=36)
+    summary = run_pipeline(config, lite)
+    assert summary.frames_out >= n - 10  # the late start's frames may go, but not the rest of the run
