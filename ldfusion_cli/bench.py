@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
         "The warm-up calls compile (the time is logged); use --warmup 2 or more so the timed calls run compiled",
     )
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default: inductor)")
-    parser.add_argument("--compile-mode", choices=COMPILE_KINDS, default="default",
-                        help="default: inductor's kernels; reduce-overhead: also replayed as CUDA graphs, one launch per call (default: default)")
+    parser.add_argument("--compile-mode", choices=COMPILE_KINDS, default="auto",
+                        help="default: inductor's kernels; reduce-overhead: also replayed as CUDA graphs, one launch per call; "
+                        "auto: reduce-overhead on CUDA, default elsewhere (default: auto)")
     parser.add_argument("--fp32", action="store_true", help="keep the model and pipeline in float32 on CUDA (default: half)")
     parser.add_argument("--out", type=path_argument, default=Path("bench.json"), help="JSON output (default: bench.json)")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",

@@ -109,7 +109,7 @@ class BenchSettings:
     streams: int = 1  # stream pairs in one pipeline (pipeline, passthrough, decode)
     compile: str = "off"  # torch.compile the network (FuserOptions.compile): auto | on | off
     compile_backend: str = "inductor"
-    compile_mode: str = "default"  # FuserOptions.compile_mode: default | reduce-overhead (CUDA graphs)
+    compile_mode: str = "auto"  # FuserOptions.compile_mode: auto (CUDA graphs on CUDA) | default | reduce-overhead
     backend: str = "auto"  # CPU runtime of the model and pipeline paths (ldfusion.backends)
     int8: bool | None = None  # OpenVINO's int8 export; None: as the Fuser decides per device (ldfusion.backends.auto_int8)
     precision: str = "auto"  # OpenVINO's float layers (ldfusion.backends.float_precision)
@@ -223,7 +223,8 @@ def _noting_runtime(result: Measurement, fuser: Fuser) -> Measurement:
     (False also when compiling failed and eager took over; the warm-up calls take the compile
     time, logged once by ``ldfusion.inference``)."""
     calls = fuser.cpu_network.streams if fuser.cpu_network is not None else 1
-    result.extra.update(backend=fuser.backend, int8=fuser.int8, precision=fuser.precision, compiled=fuser.compiled, calls_in_flight=calls)
+    result.extra.update(backend=fuser.backend, int8=fuser.int8, precision=fuser.precision, compiled=fuser.compiled,
+                        cuda_graphs=fuser.cuda_graphs, calls_in_flight=calls)
     return result
 
 
@@ -234,7 +235,8 @@ def runtime_summary(results: list[Measurement]) -> list[str]:
     for r in results:
         if "backend" in r.extra and r.device not in seen:
             precision = f" {r.extra['precision']}" if r.extra.get("precision") else ""
-            seen[r.device] = f"{r.extra['backend']}{' int8' if r.extra.get('int8') else ''}{precision}{', compiled' if r.extra.get('compiled') else ''}"
+            compiled = (", compiled as CUDA graphs" if r.extra.get("cuda_graphs") else ", compiled") if r.extra.get("compiled") else ""
+            seen[r.device] = f"{r.extra['backend']}{' int8' if r.extra.get('int8') else ''}{precision}{compiled}"
         if r.extra.get("calls_in_flight", 1) > 1:
             in_flight.setdefault(r.device, set()).add(f"{r.path} {r.extra['calls_in_flight']} calls in flight")
     return [f"network on {device}: {runtime}" + "".join(f"; {note}" for note in sorted(in_flight.get(device, ())))

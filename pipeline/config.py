@@ -9,7 +9,7 @@ model, the sinks and a few run settings::
         visible: {kind: video, path: data/vi.mp4}
         registration: {calibration: calib/cam0.yaml, warp: ir_to_visible, crop: false}
         sync: {slop_s: null, offset_s: null, leader: visible, max_delay_s: 0.1}
-    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true, compile: auto, compile_mode: default}
+    model: {weights: null, device: auto, batch_size: null, max_wait_ms: 10, smoothing: true, compile: auto, compile_mode: auto}
     sinks:
       - {kind: mp4, path: "{stream}.mp4"}
       - {kind: zmq, endpoint: "tcp://127.0.0.1:5555"}
@@ -191,7 +191,7 @@ class ModelConfig:
     smoothing: bool = True  # EMA over time of the ldfusion style codes (a no-op for ld-lite)
     smoothing_momentum: float = 0.8  # weight of the running average; 0 = no smoothing
     compile: str | bool = "auto"  # torch.compile the network: auto (on for CUDA, off on the CPU) | on | off
-    compile_mode: str = "default"  # default | reduce-overhead (the compiled kernels replayed as CUDA graphs)
+    compile_mode: str = "auto"  # auto (reduce-overhead on CUDA) | default | reduce-overhead (the compiled kernels replayed as CUDA graphs)
     int8: bool | None = None  # OpenVINO int8 on the CPU; None = auto: on where weights: auto has a shipped int8 export
     precision: str = "auto"  # OpenVINO's float layers: auto (f32; bf16 in int8 networks on CPUs that have it) | f32 | bf16
 

@@ -56,7 +56,7 @@ def test_bench_measures_the_real_pipeline(random_weights, tmp_path):
     # explicit weights run in float (int8 only where weights: auto has a shipped export); two
     # OpenVINO calls in flight, as in a file-mode run
     assert pipeline["extra"] == {"dropped": 0, "unpaired": 0, "backend": "openvino", "int8": False, "precision": "f32", "compiled": False,
-                                 "calls_in_flight": 2}
+                                 "cuda_graphs": False, "calls_in_flight": 2}
 
 
 def test_reference_path_fuses_like_the_fuser(random_weights):
@@ -135,13 +135,15 @@ def test_bench_measures_the_compiled_network(random_weights, tmp_path):
     results = {}
     for mode in ("on", "off"):
         out = tmp_path / f"{mode}.json"
-        args = ["--weights", str(random_weights["ld-lite"]), "--devices", "cpu", "--paths", "model", "model_on_device", "--out", str(out)]
+        args = ["--weights", str(random_weights["ld-lite"]), "--devices", "cpu", "--backend", "torch", "--paths", "model", "model_on_device",
+                "--out", str(out)]
         assert bench_cli.main([*args, "--batch-sizes", "2", "--compile", mode, "--compile-backend", "aot_eager", *TINY]) == 0
         report = json.loads(out.read_text())
         assert report["settings"]["compile"] == mode
         results[mode] = {r["path"]: r for r in report["results"]}
     assert {path: r["extra"]["compiled"] for path, r in results["on"].items()} == {"model": True, "model_on_device": True}
     assert {path: r["extra"]["compiled"] for path, r in results["off"].items()} == {"model": False, "model_on_device": False}
+    assert not any(r["extra"]["cuda_graphs"] for r in results["on"].values())  # compile_mode auto: no CUDA graphs on the CPU
     assert all(r["fps"] > 0 and r["frames"] == 2 for r in results["on"].values())
 
 
