@@ -92,7 +92,7 @@ class RunSummary:
     unpaired: int  # IR + visible frames that made no output frame
     outputs: tuple[str, ...]  # files and folders written, endpoints bound
     streams: tuple[StreamSummary, ...]
-    stopped_by: str | None  # None: the inputs ended; else SIGINT, SIGTERM, duration, stop()
+    stopped_by: str | None  # None: the inputs ended; else SIGINT, SIGTERM, duration, max_frames, stop()
     model: str  # variant name
     device: str
     report: str  # the end-of-run table
@@ -160,6 +160,7 @@ class Pipeline:
         self._done = threading.Event()
         self._batch = config.model.batch_size or 1  # resolved against the device in run()
         self._signals: list[str] = []  # appended by the signal handler, read by _supervise
+        self._at_max_frames: set[str] = set()  # streams that ended by reaching run.max_frames
 
     # --- control ------------------------------------------------------------------------
 
@@ -449,7 +450,10 @@ class Pipeline:
             stream.registrar.check(pair.ir.size, pair.visible.size)
             if not out.put(pair):
                 return False
-            return max_frames is None or pair.meta.seq + 1 < max_frames
+            if max_frames is not None and pair.meta.seq + 1 >= max_frames:
+                self._at_max_frames.add(stream.id)
+                return False
+            return True
 
         try:
             run_pairing(stream.pairer, stream.ir_queue, stream.vi_queue, emit, live, origin, stream.stop)
@@ -554,7 +558,7 @@ class Pipeline:
             unpaired=sum(s.unpaired_ir + s.unpaired_vi for s in streams),
             outputs=outputs,
             streams=tuple(streams),
-            stopped_by=self._stopped_by,
+            stopped_by=self._stopped_by or ("max_frames" if len(self._at_max_frames) == len(self._streams) else None),
             model=fuser.spec.name,
             device=str(fuser.device),
             report=self.stats.report() + "".join(_camera_line(s) for s in streams if self.config.live),

@@ -361,6 +361,14 @@ def test_max_frames_stops_each_stream(tmp_path, lite):
     summary = run_pipeline(config, lite)
     assert summary.frames_out == 5 and len(read_video(tmp_path / "o.mp4")["frames"]) == 5
     assert summary.unpaired == 0  # frames read ahead and left over are not "unpaired"
+    assert summary.stopped_by == "max_frames"  # it said null, as if the inputs had ended
+
+
+def test_a_run_whose_inputs_end_before_max_frames_was_not_stopped_by_it(tmp_path, lite):
+    ir = marked_video(tmp_path / "ir.mp4", 4, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
+    summary = run_pipeline(make_config(ir, vi, run={"max_frames": 5}), lite)
+    assert summary.frames_out == 4 and summary.stopped_by is None
 
 
 def test_fragmented_mp4_plays_too(tmp_path, lite):
