@@ -113,6 +113,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LDFUSION_CACHE") or Path.home() / ".cache" / "ldfusion")
 
 
+def weights_names() -> str:
+    """The names a weights option takes, read from the registry (a list typed into a message
+    falls behind it)."""
+    return ", ".join([f"{AUTO_WEIGHTS} (bundled weights chosen for the device)", *sorted(REGISTRY)])
+
+
 def is_auto(name: str | os.PathLike | None) -> bool:
     """Whether ``name`` leaves the choice of weights to ldfusion (``auto``, or not given)."""
     return name is None or str(name) == AUTO_WEIGHTS
@@ -142,12 +148,12 @@ def resolve_weights_path(name_or_path: str | os.PathLike | None) -> Path:
     """Turn a registry name or a path into a local file (or folder) to load."""
     name = str(name_or_path) if name_or_path is not None else DEFAULT_WEIGHTS
     if not name.strip():  # Path("") is the current folder, which a weights folder lookup would then search
-        raise CheckpointError(f"weights: the name is empty; give a file or one of {sorted(REGISTRY)}")
+        raise CheckpointError(f"weights: the name is empty; give a file or one of: {weights_names()}")
     entry = REGISTRY.get(name)
     if entry is None:
         path = Path(name).expanduser()
         if not path.exists():
-            raise CheckpointError(f"weights not found: {name!r} is neither a file nor one of {sorted(REGISTRY)}")
+            raise CheckpointError(f"weights not found: {name!r} is neither a file nor one of: {weights_names()}")
         return path
     from_env = os.environ.get(entry.env_var)
     if from_env:

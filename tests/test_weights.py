@@ -81,8 +81,9 @@ def test_registry_name_uses_the_cache_folder(monkeypatch, tmp_path, published):
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(CheckpointError, match="neither a file nor one of"):
+    with pytest.raises(CheckpointError, match="neither a file nor one of") as error:
         resolve_weights_path("no-such-weights")
+    assert "auto (bundled weights chosen for the device)" in str(error.value)  # the name most users want was not offered
 
 
 def test_the_authors_release_is_pinned():

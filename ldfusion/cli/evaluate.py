@@ -41,7 +41,7 @@ from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
 from ldfusion.video import VideoReader
-from ldfusion.weights import AUTO_WEIGHTS, REGISTRY
+from ldfusion.weights import weights_names
 
 log = logging.getLogger("ldfusion.eval")
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--fuse-with",
         metavar="WEIGHTS",
-        help=f"fuse the sources first with these weights: a file, an Enc_*/Dec_* folder, or a registry name: {_weights_names()}",
+        help=f"fuse the sources first with these weights: a file, an Enc_*/Dec_* folder, or a registry name: {weights_names()}",
     )
     parser.add_argument("--model", choices=sorted(VARIANTS), help="network variant for --fuse-with (default: from the weights)")
     parser.add_argument(
@@ -96,12 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_logging_arguments(parser)
     return parser
-
-
-def _weights_names() -> str:
-    """The names --fuse-with takes, read from the registry: a list typed into the help fell behind
-    it (``auto`` and ``fast`` worked but were not named)."""
-    return ", ".join([f"{AUTO_WEIGHTS} (bundled weights chosen for the device)", *sorted(REGISTRY)])
 
 
 @dataclass(frozen=True)
@@ -203,7 +197,7 @@ def _check_weights_named(fuse_with: str | None) -> None:
     """An empty --fuse-with (an unset shell variable) was taken for no --fuse-with, and eval
     then failed on the --fused it did not have."""
     if fuse_with is not None and not fuse_with.strip():
-        raise DataError(f"--fuse-with is empty; give a weights file or folder, or one of: {_weights_names()}")
+        raise DataError(f"--fuse-with is empty; give a weights file or folder, or one of: {weights_names()}")
 
 
 def _check_all_videos_or_all_images(args: argparse.Namespace) -> None:
