@@ -117,6 +117,12 @@ class _Stream:
     def leader(self) -> Source:
         return self.ir if self.pairer.leader == IR else self.visible
 
+    def pairs_released_at_once(self) -> int:
+        """Leader frames that one follower frame can decide at once: the leader's frames in a
+        follower frame period (1 when the follower is as fast or faster)."""
+        follower = self.visible if self.pairer.leader == IR else self.ir
+        return max(1, math.ceil(self.leader.rate / follower.rate))
+
     def info(self) -> StreamInfo:
         leader = self.leader
         return StreamInfo(self.id, leader.rate, leader.time_base, leader.expected_frames, leader.live)
@@ -397,7 +403,11 @@ class Pipeline:
         # them in turn (pipeline.batching), and live mode drops a stream's own oldest pair only.
         condition = threading.Condition()
         if live:  # short queues that keep the newest frames: latency stays bounded when a stage is slow
-            paired = {s.id: FrameQueue(f"{s.id}.paired", batch, drop_oldest=True, condition=condition) for s in self._streams}
+            # A batch, and the pairs one frame of a slower follower camera releases at once
+            # (a 9 fps IR camera under a 30 fps visible one: three or four; with room for one
+            # batch alone, all but the last of them were dropped with the fusion stage idle).
+            paired = {s.id: FrameQueue(f"{s.id}.paired", batch + s.pairs_released_at_once(), drop_oldest=True, condition=condition)
+                      for s in self._streams}
         else:  # room for two batches, and producers wait: nothing is lost
             size = max(run.queue_size, 2 * batch)
             paired = {s.id: FrameQueue(f"{s.id}.paired", size, condition=condition) for s in self._streams}
@@ -415,7 +425,8 @@ class Pipeline:
             # A camera's times count from the run's clock origin, a replayed recording's from play_from.
             replayed = play_from is not None and not (stream.ir.live or stream.visible.live)
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, play_from if replayed else origin))
-        sink_queue = run.live_queue_size if live else max(run.queue_size, 2 * batch)
+        # Live: at least a batch, which the fusion stage hands on at once.
+        sink_queue = max(run.live_queue_size, batch) if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))
         self._queues += fanout.queues
         self._sink_queues = list(fanout.queues)

@@ -449,3 +449,26 @@ def test_the_two_recordings_of_a_live_replay_play_in_step_when_one_opens_late(tm
     config, n = _replay(tmp_path, n=36)
     summary = run_pipeline(config, lite)
     assert summary.frames_out >= n - 10  # the late start's frames may go, but not the rest of the run
+
+
+def test_a_slower_follower_camera_drops_no_pair_when_fusion_keeps_up(tmp_path, lite):
+    """A 9 fps IR camera under a 30 fps visible one: each IR frame decides three or four
+    visible frames at once, and the live paired queue (one batch, the oldest dropped) threw
+    all but the last away: 76 of 119 pairs dropped with fusion idle, output at 10.8 fps."""
+    ir = marked_video(tmp_path / "ir.mp4", 18, 9, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 60, 30, seed=2)
+    summary = run_pipeline(make_config(ir, vi, run={"mode": "live"}, model={"batch_size": 1}), lite)
+    (stream,) = summary.streams
+    assert stream.frames_out >= 50 and summary.dropped <= 1, summary.report
+
+
+def test_a_live_batch_reaches_every_sink_whole(tmp_path, lite):
+    """The sinks' live queues held run.live_queue_size (2) frames, and a fused batch of 4 came
+    at once: frames were dropped with the sink all but idle. (Batches form here because the
+    9 fps IR camera releases visible frames three or four at a time.)"""
+    ir = marked_video(tmp_path / "ir.mp4", 18, 9, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 60, 30, seed=2)
+    written = []
+    sink = CallbackSink(lambda frame: time.sleep(0.005) or written.append(frame))  # 20 ms a batch of 4, one every 111 ms
+    summary = run_pipeline(make_config(ir, vi, run={"mode": "live"}, model={"batch_size": 4}), lite, extra_sinks=[sink])
+    assert summary.dropped <= 1 and len(written) >= 50, summary.report
