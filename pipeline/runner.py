@@ -51,7 +51,7 @@ from pipeline.queues import Cancelled, FrameQueue
 from pipeline.registration import Registrar
 from pipeline.sinks import CallbackSink, Sink, SinkFanout, build_sinks
 from pipeline.views import DEVICE
-from pipeline.sources import OpenCapture, Source, open_source, run_capture
+from pipeline.sources import OpenCapture, Replay, Source, open_source, run_capture
 from pipeline.stats import PipelineStats
 from pipeline.sync import NearestPairer, run_pairing
 
@@ -395,7 +395,8 @@ class Pipeline:
         offset = sync.offset_s if sync.offset_s is not None else (registration.time_offset_s if registration else 0.0)
         log.info("%s: pairing each %s frame with the nearest %s frame within %.1f ms (IR offset %+.1f ms)",
                  config.id, sync.leader, "visible" if sync.leader == "ir" else "ir", slop * 1000, offset * 1000)
-        return NearestPairer(config.id, sync.leader, slop, offset, sync.max_delay_s if self.config.live else 0.0)
+        return NearestPairer(config.id, sync.leader, slop, offset, sync.max_delay_s if self.config.live else 0.0,
+                             ir_replayed=not ir.live)
 
     def _start_threads(self, worker: FusionWorker, sinks: list[Sink], live: bool, origin: float, infos: dict[str, StreamInfo]) -> list[threading.Thread]:
         run, batch = self.config.run, self._batch
@@ -419,12 +420,17 @@ class Pipeline:
         # warm-up takes seconds) would otherwise play as a burst of late frames.
         play_from = time.monotonic() if run.realtime or live else None
         for stream in self._streams:
+            with_camera = stream.ir.live or stream.visible.live
             for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
-                threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, play_from))
-            # A camera's times count from the run's clock origin, a replayed recording's from play_from.
-            replayed = play_from is not None and not (stream.ir.live or stream.visible.live)
-            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, play_from if replayed else origin))
+                replay = None
+                if play_from is not None:
+                    lag = stream.pairer.offset_s if source is stream.ir else 0.0
+                    replay = Replay(play_from, lag, shift=play_from - origin if with_camera else 0.0)
+                threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, replay))
+            # A camera's times count from the run's clock origin, a stream of recordings' from play_from.
+            pairing_origin = origin if with_camera or play_from is None else play_from
+            threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, pairing_origin))
         # Live: at least a batch, which the fusion stage hands on at once.
         sink_queue = max(run.live_queue_size, batch) if live else max(run.queue_size, 2 * batch)
         fanout = SinkFanout(sinks, sink_queue, live, on_done=lambda frame: self.stats.frame_written(frame.meta.stream, frame.meta.captured_mono))

@@ -40,6 +40,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Protocol
@@ -426,26 +427,40 @@ def open_source(config: SourceConfig, kind: str, clock_origin: float, open_captu
     return LiveCameraSource(config, kind, clock_origin, open_capture)
 
 
+@dataclass(frozen=True)
+class Replay:
+    """How a recording plays as if live (``run_capture``): its frame at time t is put no
+    sooner than ``start + lag + t`` (``time.monotonic()``), and carries time ``t + shift``."""
+
+    start: float  # when the run's recordings start playing: one for all, so they play in step
+    # An IR recording's sync offset: each frame plays when it is due on the visible clock. A
+    # recording that starts seconds into the other played that early, and the pairing, which
+    # holds 128 IR frames, had let the first partners go when their visible frames came.
+    lag: float = 0.0
+    shift: float = 0.0  # onto the run's clock, where a camera of the same stream counts its times
+
+
 def run_capture(
     source: Source,
     stream: str,
     out: FrameQueue,
     stop: threading.Event,
     on_frame: Callable[[CameraFrame], None] | None = None,
-    play_from: float | None = None,
+    replay: Replay | None = None,
 ) -> None:
     """Read ``source`` until it ends or ``stop`` is set, putting frames on ``out``.
 
-    ``play_from`` (a ``time.monotonic()`` value) paces a file at its recorded rate: its frame at
-    time t is put no sooner than ``play_from + t`` (in live mode a file plays like a camera). The
-    readers of a run share it, so two recordings play in step however long each takes to open,
-    and the pairing can judge their frames by the same clock. None: as fast as they decode.
-    The end sentinel is always put, so the pairing stage never waits on a reader that has gone.
+    ``replay`` paces a recording at its recorded rate (in live mode, or with ``run.realtime``,
+    a file plays like a camera); None: as fast as it decodes. The end sentinel is always put,
+    so the pairing stage never waits on a reader that has gone.
     """
+    replay = replay if replay is not None and not source.live else None
     try:
         for index, t, planes in source.frames(stop):
-            if play_from is not None and not source.live and stop.wait(max(0.0, play_from + t - time.monotonic())):
-                break
+            if replay is not None:
+                if stop.wait(max(0.0, replay.start + replay.lag + t - time.monotonic())):
+                    break
+                t += replay.shift
             frame = CameraFrame(stream, source.kind, index, t, time.monotonic(), time.time(), planes)
             if on_frame is not None:
                 on_frame(frame)

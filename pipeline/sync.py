@@ -68,13 +68,17 @@ class _Follower:
 class NearestPairer:
     """Leader-driven nearest-timestamp pairing for one stream pair. Not thread-safe."""
 
-    def __init__(self, stream: str, leader: str, slop_s: float, offset_s: float = 0.0, max_delay_s: float = 0.0) -> None:
+    def __init__(self, stream: str, leader: str, slop_s: float, offset_s: float = 0.0, max_delay_s: float = 0.0,
+                 ir_replayed: bool = False) -> None:
         self.stream = stream
         self.leader = IR if leader == IR else VISIBLE
         self.follower = VISIBLE if self.leader == IR else IR
         self.slop_s = slop_s
         self.offset_s = offset_s
         self.max_delay_s = max_delay_s  # live: how late after its time a follower frame may arrive
+        # Live: an IR camera's frames arrive offset_s before they are due on the visible clock;
+        # a replayed IR recording's when they are due (it plays offset_s late: sources.Replay).
+        self._ir_lead = 0.0 if ir_replayed else offset_s
         self.counts = PairingCounts()
         self._pending: deque[tuple[float, CameraFrame]] = deque()  # undecided leader frames
         self._followers: deque[_Follower] = deque()  # follower frames that may still be nearest
@@ -124,8 +128,7 @@ class NearestPairer:
         """Stream time after which the oldest pending leader frame can be decided by the clock."""
         if not self._pending:
             return None
-        follower_lead = self.offset_s if self.follower == IR else 0.0
-        return self._pending[0][0] + self.slop_s + self.max_delay_s - follower_lead
+        return self._pending[0][0] + self.slop_s + self.max_delay_s - self._follower_lead()
 
     def pop_decided(self, now: float | None = None) -> list[FramePair]:
         """Decide every pending leader frame that can be; returns the pairs, in order.
@@ -167,8 +170,11 @@ class NearestPairer:
             return True
         if now is None:
             return False
-        follower_lead = self.offset_s if self.follower == IR else 0.0
-        return now + follower_lead > t + self.slop_s + self.max_delay_s
+        return now + self._follower_lead() > t + self.slop_s + self.max_delay_s
+
+    def _follower_lead(self) -> float:
+        """How long before its time on the leader's clock a follower frame arrives (live)."""
+        return self._ir_lead if self.follower == IR else 0.0
 
     def _nearest(self, t: float) -> _Follower | None:
         best = min(self._followers, key=lambda f: abs(f.t - t), default=None)

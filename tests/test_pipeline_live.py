@@ -472,3 +472,35 @@ def test_a_live_batch_reaches_every_sink_whole(tmp_path, lite):
     sink = CallbackSink(lambda frame: time.sleep(0.005) or written.append(frame))  # 20 ms a batch of 4, one every 111 ms
     summary = run_pipeline(make_config(ir, vi, run={"mode": "live"}, model={"batch_size": 4}), lite, extra_sinks=[sink])
     assert summary.dropped <= 1 and len(written) >= 50, summary.report
+
+
+def test_a_recording_beside_a_camera_in_one_stream_is_paired_in_step(tmp_path, lite, monkeypatch):
+    """One side a camera (here a recording given as one), the other a recording replayed:
+    the camera's times count from the run's clock origin, the recording's from when the
+    recordings start playing, after start-up. Every pair joined frames the whole start-up
+    apart (0.13 s here, seconds after a CUDA warm-up), and exited 0."""
+    from pipeline.runner import Pipeline
+
+    start_threads = Pipeline._start_threads
+    monkeypatch.setattr(Pipeline, "_start_threads", lambda self, *args: time.sleep(0.4) or start_threads(self, *args))
+    ir = marked_video(tmp_path / "ir.mp4", 45, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 45, 30, seed=2)
+    config = make_config(ir, vi, run={"mode": "live"}, model={"batch_size": 1}, stream={"ir": {"kind": "camera", "path": str(ir)}})
+    collect = Collect()
+    run_pipeline(config, lite, extra_sinks=[collect.sink()])
+    apart = [abs(frame.meta.ir_index - frame.meta.vi_index) for frame in collect.frames]
+    assert len(apart) >= 40 and max(apart) <= 1, apart
+
+
+def test_a_recording_replayed_with_a_long_offset_keeps_its_first_pairs(tmp_path, lite):
+    """An IR recording that starts 1.5 s into the visible one (offset_s 1.5) played its
+    frames 1.5 s before their partners; the pairing holds 128 IR frames at most, so at 120 fps
+    the first partners were gone when their visible frames came: 13 of 30 pairs lost."""
+    ir = marked_video(tmp_path / "ir.mp4", 300, 120, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 75, 30, seed=2)
+    config = make_config(ir, vi, run={"mode": "live"}, model={"batch_size": 1}, stream={"sync": {"offset_s": 1.5}})
+    collect = Collect()
+    run_pipeline(config, lite, extra_sinks=[collect.sink()])
+    paired = [(frame.meta.vi_index, frame.meta.ir_index) for frame in collect.frames]
+    assert len(paired) >= 28, paired
+    assert all(abs(ir_index - (vi_index / 30 - 1.5) * 120) <= 2 for vi_index, ir_index in paired), paired  # the right partners
