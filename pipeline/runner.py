@@ -720,6 +720,7 @@ def fused_frames(
     handoff = FrameQueue("consumer", queue_size, drop_oldest=config.live)
     pipeline = Pipeline(config, _checked_fuser(fuser), extra_sinks=[_ConsumerSink(handoff)], open_capture=open_capture,
                         config_file=config_file)
+    pipeline.stats.watch_queue(handoff)  # live: the frames the consumer never saw count as dropped
     errors: list[BaseException] = []
 
     ended = threading.Event()
