@@ -81,9 +81,11 @@ class FrameQueue:
         self.dropped_by_stream[str(stream)] += 1
 
     def put_end(self, end: EndOfStream) -> None:
-        """Sentinels never wait and are never dropped: they may exceed ``maxsize`` by one."""
+        """Sentinels never wait and are never dropped: they may exceed ``maxsize`` by one (not
+        counted in ``max_depth``, which said 2/1 of a queue that never held two frames)."""
         with self.condition:
-            self._append(end)
+            self._items.append(end)
+            self.condition.notify_all()
 
     def _append(self, item: Any) -> None:
         self._items.append(item)

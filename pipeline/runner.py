@@ -70,6 +70,7 @@ class StreamSummary:
     frames_out: int
     read_ir: int
     read_vi: int
+    paired: int  # output frames the pairing made (frames_out + those dropped after it in live mode)
     unpaired_ir: int  # IR frames that made no output frame (no visible frame within the slop, or unused)
     unpaired_vi: int
     dropped: int  # frames live-mode queues discarded to stay current (camera, paired and sink queues)
@@ -278,8 +279,8 @@ class Pipeline:
             return
         empty = [stream for stream in summary.streams if not stream.frames_out]
         for stream in empty:
-            log.warning("stream %s: nothing was fused (IR camera: %d frame(s) read, %d skipped as buffered on connect; "
-                        "visible camera: %d read, %d skipped)", stream.stream, stream.read_ir, stream.stale_ir, stream.read_vi,
+            log.warning("stream %s: nothing was fused (IR: %d frame(s) read, %d skipped as buffered on connect; "
+                        "visible: %d read, %d skipped)", stream.stream, stream.read_ir, stream.stale_ir, stream.read_vi,
                         stream.stale_vi)
         if empty and len(empty) == len(summary.streams):
             raise DataError(f"the live run fused no frame in {summary.wall_s:.1f} s (see the warnings above)")
@@ -561,7 +562,7 @@ class Pipeline:
         for stream in self._streams:
             c = self.stats.stream_counts(stream.id)
             ir, vi = stream.ir, stream.visible
-            streams.append(StreamSummary(stream.id, c.written, c.read_ir, c.read_vi, c.unpaired_ir, c.unpaired_vi, c.dropped,
+            streams.append(StreamSummary(stream.id, c.written, c.read_ir, c.read_vi, c.paired, c.unpaired_ir, c.unpaired_vi, c.dropped,
                                          ir.outages, vi.outages, ir.reconnects, vi.reconnects, ir.stale, vi.stale))
         frames = sum(s.frames_out for s in streams)
         wall = self.stats.elapsed

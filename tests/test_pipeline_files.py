@@ -408,3 +408,14 @@ def test_decoder_threads_divide_the_cores(monkeypatch):
     for cores, readers, expected in ((2, 2, 1), (16, 2, 8), (1, 6, 1), (4, 3, 1), (8, 1, 8)):
         monkeypatch.setattr(ldfusion.threads, "available_cores", lambda cores=cores: cores)
         assert ldfusion.threads.decoder_threads(readers) == expected
+
+
+def test_summary_json_counts_the_pairs_per_stream(tmp_path, lite):
+    """The end-of-run table showed each stream's pairs; summary.json did not."""
+    import json
+
+    ir = marked_video(tmp_path / "ir.mp4", 6, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 4, 30, seed=2)
+    run_pipeline(make_config(ir, vi, out_dir=tmp_path / "out"), lite)
+    (stream,) = json.loads((tmp_path / "out" / "summary.json").read_text())["streams"]
+    assert (stream["paired"], stream["frames_out"], stream["unpaired_ir"]) == (4, 4, 2)
