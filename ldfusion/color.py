@@ -16,11 +16,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ldfusion.video import BGR, GRAY, YUV420, Planes
+from ldfusion.video import BGR, BT601, BT709, BT2020, GRAY, YUV420, Planes
 
 _DELTA = 0.5  # chroma offset for float images
 _CR_FROM_R_MINUS_Y = 0.713
 _CB_FROM_B_MINUS_Y = 0.564
+# Y, Cr, Cb -> RGB per matrix: Cr to R, Cr to G, Cb to G, Cb to B. BT.601 as OpenCV's float
+# conversion has it (the authors' images, and every RGB source here); BT.709 and BT.2020
+# from their Kr, Kb, for videos that state them (``Planes.matrix``).
+_TO_RGB = {
+    BT601: (1.403, 0.714, 0.344, 1.773),
+    BT709: (1.5748, 0.46812, 0.18732, 1.8556),
+    BT2020: (1.4746, 0.57135, 0.16455, 1.8814),
+}
+Matrix = str | tuple[str, ...]  # one for the whole batch, or one per row
 
 
 def rgb_to_y(rgb: Tensor) -> Tensor:
@@ -38,15 +47,24 @@ def rgb_to_ycrcb(rgb: Tensor) -> Tensor:
     return torch.cat([y, cr, cb], dim=-3)
 
 
-def ycrcb_to_rgb(ycrcb: Tensor) -> Tensor:
-    """(B, 3, H, W) Y, Cr, Cb -> (B, 3, H, W) RGB (not clamped)."""
+def ycrcb_to_rgb(ycrcb: Tensor, matrix: Matrix = BT601) -> Tensor:
+    """(B, 3, H, W) Y, Cr, Cb -> (B, 3, H, W) RGB (not clamped), by ``matrix``."""
     y, cr, cb = ycrcb.unbind(dim=-3)
     cr = cr - _DELTA
     cb = cb - _DELTA
-    r = y + 1.403 * cr
-    g = y - 0.714 * cr - 0.344 * cb
-    b = y + 1.773 * cb
+    r_cr, g_cr, g_cb, b_cb = _to_rgb_coefficients(matrix, ycrcb.device)
+    r = y + r_cr * cr
+    g = y - g_cr * cr - g_cb * cb
+    b = y + b_cb * cb
     return torch.stack([r, g, b], dim=-3)
+
+
+def _to_rgb_coefficients(matrix: Matrix, device: torch.device) -> tuple[float, ...] | tuple[Tensor, ...]:
+    """Numbers for one matrix; (B, 1, 1) tensors for a batch whose rows differ."""
+    if isinstance(matrix, str) or len(set(matrix)) == 1:
+        return _TO_RGB[matrix if isinstance(matrix, str) else matrix[0]]
+    rows = torch.tensor([_TO_RGB[m] for m in matrix], device=device)  # (B, 4)
+    return tuple(rows[:, i, None, None] for i in range(4))
 
 
 def merge_fused_y(fused_y: Tensor, visible_rgb: Tensor) -> Tensor:
@@ -135,9 +153,10 @@ class YCrCbBatch:
     network at 640x512 the fusion thread's CPU time fell from 0.75 to 0.41 ms a frame.
     """
 
-    def __init__(self, y: Tensor, crcb: Tensor | ChromaCodes) -> None:
+    def __init__(self, y: Tensor, crcb: Tensor | ChromaCodes, matrix: Matrix = BT601) -> None:
         self.y = y
         self._chroma = crcb
+        self.matrix = matrix  # how Y, Cr, Cb become RGB: the video's own (``Planes.matrix``)
 
     @property
     def crcb(self) -> Tensor:
@@ -172,17 +191,20 @@ class YCrCbBatch:
         return torch.cat([self.y, self.full_chroma()], dim=1)
 
     def with_luma(self, y: Tensor) -> "YCrCbBatch":
-        return YCrCbBatch(y, self._chroma)
+        return YCrCbBatch(y, self._chroma, self.matrix)
 
     def crop(self, x: int, y: int, w: int, h: int) -> "YCrCbBatch":
         if (x, y, w, h) == (0, 0, self.y.shape[-1], self.y.shape[-2]):
             return self
         luma = self.y[..., y : y + h, x : x + w]
         if not self.subsampled:
-            return YCrCbBatch(luma, self._sliced_chroma(slice(y, y + h), slice(x, x + w)))
+            return YCrCbBatch(luma, self._sliced_chroma(slice(y, y + h), slice(x, x + w)), self.matrix)
         if x % 2 or y % 2:  # the crop splits 2x2 blocks: chroma at full resolution first
-            return YCrCbBatch(luma, self.full_chroma()[..., y : y + h, x : x + w])
-        return YCrCbBatch(luma, self._sliced_chroma(slice(y // 2, (y + h + 1) // 2), slice(x // 2, (x + w + 1) // 2)))
+            return YCrCbBatch(luma, self.full_chroma()[..., y : y + h, x : x + w], self.matrix)
+        return YCrCbBatch(luma, self._sliced_chroma(slice(y // 2, (y + h + 1) // 2), slice(x // 2, (x + w + 1) // 2)), self.matrix)
+
+    def row_matrices(self) -> tuple[str, ...]:
+        return (self.matrix,) * self.y.shape[0] if isinstance(self.matrix, str) else self.matrix
 
     def _sliced_chroma(self, rows: slice, columns: slice) -> Tensor | ChromaCodes:
         if isinstance(self._chroma, ChromaCodes):
@@ -196,16 +218,18 @@ class YCrCbBatch:
         if len(parts) == 1:
             return parts[0]
         y = torch.cat([p.y for p in parts])
+        rows = tuple(m for p in parts for m in p.row_matrices())  # streams of other matrices may share a batch
+        matrix = rows[0] if len(set(rows)) == 1 else rows
         codes = [p.chroma_codes for p in parts]
         if len({p.subsampled for p in parts}) == 1:
             if all(codes) and len({c.full_range for c in codes}) == 1:
-                return YCrCbBatch(y, ChromaCodes(torch.cat([c.codes for c in codes]), codes[0].full_range))
-            return YCrCbBatch(y, torch.cat([p.crcb for p in parts]))
-        return YCrCbBatch(y, torch.cat([p.full_chroma() for p in parts]))
+                return YCrCbBatch(y, ChromaCodes(torch.cat([c.codes for c in codes]), codes[0].full_range), matrix)
+            return YCrCbBatch(y, torch.cat([p.crcb for p in parts]), matrix)
+        return YCrCbBatch(y, torch.cat([p.full_chroma() for p in parts]), matrix)
 
     @staticmethod
-    def from_full(ycrcb: Tensor) -> "YCrCbBatch":
-        return YCrCbBatch(ycrcb[:, :1], ycrcb[:, 1:])
+    def from_full(ycrcb: Tensor, matrix: Matrix = BT601) -> "YCrCbBatch":
+        return YCrCbBatch(ycrcb[:, :1], ycrcb[:, 1:], matrix)
 
 
 _NEUTRAL_CODE = 128  # limited-range chroma code of 0.5 (no colour): (128 - 16) / 224
@@ -246,9 +270,11 @@ def ycrcb_to_yuv420p(ycrcb: Tensor | YCrCbBatch) -> tuple[Tensor, Tensor, Tensor
 
 
 def ycrcb_to_rgb_u8(ycrcb: Tensor | YCrCbBatch) -> Tensor:
-    """Y, Cr, Cb -> (B, H, W, 3) RGB uint8, rounded."""
-    full = ycrcb.full() if isinstance(ycrcb, YCrCbBatch) else ycrcb
-    rgb = ycrcb_to_rgb(full).clamp_(0.0, 1.0)
+    """Y, Cr, Cb -> (B, H, W, 3) RGB uint8, rounded (a batch by its own matrix, a tensor by BT.601)."""
+    if isinstance(ycrcb, YCrCbBatch):
+        rgb = ycrcb_to_rgb(ycrcb.full(), ycrcb.matrix).clamp_(0.0, 1.0)
+    else:
+        rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
     return rgb.mul_(255.0).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
@@ -322,7 +348,7 @@ def _float_block(device: torch.device | str, *shapes: tuple[int, ...]) -> tuple[
 def _yuv420_into(planes: list[Planes], device: torch.device | str, upload: Upload | None, y: Tensor) -> YCrCbBatch:
     """4:2:0 frames: Y converted into ``y`` (B, 1, H, W), the chroma kept as codes."""
     _plane_into(planes, 0, device, upload, y[:, 0])
-    return YCrCbBatch(y, ChromaCodes(_chroma_codes(planes, device, upload), planes[0].full_range))
+    return YCrCbBatch(y, ChromaCodes(_chroma_codes(planes, device, upload), planes[0].full_range), planes[0].matrix)
 
 
 def _chroma_codes(planes: list[Planes], device: torch.device | str, upload: Upload | None) -> Tensor:

@@ -63,6 +63,41 @@ _RAW_VIDEO_FORMATS = frozenset({"h261", "h263", "h264", "hevc", "vvc", "m4v", "m
                                 "dnxhd", "avs2", "avs3", "vc1", "mpegvideo", "obu", "rawvideo"})
 _GRAY_FORMATS = {"gray": 8, "gray10le": 10, "gray12le": 12, "gray16le": 16, "gray10be": 10, "gray12be": 12, "gray16be": 16}
 
+# The matrices ``ldfusion.color`` turns Y, Cb, Cr into RGB with. FFmpeg's AVColorSpace values
+# that name one; any other (unspecified above all) is read as BT.601, as FFmpeg's own
+# converter reads it.
+BT601, BT709, BT2020 = "bt601", "bt709", "bt2020"
+_MATRICES = {1: BT709, 9: BT2020, 10: BT2020}
+_UNSPECIFIED = 2  # FFmpeg's value for a colour space, primaries or transfer the file does not state
+BT601_SPACE = 6  # AVCOL_SPC_SMPTE170M: the BT.601 matrix, stated for pictures converted from RGB
+
+
+@dataclass(frozen=True)
+class ColourTags:
+    """What a video states of its colour: FFmpeg's AVColorSpace (the matrix), AVColorPrimaries
+    and AVColorTransferCharacteristic values. A video made from it is tagged the same, so a
+    player shows it as it shows the source (an untagged BT.709 video plays as BT.601: greens
+    a tenth too bright)."""
+
+    space: int = _UNSPECIFIED
+    primaries: int = _UNSPECIFIED
+    transfer: int = _UNSPECIFIED
+
+    @property
+    def matrix(self) -> str:
+        return _MATRICES.get(self.space, BT601)
+
+    @classmethod
+    def of_stream(cls, context) -> "ColourTags":
+        """The tags of the planes a reader hands out: the stream's own, with the matrix BT.601
+        where FFmpeg converts RGB-like pictures (the stream's space then says RGB)."""
+        layout = context.format.name if context.format is not None else ""
+        space = int(context.colorspace)
+        if layout.startswith(("rgb", "bgr", "gbr", "argb", "abgr", "rgba", "bgra")):
+            space = BT601_SPACE
+        return cls(space, int(context.color_primaries), int(context.color_trc))
+
+
 
 @dataclass(frozen=True)
 class Planes:
@@ -75,6 +110,7 @@ class Planes:
     layout: str
     data: tuple[np.ndarray, ...]
     full_range: bool = True
+    matrix: str = BT601  # of Y, Cb, Cr (``yuv420p``): how they become RGB
 
     @property
     def size(self) -> tuple[int, int]:
@@ -83,7 +119,8 @@ class Planes:
 
     def turned(self, quarter_turns: int) -> "Planes":
         """Every plane turned counterclockwise by ``quarter_turns`` x 90 degrees (a copy)."""
-        return Planes(self.layout, tuple(np.ascontiguousarray(np.rot90(plane, quarter_turns)) for plane in self.data), self.full_range)
+        planes = tuple(np.ascontiguousarray(np.rot90(plane, quarter_turns)) for plane in self.data)
+        return Planes(self.layout, planes, self.full_range, self.matrix)
 
     @classmethod
     def gray(cls, y: np.ndarray, full_range: bool = True) -> "Planes":
@@ -170,6 +207,7 @@ class VideoReader:
             if self._quarter_turns % 2:
                 self.width, self.height = self.height, self.width
         self.codec = self._stream.codec_context.name
+        self.colour = ColourTags.of_stream(self._stream.codec_context)
         self.frames_read = 0
         self.damaged = 0  # packets the decoder refused, skipped
         self.concealed = 0  # frames the decoder made from damaged data, its errors concealed (FFmpeg's "corrupt" flag)
@@ -265,16 +303,18 @@ class VideoReader:
         if self._luma_only:
             return self._luma(frame, name)
         if name in _AS_IS:
-            return Planes(YUV420, tuple(_plane(frame, i) for i in range(3)), _full_range(frame))
+            return Planes(YUV420, tuple(_plane(frame, i) for i in range(3)), _full_range(frame), _matrix(frame))
         if name == "gray":
             return Planes.gray(_plane(frame, 0))
         # Named ranges both ways: left unnamed, FFmpeg kept the full range of some sources
         # (MJPEG's yuvj422p, RGB tagged full) in planes labelled limited, and the colour came
         # out ~14 % oversaturated. Full-range and RGB sources stay full, limited ones limited.
-        full = _full_range(frame) or _luma_bits(frame) is None
+        rgb = _luma_bits(frame) is None
+        full = _full_range(frame) or rgb
         colour_range = "JPEG" if full else "MPEG"
         converted = frame.reformat(format=YUV420, src_color_range=colour_range, dst_color_range=colour_range)
-        return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), full)
+        # Y, Cb, Cr keep their matrix through FFmpeg's layout change; RGB gets FFmpeg's BT.601.
+        return Planes(YUV420, tuple(_plane(converted, i) for i in range(3)), full, BT601 if rgb else _matrix(frame))
 
     def _luma(self, frame: av.VideoFrame, name: str) -> Planes:
         """The Y plane alone: 8-bit as it is, deeper by the infrared rule (then full range)."""
@@ -363,6 +403,10 @@ def _luma_bits(frame: av.VideoFrame) -> int | None:
     return components[0].bits
 
 
+def _matrix(frame: av.VideoFrame) -> str:
+    return _MATRICES.get(int(frame.colorspace), BT601)
+
+
 def _full_range(frame: av.VideoFrame) -> bool:
     """Full-range samples: tagged so (AVCOL_RANGE_JPEG), or a ``yuvj`` layout, full range by name."""
     return getattr(frame, "color_range", 0) == 2 or frame.format.name.startswith("yuvj")
@@ -395,8 +439,10 @@ class VideoWriter:
         options: dict[str, str] | None = None,
         container_options: dict[str, str] | None = None,
         pixel_format: str = YUV420,
+        colour: ColourTags | None = None,
     ) -> None:
         self.path = Path(path)
+        self.colour = colour  # stated in the file, for planes written as they are (write_planes)
         self.rate = Fraction(rate).limit_denominator(1001)
         self.time_base = time_base or 1 / self.rate
         self.codec = codec  # an H.264 preference (auto, libx264, h264_nvenc) until the first frame resolves it
@@ -417,7 +463,7 @@ class VideoWriter:
         self._last_pts = -1
         self.frames = 0
 
-    def _open(self, width: int, height: int) -> None:
+    def _open(self, width: int, height: int, colour: ColourTags | None = None) -> None:
         self._resolve_codec(width, height)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -431,6 +477,8 @@ class VideoWriter:
             stream.codec_context.time_base = self.time_base
             if self.keyint is not None:
                 stream.codec_context.gop_size = self.keyint
+            if colour is not None:
+                _state_colour(stream.codec_context, colour)
         except (av.FFmpegError, ValueError, OverflowError) as exc:  # OverflowError: a value beyond FFmpeg's C int
             self._container.close()
             self._container = None
@@ -458,7 +506,7 @@ class VideoWriter:
                 raise ValueError(f"{self.path}: uint16 planes need a deep 4:2:0 pixel_format such as yuv420p10le; this writer stores {self.pixel_format}")
             layout = self.pixel_format
         if self._container is None:
-            self._open(width, height)
+            self._open(width, height, self.colour)
         frame = av.VideoFrame(_even(width), _even(height), layout)
         for index, plane in enumerate((_pad_to_even(y), u, v)):
             _fill_plane(frame.planes[index], plane)
@@ -533,6 +581,13 @@ def h264_encoder(codec: str, width: int, height: int, crf: int | None = None, pr
     crf = 18 if crf is None else crf
     preset = "veryfast" if preset is None else preset
     return choose_encoder(codec, _even(width), _even(height), crf, preset)
+
+
+def _state_colour(context, colour: ColourTags) -> None:
+    """The source's colour tags on the encoder (it writes them into the stream), and the
+    limited range that ``write_planes`` takes."""
+    context.colorspace, context.color_primaries, context.color_trc = colour.space, colour.primaries, colour.transfer
+    context.color_range = 1  # MPEG (limited)
 
 
 def _even(n: int) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ldfusion.video import Planes
+from ldfusion.video import ColourTags, Planes
 
 IR = "ir"
 VISIBLE = "visible"
@@ -120,6 +120,7 @@ class StreamInfo:
     time_base: Fraction  # MP4 time base: the leader file's own, so pts stay exact
     expected_frames: int | None  # leader frames in a file, when the container says
     live: bool
+    colour: ColourTags | None = None  # what the visible video states of its colour: an MP4 of the stream states the same
 
 
 @dataclass(frozen=True)

@@ -202,7 +202,7 @@ class Registrar:
         # Black outside the visible image: Y 0 and neutral chroma (0.5), not zero chroma (green).
         neutral = _NEUTRAL.to(visible.y)
         warped = F.grid_sample(visible.full() - neutral, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + neutral
-        return ir[..., y : y + h, x : x + w], YCrCbBatch.from_full(warped)
+        return ir[..., y : y + h, x : x + w], YCrCbBatch.from_full(warped, visible.matrix)
 
     def _first_plan(self, ir_size: Size, vi_size: Size) -> WarpPlan:
         with self._lock:

@@ -44,6 +44,7 @@ from ldfusion.paths import write_text_whole
 from ldfusion.redact import mask_credentials
 from ldfusion.signals import signals_handled
 from ldfusion.threads import decoder_threads
+from ldfusion.video import BT601_SPACE, ColourTags
 from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, check_outputs
 from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
 from pipeline.fusion_worker import FusionWorker
@@ -126,7 +127,9 @@ class _Stream:
 
     def info(self) -> StreamInfo:
         leader = self.leader
-        return StreamInfo(self.id, leader.rate, leader.time_base, leader.expected_frames, leader.live)
+        # Cameras and images are converted from RGB by BT.601: an MP4 of them says so.
+        colour = self.visible.colour or ColourTags(BT601_SPACE)
+        return StreamInfo(self.id, leader.rate, leader.time_base, leader.expected_frames, leader.live, colour)
 
 
 def cpu_streams(live: bool) -> int:

@@ -143,7 +143,7 @@ class Mp4Sink(Sink):
         writer = self._writers.get(stream)
         if writer is None:
             info = self._streams[stream]
-            writer = VideoWriter(self._path_for(stream), info.rate, info.time_base, **self._options)
+            writer = VideoWriter(self._path_for(stream), info.rate, info.time_base, colour=info.colour, **self._options)
             self._writers[stream] = writer
             self.outputs.append(str(writer.path))
         writer.write_planes(*frame.view(self._view), t=frame.meta.t)

@@ -51,7 +51,7 @@ import numpy as np
 from ldfusion.errors import DataError
 from ldfusion.imageio import infrared_to_unit, read_infrared, read_visible, sorted_images, unit_to_uint8
 from ldfusion.redact import mask_credentials
-from ldfusion.video import DEFAULT_RATE, Planes, VideoReader
+from ldfusion.video import DEFAULT_RATE, ColourTags, Planes, VideoReader
 from pipeline.config import SourceConfig
 from pipeline.frames import IR, CameraFrame, EndOfStream
 from pipeline.queues import FrameQueue
@@ -85,6 +85,7 @@ class Source(ABC):
         self.time_base: Fraction = LIVE_TIME_BASE  # a clock on which t is exact (for MP4 pts)
         self.expected_frames: int | None = None
         self.size: tuple[int, int] | None = None  # (width, height) when known before the first frame
+        self.colour: ColourTags | None = None  # what a video file states of its colour
         self.outages = 0  # live: times the camera stopped delivering
         self.reconnects = 0  # live: times it was reopened and delivered again
         self.stale = 0  # live: frames buffered while (re)connecting, skipped
@@ -115,6 +116,7 @@ class VideoFileSource(Source):
                         path, float(self.rate), fps)
         self.expected_frames = self._reader.expected_frames
         self.size = (self._reader.width, self._reader.height)
+        self.colour = self._reader.colour
 
     def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
         for frame in self._reader:

@@ -72,7 +72,7 @@ def start_render(views: Iterable[str], fused: YCrCbBatch, ir: Tensor, visible: Y
     for view in sorted(set(views)):
         if view == DEVICE:
             ycrcb = fused.full()
-            rgb = ycrcb_to_rgb(ycrcb).clamp_(0.0, 1.0)
+            rgb = ycrcb_to_rgb(ycrcb, fused.matrix).clamp_(0.0, 1.0)
             out.add_device(view, [(rgb[i], ycrcb[i], ir[i]) for i in range(ycrcb.shape[0])])
             continue
         content, pixel_format = view.split(":")
@@ -88,15 +88,16 @@ def _to_host(tensor: Tensor) -> Tensor:
     return tensor.to("cpu", non_blocking=True)
 
 
-def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> YCrCbBatch | Tensor:
-    """Y, Cr, Cb of the content (a batch, or a (B, 3, H, W') tensor)."""
+def _content(content: str, fused: YCrCbBatch, ir: Tensor, visible: YCrCbBatch) -> YCrCbBatch:
+    """Y, Cr, Cb of the content."""
     if content == "fused":
         return fused
     if content == "visible":
         return visible
     if content == "ir":
         return _ir_batch(ir)
-    return torch.cat([_ir_batch(ir).full(), visible.full(), fused.full()], dim=-1)
+    # The gray IR panel's neutral chroma is the same in every matrix: the visible one's holds for all three.
+    return YCrCbBatch.from_full(torch.cat([_ir_batch(ir).full(), visible.full(), fused.full()], dim=-1), visible.matrix)
 
 
 def _ir_batch(ir: Tensor) -> YCrCbBatch:

@@ -7,6 +7,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -162,3 +163,23 @@ def decodable_frames(path: Path) -> int:
             return sum(1 for _ in reader)
     except DataError:
         return 0
+
+
+def tagged_colour_clip(path: Path, rgb: np.ndarray, colorspace: int, n: int = 3) -> Path:
+    """A clip of ``rgb`` frames encoded, and tagged, with AVColorSpace ``colorspace`` (1: BT.709,
+    2: unspecified, FFmpeg converting by BT.601), limited range."""
+    from av.video.reformatter import Colorspace
+
+    matrix = Colorspace.ITU709 if colorspace == 1 else Colorspace.ITU601
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "0", "preset": "ultrafast"})
+        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
+        stream.codec_context.colorspace = stream.codec_context.color_primaries = stream.codec_context.color_trc = colorspace
+        stream.codec_context.color_range = 1
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+                format="yuv420p", dst_colorspace=matrix, dst_color_range="MPEG")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path

@@ -28,3 +28,22 @@ def test_gray_visible_gives_gray_output():
     fused_y = torch.rand(1, 1, 8, 8)
     out = merge_fused_y(fused_y, gray)
     torch.testing.assert_close(out, fused_y.expand(1, 3, 8, 8), atol=1e-3, rtol=0)
+
+
+def test_a_batch_of_streams_with_other_matrices_turns_each_row_into_its_own_rgb(tmp_path):
+    """Streams of one size share a batch (``YCrCbBatch.cat``); a BT.709 camera beside a BT.601
+    one must each get their own matrix."""
+    from ldfusion.color import YCrCbBatch, planes_to_batch, ycrcb_to_rgb_u8
+    from ldfusion.video import VideoReader
+    from tests.pipeline_helpers import tagged_colour_clip
+
+    rgb = np.empty((48, 64, 3), np.uint8)
+    rgb[:] = (39, 200, 79)
+    parts = []
+    for colorspace in (1, 2, 1):
+        with VideoReader(tagged_colour_clip(tmp_path / f"{colorspace}.mp4", rgb, colorspace, n=1)) as reader:
+            parts.append(planes_to_batch([next(iter(reader)).planes]))
+    batch = YCrCbBatch.cat(parts)
+    assert batch.matrix == ("bt709", "bt601", "bt709")
+    back = ycrcb_to_rgb_u8(batch).numpy().astype(int)
+    assert np.abs(back - rgb).max() <= 3

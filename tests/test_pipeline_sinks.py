@@ -354,3 +354,57 @@ def test_frames_a_slow_live_consumer_missed_are_counted_as_dropped(tmp_path, ran
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert len(seen) < summary["frames_out"]  # the consumer is slower than the cameras
     assert summary["dropped"] >= summary["frames_out"] - len(seen)
+
+
+def test_a_bt709_visible_video_keeps_its_colours_in_every_output(tmp_path, random_weights):
+    """RGB was made by BT.601 whatever the video stated, and the MP4s were written untagged: a
+    BT.709 camera's greens came out a tenth too bright in PNGs, ZeroMQ, the in-process frames
+    and players alike."""
+    import av
+    import cv2
+
+    from tests.pipeline_helpers import tagged_colour_clip
+
+    rgb = np.empty((48, 64, 3), np.uint8)
+    rgb[:] = (39, 200, 79)
+    vi = tagged_colour_clip(tmp_path / "vi709.mp4", rgb, colorspace=1, n=4)
+    ir = marked_video(tmp_path / "ir.mp4", 4, 30)
+    sinks = [{"kind": "png", "path": "sbs", "content": "side_by_side"}, {"kind": "mp4", "path": "fused.mp4"}]
+    run_pipeline(make_config(ir, vi, sinks, tmp_path / "out"), cpu_fuser(random_weights["ld-lite"]))
+    pictures = sorted((tmp_path / "out" / "sbs").glob("*.png"))
+    assert len(pictures) == 4
+    for path in pictures:
+        shown = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)[:, 64:128].astype(int)  # IR | visible | fused
+        assert np.abs(shown - rgb).max() <= 3, shown[0, 0]
+    with av.open(str(tmp_path / "out" / "fused.mp4")) as written:
+        context = written.streams.video[0].codec_context
+        assert (context.colorspace, context.color_primaries, context.color_trc, context.color_range) == (1, 1, 1, 1)
+
+
+def test_an_mp4_states_the_matrix_of_the_planes_it_holds(tmp_path, random_weights):
+    """An untagged video's planes pass through: its MP4 stays untagged, as the source plays.
+    Images and cameras are converted from RGB by BT.601: their MP4 says BT.601 (untagged, a
+    player shows HD video as BT.709)."""
+    import av
+
+    from ldfusion.imageio import write_image
+    from tests.pipeline_helpers import marked_frame
+
+    ir, vi = marked_video(tmp_path / "ir.mp4", 2, 30), marked_video(tmp_path / "vi.mp4", 2, 30, seed=1)
+    folders = {}
+    for kind in ("ir", "vi"):
+        folders[kind] = tmp_path / f"{kind}_images"
+        folders[kind].mkdir()
+        for i in range(2):
+            write_image(folders[kind] / f"{i}.png", marked_frame(i, 64, 48, seed=i))
+    images = {"ir": {"kind": "images", "path": str(folders["ir"]), "fps": 30},
+              "visible": {"kind": "images", "path": str(folders["vi"]), "fps": 30}}
+    spaces = {}
+    for name, stream in (("video", {}), ("images", images)):
+        config = make_config(ir, vi, [{"kind": "mp4", "path": "o.mp4"}], tmp_path / name, stream=stream)
+        run_pipeline(config, cpu_fuser(random_weights["ld-lite"]))
+        with av.open(str(tmp_path / name / "o.mp4")) as written:
+            context = written.streams.video[0].codec_context
+            spaces[name] = context.colorspace
+            assert context.color_range in (0, 1)  # limited; x264 leaves it unsaid when nothing else is said
+    assert spaces == {"video": 2, "images": 6}

@@ -12,7 +12,7 @@ import torch
 from ldfusion.color import planes_to_image, planes_to_luma, planes_to_ycrcb, rgb_to_ycrcb, ycrcb_to_yuv420p
 from ldfusion.imageio import infrared_to_unit
 from ldfusion.video import Planes, VideoReader, VideoWriter, probe_frames
-from tests.pipeline_helpers import texture
+from tests.pipeline_helpers import tagged_colour_clip, texture
 
 
 def _raw_video(path, frames: list[np.ndarray], pix_fmt: str) -> None:
@@ -345,3 +345,17 @@ def test_a_stream_of_an_unknown_codec_or_metadata_that_is_no_text_is_one_line(tm
     binary.write_bytes(_small_clip(tmp_path / "b.mkv", title="X" * 16).replace(b"X" * 16, b"\x89" * 16))
     with pytest.raises(DataError, match="cannot read video .*binary.mkv: its metadata is not text"):
         VideoReader(binary)
+
+
+@pytest.mark.parametrize("colorspace, matrix", [(1, "bt709"), (2, "bt601")])
+def test_a_video_becomes_rgb_by_the_matrix_it_states(tmp_path, colorspace, matrix):
+    """A BT.709 video was always read by BT.601: a flat (39, 200, 79) came out (52, 225, 83)."""
+    rgb = np.empty((48, 64, 3), np.uint8)
+    rgb[:] = (39, 200, 79)
+    tagged_colour_clip(tmp_path / "clip.mp4", rgb, colorspace)
+    with VideoReader(tmp_path / "clip.mp4") as reader:
+        frame = next(iter(reader))
+        assert frame.planes.matrix == matrix
+        assert reader.colour.matrix == matrix
+    back = planes_to_image(frame.planes).astype(int)
+    assert np.abs(back - rgb).max() <= 3, back[0, 0]
