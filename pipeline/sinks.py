@@ -231,7 +231,9 @@ def frame_header(frame: FusedFrame, image: np.ndarray, content: str = "fused", p
 @register_sink
 class ZmqSink(Sink):
     """A PUB socket (XPUB, to see subscribers join). It never blocks the pipeline: a
-    subscriber that falls ``hwm`` frames behind misses frames, the others do not."""
+    subscriber that falls ``hwm`` frames behind misses frames, the others do not, in file mode
+    too. ZeroMQ drops them on that subscriber's side without telling the publisher; the
+    subscriber sees the gaps in ``seq`` (``ldfusion subscribe`` counts them)."""
 
     kind = "zmq"
 
@@ -262,7 +264,6 @@ class ZmqSink(Sink):
             log.warning("ZeroMQ publisher on %s is reachable from other machines", self.endpoint)
         self.outputs.append(self.endpoint)
         self.sent = 0
-        self.dropped = 0
         if wait_subscribers:
             self._wait_for(wait_subscribers, wait_timeout_s)
 
@@ -287,11 +288,8 @@ class ZmqSink(Sink):
         image = np.ascontiguousarray(frame.view(self._view))
         header = json.dumps(frame_header(frame, image, pixel_format=self._pixel_format)).encode()
         topic = f"{self._topic}/{frame.meta.stream}".encode()
-        try:
-            self._socket.send_multipart([topic, header, image], flags=zmq.NOBLOCK, copy=False)
-            self.sent += 1
-        except zmq.Again:
-            self.dropped += 1
+        self._socket.send_multipart([topic, header, image], flags=zmq.NOBLOCK, copy=False)
+        self.sent += 1
 
     def close(self) -> None:
         self._socket.close()

@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count is not None and args.count < 1:
         raise DataError(f"--count must be at least 1; got {args.count}")
     received, started, signalled_exit = 0, time.monotonic(), 0
+    gaps = SeqGaps()
     window_start, window_count = None, 0
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise DataError(f"--timeout must be a positive number of seconds; got {args.timeout}")
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for header, frame in subscriber:
                 received += 1
+                gaps.note(header["stream"], header["seq"])
                 window_count += 1
                 window_start = window_start or time.monotonic()
                 if not args.summary_only:
@@ -273,14 +275,33 @@ def main(argv: list[str] | None = None) -> int:
         malformed = subscriber.malformed
     elapsed = time.monotonic() - started
     skipped = f"; skipped {malformed} malformed message(s)" if args.skip_malformed else ""
-    print(f"received {received} frame(s) in {elapsed:.1f} s{skipped}")
+    missed = (f"; missed {gaps.missed} (gaps in seq: this subscriber fell more than the sink's hwm behind, "
+              "or a live run dropped them)") if gaps.missed else ""
+    print(f"received {received} frame(s) in {elapsed:.1f} s{missed}{skipped}")
     if signalled_exit:
         return signalled_exit
     if received == 0:
-        raise DataError(f"no frames from {args.endpoint} within {args.timeout} s")
+        raise DataError(f"no frames from {args.endpoint} within {args.timeout} s (subscribed to topic {args.topic!r}: "
+                        f"a sink that sets its own topic publishes under '<topic>/<stream>')")
     if args.count is not None and received < args.count:
         raise DataError(f"only {received} of {args.count} frame(s) arrived before {args.timeout} s passed without one")
     return 0
+
+
+class SeqGaps:
+    """Frames missed, from the gaps in each stream's ``seq`` (consecutive from 0 as published).
+    The publisher cannot count them: ZeroMQ drops a slow subscriber's frames on its own side."""
+
+    def __init__(self) -> None:
+        self.missed = 0
+        self._last: dict[str, int] = {}
+
+    def note(self, stream: str, seq: int) -> None:
+        last = self._last.get(stream)
+        if last is not None and seq > last + 1:
+            self.missed += seq - last - 1
+        if last is None or seq > last:
+            self._last[stream] = seq
 
 
 def _frame_line(header: dict, frame: np.ndarray) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 
@@ -282,3 +283,37 @@ def test_an_ipc_socket_on_one_of_the_runs_own_outputs_is_refused(tmp_path):
     }
     with pytest.raises(ConfigError, match=r"two outputs write .*s.mp4' \(mp4 and zmq\)"):
         from_dict(PipelineConfig, data)
+
+
+def test_subscribe_counts_the_frames_it_missed_from_the_gaps_in_seq(capsys):
+    """A subscriber more than hwm frames behind misses frames even in file mode; ZeroMQ drops
+    them on its side and the publisher never learns of it, so the run's summary said 0
+    dropped. `ldfusion subscribe` said nothing either; it counts the gaps now."""
+    sink, stop = ZmqSink("tcp://127.0.0.1:*", hwm=100), threading.Event()
+    counter = iter(range(10**9))
+    # every third frame of cam0 is never published: the subscriber sees the gaps
+    thread = _publish_until(sink, stop, lambda: [_frame_of("cam0", seq) for seq in [next(counter)] if seq % 3])
+    try:
+        code = subscriber_cli.main(["--endpoint", sink.endpoint, "--count", "10", "--timeout", "20", "--summary-only"])
+    finally:
+        stop.set()
+        thread.join(5)
+        sink.close()
+    out = capsys.readouterr().out
+    assert code == 0
+    missed = int(re.search(r"received 10 frame\(s\) in [\d.]+ s; missed (\d+) \(gaps in seq", out).group(1))
+    assert 4 <= missed <= 5  # 10 frames of seq n, n+1, n+3, n+4, ...: a gap after every second one
+
+
+def test_seq_gaps_are_counted_per_stream():
+    from pipeline.subscriber import SeqGaps
+
+    gaps = SeqGaps()
+    for stream, seq in [("a", 0), ("b", 5), ("a", 1), ("a", 4), ("b", 6), ("b", 9), ("a", 3)]:  # a late, older one: no gap
+        gaps.note(stream, seq)
+    assert gaps.missed == 2 + 2
+
+
+def test_subscribe_that_hears_nothing_names_the_topic_it_listened_to(capsys):
+    code = subscriber_cli.main(["--endpoint", free_endpoint(), "--timeout", "0.3", "--topic", "fused"])
+    assert code == 2 and "subscribed to topic 'fused'" in capsys.readouterr().err
