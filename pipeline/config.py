@@ -338,6 +338,12 @@ class PipelineConfig:
         if self.run.mode == "file" and any(stream.live for stream in self.streams):
             raise ValueError("run.mode file cannot read live cameras; use mode live or auto")
         _check_outputs_apart_from_inputs(self)
+        # Two sinks on one endpoint: the second bind failed with "Address already in use", as
+        # if another program held the port. (A port of * takes a free one each.)
+        endpoints = [sink.endpoint for sink in self.sinks if sink.kind == "zmq" and not sink.endpoint.endswith(":*")]
+        repeated = sorted({e for e in endpoints if endpoints.count(e) > 1})
+        if repeated:
+            raise ValueError(f"sinks: two zmq sinks bind {repeated[0]}; one sink publishes every stream (topics <topic>/<stream>)")
 
     @property
     def live(self) -> bool:

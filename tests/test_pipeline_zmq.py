@@ -317,3 +317,14 @@ def test_seq_gaps_are_counted_per_stream():
 def test_subscribe_that_hears_nothing_names_the_topic_it_listened_to(capsys):
     code = subscriber_cli.main(["--endpoint", free_endpoint(), "--timeout", "0.3", "--topic", "fused"])
     assert code == 2 and "subscribed to topic 'fused'" in capsys.readouterr().err
+
+
+def test_two_zmq_sinks_on_one_endpoint_are_a_config_error(tmp_path):
+    """The second bind failed with "Address already in use", as if another program held the port."""
+    from ldfusion.errors import ConfigError
+    from tests.pipeline_helpers import make_config
+
+    sinks = [{"kind": "zmq", "endpoint": "tcp://127.0.0.1:5630"}, {"kind": "zmq", "endpoint": "tcp://127.0.0.1:5630", "topic": "b"}]
+    with pytest.raises((ConfigError, ValueError), match="two zmq sinks bind tcp://127.0.0.1:5630"):
+        make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", sinks)
+    make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", [{**sink, "endpoint": "tcp://127.0.0.1:*"} for sink in sinks])  # * takes a free port each
