@@ -582,7 +582,8 @@ class Pipeline:
             stopped_by=self._stopped_by or ("max_frames" if len(self._at_max_frames) == len(self._streams) else None),
             model=fuser.spec.name,
             device=str(fuser.device),
-            report=self.stats.report() + "".join(_camera_line(s) for s in streams if self.config.live),
+            report=self.stats.report() + "".join(_camera_line(summary) for summary, stream in zip(streams, self._streams)
+                                                 if stream.ir.live or stream.visible.live),
         )
 
     def _write_resolved_config(self) -> None:

@@ -440,6 +440,7 @@ def test_a_recording_replayed_live_pairs_every_frame_however_long_start_up_takes
     config, n = _replay(tmp_path)
     summary = run_pipeline(config, lite)
     assert summary.frames_out == n and summary.unpaired == 0
+    assert "camera outages" not in summary.report  # recordings: no camera to report on
 
 
 def test_the_two_recordings_of_a_live_replay_play_in_step_when_one_opens_late(tmp_path, lite, monkeypatch):
