@@ -78,25 +78,21 @@ def _fused(seq: int) -> FusedFrame:
     return FusedFrame(meta, {"fused:rgb24": image})
 
 
-def test_subscribe_command_prints_frames_and_stops_at_count(capsys):
-    endpoint = free_endpoint()
-    sink = ZmqSink(endpoint, hwm=100)
+def _subscribe_to(sink: ZmqSink, frames, *args: str) -> int:
+    """``ldfusion subscribe`` on ``sink`` while it publishes ``frames()`` again and again (then closed)."""
     stop = threading.Event()
-
-    def publish() -> None:  # keep publishing until the subscriber has what it wants
-        seq = 0
-        while not stop.wait(0.02):
-            sink.write(_fused(seq))
-            seq += 1
-
-    thread = threading.Thread(target=publish, daemon=True)
-    thread.start()
+    thread = _publish_until(sink, stop, frames)
     try:
-        code = subscriber_cli.main(["--endpoint", endpoint, "--count", "3", "--timeout", "20"])
+        return subscriber_cli.main(["--endpoint", sink.endpoint, *args])
     finally:
         stop.set()
         thread.join(5)
         sink.close()
+
+
+def test_subscribe_command_prints_frames_and_stops_at_count(capsys):
+    counter = iter(range(10**9))
+    code = _subscribe_to(ZmqSink(free_endpoint(), hwm=100), lambda: [_fused(next(counter))], "--count", "3", "--timeout", "20")
     out = capsys.readouterr().out
     assert code == 0
     assert out.count("cam0 seq") == 3 and "4x6x3 rgb24" in out
@@ -289,16 +285,10 @@ def test_subscribe_counts_the_frames_it_missed_from_the_gaps_in_seq(capsys):
     """A subscriber more than hwm frames behind misses frames even in file mode; ZeroMQ drops
     them on its side and the publisher never learns of it, so the run's summary said 0
     dropped. `ldfusion subscribe` said nothing either; it counts the gaps now."""
-    sink, stop = ZmqSink("tcp://127.0.0.1:*", hwm=100), threading.Event()
     counter = iter(range(10**9))
     # every third frame of cam0 is never published: the subscriber sees the gaps
-    thread = _publish_until(sink, stop, lambda: [_frame_of("cam0", seq) for seq in [next(counter)] if seq % 3])
-    try:
-        code = subscriber_cli.main(["--endpoint", sink.endpoint, "--count", "10", "--timeout", "20", "--summary-only"])
-    finally:
-        stop.set()
-        thread.join(5)
-        sink.close()
+    frames = lambda: [_frame_of("cam0", seq) for seq in [next(counter)] if seq % 3]  # noqa: E731
+    code = _subscribe_to(ZmqSink("tcp://127.0.0.1:*", hwm=100), frames, "--count", "10", "--timeout", "20", "--summary-only")
     out = capsys.readouterr().out
     assert code == 0
     missed = int(re.search(r"received 10 frame\(s\) in [\d.]+ s; missed (\d+) \(gaps in seq", out).group(1))
