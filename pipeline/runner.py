@@ -119,6 +119,10 @@ class _Stream:
     def leader(self) -> Source:
         return self.ir if self.pairer.leader == IR else self.visible
 
+    @property
+    def has_camera(self) -> bool:
+        return self.ir.live or self.visible.live
+
     def pairs_released_at_once(self) -> int:
         """Leader frames that one follower frame can decide at once: the leader's frames in a
         follower frame period (1 when the follower is as fast or faster)."""
@@ -130,6 +134,15 @@ class _Stream:
         # Cameras and images are converted from RGB by BT.601: an MP4 of them says so.
         colour = self.visible.colour or ColourTags(BT601_SPACE)
         return StreamInfo(self.id, leader.rate, leader.time_base, leader.expected_frames, leader.live, colour)
+
+
+def _replay(stream: _Stream, source: Source, play_from: float | None, origin: float) -> Replay | None:
+    """How ``source`` plays where recordings are paced (live mode, ``run.realtime``): from
+    ``play_from``, an IR recording its sync offset late, on the run's clock beside a camera."""
+    if play_from is None:
+        return None
+    lag = stream.pairer.offset_s if source is stream.ir else 0.0
+    return Replay(play_from, lag, shift=play_from - origin if stream.has_camera else 0.0)
 
 
 def cpu_streams(live: bool) -> int:
@@ -424,16 +437,12 @@ class Pipeline:
         # warm-up takes seconds) would otherwise play as a burst of late frames.
         play_from = time.monotonic() if run.realtime or live else None
         for stream in self._streams:
-            with_camera = stream.ir.live or stream.visible.live
             for source, q in ((stream.ir, stream.ir_queue), (stream.visible, stream.vi_queue)):
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
-                replay = None
-                if play_from is not None:
-                    lag = stream.pairer.offset_s if source is stream.ir else 0.0
-                    replay = Replay(play_from, lag, shift=play_from - origin if with_camera else 0.0)
+                replay = _replay(stream, source, play_from, origin)
                 threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, replay))
             # A camera's times count from the run's clock origin, a stream of recordings' from play_from.
-            pairing_origin = origin if with_camera or play_from is None else play_from
+            pairing_origin = origin if stream.has_camera or play_from is None else play_from
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, pairing_origin))
         # Live: at least a batch, which the fusion stage hands on at once.
         sink_queue = max(run.live_queue_size, batch) if live else max(run.queue_size, 2 * batch)
@@ -583,7 +592,7 @@ class Pipeline:
             model=fuser.spec.name,
             device=str(fuser.device),
             report=self.stats.report() + "".join(_camera_line(summary) for summary, stream in zip(streams, self._streams)
-                                                 if stream.ir.live or stream.visible.live),
+                                                 if stream.has_camera),
         )
 
     def _write_resolved_config(self) -> None:
