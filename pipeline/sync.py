@@ -23,7 +23,10 @@ never later than its arrival, but may be earlier by the camera's jitter or burst
 follower frame that arrives up to ``max_delay_s`` after its time still pairs. While the
 follower camera is away (an outage), the output pauses: each leader frame is decided by
 the clock and counted as unpaired, never paired with a follower frame from before the
-outage; no leader-only frames are emitted. Pending leader frames (at most
+outage; no leader-only frames are emitted. Recordings replayed live keep their own times,
+counted from when the run's recordings start playing, and an IR recording plays ``offset_s``
+late (``sources.Replay``), so its frames arrive when they are due on the visible clock
+(``ir_replayed``) rather than ``offset_s`` early as a camera's do. Pending leader frames (at most
 (slop + max_delay) x the leader's rate) and held follower frames (``_MAX_FOLLOWERS``) are
 bounded, whatever a camera does.
 """
