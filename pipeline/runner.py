@@ -136,6 +136,12 @@ class _Stream:
         return StreamInfo(self.id, leader.rate, leader.time_base, leader.expected_frames, leader.live, colour)
 
 
+def _cameras_at_other_rates(ir: Source, visible: Source) -> bool:
+    """Two real cameras (not recordings given as cameras) whose frame rates differ."""
+    cameras = all(source.live and not source.recording for source in (ir, visible))
+    return cameras and abs(float(ir.rate) - float(visible.rate)) > 0.01 * float(visible.rate)
+
+
 def _replay(stream: _Stream, source: Source, play_from: float | None, origin: float) -> Replay | None:
     """How ``source`` plays where recordings are paced (live mode, ``run.realtime``): from
     ``play_from``, an IR recording its sync offset late, on the run's clock beside a camera."""
@@ -412,6 +418,11 @@ class Pipeline:
         offset = sync.offset_s if sync.offset_s is not None else (registration.time_offset_s if registration else 0.0)
         log.info("%s: pairing each %s frame with the nearest %s frame within %.1f ms (IR offset %+.1f ms)",
                  config.id, sync.leader, "visible" if sync.leader == "ir" else "ir", slop * 1000, offset * 1000)
+        if offset == 0.0 and _cameras_at_other_rates(ir, visible):
+            log.warning("%s: the IR camera runs at %.4g fps and the visible one at %.4g, and no time offset is set: a camera "
+                        "delivers a number of its own frames late (about two through FFmpeg's RTSP client), so the two are "
+                        "likely apart by a constant (0.15 s for 9 and 30 fps); measure sync.offset_s with `ldfusion calibrate "
+                        "offset` on a recording of both", config.id, float(ir.rate), float(visible.rate))
         return NearestPairer(config.id, sync.leader, slop, offset, sync.max_delay_s if self.config.live else 0.0,
                              ir_replayed=not ir.live)
 

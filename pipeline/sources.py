@@ -77,6 +77,7 @@ class Source(ABC):
     """One camera's frames. ``kind`` is IR or VISIBLE; ``name`` is used in messages."""
 
     live = False
+    recording = False  # a recording given as a camera: delivered at its own times, with no delay of its own
 
     def __init__(self, kind: str, name: str) -> None:
         self.kind = kind
@@ -227,8 +228,8 @@ class LiveCameraSource(Source):
         # A recording given as a camera: OpenCV decodes it as fast as it can, so two such
         # "cameras" drifted apart and nearly every pair joined frames seconds apart. It is
         # delivered at its own rate instead, as a camera would deliver it.
-        self._recording = isinstance(self._camera, str) and Path(self._camera).is_file()
-        if self._recording:  # OpenCV says 25 fps for a raw stream whatever it holds; ldfusion's reader knows
+        self.recording = isinstance(self._camera, str) and Path(self._camera).is_file()  # delivered at its own times
+        if self.recording:  # OpenCV says 25 fps for a raw stream whatever it holds; ldfusion's reader knows
             self.rate = _recording_rate(self._camera, config.fps)
         else:
             reported = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
@@ -251,7 +252,7 @@ class LiveCameraSource(Source):
         while not stop.is_set():
             ok, image = self._capture.read() if self._capture is not None else (False, None)
             if ok and image is not None and image.size > 0:  # an empty frame counts as a failed read
-                if self._recording and self._wait_for_due_time(stop):
+                if self.recording and self._wait_for_due_time(stop):
                     return
                 arrival, stream_t = time.monotonic(), self._stream_time()
                 if self._skip_buffered(arrival, stream_t):
@@ -266,7 +267,7 @@ class LiveCameraSource(Source):
                 continue
             if stop.is_set():
                 return
-            if self._recording and count and self._start_again():
+            if self.recording and count and self._start_again():
                 continue
             if failures == 0:
                 self.outages += 1

@@ -505,3 +505,16 @@ def test_a_recording_replayed_with_a_long_offset_keeps_its_first_pairs(tmp_path,
     paired = [(frame.meta.vi_index, frame.meta.ir_index) for frame in collect.frames]
     assert len(paired) >= 28, paired
     assert all(abs(ir_index - (vi_index / 30 - 1.5) * 120) <= 2 for vi_index, ir_index in paired), paired  # the right partners
+
+
+@pytest.mark.parametrize("offset, warned", [(None, True), (-0.1, False)])
+def test_cameras_at_other_rates_with_no_time_offset_are_warned_about(lite, caplog, offset, warned):
+    """A camera delivers a number of its own frames late (about two through FFmpeg's RTSP
+    client): real 9 and 30 fps RTSP cameras of one scene paired every frame 155 ms apart, with
+    no word, while the README said the offset is 0 for alike cameras."""
+    cameras = {0: FakeCamera(fps=15, seed=1), 1: FakeCamera(fps=30, seed=2)}
+    data = to_dict(live_config(1 / 30, duration_s=0.5))
+    data["streams"][0]["sync"]["offset_s"] = offset
+    with caplog.at_level(logging.WARNING):
+        run_pipeline(from_dict(PipelineConfig, data), lite, open_capture=cameras.__getitem__)
+    assert ("no time offset is set" in caplog.text) is warned
