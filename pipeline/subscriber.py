@@ -251,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.count is not None and args.count < 1:
         raise DataError(f"--count must be at least 1; got {args.count}")
     received, started, signalled_exit = 0, time.monotonic(), 0
+    last_frame_at = started
     gaps = SeqGaps()
     window_start, window_count = None, 0
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for header, frame in subscriber:
                 received += 1
+                last_frame_at = time.monotonic()
                 gaps.note(header["stream"], header["seq"])
                 window_count += 1
                 window_start = window_start or time.monotonic()
@@ -273,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt as stop:  # the usual way to end an open-ended subscription (SIGTERM too)
             signalled_exit = EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
         malformed = subscriber.malformed
-    elapsed = time.monotonic() - started
+    elapsed = last_frame_at - started  # not the wait for a frame that never came (--timeout)
     skipped = f"; skipped {malformed} malformed message(s)" if args.skip_malformed else ""
     missed = (f"; missed {gaps.missed} (gaps in seq: this subscriber fell more than the sink's hwm behind, "
               "or a live run dropped them)") if gaps.missed else ""
