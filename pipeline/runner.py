@@ -51,7 +51,7 @@ from pipeline.fusion_worker import FusionWorker
 from pipeline.queues import Cancelled, FrameQueue
 from pipeline.registration import Registrar
 from pipeline.sinks import CallbackSink, Sink, SinkFanout, build_sinks
-from pipeline.views import DEVICE
+from pipeline.views import DEVICE, check_view
 from pipeline.sources import OpenCapture, Replay, Source, open_source, run_capture
 from pipeline.stats import PipelineStats
 from pipeline.sync import NearestPairer, run_pairing
@@ -142,6 +142,17 @@ def _cameras_at_other_rates(ir: Source, visible: Source) -> bool:
     return cameras and abs(float(ir.rate) - float(visible.rate)) > 0.01 * float(visible.rate)
 
 
+def _checked_sinks(sinks: Sequence[Sink]) -> list[Sink]:
+    """``extra_sinks`` as given, each a ``Sink`` asking for views that exist."""
+    for sink in sinks:
+        if not isinstance(sink, Sink):
+            hint = " (CallbackSink(function) hands each frame to a function)" if callable(sink) else ""
+            raise TypeError(f"extra_sinks takes Sink objects{hint}; got {type(sink).__name__}")
+        for view in sink.views:
+            check_view(view)
+    return list(sinks)
+
+
 def _replay(stream: _Stream, source: Source, play_from: float | None, origin: float) -> Replay | None:
     """How ``source`` plays where recordings are paced (live mode, ``run.realtime``): from
     ``play_from``, an IR recording its sync offset late, on the run's clock beside a camera."""
@@ -175,7 +186,7 @@ class Pipeline:
         check_outputs(config, config_file)  # before anything is opened for writing, by the command and the API alike
         self.config = config
         self._fuser = fuser
-        self._extra_sinks = list(extra_sinks)
+        self._extra_sinks = _checked_sinks(extra_sinks)
         self._open_capture = open_capture
         self.stats = PipelineStats()
         self._streams: list[_Stream] = []

@@ -37,6 +37,17 @@ def view_name(content: str, pixel_format: str) -> str:
     return f"{content}:{pixel_format}"
 
 
+def check_view(name: object) -> None:
+    """A view a sink may ask for: ``device`` or ``<content>:<format>``. An unknown one was
+    rendered as something else (``fused:bgr`` as RGB, ``fussed:rgb24`` side by side)."""
+    if name == DEVICE:
+        return
+    content, _, pixel_format = str(name).partition(":")
+    if not isinstance(name, str) or content not in CONTENTS or pixel_format not in FORMATS:
+        raise ValueError(f"no view {name!r}: a view is {DEVICE!r} or <content>:<format>, contents {', '.join(CONTENTS)}, "
+                         f"formats {', '.join(FORMATS)}")
+
+
 class RenderedViews:
     """One batch's views: device items, and host tensors whose copies may still be running.
 

@@ -408,3 +408,17 @@ def test_an_mp4_states_the_matrix_of_the_planes_it_holds(tmp_path, random_weight
             spaces[name] = context.colorspace
             assert context.color_range in (0, 1)  # limited; x264 leaves it unsaid when nothing else is said
     assert spaces == {"video": 2, "images": 6}
+
+
+@pytest.mark.parametrize("views", [("fused:bgr",), ("fussed:rgb24",), ("fused:rgba",), ("device:rgb24",)])
+def test_a_callback_sink_asking_for_a_view_that_does_not_exist_is_refused(tmp_path, random_weights, views):
+    """An unknown view was rendered as something else: fused:bgr as RGB, fussed:rgb24 side by side."""
+    ir, vi = marked_video(tmp_path / "ir.mp4", 2, 30), marked_video(tmp_path / "vi.mp4", 2, 30, seed=1)
+    with pytest.raises(ValueError, match=f"no view '{views[0]}'"):
+        run_pipeline(make_config(ir, vi), cpu_fuser(random_weights["ld-lite"]), extra_sinks=[CallbackSink(print, views=views)])
+
+
+def test_a_plain_function_as_an_extra_sink_is_named(tmp_path, random_weights):
+    ir, vi = marked_video(tmp_path / "ir.mp4", 2, 30), marked_video(tmp_path / "vi.mp4", 2, 30, seed=1)
+    with pytest.raises(TypeError, match=r"extra_sinks takes Sink objects \(CallbackSink\(function\)"):
+        run_pipeline(make_config(ir, vi), cpu_fuser(random_weights["ld-lite"]), extra_sinks=[print])
