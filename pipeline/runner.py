@@ -142,6 +142,29 @@ def _cameras_at_other_rates(ir: Source, visible: Source) -> bool:
     return cameras and abs(float(ir.rate) - float(visible.rate)) > 0.01 * float(visible.rate)
 
 
+_OUTPUTS_IN_USE: set[Path] = set()  # what the runs under way in this process write
+_OUTPUTS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _outputs_held(config: PipelineConfig) -> Iterator[None]:
+    """The run's outputs, held for as long as it runs. A ``fused_frames`` generator left after
+    a ``break`` (kept in a notebook's variable) keeps its run going; a second run into the same
+    out_dir was allowed, and the first, closed later, replaced its MP4 and summary.json."""
+    paths = [path.resolve() for _, path in config.output_paths()]  # the sinks' first, then the run's artefacts
+    with _OUTPUTS_LOCK:
+        taken = [path for path in paths if path in _OUTPUTS_IN_USE]
+        if taken:
+            raise DataError(f"{taken[0]} is still written by another run in this process (a fused_frames loop left "
+                            "while its generator lives on? call the generator's close()); or choose another out_dir")
+        _OUTPUTS_IN_USE.update(paths)
+    try:
+        yield
+    finally:
+        with _OUTPUTS_LOCK:
+            _OUTPUTS_IN_USE.difference_update(paths)
+
+
 def _checked_sinks(sinks: Sequence[Sink]) -> list[Sink]:
     """``extra_sinks`` as given, each a ``Sink`` asking for views that exist."""
     for sink in sinks:
@@ -238,7 +261,7 @@ class Pipeline:
         # Signals are only recorded from the start: a KeyboardInterrupt raised inside OpenVINO's
         # compile or FFmpeg's encoder setup during start-up was lost (the run went on to exit
         # 0) or crashed the process. Start-up ends at its next step instead (_end_if_signalled).
-        with self._signals_handled():
+        with self._signals_handled(), _outputs_held(self.config):
             return self._run()
 
     def _end_if_signalled(self) -> None:
@@ -745,8 +768,10 @@ def fused_frames(
     The pipeline runs in a background thread; up to ``queue_size`` frames wait for the
     consumer. File mode: nothing is lost, the pipeline waits for a slow consumer. Live mode:
     the newest frames are kept. Leaving the loop early stops the pipeline at once: the frames
-    fused so far are still written by the sinks (every frame given to the consumer, a few more
-    perhaps); a Ctrl-C while it stops aborts it. An error in it
+    fused so far are still written by the sinks (every frame given to the consumer, and those
+    fused ahead of it: up to ``queue_size`` and the sinks' queues); a Ctrl-C while it stops
+    aborts it. A generator kept after its loop was left (a notebook's variable) keeps the run
+    going until it is closed (``close()``, ``contextlib.closing``) or collected. An error in it
     is raised here, after the frames fused before it. ``config``: as ``run_pipeline`` takes it.
     """
     config_file = config if isinstance(config, (str, os.PathLike)) else None

@@ -422,3 +422,20 @@ def test_a_plain_function_as_an_extra_sink_is_named(tmp_path, random_weights):
     ir, vi = marked_video(tmp_path / "ir.mp4", 2, 30), marked_video(tmp_path / "vi.mp4", 2, 30, seed=1)
     with pytest.raises(TypeError, match=r"extra_sinks takes Sink objects \(CallbackSink\(function\)"):
         run_pipeline(make_config(ir, vi), cpu_fuser(random_weights["ld-lite"]), extra_sinks=[print])
+
+
+def test_a_run_into_the_outputs_of_a_run_still_going_in_this_process_is_refused(tmp_path, random_weights):
+    """A notebook: cell A leaves a fused_frames loop with the generator kept in a variable (its
+    run goes on); cell B runs into the same out_dir with overwrite. Cell A's run, closed later,
+    replaced cell B's complete MP4 and summary.json."""
+    from ldfusion.errors import DataError
+
+    ir, vi = marked_video(tmp_path / "ir.mp4", 30, 30), marked_video(tmp_path / "vi.mp4", 30, 30, seed=1)
+    fuser = cpu_fuser(random_weights["ld-lite"])
+    config = make_config(ir, vi, [{"kind": "mp4", "path": "o.mp4"}], tmp_path / "out", run={"overwrite": True})
+    frames = pipeline.fused_frames(config, fuser, queue_size=1)
+    next(frames)  # cell A
+    with pytest.raises(DataError, match=r"o\.mp4 is still written by another run in this process"):
+        run_pipeline(config, fuser)  # cell B
+    frames.close()
+    assert run_pipeline(config, fuser).frames_out == 30 and decodable_frames(tmp_path / "out" / "o.mp4") == 30
