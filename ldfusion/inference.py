@@ -241,10 +241,19 @@ class Fuser:
         """Fuse (B, 1, H, W) visible Y and infrared in [0, 1]; returns (B, 1, H, W) float32 on the device.
 
         ``check_finite=False``: the caller checks the output itself (``not_finite_error``);
-        the check reads a value back, which on CUDA waits for the network to finish.
+        the check reads a value back, which on CUDA waits for the network to finish. With the
+        check, the inputs are checked as ``fuse_rgb`` checks them (one NaN pixel had changed
+        OpenVINO's output by up to 0.37 without a word, and PyTorch's blamed the weights).
         """
+        if not check_finite:
+            return self.start_fuse_y(vi_y, ir).result()
+        _check_tensor_pair(vi_y, ir, "fuse_y", "vi_y", visible_channels=1)
+        vi_y, ir = vi_y.to(self.device, non_blocking=True).float(), ir.to(self.device, non_blocking=True).float()
+        inputs_in_range = _within_unit_range(vi_y) & _within_unit_range(ir)  # read below, once the network runs
         out = self.start_fuse_y(vi_y, ir).result()
-        return self._finite(out) if check_finite else out
+        if not bool(inputs_in_range):
+            raise _out_of_range("fuse_y", {"vi_y": vi_y, "ir": ir})
+        return self._finite(out)
 
     @torch.inference_mode()
     def start_fuse_y(self, vi_y: Tensor, ir: Tensor) -> PendingFusion | Finished:
@@ -289,14 +298,12 @@ class Fuser:
         float32 in [0, 1]. Inputs of another layout, an integer type (0..255 taken for [0, 1]
         came out 44 % saturated white), values far outside [0, 1] (``UNIT_RANGE_SLACK``) or NaN
         are refused."""
-        _check_tensor_pair(visible, ir)
+        _check_tensor_pair(visible, ir, "fuse_rgb", "visible", visible_channels=3)
         visible, ir = visible.to(self.device, non_blocking=True).float(), ir.to(self.device, non_blocking=True).float()
         inputs_in_range = _within_unit_range(visible) & _within_unit_range(ir)  # read below, once the network runs
         fused_y = self.fuse_y(rgb_to_y(visible), ir, check_finite=False)
         if not bool(inputs_in_range):
-            raise ValueError(f"fuse_rgb: the inputs must be finite floats in [0, 1] (a little beyond, {UNIT_RANGE_SLACK[0]}.."
-                             f"{UNIT_RANGE_SLACK[1]}, is taken); got {_value_span(visible)} (visible), "
-                             f"{_value_span(ir)} (ir){UNIT_RANGE_HINT}")
+            raise _out_of_range("fuse_rgb", {"visible": visible, "ir": ir})
         return merge_fused_y(self._finite(fused_y), visible)
 
     # --- array API ----------------------------------------------------------------------
@@ -515,17 +522,23 @@ def to_y_batch(visible: np.ndarray) -> Tensor:
     return (rgb_to_y(chw) if chw.shape[0] == 3 else chw)[None]
 
 
-def _check_tensor_pair(visible: Tensor, ir: Tensor) -> None:
-    """(B, 3, H, W) and (B, 1, H, W) float tensors of one batch and size, B, H, W > 0."""
-    for name, tensor, channels in (("visible", visible, 3), ("ir", ir, 1)):
+def _check_tensor_pair(visible: Tensor, ir: Tensor, caller: str, visible_name: str, visible_channels: int) -> None:
+    """(B, C, H, W) and (B, 1, H, W) float tensors of one batch and size, B, H, W > 0."""
+    for name, tensor, channels in ((visible_name, visible, visible_channels), ("ir", ir, 1)):
         if not isinstance(tensor, Tensor):
-            raise TypeError(f"fuse_rgb: {name} must be a torch.Tensor; got {type(tensor).__name__}")
+            raise TypeError(f"{caller}: {name} must be a torch.Tensor; got {type(tensor).__name__} (fuse_arrays takes arrays)")
         if not tensor.is_floating_point():
-            raise TypeError(f"fuse_rgb: {name} is {tensor.dtype}; it takes float tensors in [0, 1] (divide 0..255 frames by 255)")
+            raise TypeError(f"{caller}: {name} is {tensor.dtype}; it takes float tensors in [0, 1] (divide 0..255 frames by 255)")
         if tensor.ndim != 4 or tensor.shape[1] != channels or 0 in tensor.shape:
-            raise ValueError(f"fuse_rgb: {name} must be (B, {channels}, H, W) with B, H, W > 0; got {tuple(tensor.shape)}")
+            raise ValueError(f"{caller}: {name} must be (B, {channels}, H, W) with B, H, W > 0; got {tuple(tensor.shape)}")
     if visible.shape[0] != ir.shape[0] or visible.shape[-2:] != ir.shape[-2:]:
-        raise ValueError(f"fuse_rgb: visible {tuple(visible.shape)} and ir {tuple(ir.shape)} differ in batch or size")
+        raise ValueError(f"{caller}: {visible_name} {tuple(visible.shape)} and ir {tuple(ir.shape)} differ in batch or size")
+
+
+def _out_of_range(caller: str, inputs: dict[str, Tensor]) -> ValueError:
+    spans = ", ".join(f"{_value_span(tensor)} ({name})" for name, tensor in inputs.items())
+    return ValueError(f"{caller}: the inputs must be finite floats in [0, 1] (a little beyond, {UNIT_RANGE_SLACK[0]}.."
+                      f"{UNIT_RANGE_SLACK[1]}, is taken); got {spans}{UNIT_RANGE_HINT}")
 
 
 # Inputs stand for [0, 1]. Resampling overshoots a little (bicubic: -0.16 to 1.16), which the

@@ -107,8 +107,8 @@ def test_two_openvino_streams_run_calls_at_once_with_the_same_outputs():
 def test_openvino_network_names_mismatched_inputs():
     pytest.importorskip("openvino")
     fuser = Fuser(_net("fast"), FuserOptions(device="cpu", backend="openvino"))
-    with pytest.raises(ValueError, match="must both be"):
-        fuser.fuse_y(torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 24))
+    with pytest.raises(ValueError, match="must both be"):  # the network's own check (fuse_y checks before it)
+        fuser.start_fuse_y(torch.rand(1, 1, 20, 20), torch.rand(1, 1, 20, 24))
 
 
 def test_fast_variant_shapes():

@@ -486,6 +486,20 @@ def test_fuse_rgb_refuses_inputs_it_would_fuse_into_garbage(api_fuser, visible, 
     assert fused.shape == (1, 3, 24, 32) and bool(torch.isfinite(fused).all())
 
 
+@pytest.mark.parametrize("vi_y, ir, error, message", [
+    (torch.full((1, 1, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.5).index_put_((torch.tensor([0]),) * 2, torch.tensor(float("nan"))),
+     ValueError, r"fuse_y: the inputs must be finite floats in .*NaN or inf \(ir\)"),
+    (np.full((1, 1, 24, 32), 0.5, np.float32), torch.full((1, 1, 24, 32), 0.5), TypeError, "fuse_y: vi_y must be a torch.Tensor"),
+    (torch.full((1, 4, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.5), ValueError, r"fuse_y: vi_y must be \(B, 1, H, W\)"),
+])
+def test_fuse_y_refuses_inputs_as_fuse_rgb_does(api_fuser, vi_y, ir, error, message):
+    """One NaN pixel changed OpenVINO's output by up to 0.37 without a word, and PyTorch's error
+    blamed the weights; a numpy array met 'has no attribute float'."""
+    with pytest.raises(error, match=message):
+        api_fuser.fuse_y(vi_y, ir)
+    assert api_fuser.fuse_y(torch.full((1, 1, 24, 32), 0.5), torch.full((1, 1, 24, 32), 0.25)).shape == (1, 1, 24, 32)
+
+
 def test_resampling_overshoot_is_fused_as_before(api_fuser):
     """Bicubic resizing overshoots [0, 1] a little (-0.16 to 1.16); such frames were fused before
     the range check and still are (refused: 0.5 up front)."""
