@@ -15,7 +15,7 @@ from ldfusion.cli.common import (
 from ldfusion.config import to_dict
 from ldfusion.redact import mask_credentials
 from pipeline.config import load_pipeline_config
-from pipeline.runner import run_pipeline
+from pipeline.runner import Pipeline
 
 log = logging.getLogger("pipeline.cli")
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(mask_credentials(to_dict(config)), sort_keys=False), end="")
         return 0
     with logging_redirect_tqdm():
-        summary = run_pipeline(config, config_file=args.config)
+        summary = Pipeline(config, config_file=args.config).run()  # a Ctrl-C's summary, not raised: printed below
     print(summary.report)
     for output in summary.outputs:
         print(f"output: {output}")

@@ -42,7 +42,7 @@ from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.paths import write_text_whole
 from ldfusion.redact import mask_credentials
-from ldfusion.signals import signals_handled
+from ldfusion.signals import Terminated, signals_handled
 from ldfusion.threads import decoder_threads
 from ldfusion.video import BT601_SPACE, ColourTags
 from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, check_outputs
@@ -694,11 +694,21 @@ def run_pipeline(
     ``cv2.VideoCapture`` for camera sources (fake cameras in tests). ``config_file``: the
     file ``config`` was read from, which no output may replace (``check_outputs``); a path
     given as ``config`` is that file. ``config`` may also be the config as a dict.
+
+    A Ctrl-C (SIGTERM) stops the run as it stops ``ldfusion run``, the frames read fused and
+    written and summary.json saying so, and is then raised: ``KeyboardInterrupt``
+    (``ldfusion.signals.Terminated``). It had been swallowed, so a script running several
+    configs went on to the next. ``Pipeline(...).run()`` returns the summary instead.
     """
     if isinstance(config, (str, os.PathLike)) and config_file is None:
         config_file = config
-    return Pipeline(as_pipeline_config(config), _checked_fuser(fuser), extra_sinks=extra_sinks, open_capture=open_capture,
-                    config_file=config_file).run()
+    summary = Pipeline(as_pipeline_config(config), _checked_fuser(fuser), extra_sinks=extra_sinks, open_capture=open_capture,
+                       config_file=config_file).run()
+    if summary.stopped_by == "SIGINT":
+        raise KeyboardInterrupt
+    if summary.stopped_by == "SIGTERM":
+        raise Terminated
+    return summary
 
 
 def _checked_fuser(fuser: object) -> Fuser | None:

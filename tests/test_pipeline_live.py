@@ -16,6 +16,7 @@ import pytest
 
 from ldfusion.config import from_dict, to_dict
 from ldfusion.errors import DataError
+from ldfusion.signals import Terminated
 from pipeline.config import PipelineConfig, SourceConfig
 from pipeline.runner import run_pipeline
 from pipeline.sinks import CallbackSink
@@ -399,12 +400,12 @@ def test_a_second_ctrl_c_while_a_reader_is_stuck_in_its_camera_ends_the_run_at_o
     first, second = _signal_later(1.5), _signal_later(2.5)
     start = time.monotonic()
     try:
-        with caplog.at_level(logging.WARNING):
-            summary = run_pipeline(live_config(1 / 60, duration_s=20.0), lite, open_capture=cameras.__getitem__)
+        with caplog.at_level(logging.WARNING), pytest.raises(KeyboardInterrupt):  # raised once the run is closed
+            run_pipeline(live_config(1 / 60, duration_s=20.0), lite, open_capture=cameras.__getitem__)
     finally:
         first.cancel(), second.cancel()
     assert time.monotonic() - start < 5.0
-    assert summary.stopped_by == "SIGINT" and "SIGINT again: aborting" in caplog.text
+    assert "SIGINT again: aborting" in caplog.text
 
 
 def _replay(tmp_path, n: int = 24, rate: float = 30.0):
@@ -518,3 +519,26 @@ def test_cameras_at_other_rates_with_no_time_offset_are_warned_about(lite, caplo
     with caplog.at_level(logging.WARNING):
         run_pipeline(from_dict(PipelineConfig, data), lite, open_capture=cameras.__getitem__)
     assert ("no time offset is set" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("signum, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, Terminated)])
+def test_run_pipeline_raises_the_ctrl_c_that_stopped_it_once_its_outputs_are_closed(tmp_path, lite, signum, raised):
+    """A script running several configs went on to the next after a Ctrl-C: run_pipeline
+    returned normally with stopped_by SIGINT. The run still stops as the command does (what
+    was read is fused and written, summary.json says so), and the interrupt is raised then."""
+    import json
+
+    config, n = _replay(tmp_path, n=90)
+    data = to_dict(config)
+    data["run"]["out_dir"] = str(tmp_path / "out")
+    data["sinks"] = [{"kind": "mp4", "path": "o.mp4"}]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signum))
+    timer.start()
+    try:
+        with pytest.raises(raised):
+            run_pipeline(from_dict(PipelineConfig, data), lite)
+    finally:
+        timer.cancel()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["stopped_by"] == signal.Signals(signum).name and 0 < summary["frames_out"] < n
+
