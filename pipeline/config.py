@@ -446,6 +446,9 @@ def as_pipeline_config(config: PipelineConfig | dict | str | os.PathLike) -> Pip
         return config
     if isinstance(config, dict):
         return from_dict(PipelineConfig, config)
+    if isinstance(config, str) and "\n" in config and not Path(config).exists():
+        # The whole YAML text was printed back as a missing file's name, over many lines.
+        raise TypeError("config is YAML text; give the file's path, or the text as a dict (yaml.safe_load(text))")
     if isinstance(config, (str, os.PathLike)):
         return load_pipeline_config(config)
     raise TypeError(f"config must be a PipelineConfig, a dict or a YAML file's path; got {type(config).__name__}")

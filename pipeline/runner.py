@@ -788,6 +788,8 @@ def fused_frames(
     config = as_pipeline_config(config)
     if isinstance(queue_size, bool) or not isinstance(queue_size, int):
         raise TypeError(f"queue_size must be a whole number of frames; got {queue_size!r}")
+    if queue_size < 1:
+        raise ValueError(f"queue_size must be at least 1 frame; got {queue_size}")
     handoff = FrameQueue("consumer", queue_size, drop_oldest=config.live)
     pipeline = Pipeline(config, _checked_fuser(fuser), extra_sinks=[_ConsumerSink(handoff)], open_capture=open_capture,
                         config_file=config_file)

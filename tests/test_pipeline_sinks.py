@@ -140,6 +140,10 @@ def test_the_in_process_api_takes_a_dict_or_a_path_and_names_wrong_arguments(tmp
         next(pipeline.fused_frames(data, queue_size="4"))
     with pytest.raises(TypeError, match="config must be a PipelineConfig, a dict or a YAML file's path; got NoneType"):
         run_pipeline(None)
+    with pytest.raises(ValueError, match="queue_size must be at least 1 frame; got 0"):  # was "queue consumer: maxsize ..."
+        next(pipeline.fused_frames(data, queue_size=0))
+    with pytest.raises(TypeError, match=r"config is YAML text; give the file's path, or the text as a dict"):
+        run_pipeline(yaml.safe_dump(data))  # was the whole text printed back as a missing file's name
     with pytest.raises(TypeError, match="overrides are a list of 'section.key=value' strings"):
         load_pipeline_config(path, "run.max_frames=3")
     with pytest.raises(TypeError, match="a dict goes to from_dict"):
