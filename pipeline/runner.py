@@ -181,8 +181,17 @@ def _replay(stream: _Stream, source: Source, play_from: float | None, origin: fl
     ``play_from``, an IR recording its sync offset late, on the run's clock beside a camera."""
     if play_from is None:
         return None
-    lag = stream.pairer.offset_s if source is stream.ir else 0.0
-    return Replay(play_from, lag, shift=play_from - origin if stream.has_camera else 0.0)
+    if stream.has_camera:
+        return Replay(play_from, stream.pairer.offset_s if source is stream.ir else 0.0, shift=play_from - origin)
+    lead = _ir_lead(stream)
+    return Replay(play_from, stream.pairer.offset_s + lead if source is stream.ir else lead)
+
+
+def _ir_lead(stream: _Stream) -> float:
+    """How long an IR recording that starts before the visible one (a negative offset) plays
+    before it. Played from the start instead, its frames before the visible one's first came
+    at once, and the camera queue counted them as dropped (29 of a 30 fps second)."""
+    return max(0.0, -stream.pairer.offset_s)
 
 
 def cpu_streams(live: bool) -> int:
@@ -486,8 +495,9 @@ class Pipeline:
                 on_frame = (lambda frame, s=stream.id, k=source.kind: self.stats.frame_read(s, k))
                 replay = _replay(stream, source, play_from, origin)
                 threads.append(self._thread(f"{_READER_PREFIX}{stream.id}-{source.kind}", run_capture, source, stream.id, q, stream.stop, on_frame, replay))
-            # A camera's times count from the run's clock origin, a stream of recordings' from play_from.
-            pairing_origin = origin if stream.has_camera or play_from is None else play_from
+            # A camera's times count from the run's clock origin, a stream of recordings' from
+            # when its visible recording starts playing.
+            pairing_origin = origin if stream.has_camera or play_from is None else play_from + _ir_lead(stream)
             threads.append(self._thread(f"pair-{stream.id}", self._pair, stream, paired[stream.id], live, pairing_origin))
         # Live: at least a batch, which the fusion stage hands on at once.
         sink_queue = max(run.live_queue_size, batch) if live else max(run.queue_size, 2 * batch)

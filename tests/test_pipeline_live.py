@@ -508,6 +508,18 @@ def test_a_recording_replayed_with_a_long_offset_keeps_its_first_pairs(tmp_path,
     assert all(abs(ir_index - (vi_index / 30 - 1.5) * 120) <= 2 for vi_index, ir_index in paired), paired  # the right partners
 
 
+def test_an_ir_recording_that_starts_first_plays_its_lead_in_real_time(tmp_path, lite):
+    """offset_s -1 (the IR recording starts a second before the visible one): played from the
+    start, its first second came at once, and the camera queue counted 29 frames as dropped."""
+    ir = marked_video(tmp_path / "ir.mp4", 90, 30, seed=1)
+    vi = marked_video(tmp_path / "vi.mp4", 60, 30, seed=2)
+    config = make_config(ir, vi, run={"mode": "live"}, model={"batch_size": 1}, stream={"sync": {"offset_s": -1.0}})
+    collect = Collect()
+    summary = run_pipeline(config, lite, extra_sinks=[collect.sink()])
+    assert summary.dropped <= 1 and len(collect.frames) >= 58, summary.report
+    assert all(frame.meta.ir_index == frame.meta.vi_index + 30 for frame in collect.frames)
+
+
 @pytest.mark.parametrize("offset, warned", [(None, True), (-0.1, False)])
 def test_cameras_at_other_rates_with_no_time_offset_are_warned_about(lite, caplog, offset, warned):
     """A camera delivers a number of its own frames late (about two through FFmpeg's RTSP
