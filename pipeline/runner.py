@@ -42,7 +42,7 @@ from ldfusion.errors import DataError
 from ldfusion.inference import Fuser, FuserOptions, default_batch_size
 from ldfusion.paths import write_text_whole
 from ldfusion.redact import mask_credentials
-from ldfusion.signals import Terminated, signals_handled
+from ldfusion.signals import Terminated, sigterm_as_interrupt, signals_handled
 from ldfusion.threads import decoder_threads
 from ldfusion.video import BT601_SPACE, ColourTags
 from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, check_outputs
@@ -833,11 +833,14 @@ def fused_frames(
     # the pipeline running into the interpreter's teardown: the process aborted (SIGABRT) and
     # the MP4s were never closed. At exit the run is stopped, the outputs closed with what was read.
     atexit.register(finish)
-    try:
-        while not isinstance(item := handoff.get(), EndOfStream):
-            yield item
-    finally:
-        atexit.unregister(finish)
-        finish()  # the consumer left early, or nothing is left to do
+    # SIGTERM (systemd, docker stop) as a Ctrl-C, in the consumer's loop and while the run
+    # stops: its default killed the process, and the MP4 (48 bytes) could not be opened.
+    with sigterm_as_interrupt():
+        try:
+            while not isinstance(item := handoff.get(), EndOfStream):
+                yield item
+        finally:
+            atexit.unregister(finish)
+            finish()  # the consumer left early, or nothing is left to do
     if errors:
         raise errors[0]
