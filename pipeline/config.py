@@ -270,6 +270,14 @@ def _refuse_settings_of_other_kinds(config, settings: dict[str, tuple[str, ...]]
             raise ValueError(f"{name} is not a setting of {config.kind} {what}s (only {' and '.join(kinds)} {what}s read it)")
 
 
+def _bind_key(endpoint: str) -> object:
+    """What two binds must not share: a TCP port whatever the host is called (localhost,
+    127.0.0.1 and * all take the same port on this machine), else the endpoint itself."""
+    transport, _, address = endpoint.partition("://")
+    port = address.rpartition(":")[2]
+    return ("tcp", int(port)) if transport == "tcp" and port.isdigit() else endpoint
+
+
 def _check_publisher_endpoint(endpoint: str) -> None:
     """Endpoints a subscriber can reach, and that destroy nothing by being bound.
 
@@ -340,10 +348,15 @@ class PipelineConfig:
         _check_outputs_apart_from_inputs(self)
         # Two sinks on one endpoint: the second bind failed with "Address already in use", as
         # if another program held the port. (A port of * takes a free one each.)
-        endpoints = [sink.endpoint for sink in self.sinks if sink.kind == "zmq" and not sink.endpoint.endswith(":*")]
-        repeated = sorted({e for e in endpoints if endpoints.count(e) > 1})
-        if repeated:
-            raise ValueError(f"sinks: two zmq sinks bind {repeated[0]}; one sink publishes every stream (topics <topic>/<stream>)")
+        bound: dict[object, str] = {}
+        for sink in self.sinks:
+            if sink.kind != "zmq" or sink.endpoint.endswith(":*"):
+                continue
+            key = _bind_key(sink.endpoint)
+            if key in bound:
+                raise ValueError(f"sinks: two zmq sinks bind {bound[key]} and {sink.endpoint}, one place; one sink "
+                                 "publishes every stream (topics <topic>/<stream>)")
+            bound[key] = sink.endpoint
 
     @property
     def live(self) -> bool:

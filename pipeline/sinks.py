@@ -314,6 +314,8 @@ class CallbackSink(Sink):
 
     def __init__(self, callback: Callable[[FusedFrame], None], views: tuple[str, ...] = ("fused:rgb24", "ir:gray", "visible:rgb24")):
         super().__init__()
+        if isinstance(views, str):  # a tuple of names; a string was read letter by letter ("no view 'f'")
+            raise TypeError(f"views is a tuple of view names, e.g. ({views!r},); got the string {views!r}")
         self._callback = callback
         self.views = tuple(views)
 

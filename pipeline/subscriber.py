@@ -277,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         malformed = subscriber.malformed
     elapsed = last_frame_at - started  # not the wait for a frame that never came (--timeout)
     skipped = f"; skipped {malformed} malformed message(s)" if args.skip_malformed else ""
-    missed = (f"; missed {gaps.missed} (gaps in seq: this subscriber fell more than the sink's hwm behind, "
-              "or a live run dropped them)") if gaps.missed else ""
+    missed = (f"; missed {gaps.missed} between the frames received (gaps in seq: this subscriber fell more than "
+              "the sink's hwm behind, or a live run dropped them)") if gaps.missed else ""
     print(f"received {received} frame(s) in {elapsed:.1f} s{missed}{skipped}")
     if signalled_exit:
         return signalled_exit

@@ -422,6 +422,11 @@ def test_a_callback_sink_asking_for_a_view_that_does_not_exist_is_refused(tmp_pa
         run_pipeline(make_config(ir, vi), cpu_fuser(random_weights["ld-lite"]), extra_sinks=[CallbackSink(print, views=views)])
 
 
+def test_callback_sink_views_given_as_one_string_are_named():
+    with pytest.raises(TypeError, match=r"views is a tuple of view names, e.g. \('fused:rgb24',\)"):
+        CallbackSink(print, views="fused:rgb24")  # was read letter by letter: "no view 'f'"
+
+
 def test_a_plain_function_as_an_extra_sink_is_named(tmp_path, random_weights):
     ir, vi = marked_video(tmp_path / "ir.mp4", 2, 30), marked_video(tmp_path / "vi.mp4", 2, 30, seed=1)
     with pytest.raises(TypeError, match=r"extra_sinks takes Sink objects \(CallbackSink\(function\)"):

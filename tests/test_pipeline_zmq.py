@@ -291,7 +291,7 @@ def test_subscribe_counts_the_frames_it_missed_from_the_gaps_in_seq(capsys):
     code = _subscribe_to(ZmqSink("tcp://127.0.0.1:*", hwm=100), frames, "--count", "10", "--timeout", "20", "--summary-only")
     out = capsys.readouterr().out
     assert code == 0
-    missed = int(re.search(r"received 10 frame\(s\) in [\d.]+ s; missed (\d+) \(gaps in seq", out).group(1))
+    missed = int(re.search(r"received 10 frame\(s\) in [\d.]+ s; missed (\d+) between the frames received \(gaps in seq", out).group(1))
     assert 4 <= missed <= 5  # 10 frames of seq n, n+1, n+3, n+4, ...: a gap after every second one
 
 
@@ -315,6 +315,9 @@ def test_two_zmq_sinks_on_one_endpoint_are_a_config_error(tmp_path):
     from tests.pipeline_helpers import make_config
 
     sinks = [{"kind": "zmq", "endpoint": "tcp://127.0.0.1:5630"}, {"kind": "zmq", "endpoint": "tcp://127.0.0.1:5630", "topic": "b"}]
-    with pytest.raises((ConfigError, ValueError), match="two zmq sinks bind tcp://127.0.0.1:5630"):
+    with pytest.raises((ConfigError, ValueError), match="two zmq sinks bind tcp://127.0.0.1:5630 and tcp://127.0.0.1:5630"):
         make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", sinks)
+    for other in ("tcp://localhost:5630", "tcp://*:5630", "tcp://0.0.0.0:05630"):  # the same port, written otherwise
+        with pytest.raises((ConfigError, ValueError), match=f"two zmq sinks bind tcp://127.0.0.1:5630 and {re.escape(other)}"):
+            make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", [sinks[0], {**sinks[1], "endpoint": other}])
     make_config(tmp_path / "ir.mp4", tmp_path / "vi.mp4", [{**sink, "endpoint": "tcp://127.0.0.1:*"} for sink in sinks])  # * takes a free port each
