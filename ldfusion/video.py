@@ -85,18 +85,22 @@ class ColourTags:
 
     @property
     def matrix(self) -> str:
-        return _MATRICES.get(self.space, BT601)
+        return _matrix_of(self.space)
 
     @classmethod
     def of_stream(cls, context) -> "ColourTags":
         """The tags of the planes a reader hands out: the stream's own, with the matrix BT.601
-        where FFmpeg converts RGB-like pictures (the stream's space then says RGB)."""
-        layout = context.format.name if context.format is not None else ""
+        where FFmpeg converts RGB-like pictures (the stream's space then says RGB), by the
+        reader's own rule (``_planes``: neither Y, Cb, Cr nor gray)."""
+        layout = context.format
         space = int(context.colorspace)
-        if layout.startswith(("rgb", "bgr", "gbr", "argb", "abgr", "rgba", "bgra")):
+        if layout is not None and not _is_yuv(layout) and layout.name not in _GRAY_FORMATS:
             space = BT601_SPACE
         return cls(space, int(context.color_primaries), int(context.color_trc))
 
+
+def _matrix_of(space: int) -> str:
+    return _MATRICES.get(space, BT601)
 
 
 @dataclass(frozen=True)
@@ -397,14 +401,16 @@ def _main_video_stream(container: av.container.InputContainer, path: Path, warn:
 
 def _luma_bits(frame: av.VideoFrame) -> int | None:
     """Bit depth of a planar YUV frame's luma; None for packed RGB-like layouts."""
-    components = frame.format.components
-    if not frame.format.name.startswith(("yuv", "nv", "p0", "p2")) or components[0].plane != 0:
-        return None
-    return components[0].bits
+    return frame.format.components[0].bits if _is_yuv(frame.format) else None
+
+
+def _is_yuv(layout: av.VideoFormat) -> bool:
+    """A planar Y, Cb, Cr layout with luma in its first plane."""
+    return layout.name.startswith(("yuv", "nv", "p0", "p2")) and layout.components[0].plane == 0
 
 
 def _matrix(frame: av.VideoFrame) -> str:
-    return _MATRICES.get(int(frame.colorspace), BT601)
+    return _matrix_of(int(frame.colorspace))
 
 
 def _full_range(frame: av.VideoFrame) -> bool:

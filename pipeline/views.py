@@ -32,9 +32,9 @@ DEVICE = "device"
 
 
 def view_name(content: str, pixel_format: str) -> str:
-    if content not in CONTENTS or pixel_format not in FORMATS:
-        raise ValueError(f"no view {content}:{pixel_format}; contents {CONTENTS}, formats {FORMATS}")
-    return f"{content}:{pixel_format}"
+    name = f"{content}:{pixel_format}"
+    check_view(name)
+    return name
 
 
 def check_view(name: object) -> None:
