@@ -270,6 +270,20 @@ def _refuse_settings_of_other_kinds(config, settings: dict[str, tuple[str, ...]]
             raise ValueError(f"{name} is not a setting of {config.kind} {what}s (only {' and '.join(kinds)} {what}s read it)")
 
 
+def _check_one_publisher_a_port(sinks: list[SinkConfig]) -> None:
+    """Two zmq sinks on one endpoint: the second bind failed with "Address already in use", as
+    if another program held the port. (A port of * takes a free one each.)"""
+    bound: dict[object, str] = {}
+    for sink in sinks:
+        if sink.kind != "zmq" or sink.endpoint.endswith(":*"):
+            continue
+        key = _bind_key(sink.endpoint)
+        if key in bound:
+            raise ValueError(f"sinks: two zmq sinks bind {bound[key]} and {sink.endpoint}, one place; one sink "
+                             "publishes every stream (topics <topic>/<stream>)")
+        bound[key] = sink.endpoint
+
+
 def _bind_key(endpoint: str) -> object:
     """What two binds must not share: a TCP port whatever the host is called (localhost,
     127.0.0.1 and * all take the same port on this machine), else the endpoint itself."""
@@ -346,17 +360,7 @@ class PipelineConfig:
         if self.run.mode == "file" and any(stream.live for stream in self.streams):
             raise ValueError("run.mode file cannot read live cameras; use mode live or auto")
         _check_outputs_apart_from_inputs(self)
-        # Two sinks on one endpoint: the second bind failed with "Address already in use", as
-        # if another program held the port. (A port of * takes a free one each.)
-        bound: dict[object, str] = {}
-        for sink in self.sinks:
-            if sink.kind != "zmq" or sink.endpoint.endswith(":*"):
-                continue
-            key = _bind_key(sink.endpoint)
-            if key in bound:
-                raise ValueError(f"sinks: two zmq sinks bind {bound[key]} and {sink.endpoint}, one place; one sink "
-                                 "publishes every stream (topics <topic>/<stream>)")
-            bound[key] = sink.endpoint
+        _check_one_publisher_a_port(self.sinks)
 
     @property
     def live(self) -> bool:

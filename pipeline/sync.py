@@ -129,9 +129,7 @@ class NearestPairer:
 
     def deadline(self) -> float | None:
         """Stream time after which the oldest pending leader frame can be decided by the clock."""
-        if not self._pending:
-            return None
-        return self._pending[0][0] + self.slop_s + self.max_delay_s - self._follower_lead()
+        return self._clock_deadline(self._pending[0][0]) if self._pending else None
 
     def pop_decided(self, now: float | None = None) -> list[FramePair]:
         """Decide every pending leader frame that can be; returns the pairs, in order.
@@ -171,13 +169,13 @@ class NearestPairer:
     def _decidable(self, t: float, now: float | None) -> bool:
         if self._follower_ended or (self._followers and self._followers[-1].t >= t):
             return True
-        if now is None:
-            return False
-        return now + self._follower_lead() > t + self.slop_s + self.max_delay_s
+        return now is not None and now > self._clock_deadline(t)
 
-    def _follower_lead(self) -> float:
-        """How long before its time on the leader's clock a follower frame arrives (live)."""
-        return self._ir_lead if self.follower == IR else 0.0
+    def _clock_deadline(self, t: float) -> float:
+        """Live: the stream time after which no follower frame near enough to the leader frame at
+        ``t`` can still arrive. A follower IR camera's frames arrive ``_ir_lead`` early."""
+        follower_lead = self._ir_lead if self.follower == IR else 0.0
+        return t + self.slop_s + self.max_delay_s - follower_lead
 
     def _nearest(self, t: float) -> _Follower | None:
         best = min(self._followers, key=lambda f: abs(f.t - t), default=None)
