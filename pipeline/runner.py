@@ -461,7 +461,9 @@ class Pipeline:
         offset = sync.offset_s if sync.offset_s is not None else (registration.time_offset_s if registration else 0.0)
         log.info("%s: pairing each %s frame with the nearest %s frame within %.1f ms (IR offset %+.1f ms)",
                  config.id, sync.leader, "visible" if sync.leader == "ir" else "ir", slop * 1000, offset * 1000)
-        if offset == 0.0 and _cameras_at_other_rates(ir, visible):
+        # An offset_s of 0 in the config is a statement (cameras measured as in step); a calibration
+        # file cannot tell a measured 0 from none, so its 0 is warned about.
+        if sync.offset_s is None and offset == 0.0 and _cameras_at_other_rates(ir, visible):
             log.warning("%s: the IR camera runs at %.4g fps and the visible one at %.4g, and no time offset is set: a camera "
                         "delivers a number of its own frames late (about two through FFmpeg's RTSP client), so the two are "
                         "likely apart by a constant (0.15 s for 9 and 30 fps); measure sync.offset_s with `ldfusion calibrate "
