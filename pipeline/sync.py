@@ -257,9 +257,8 @@ def _open_queues(leader_q: FrameQueue, leader_open: bool, follower_q: FrameQueue
 def _pair_file(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQueue, emit: Emit, _origin: float) -> _LoopResult:
     leader_open = follower_open = True
     while True:
-        for pair in pairer.pop_decided():
-            if not emit(pair):
-                return _open_queues(leader_q, leader_open, follower_q, follower_open), True
+        if not _emit_all(pairer, pairer.pop_decided(), emit):
+            return _open_queues(leader_q, leader_open, follower_q, follower_open), True
         if pairer.waiting_for_follower() and follower_open:
             item = follower_q.get()
             if isinstance(item, EndOfStream):
@@ -280,9 +279,8 @@ def _pair_file(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQue
 def _pair_live(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQueue, emit: Emit, origin: float) -> _LoopResult:
     leader_open = follower_open = True
     while True:
-        for pair in pairer.pop_decided(now=time.monotonic() - origin):
-            if not emit(pair):
-                return _open_queues(leader_q, leader_open, follower_q, follower_open), True
+        if not _emit_all(pairer, pairer.pop_decided(now=time.monotonic() - origin), emit):
+            return _open_queues(leader_q, leader_open, follower_q, follower_open), True
         if not (leader_open or pairer.has_pending()):
             return _open_queues(leader_q, False, follower_q, follower_open), False
         stream_deadline = pairer.deadline()
@@ -296,6 +294,17 @@ def _pair_live(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQue
                 else:
                     follower_open = False
                     pairer.end_follower()
+
+
+def _emit_all(pairer: NearestPairer, pairs: list[FramePair], emit: Emit) -> bool:
+    """Hand on ``pairs`` in order; False when ``emit`` said stop. Pairs decided together but
+    not handed on are taken back from the paired count: with max_frames a summary said one
+    more frame was paired than was written (a slower follower decides several at once)."""
+    for sent, pair in enumerate(pairs, start=1):
+        if not emit(pair):
+            pairer.counts.paired -= len(pairs) - sent
+            return False
+    return True
 
 
 def _take_all(q: FrameQueue) -> list:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -141,3 +142,22 @@ def test_frames_going_back_in_time_are_warned_once_and_counted_at_the_end(caplog
     assert len(pairs) == 10 and counts.unpaired >= 5
     assert caplog.text.count("goes back in time") == 1
     assert "5 visible frames went back in time and were skipped" in caplog.text
+
+
+@pytest.mark.parametrize("stop_after", [1, 4, 5])
+def test_pairs_decided_together_but_not_handed_on_are_not_counted_as_paired(stop_after):
+    """Live, a 10 fps IR decides three 30 fps visible frames at once; when emit stopped
+    (max_frames) among them, the summary said up to two more paired than were written."""
+    ir_q, vi_q = FrameQueue("ir", 100, drop_oldest=True), FrameQueue("vi", 100, drop_oldest=True)
+    for q, frames, kind in ((ir_q, camera(IR, 10, 10), IR), (vi_q, camera(VISIBLE, 30, 30), VISIBLE)):
+        for f in frames:
+            q.put(f)
+        q.put_end(EndOfStream("s", kind))
+    pairer, emitted = NearestPairer("s", VISIBLE, slop_s=0.05), []
+
+    def emit(pair) -> bool:
+        emitted.append(pair)
+        return len(emitted) < stop_after
+
+    run_pairing(pairer, ir_q, vi_q, emit, live=True, clock_origin=time.monotonic() - 100.0, stop_readers=threading.Event())
+    assert len(emitted) == stop_after and pairer.counts.paired == stop_after
