@@ -28,6 +28,7 @@ from torch import Tensor
 
 from ldfusion.errors import CheckpointError, ConfigError, first_line
 from ldfusion.networks import FusionNet, pad_input
+from ldfusion.signals import signal_stack_kept
 from ldfusion.threads import network_threads
 from ldfusion.variants import VariantSpec
 
@@ -122,7 +123,8 @@ def float_precision(requested: str = "auto", int8: bool = False) -> str:
 def cpu_has_native_bf16() -> bool:
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    with signal_stack_kept():
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVinoNetwork:
@@ -168,7 +170,8 @@ class OpenVinoNetwork:
             if shape not in self._compiled:
                 model = self._model.clone()
                 model.reshape({name: list(shape) for name in ("vi_y", "ir")})
-                self._compiled[shape] = self._core.compile_model(model, "CPU")
+                with signal_stack_kept():
+                    self._compiled[shape] = self._core.compile_model(model, "CPU")
                 log.debug("openvino compiled for input %s", shape)
             idle = self._idle.setdefault(shape, [])
             return idle.pop() if idle else self._compiled[shape].create_infer_request()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -453,3 +456,45 @@ def test_int8_without_an_export_says_how_to_make_one(tmp_path):
     weights = save_checkpoint(tmp_path / "w.pt", _net("fast"))
     with pytest.raises(ConfigError, match="no int8 export of .* run `ldfusion export --weights"):
         Fuser.from_weights(weights, options=FuserOptions(device="cpu", backend="openvino", int8=True))
+
+
+def test_openvino_leaves_the_threads_signal_stack_as_it_was():
+    """Compiling pointed the calling thread's alternate signal stack at the compiled model's
+    memory, and freeing a model put back the stack of the one compiled before it. With two
+    networks (`export` checks f32 and bf16; a script comparing weights), once both were freed
+    Python's handlers ran on freed memory: the next Ctrl-C crashed the process with SIGSEGV
+    instead of raising KeyboardInterrupt (or silently wrote into the heap)."""
+    pytest.importorskip("openvino")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("sigaltstack is read through glibc")
+    script = textwrap.dedent("""
+        import ctypes, gc, os, signal, time, torch
+        from ldfusion.inference import Fuser, FuserOptions
+        from ldfusion.networks import build_network
+        from ldfusion.variants import get_variant
+
+        class Stack(ctypes.Structure):
+            _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+        def signal_stack():
+            stack = Stack()
+            ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+            return stack.sp, stack.flags, stack.size
+
+        before = signal_stack()
+        fusers = [Fuser(build_network(get_variant("fast")).eval(), FuserOptions(device="cpu", backend="openvino", precision="f32"))
+                  for _ in range(2)]
+        for fuser in fusers:
+            fuser.fuse_y(torch.rand(1, 1, 32, 32), torch.rand(1, 1, 32, 32))
+        during = signal_stack()
+        del fuser, fusers
+        gc.collect()
+        print(before == during == signal_stack())
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert (done.returncode, done.stdout.split()) == (0, ["True", "interrupted"]), done.stderr[-2000:]
