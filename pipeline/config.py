@@ -287,9 +287,23 @@ def _check_one_publisher_a_port(sinks: list[SinkConfig]) -> None:
 def _bind_key(endpoint: str) -> object:
     """What two binds must not share: a TCP port whatever the host is called (localhost,
     127.0.0.1 and * all take the same port on this machine), else the endpoint itself."""
-    transport, _, address = endpoint.partition("://")
-    port = address.rpartition(":")[2]
-    return ("tcp", int(port)) if transport == "tcp" and port.isdigit() else endpoint
+    port = tcp_port(endpoint)
+    return ("tcp", int(port)) if port is not None and port.isdigit() else endpoint
+
+
+def tcp_port(endpoint: str) -> str | None:
+    """The port of a ``tcp://`` endpoint as written (digits, ``*`` or anything else); None for other transports."""
+    return endpoint.rpartition(":")[2] if endpoint.startswith("tcp://") else None
+
+
+def check_tcp_port(endpoint: str, bind: bool = False) -> None:
+    """A tcp:// endpoint's port must be 1-65535 (or ``*``, any free port, to bind): ZeroMQ takes
+    99999 modulo 65536 and binds port 34463 without a word, so a subscriber on the port the
+    config names hears nothing, and a subscriber given port 70000 waits forever."""
+    port = tcp_port(endpoint)
+    if port is not None and not ((bind and port == "*") or (port.isdigit() and 1 <= int(port) <= 65535)):
+        anything = " (or * for any free port)" if bind else ""
+        raise ConfigError(f"ZeroMQ endpoint {endpoint}: the port must be 1-65535{anything}; got {port!r}")
 
 
 def _check_publisher_endpoint(endpoint: str) -> None:

@@ -37,10 +37,9 @@ import zmq
 from ldfusion.errors import ConfigError, DataError, LDFusionError
 from ldfusion.imageio import write_image
 from ldfusion.video import VideoWriter, h264_encoder
-from pipeline.config import PipelineConfig, SinkConfig
+from pipeline.config import PipelineConfig, SinkConfig, check_tcp_port
 from pipeline.frames import EndOfStream, FusedFrame, StreamInfo
 from pipeline.queues import FrameQueue
-from pipeline.subscriber import check_tcp_port
 from pipeline.views import view_name
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,7 @@ import zmq
 from ldfusion.cli.common import EXIT_INTERRUPTED, EXIT_TERMINATED, add_logging_arguments, one_line_errors, setup_logging
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.signals import Terminated, sigterm_as_interrupt
+from pipeline.config import check_tcp_port
 
 log = logging.getLogger(__name__)
 
@@ -127,18 +128,6 @@ def _poll_ms(deadline: float | None) -> int | None:
     if deadline is None:
         return None
     return math.ceil(min(_LONGEST_POLL_MS, max(0.0, (deadline - time.monotonic()) * 1000)))  # ceil: no early wake-up to spin on
-
-
-def check_tcp_port(endpoint: str, bind: bool = False) -> None:
-    """A tcp:// endpoint's port must be 1-65535 (or ``*``, any free port, to bind): ZeroMQ takes
-    99999 modulo 65536 and binds port 34463 without a word, so a subscriber on the port the
-    config names hears nothing, and a subscriber given port 70000 waits forever."""
-    if not endpoint.startswith("tcp://"):
-        return
-    port = endpoint.rsplit(":", 1)[-1]
-    if not ((bind and port == "*") or (port.isdigit() and 1 <= int(port) <= 65535)):
-        anything = " (or * for any free port)" if bind else ""
-        raise ConfigError(f"ZeroMQ endpoint {endpoint}: the port must be 1-65535{anything}; got {port!r}")
 
 
 def _check_reachable(endpoint: str) -> None:
