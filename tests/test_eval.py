@@ -90,6 +90,19 @@ def test_a_run_that_fails_part_way_leaves_no_summary_of_an_earlier_run(folders, 
         assert [row["name"] for row in csv.DictReader(handle)] == ["1", "2"]  # this run's rows so far
 
 
+@pytest.mark.parametrize("link", ["soft", "hard"])
+def test_a_link_at_metrics_csv_is_replaced_not_written_through(folders, link):
+    """A link planted at --out/metrics.csv made eval overwrite the file it pointed to."""
+    precious = folders["out"].parent / "precious.txt"
+    precious.write_text("precious\n")
+    folders["out"].mkdir(parents=True, exist_ok=True)
+    target = folders["out"] / "metrics.csv"
+    target.symlink_to(precious) if link == "soft" else target.hardlink_to(precious)
+    assert run(folders, "--fused", str(folders["fused"])) == 0
+    assert precious.read_text() == "precious\n"
+    assert not target.is_symlink() and target.read_text().startswith("name,")
+
+
 def test_side_by_side_images_from_fuse_are_ignored(folders):
     write_png(folders["fused"] / "2_sbs.png", np.zeros((H, 3 * W, 3), np.uint8))
     assert run(folders, "--fused", str(folders["fused"])) == 0

@@ -416,6 +416,9 @@ def score(
     """Score each sample, appending rows to ``csv_path`` as they come; returns the JSON report body."""
     rows: list[dict] = []
     meter = TemporalMeter() if temporal else None
+    # A fresh file: a link planted at csv_path (soft or hard) was written through, overwriting
+    # the file it shares. (Rows are written as they come, so not through ``replaced_whole``.)
+    csv_path.unlink(missing_ok=True)
     with csv_path.open("w", newline="") as handle, tqdm(
         total=total, unit="image", desc="eval", disable=True if not progress else None  # None: only on a terminal
     ) as bar:
