@@ -74,7 +74,7 @@ def _levels(image: np.ndarray) -> np.ndarray:
 
 def _entropy_bits(counts: np.ndarray) -> float:
     p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
+    return float(0.0 - (p * np.log2(p)).sum())  # 0 - x, not -x: one level gave -0.0, written "-0.000000"
 
 
 # --- metrics of F alone ------------------------------------------------------------------
