@@ -14,11 +14,16 @@ from ldfusion.errors import DataError
 
 def file_key(path: str | os.PathLike) -> tuple:
     """What identifies the file ``path`` names: its device and inode when it exists, so that a
-    hard link or another path to it matches; else its path with links and ``..`` resolved."""
+    hard link or another path to it matches; else its path with links and ``..`` resolved.
+
+    Resolved first: ``missing/../input.csv`` cannot be opened while ``missing`` does not exist,
+    but a command makes its output's folders before writing, and then it is ``input.csv``
+    (taken for a new file, it was overwritten)."""
+    resolved = os.path.realpath(path)
     try:
-        status = os.stat(path)
+        status = os.stat(resolved)
     except OSError:
-        return ("path", str(Path(path).resolve()))
+        return ("path", resolved)
     return ("inode", status.st_dev, status.st_ino)
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from ldfusion.imageio import write_image
-from ldfusion.paths import replaced_whole
+from ldfusion.errors import DataError
+from ldfusion.paths import file_key, refuse_overwriting_inputs, replaced_whole
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -101,3 +102,14 @@ def test_images_are_the_bytes_opencv_writes(tmp_path, suffix):
     write_image(tmp_path / f"ours{suffix}", image)
     cv2.imwrite(str(tmp_path / f"theirs{suffix}"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"theirs{suffix}").read_bytes()
+
+
+def test_a_path_through_a_folder_not_yet_made_is_the_file_it_will_reach(tmp_path, monkeypatch):
+    """`--out sub/../g.csv` with no sub/ was taken for a new file: the command made sub/ and
+    overwrote its input g.csv."""
+    monkeypatch.chdir(tmp_path)
+    Path("g.csv").write_text("points\n")
+    assert file_key("missing/../g.csv") == file_key("g.csv")
+    assert file_key("missing/../other.csv") == file_key(tmp_path / "other.csv")
+    with pytest.raises(DataError, match="would overwrite the input"):
+        refuse_overwriting_inputs([Path("missing/../g.csv")], [Path("g.csv")], "--out")
