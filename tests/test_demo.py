@@ -56,3 +56,18 @@ def test_max_frames_below_one_is_a_one_line_error_naming_the_option(tmp_path, ca
     err = capsys.readouterr().err
     assert err.strip() == "ldfusion demo: error: --max-frames must be at least 1; got 0"
     assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_files_of_the_demos_names_that_no_demo_wrote_are_replaced_only_with_overwrite(tmp_path, capsys, random_weights):
+    """`demo --out myproject` replaced the user's preview.png, config.yaml and summary.json with no word."""
+    out = tmp_path / "myproject"
+    out.mkdir()
+    (out / "config.yaml").write_text("mine: true\n")
+    (out / "preview.png").write_bytes(b"my picture")
+    args = ["--source", "synthetic", "--out", str(out), "--weights", str(random_weights["ld-lite"]), "--max-frames", "2", "-q"]
+    assert demo_main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"ldfusion demo: error: --out {out} holds preview.png, config.yaml, not from an "
+                                               "earlier demo; pass --overwrite to replace them, or choose another --out")
+    assert (out / "config.yaml").read_text() == "mine: true\n" and sorted(p.name for p in out.iterdir()) == ["config.yaml", "preview.png"]
+    assert demo_main([*args, "--overwrite"]) == 0
+    assert len(_frames(out / "fused.mp4")) == 2 and (out / "preview.png").read_bytes() != b"my picture"
