@@ -138,16 +138,18 @@ def check_state_dict_fits(net: torch.nn.Module, state: Mapping[str, torch.Tensor
 
 
 def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> str:
-    """Describe missing, unexpected and wrongly-shaped keys; empty when ``given`` fits."""
+    """Describe missing, unexpected, wrongly-shaped and wrongly-typed keys; empty when ``given`` fits.
+
+    Integer weights where the network's are float loaded without a word (``load_state_dict``
+    converts) and fused every image to a flat grey."""
     missing = [k for k in expected if k not in given]
     extra = [k for k in given if k not in expected]
-    shapes = [
-        f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}"
-        for k in expected
-        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
-    ]
+    shared = [k for k in expected if k in given]
+    shapes = [f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in shared if tuple(given[k].shape) != tuple(expected[k].shape)]
+    types = [f"{k} {str(given[k].dtype).removeprefix('torch.')} where {str(expected[k].dtype).removeprefix('torch.')} belongs"
+             for k in shared if given[k].is_floating_point() != expected[k].is_floating_point()]
     parts = []
-    for label, keys in (("missing keys", missing), ("unexpected keys", extra), ("wrong shapes", shapes)):
+    for label, keys in (("missing keys", missing), ("unexpected keys", extra), ("wrong shapes", shapes), ("wrong types", types)):
         if keys:
             shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
             more = f" (+{len(keys) - _MAX_KEYS_IN_MESSAGE} more)" if len(keys) > _MAX_KEYS_IN_MESSAGE else ""

@@ -73,6 +73,15 @@ def test_unknown_layout_reports_the_closest_variant(tmp_path):
         load_model(tmp_path / "odd.pt")
 
 
+@pytest.mark.parametrize("variant", [None, "ld-lite"])
+def test_integer_weights_are_refused_naming_the_keys(tmp_path, variant):
+    """A checkpoint of int64 tensors loaded (load_state_dict converts) and fused to flat grey."""
+    state = {key: value.to(torch.int64) for key, value in build_network(get_variant("ld-lite")).state_dict().items()}
+    torch.save(state, tmp_path / "ints.pt")
+    with pytest.raises(CheckpointError, match=r"ints\.pt: .*wrong types: encoder\.\S+ int64 where float32 belongs"):
+        load_model(tmp_path / "ints.pt", variant=variant)
+
+
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", b"PK\x03\x04truncated zip", b"hello"])  # "hello": KeyError inside torch
 def test_corrupt_file_is_a_clear_error_naming_the_file(tmp_path, content):
     path = tmp_path / "corrupt.pt"
