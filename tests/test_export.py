@@ -498,3 +498,26 @@ def test_openvino_leaves_the_threads_signal_stack_as_it_was():
     """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert (done.returncode, done.stdout.split()) == (0, ["True", "interrupted"]), done.stderr[-2000:]
+
+
+def test_export_refuses_weights_whose_output_is_not_finite_and_writes_nothing(tmp_path, capsys):
+    """Weights that overflow were exported with exit 0 and a parity of "nan dB"."""
+    pytest.importorskip("openvino")
+    from ldfusion.cli.export import main
+
+    net = _net("fast")
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter.mul_(1e30)
+    weights = save_checkpoint(tmp_path / "huge.pt", net)
+    assert main(["--weights", str(weights), "-q"]) == 2
+    assert capsys.readouterr().err.strip() == f"ldfusion export: error: {weights}: the network output is not finite (NaN/inf) with these weights; they are broken"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["huge.pt"]
+
+
+def test_export_of_auto_names_what_auto_chooses(capsys):
+    from ldfusion.cli.export import main
+
+    assert main(["--weights", "auto"]) == 2
+    assert capsys.readouterr().err.strip() == ("ldfusion export: error: --weights auto chooses weights per device when fusing; "
+                                               "export the ones it chooses on the CPU: default --int8")

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+from pathlib import Path
 
 import torch
 
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
-from ldfusion.errors import ConfigError
+from ldfusion.errors import CheckpointError, ConfigError
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.export")
@@ -47,12 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose, args.quiet)
     from ldfusion.backends import OpenVinoNetwork, float_precision, openvino_available
     from ldfusion.export import agreement_db, calibration_pairs, ensure_exported, exported_path
-    from ldfusion.weights import BUNDLED_DIR, resolve_model, resolve_weights_path
+    from ldfusion.weights import BUNDLED_DIR, CPU_AUTO_INT8, CPU_AUTO_WEIGHTS, is_auto, resolve_model, resolve_weights_path
 
     if args.int8 and args.format != "openvino":
         raise ConfigError("--int8 needs --format openvino")
     if not args.int8 and (args.calib_ir is not None or args.calib_vi is not None):  # the user meant an int8 export
         raise ConfigError("--calib-ir and --calib-vi calibrate an int8 export: add --int8, or leave them out for float32")
+    if is_auto(args.weights):  # resolved per device when fusing; as a file name it read "'auto' is not one of: auto, ..."
+        raise ConfigError("--weights auto chooses weights per device when fusing; export the ones it chooses on the CPU: "
+                          f"{CPU_AUTO_WEIGHTS}{' --int8' if CPU_AUTO_INT8 else ''}")
     if args.calib_count < 1:
         raise ConfigError(f"--calib-count must be at least 1; got {args.calib_count}")
     if not openvino_available():
@@ -71,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                           "to quantize with your own calibration images, export a copy of the weights file")
     if building:
         _check_extra(args)  # before --force deletes the cached file it could not make again
+        _check_output_finite(model, weights)
     if args.force:
         target.unlink(missing_ok=True)
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
@@ -90,6 +95,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parity {height}x{width}, {precision}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, "
                   f"max |diff| {diff:.2e}")
     return 0
+
+
+def _check_output_finite(model: torch.nn.Module, weights: Path) -> None:
+    """Weights that overflow (finite, but NaN out) were exported with exit 0 and a parity of
+    "nan dB"; `fuse` refuses them. Checked before anything is written."""
+    vi_y, ir = parity_inputs(*PARITY_SIZES[0], torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        if not bool(torch.isfinite(model(vi_y, ir)).all()):
+            raise CheckpointError(f"{weights}: the network output is not finite (NaN/inf) with these weights; they are broken")
 
 
 def _check_extra(args: argparse.Namespace) -> None:
