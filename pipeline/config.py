@@ -119,6 +119,8 @@ class RegistrationConfig:
     crop: bool = False  # crop both to the common field of view (the file's crop, else computed)
 
     def __post_init__(self) -> None:
+        if self.calibration is not None and not self.calibration.strip():  # a template's unset variable ran uncalibrated
+            raise ValueError("calibration is empty; name a calibration file (or leave the key out for none)")
         if self.warp not in WARPS:
             raise ValueError(f"warp must be one of {', '.join(WARPS)}; got {self.warp!r}")
 

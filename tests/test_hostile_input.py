@@ -237,6 +237,16 @@ def test_an_empty_out_dir_is_refused(tmp_path, capsys, random_weights):
     assert "run.out_dir is empty" in one_error_line(capsys, "ldfusion run")
 
 
+@pytest.mark.parametrize("calibration", ["", "  "])
+def test_an_empty_calibration_path_is_refused(tmp_path, capsys, random_weights, calibration):
+    """``calibration: ""`` (a template's unset variable) ran with no registration, exit 0."""
+    config = video_config(tmp_path)
+    config["streams"][0]["registration"] = {"calibration": calibration}
+    assert run_command(write_config(tmp_path, config), weights=random_weights["ld-lite"]) == 2
+    assert "calibration is empty; name a calibration file (or leave the key out for none)" in one_error_line(capsys, "ldfusion run")
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_absolute_sink_path_is_allowed_when_the_config_says_so(tmp_path, random_weights):
     target = tmp_path / "elsewhere" / "abs.mp4"
     data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": str(target)}], allow_absolute_paths=True)
