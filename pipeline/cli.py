@@ -13,6 +13,7 @@ from ldfusion.cli.common import (
     EXIT_INTERRUPTED, EXIT_TERMINATED, add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging,
 )
 from ldfusion.config import to_dict
+from ldfusion.errors import ConfigError
 from ldfusion.redact import mask_credentials
 from pipeline.config import load_pipeline_config
 from pipeline.runner import Pipeline
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(yaml.safe_dump(mask_credentials(to_dict(config)), sort_keys=False), end="")
         return 0
+    if not config.sinks:  # every frame fused and dropped, exit 0, and the table said "written"
+        raise ConfigError("the config has no sinks: the fused frames would go nowhere; add one under sinks: "
+                          "(kind mp4, png or zmq). To measure speed alone, use `ldfusion bench`")
     with logging_redirect_tqdm():
         summary = Pipeline(config, config_file=args.config).run()  # a Ctrl-C's summary, not raised: printed below
     print(summary.report)

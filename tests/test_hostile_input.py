@@ -247,6 +247,18 @@ def test_an_empty_calibration_path_is_refused(tmp_path, capsys, random_weights, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("sinks", [[], None])
+def test_a_run_with_no_sinks_is_refused(tmp_path, capsys, random_weights, sinks):
+    """No sinks (or the key left out): every frame fused and dropped, exit 0, and the table's
+    "written" column counted them."""
+    config = video_config(tmp_path)
+    config["sinks"] = sinks
+    if sinks is None:
+        del config["sinks"]
+    assert run_command(write_config(tmp_path, config), weights=random_weights["ld-lite"]) == 2
+    assert "the config has no sinks: the fused frames would go nowhere" in one_error_line(capsys, "ldfusion run")
+
+
 def test_an_absolute_sink_path_is_allowed_when_the_config_says_so(tmp_path, random_weights):
     target = tmp_path / "elsewhere" / "abs.mp4"
     data = video_config(tmp_path, sinks=[{"kind": "mp4", "path": str(target)}], allow_absolute_paths=True)
