@@ -72,7 +72,16 @@ def pair_folders(ir_dir: str | os.PathLike, vi_dir: str | os.PathLike) -> list[I
     if not ir_images:
         raise DataError(f"no images in {ir_dir} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     _complain_unpaired(ir_images, vi_images, ir_dir, vi_dir)
-    return [ImagePair(stem, ir_images[stem], vi_images[stem]) for stem in sorted(ir_images, key=_natural_key)]
+    pairs = [ImagePair(stem, ir_images[stem], vi_images[stem]) for stem in sorted(ir_images, key=_natural_key)]
+    _complain_self_pairs(pairs)
+    return pairs
+
+
+def _complain_self_pairs(pairs: list[ImagePair]) -> None:
+    """An infrared image that is a link to its visible partner (soft or hard) was fused with itself."""
+    for pair in pairs:
+        if same_file(pair.ir, pair.vi):
+            raise DataError(f"the infrared image {pair.ir} is the same file as its visible partner {pair.vi}; give one of each camera")
 
 
 def _single_pair(ir: Path, vi: Path) -> ImagePair:

@@ -103,6 +103,17 @@ def test_run_refuses_image_folders_whose_names_do_not_pair(tmp_path, capsys, ran
     assert not (tmp_path / "out" / "png").exists()  # nothing written, rather than pairs shifted by one
 
 
+@pytest.mark.parametrize("link", ["soft", "hard"])
+def test_an_infrared_image_that_is_a_link_to_its_visible_partner_is_refused(tmp_path, capsys, random_weights, link):
+    """Within two folders, ir/a.png a link to vi/a.png: that pair was fused with itself, exit 0."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    (ir_dir / "2.png").unlink()
+    (ir_dir / "2.jpg").symlink_to(vi_dir / "2.jpg") if link == "soft" else (ir_dir / "2.jpg").hardlink_to(vi_dir / "2.jpg")
+    argv = ["--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "fused"), "--weights", str(random_weights["ld-lite"]), "-q"]
+    assert fuse_cli.main(argv) == 2
+    assert f"the infrared image {ir_dir / '2.jpg'} is the same file as its visible partner {vi_dir / '2.jpg'}" in one_error_line(capsys, "ldfusion fuse")
+
+
 def test_run_refuses_two_image_folders_at_different_rates(tmp_path, capsys, random_weights):
     ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
     config = write_config(tmp_path, images_config(ir_dir, vi_dir, tmp_path, vi_fps=20))
