@@ -281,12 +281,16 @@ def fuse_args(ir_dir: Path, vi_dir: Path, out: Path, weights: Path, *extra: str)
     return ["--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(out), "--weights", str(weights), "--device", "cpu", "-q", *extra]
 
 
-def test_fuse_into_an_input_folder_is_refused_and_the_inputs_survive(tmp_path, capsys, random_weights):
+@pytest.mark.parametrize("into", ["ir", "vi"])
+def test_fuse_into_an_input_folder_is_refused_and_the_inputs_survive(tmp_path, capsys, random_weights, into):
+    """Into the visible folder of JPEGs no name clashed: a.png was written beside a.jpg, and the
+    next run over that folder refused it (two images named a)."""
     ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
-    before = (ir_dir / "1.png").read_bytes()
-    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, ir_dir, random_weights["ld-lite"], "--overwrite")) == 2
-    assert "would overwrite the input" in one_error_line(capsys, "ldfusion fuse")
-    assert (ir_dir / "1.png").read_bytes() == before
+    out = ir_dir if into == "ir" else vi_dir
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"], "--overwrite")) == 2
+    assert f"--out {out} is the folder of the input" in one_error_line(capsys, "ldfusion fuse")
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
 def test_fuse_refuses_an_output_that_is_a_hard_link_to_an_input(tmp_path, capsys, random_weights):

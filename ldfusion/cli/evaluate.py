@@ -37,7 +37,7 @@ from ldfusion.cli.common import (
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, looks_like_video, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
-from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, refuse_an_input_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
 from ldfusion.video import VideoReader
@@ -244,6 +244,7 @@ def _check_metrics_apart_from_inputs(args: argparse.Namespace) -> None:
 
 def _check_saved_fused_apart_from_inputs(pairs: list[ImagePair], folder: Path) -> None:
     inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
+    refuse_an_input_folder(folder, inputs, f"--save-fused {folder}")
     refuse_overwriting_inputs([folder / f"{pair.name}.png" for pair in pairs], inputs, f"--save-fused {folder}")
 
 

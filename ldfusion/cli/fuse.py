@@ -24,7 +24,7 @@ from ldfusion.cli.common import (
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, PendingArrays, default_batch_size
-from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, refuse_an_input_folder, refuse_overwriting_inputs
 from ldfusion.variants import VARIANTS
 
 log = logging.getLogger("ldfusion.fuse")
@@ -105,7 +105,9 @@ def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwri
             if writers.setdefault(name, pair.name) != pair.name:  # pairs a and a_sbs with --side-by-side
                 raise DataError(f"pairs {writers[name]!r} and {pair.name!r} would both write {name}; rename one of them or leave out --side-by-side")
     outputs = [out_dir / name for name in writers]
-    refuse_overwriting_inputs(outputs, [path for pair in pairs for path in (pair.ir, pair.vi)], f"--out {out_dir}")
+    inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
+    refuse_an_input_folder(out_dir, inputs, f"--out {out_dir}")
+    refuse_overwriting_inputs(outputs, inputs, f"--out {out_dir}")
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
         raise DataError(f"--out {out_dir} already holds {len(existing)} of the fused images (first: {existing[0].name}); pass --overwrite to replace them")
