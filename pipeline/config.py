@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,6 +240,7 @@ class SinkConfig:
         _refuse_settings_of_other_kinds(self, SINK_SETTINGS, "sink")
         if self.kind in ("mp4", "png") and not self.path:
             raise ValueError(f"a {self.kind} sink needs a path")
+        _check_placeholders(self.path)
         if self.kind == "mp4" and Path(str(self.path)).suffix.lower() not in MP4_SUFFIXES:
             raise ValueError(f"an mp4 sink's path must end in {', '.join(MP4_SUFFIXES)}; got {self.path!r}")
         if self.content not in CONTENTS:
@@ -270,6 +272,13 @@ def _refuse_settings_of_other_kinds(config, settings: dict[str, tuple[str, ...]]
     for name, kinds in settings.items():
         if config.kind not in kinds and getattr(config, name) != defaults[name]:
             raise ValueError(f"{name} is not a setting of {config.kind} {what}s (only {' and '.join(kinds)} {what}s read it)")
+
+
+def _check_placeholders(path: str | None) -> None:
+    """{stream} is the only field a sink path fills; a misspelt one ({strem}) named the file literally."""
+    unknown = sorted(set(re.findall(r"\{[^{}]*\}", path or "")) - {"{stream}"})
+    if unknown:
+        raise ValueError(f"sink path {path!r} holds {', '.join(unknown)}; the one placeholder a path may hold is {{stream}}")
 
 
 def _check_one_publisher_a_port(sinks: list[SinkConfig]) -> None:

@@ -228,6 +228,15 @@ def test_sink_paths_stay_inside_out_dir(tmp_path, capsys, random_weights, sink_p
     assert not (tmp_path / "escape.mp4").exists()
 
 
+@pytest.mark.parametrize("sink", [{"kind": "mp4", "path": "{strem}.mp4"}, {"kind": "png", "path": "frames/{id}"}])
+def test_a_misspelt_placeholder_in_a_sink_path_is_refused(tmp_path, capsys, random_weights, sink):
+    """With one stream, {strem}.mp4 was written as a file of that very name, exit 0."""
+    assert run_command(write_config(tmp_path, video_config(tmp_path, sinks=[sink])), weights=random_weights["ld-lite"]) == 2
+    field = sink["path"][sink["path"].index("{"):sink["path"].index("}") + 1]
+    assert f"holds {field}; the one placeholder a path may hold is {{stream}}" in one_error_line(capsys, "ldfusion run")
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("link", ["symbolic", "hard"])
 @pytest.mark.parametrize("artefact", ["summary.json", "config.yaml"])
 def test_run_artefacts_replace_links_in_out_dir_instead_of_writing_through_them(tmp_path, random_weights, artefact, link):
