@@ -28,6 +28,12 @@ def signals_handled(handler: Callable[[int, object], None], signals: tuple[int, 
             signal.signal(sig, earlier)
 
 
+def stopped_line(prog: str, word: str) -> None:
+    """The line a command that a signal stopped ends with: not an error, and the same wherever the
+    signal lands (the dispatcher said "ldfusion run: interrupted", a command "ldfusion run: error: interrupted")."""
+    print(f"{prog}: {word}", file=sys.stderr)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt (``sigterm_as_interrupt``)."""
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from ldfusion import __version__
 from ldfusion.errors import first_line
 from ldfusion.redact import mask_credentials
-from ldfusion.signals import Terminated, sigterm_as_interrupt, signals_handled
+from ldfusion.signals import Terminated, sigterm_as_interrupt, signals_handled, stopped_line
 
 # Imported only when chosen, so `ldfusion fuse` never loads the pipeline or the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         with _signals_recorded() as signals:
             module = importlib.import_module(COMMANDS[name][0])  # torch takes seconds: Ctrl-C often lands here
         if signals:
-            print(f"ldfusion {name}: {'interrupted' if signals[0] == signal.SIGINT else 'terminated'}", file=sys.stderr)
+            stopped_line(f"ldfusion {name}", "interrupted" if signals[0] == signal.SIGINT else "terminated")
             return 130 if signals[0] == signal.SIGINT else 143
         # SIGTERM's default killed fuse, eval, calibrate and train on the spot, with no word:
         # it now goes through each command's Ctrl-C handling, which exits 143 for it
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(module.main(rest) or 0)
     except KeyboardInterrupt as interrupt:
         word, code = ("terminated", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
-        print(f"ldfusion {name}: {word}", file=sys.stderr)
+        stopped_line(f"ldfusion {name}", word)
         return code
     except Exception as exc:  # noqa: BLE001 (last resort: each command turns the errors it knows into one line itself)
         if os.environ.get("LDFUSION_DEBUG"):

@@ -12,7 +12,7 @@ from pathlib import Path
 from ldfusion.backends import PRECISIONS
 from ldfusion.errors import DataError, LDFusionError, first_line
 from ldfusion.redact import MaskCredentials, mask_credentials
-from ldfusion.signals import Terminated
+from ldfusion.signals import Terminated, stopped_line
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
@@ -100,10 +100,10 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., i
                 error_line(prog, f"not enough memory: {first_line(exc) or 'the sizes asked for are too large'}")
                 return EXIT_USER_ERROR
             except Terminated:  # SIGTERM, raised as Ctrl-C is (ldfusion.signals.sigterm_as_interrupt)
-                error_line(prog, "terminated")
+                stopped_line(prog, "terminated")
                 return EXIT_TERMINATED
             except KeyboardInterrupt:
-                error_line(prog, "interrupted")
+                stopped_line(prog, "interrupted")
                 return EXIT_INTERRUPTED
 
         return wrapper
