@@ -159,7 +159,8 @@ class OpenVinoNetwork:
             "NUM_STREAMS": streams,
             "INFERENCE_PRECISION_HINT": precision,
         })
-        self._model = _read_export(self._core, Path(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path
+        self._source = Path(model_or_path) if isinstance(model_or_path, (str, Path)) else None
+        self._model = _read_export(self._core, self._source) if self._source is not None else model_or_path
         self._compiled: dict[tuple[int, ...], object] = {}
         self._idle: dict[tuple[int, ...], list] = {}  # infer requests not running, per input shape
         self._lock = threading.Lock()
@@ -168,13 +169,24 @@ class OpenVinoNetwork:
         """An idle infer request for ``shape`` (compiling the shape on first use); made when all are busy."""
         with self._lock:
             if shape not in self._compiled:
-                model = self._model.clone()
-                model.reshape({name: list(shape) for name in ("vi_y", "ir")})
                 with signal_stack_kept():
-                    self._compiled[shape] = self._core.compile_model(model, "CPU")
+                    self._compiled[shape] = self._compile(shape)
                 log.debug("openvino compiled for input %s", shape)
             idle = self._idle.setdefault(shape, [])
             return idle.pop() if idle else self._compiled[shape].create_infer_request()
+
+    def _compile(self, shape: tuple[int, ...]):
+        """The network compiled for the CPU at input ``shape``. An export whose .bin was damaged but
+        kept its size read fine and failed here with OpenVINO's own error (a shape check in its
+        C++ source), exit 1."""
+        try:
+            model = self._model.clone()
+            model.reshape({name: list(shape) for name in ("vi_y", "ir")})
+            return self._core.compile_model(model, "CPU")
+        except RuntimeError as exc:
+            if self._source is None:
+                raise
+            raise _damaged_export(self._source, "OpenVINO cannot compile this export, which may be damaged", exc) from None
 
     def _give_back(self, shape: tuple[int, ...], request) -> None:
         with self._lock:
@@ -211,9 +223,13 @@ def _read_export(core, path: Path):
         _check_export_format(path)
         return core.read_model(str(path))
     except Exception as exc:  # noqa: BLE001 (ElementTree's, onnx's and OpenVINO's own errors)
-        companion = " (and its .bin)" if path.suffix == ".xml" else ""
-        raise CheckpointError(f"{path}: not a readable OpenVINO export ({_last_line(exc)}); delete it{companion} "
-                              "and it is exported again from the weights") from None
+        raise _damaged_export(path, "not a readable OpenVINO export", exc) from None
+
+
+def _damaged_export(path: Path, what: str, exc: BaseException) -> CheckpointError:
+    """The one-line error for an export file that cannot be used, with what to do about it."""
+    companion = " (and its .bin)" if path.suffix == ".xml" else ""
+    return CheckpointError(f"{path}: {what} ({_last_line(exc)}); delete it{companion} and it is exported again from the weights")
 
 
 def _check_export_format(path: Path) -> None:

@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 
@@ -45,10 +46,12 @@ def paired_folders(tmp_path: Path, width: int, height: int, count: int = 2) -> t
 # --- export ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["text", "truncated_bin"])
+@pytest.mark.parametrize("damage", ["text", "truncated_bin", "scrambled_bin"])
 def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, random_weights, damage):
     """A cached .xml/.bin that is not OpenVINO's (a text file, a cut .bin) once ended in a
-    RuntimeError naming OpenVINO's own source file and lines of TensorFlow parser noise."""
+    RuntimeError naming OpenVINO's own source file and lines of TensorFlow parser noise; a .bin
+    of the right size with other bytes (its shape constants too) read, then failed to compile
+    with exit 1 and OpenVINO's error."""
     pytest.importorskip("openvino")
     weights = tmp_path / "w.pt"
     weights.write_bytes(random_weights["ld-lite"].read_bytes())
@@ -56,9 +59,12 @@ def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, r
     xml = next(tmp_path.glob("w.*.xml"))
     if damage == "text":
         xml.write_text("<net>not a whole model\n")
-    else:
+    elif damage == "truncated_bin":
         bin_file = xml.with_suffix(".bin")
         bin_file.write_bytes(bin_file.read_bytes()[:300])
+    else:
+        bin_file = xml.with_suffix(".bin")
+        (np.fromfile(bin_file, np.float32) * 0.5).tofile(bin_file)
     capsys.readouterr()
     ir_dir, vi_dir = paired_folders(tmp_path, 32, 24, count=1)
     fuse = ["fuse", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "out"), "--weights", str(weights),
@@ -66,7 +72,8 @@ def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, r
     for argv in (["export", "--weights", str(weights), "-q"], fuse):
         assert dispatcher.main(argv) == 2, argv
         line = one_error_line(capsys, f"ldfusion {argv[0]}")
-        assert f"{xml}: not a readable OpenVINO export" in line and "delete it (and its .bin)" in line, line
+        what = "OpenVINO cannot compile this export, which may be damaged" if damage == "scrambled_bin" else "not a readable OpenVINO export"
+        assert f"{xml}: {what}" in line and "delete it (and its .bin)" in line, line
     assert dispatcher.main(["export", "--weights", str(weights)]) == 2
     assert "up to date" not in capsys.readouterr().out  # it said so before finding the file damaged
 

@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     calibration = (lambda: calibration_pairs(args.calib_ir, args.calib_vi, args.calib_count)) if args.int8 else None
     path, built = ensure_exported(model, weights, args.format, args.int8, calibration, bundled_dir=BUNDLED_DIR)
     # f32 checks the export itself; where auto computes in bf16 (int8), also what the pipeline will run.
-    # Read before saying anything: a damaged cached file is named as such, not called up to date.
+    # Read and compiled (by the parity runs) before anything is said: a damaged cached file is named
+    # as such, not called up to date; a .bin damaged at its own size reads.
     networks = {precision: OpenVinoNetwork(path, model.spec, precision=precision) for precision in dict.fromkeys(("f32", float_precision("auto", args.int8)))}
-    print(f"{'wrote' if built else 'up to date'}: {path}")
+    parity = []
     for precision, network in networks.items():
         generator = torch.Generator().manual_seed(0)
         for height, width in PARITY_SIZES:
@@ -92,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
                 reference = model(vi_y, ir)
             exported = network(vi_y, ir)
             diff = float((reference - exported).abs().max())
-            print(f"parity {height}x{width}, {precision}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, "
-                  f"max |diff| {diff:.2e}")
+            parity.append(f"parity {height}x{width}, {precision}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, "
+                          f"max |diff| {diff:.2e}")
+    print(f"{'wrote' if built else 'up to date'}: {path}")
+    print("\n".join(parity))
     return 0
 
 
