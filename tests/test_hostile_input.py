@@ -314,6 +314,26 @@ def test_fuse_refuses_an_output_that_is_a_hard_link_to_an_input(tmp_path, capsys
     assert (ir_dir / "1.png").read_bytes() == before
 
 
+def test_fuse_out_named_like_an_image_is_refused(tmp_path, capsys, random_weights):
+    """`--out fused.png` for one pair made a folder fused.png holding the image."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    out = tmp_path / "fused.png"
+    assert fuse_cli.main(fuse_args(ir_dir / "1.png", vi_dir / "1.jpg", out, random_weights["ld-lite"])) == 2
+    assert f"--out {out} names an image file; --out is a folder" in one_error_line(capsys, "ldfusion fuse")
+    assert not out.exists()
+
+
+def test_fuse_refuses_a_folder_in_a_fused_images_place_before_writing_any(tmp_path, capsys, random_weights):
+    """The folder was found when its pair's turn came, the images before it written, and the
+    error said to give an image file name, which fuse chooses, not the user."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    out = tmp_path / "out"
+    (out / "2.png").mkdir(parents=True)
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"], "--overwrite")) == 2
+    assert f"{out / '2.png'} is a folder where a fused image goes" in one_error_line(capsys, "ldfusion fuse")
+    assert sorted(p.name for p in out.iterdir()) == ["2.png"]
+
+
 def test_fuse_refuses_two_pairs_that_would_write_one_file(tmp_path, capsys, random_weights):
     """With --side-by-side, pair a writes a_sbs.png, the name of pair a_sbs's fused image: one would be lost."""
     ir_dir, vi_dir = image_folders(tmp_path, ["a", "a_sbs"], ["a", "a_sbs"])

@@ -22,7 +22,7 @@ from ldfusion.cli.common import (
     setup_logging,
 )
 from ldfusion.errors import DataError
-from ldfusion.imageio import IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
+from ldfusion.imageio import IMAGE_SUFFIXES, IR_16BIT_MODES, ImagePair, pair_folders, read_pair, side_by_side, write_image
 from ldfusion.inference import Fuser, FuserOptions, PendingArrays, default_batch_size
 from ldfusion.paths import check_output_folder, refuse_an_input_folder, refuse_overwriting_inputs
 from ldfusion.variants import VARIANTS
@@ -99,6 +99,8 @@ def output_names(pair: ImagePair, with_sbs: bool) -> list[str]:
 def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwrite: bool) -> None:
     """Before anything is written: --out is a folder, no output is an input, and existing outputs need --overwrite."""
     check_output_folder(out_dir)
+    if out_dir.suffix.lower() in IMAGE_SUFFIXES and not out_dir.is_dir():  # it was made a folder of that name
+        raise DataError(f"--out {out_dir} names an image file; --out is a folder, where each fused image is written as <name>.png")
     writers: dict[str, str] = {}  # output name -> the pair that writes it
     for pair in pairs:
         for name in output_names(pair, with_sbs):
@@ -108,6 +110,9 @@ def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwri
     inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
     refuse_an_input_folder(out_dir, inputs, f"--out {out_dir}")
     refuse_overwriting_inputs(outputs, inputs, f"--out {out_dir}")
+    folders = [path for path in outputs if path.is_dir()]  # found only when its turn came, the images before it written
+    if folders:
+        raise DataError(f"--out {out_dir}: {folders[0]} is a folder where a fused image goes; move it, or choose another --out")
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
         raise DataError(f"--out {out_dir} already holds {len(existing)} of the fused images (first: {existing[0].name}); pass --overwrite to replace them")
