@@ -111,7 +111,7 @@ def test_a_video_given_for_an_image_says_so(tmp_path, random_weights, capsys):
     """A video where an image goes was 'cannot decode image (corrupt or unsupported format)'."""
     write_video(tmp_path / "ir.mp4", np.full((3, 48, 64), 0.5, np.float32), 10)
     write_video(tmp_path / "vi.mp4", np.full((3, 48, 64), 0.5, np.float32), 10)
-    argv = ["--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--out", str(tmp_path / "o.png"), "--weights", str(random_weights["ld-lite"]), "-q"]
+    argv = ["--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--out", str(tmp_path / "out"), "--weights", str(random_weights["ld-lite"]), "-q"]
     assert fuse_main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "mp4 is a video; an image is needed here" in err[0], err
