@@ -534,7 +534,11 @@ class Pipeline:
         max_frames = self.config.run.max_frames
 
         def emit(pair: FramePair) -> bool:
-            stream.registrar.check(pair.ir.size, pair.visible.size)
+            try:
+                stream.registrar.check(pair.ir.size, pair.visible.size)
+            except DataError as exc:  # which file: in an image folder the size can change at any image
+                raise DataError(f"{exc} (at {stream.ir.frame_name(pair.meta.ir_index)} and "
+                                f"{stream.visible.frame_name(pair.meta.vi_index)})") from None
             if not out.put(pair):
                 return False
             if max_frames is not None and pair.meta.seq + 1 >= max_frames:

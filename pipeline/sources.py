@@ -98,6 +98,10 @@ class Source(ABC):
     def close(self) -> None:
         pass
 
+    def frame_name(self, index: int) -> str:
+        """Frame ``index`` as a message names it."""
+        return f"frame {index} of {self.name}"
+
 
 # --- video files ------------------------------------------------------------------------
 
@@ -148,6 +152,9 @@ class ImageFolderSource(Source):
         self.rate = Fraction(fps).limit_denominator(1001)
         self.time_base = 1 / self.rate
         self.expected_frames = len(self._paths)
+
+    def frame_name(self, index: int) -> str:
+        return str(self._paths[index])
 
     def frames(self, stop: threading.Event) -> Iterator[tuple[int, float, Planes]]:
         for index, path in enumerate(self._paths):

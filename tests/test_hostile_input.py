@@ -93,6 +93,15 @@ def images_config(ir_dir: Path, vi_dir: Path, tmp_path: Path, vi_fps: float = 10
     }
 
 
+def test_an_image_of_another_size_mid_folder_is_named(tmp_path, capsys, random_weights):
+    """"infrared frames are 16x12 but the stream started with 32x24" named no file of the folder."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2", "3"], ["1", "2", "3"])
+    write_image(ir_dir / "2.png", marked_frame(1, 16, 12, seed=1)[:, :, 0])
+    assert run_command(write_config(tmp_path, images_config(ir_dir, vi_dir, tmp_path)), weights=random_weights["ld-lite"]) == 2
+    assert (f"infrared frames are 16x12 but the stream started with 32x24 (at {ir_dir / '2.png'} and {vi_dir / '2.jpg'})"
+            in one_error_line(capsys, "ldfusion run"))
+
+
 def test_run_refuses_image_folders_whose_names_do_not_pair(tmp_path, capsys, random_weights):
     names = [str(i) for i in range(6)]
     ir_dir, vi_dir = image_folders(tmp_path, [n for n in names if n != "2"], names)  # IR 2 is missing
