@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,8 @@ import numpy as np
 
 from ldfusion.errors import DataError
 from ldfusion.paths import replaced_whole, same_file
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 # What commands taking images or videos read as video: containers, MPEG transport streams
@@ -39,8 +42,10 @@ def list_images(folder: Path) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}" if folder.exists() else f"{folder}: no such file or folder")
     by_stem: dict[str, Path] = {}
+    skipped = []
     for path in sorted(folder.iterdir()):
         if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            skipped += [] if path.name.startswith(".") else [path.name + ("/" if path.is_dir() else "")]
             continue
         if not path.is_file():  # skipping it would drop a pair (or a frame) without a word
             what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a file"
@@ -48,6 +53,9 @@ def list_images(folder: Path) -> dict[str, Path]:
         if path.stem in by_stem:
             raise DataError(f"{folder}: two images share the name {path.stem!r} ({by_stem[path.stem].name}, {path.name})")
         by_stem[path.stem] = path
+    if skipped:  # a user with nested folders saw "fusing 1 pair(s)" and no word of the rest
+        log.info("%s: skipped %d entr%s that %s no image (subfolders are not read): %s", folder, len(skipped),
+                 "y" if len(skipped) == 1 else "ies", "is" if len(skipped) == 1 else "are", ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     return by_stem
 
 

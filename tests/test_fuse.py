@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
@@ -262,3 +263,16 @@ def test_a_truncated_image_gives_only_the_one_line_error(tmp_path, random_weight
         assert _run(tmp_path, random_weights["ld-lite"]) == 2  # -q
         lines = capfd.readouterr().err.strip().splitlines()
         assert lines == [f"ldfusion fuse: error: {tmp_path / 'vi' / '0.png'} is truncated: its PNG data ends before the image does"], lines
+
+
+def test_entries_of_a_folder_that_are_not_images_are_named_in_the_log(tmp_path, caplog):
+    """Nested folders and other files were left out with no word: "fusing 1 pair(s)"."""
+    from ldfusion.imageio import list_images
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / ".hidden.png").write_bytes(b"")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((4, 4), np.uint8))
+    with caplog.at_level(logging.INFO, logger="ldfusion.imageio"):
+        assert list(list_images(tmp_path)) == ["a"]
+    assert f"{tmp_path}: skipped 2 entries that are no image (subfolders are not read): notes.txt, sub/" in caplog.text
