@@ -14,19 +14,20 @@ import numpy as np
 from ldfusion.imageio import unit_to_uint8
 
 Size = tuple[int, int]  # (width, height)
+SIZE_FORM = "WIDTHxHEIGHT like 640x480"  # how a size is written on the command line
 
 
 def image_size(image: np.ndarray) -> Size:
     return int(image.shape[1]), int(image.shape[0])
 
 
-def parse_size(text: str) -> Size:
-    """``"640x480"`` -> (640, 480); raises ValueError naming the text."""
+def parse_size(text: str, form: str = SIZE_FORM) -> Size:
+    """``"640x480"`` -> (640, 480); raises ValueError naming the text and the ``form`` expected."""
     parts = text.lower().replace("*", "x").split("x")
     try:
         width, height = (int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"expected WIDTHxHEIGHT like 640x480, got {text!r}") from None
+        raise ValueError(f"expected {form}, got {text!r}") from None
     if width < 1 or height < 1:
         raise ValueError(f"sizes must be positive, got {text!r}")
     return width, height

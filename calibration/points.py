@@ -27,12 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from calibration.fileformat import CalibrationError
+from calibration.fileformat import CalibrationError, pixel_size, yaml_number
 from calibration.fitting import MIN_POINTS, fit_homography
 from calibration.imaging import Size, apply_homography
-from ldfusion.config import unknown_keys
+from ldfusion.config import read_yaml, unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +60,17 @@ def read_point_pairs(path: str | os.PathLike) -> PointPairs:
     path = Path(path)
     if not path.is_file():
         raise CalibrationError(f"point file not found: {path}")
-    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: spreadsheet programs start CSVs with a byte-order mark
     if path.suffix.lower() in (".yaml", ".yml"):
-        return _parse_yaml(text, path)
+        return _parse_yaml(path)
+    text = path.read_text(encoding="utf-8-sig", errors="replace")  # -sig: spreadsheet programs start CSVs with a byte-order mark
     return _parse_csv(text, path)
 
 
-def _parse_yaml(text: str, path: Path) -> PointPairs:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CalibrationError(f"{path}: malformed YAML ({getattr(exc, 'problem', None) or 'parse error'})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+def _parse_yaml(path: Path) -> PointPairs:
+    # The configs' and calibration files' reader: a key given twice (a second `points:`) is
+    # refused, where plain YAML keeps the last one silently.
+    data = read_yaml(path, what="point file", error=CalibrationError)
+    if not isinstance(data.get("points"), list):
         raise CalibrationError(f"{path}: expected a mapping with a 'points' list")
     unknown = unknown_keys(data, ("points", "ir_size", "vi_size"))
     if unknown:
@@ -89,7 +87,7 @@ def _yaml_row(entry, index: int, path: Path) -> list[float]:
         values = [*_as_list(entry["ir"], 2, index, path), *_as_list(entry["vi"], 2, index, path)]
     else:
         values = _as_list(entry, 4, index, path)
-    return _numbers(values, f"{path}: point {index}")
+    return [yaml_number(value, f"{path}: point {index}") for value in values]
 
 
 def _as_list(value, length: int, index: int, path: Path) -> list:
@@ -149,16 +147,29 @@ def _numbers(values: list, where: str) -> list[float]:
 def _size(value, key: str, path: Path) -> Size | None:
     if value is None:
         return None
-    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
-        raise CalibrationError(f"{path}: {key} must be [width, height] of positive integers; got {value!r}")
-    return int(value[0]), int(value[1])
+    try:
+        return pixel_size(value, key)  # the calibration file's rule: `[true, true]` is no size
+    except CalibrationError as exc:
+        raise CalibrationError(f"{path}: {exc}") from None
 
 
 def _pairs(rows: list[list[float]], path: Path, ir_size: Size | None, vi_size: Size | None) -> PointPairs:
     if not rows:
         raise CalibrationError(f"{path}: no point pairs")
     table = np.array(rows, dtype=np.float64)  # (N, 4)
+    _check_no_repeats(table, path)
     return PointPairs(table[:, :2], table[:, 2:], ir_size, vi_size)
+
+
+def _check_no_repeats(table: np.ndarray, path: Path) -> None:
+    """A pair given twice (a row pasted again) adds no information, and the fit then took the
+    pairs for too few or degenerate and blamed the order of the points."""
+    _, inverse, counts = np.unique(table, axis=0, return_inverse=True, return_counts=True)
+    repeated = counts[inverse.ravel()] > 1  # (N,) per row, in the file's order
+    if repeated.any():
+        first = int(np.argmax(repeated))
+        copies = [int(index) + 1 for index in np.flatnonzero(np.all(table == table[first], axis=1))]
+        raise CalibrationError(f"{path}: point pairs {', '.join(map(str, copies))} are the same pair {table[first].tolist()}; give each pair once")
 
 
 def check_inside(pairs: PointPairs, ir_size: Size, vi_size: Size) -> None:

@@ -116,7 +116,7 @@ def test_points_outside_the_image_are_errors():
         ("bad.yaml", "points: [1, 2", "malformed YAML"),
         ("bad.yaml", "pts: []", "'points' list"),
         ("bad.yaml", "points:\n  - {ir: [1, 2]}\n", "point 1 must have exactly the keys ir and vi"),
-        ("bad.yaml", "points:\n  - {ir: [1, 2], vi: [3, x]}\n", "point 1: not a number"),
+        ("bad.yaml", "points:\n  - {ir: [1, 2], vi: [3, x]}\n", "point 1: 'x' is not a number"),
         ("bad.yaml", "points:\n  - [1, 2, 3]\n", "point 1: expected 4 numbers"),
         ("bad.yaml", "ir_size: [640]\npoints: [[1, 2, 3, 4]]\n", "ir_size must be"),
         ("bad.csv", "1,2,3,4\n5,6,7\n", "line 2: expected 4 values"),
@@ -173,3 +173,42 @@ def test_a_size_flag_that_differs_from_the_point_files_is_refused(tmp_path, caps
     assert calibrate_main([*argv, "--ir-size", "1280x1024"]) == 2
     assert "--ir-size 1280x1024 differs from" in capsys.readouterr().err and not (tmp_path / "c.yaml").exists()
     assert calibrate_main([*argv, "--ir-size", "640x512"]) == 0
+
+
+@pytest.mark.parametrize("key", ["points", "ir_size"])
+def test_a_key_given_twice_in_a_point_file_is_refused(tmp_path, key):
+    """YAML keeps the last of two `points:` (or `ir_size:`) silently: half the clicks were dropped."""
+    rows = "  - [0, 0, 0, 0]\n  - [639, 0, 639, 0]\n  - [639, 511, 639, 511]\n  - [0, 511, 0, 511]\n"
+    sizes = "ir_size: [640, 512]\nvi_size: [640, 512]\n"
+    path = tmp_path / "p.yaml"
+    path.write_text(sizes + f"{key}:\n" + (rows if key == "points" else "  [320, 256]\n") + "points:\n" + rows)
+    with pytest.raises(CalibrationError, match=f"the key '{key}' appears twice"):
+        read_point_pairs(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("points: [{ir: [true, 2], vi: [3, 4]}]\n", "point 1: True is not a number"),
+        ("points: [[1, 2, 3, false]]\n", "point 1: False is not a number"),
+        ("points: [[1, 2, '3', 4]]\n", "point 1: '3' is not a number"),
+        ("ir_size: [true, true]\npoints: [[1, 2, 3, 4]]\n", r"ir_size must be \[width, height\].*got \[True, True\]"),
+    ],
+)
+def test_yaml_booleans_are_neither_coordinates_nor_sizes(tmp_path, text, message):
+    """`true` read as 1.0 passed as a coordinate and `ir_size: [true, true]` as a 1x1 image."""
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(CalibrationError, match=message):
+        read_point_pairs(path)
+
+
+def test_a_point_pair_given_twice_is_named(tmp_path, capsys):
+    """A row pasted twice was reported as a map that folds the image ('swapped?')."""
+    from calibration.cli import main as calibrate_main
+
+    (tmp_path / "p.csv").write_text("10,10,30,20\n600,12,1800,40\n10,10,30,20\n15,500,40,1050\n620,490,1860,1030\n")
+    argv = ["points", "--file", str(tmp_path / "p.csv"), "--ir-size", "640x512", "--vi-size", "1920x1080", "--out", str(tmp_path / "c.yaml")]
+    assert calibrate_main(argv) == 2
+    error = capsys.readouterr().err
+    assert "point pairs 1, 3 are the same pair [10.0, 10.0, 30.0, 20.0]" in error and "folds" not in error
