@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from calibration.fileformat import CalibrationError, Registration, load_registration, save_registration
-from calibration.imaging import folds_the_frame, image_size, parse_size, size_ratio_homography
-from calibration.scene import SceneOptions
+from calibration.fileformat import MAX_SIDE, CalibrationError, Registration, folds_reason, load_registration, save_registration
+from calibration.imaging import SIZE_FORM, folds_the_frame, image_size, parse_size, size_ratio_homography
+from calibration.scene import MAX_ROTATION_LIMITS_DEG, MAX_SCALE_LIMITS, MAX_SHIFT_LIMITS, SceneOptions, check_within
 from calibration.target import MIN_VIEWS_FLOOR
 from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.errors import DataError
@@ -88,6 +88,15 @@ def _add_model(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_confidence_gate(sub: argparse.ArgumentParser) -> None:
+    """--min-confidence and --force, alike for every command that scores its answer (both thresholds are 0.5)."""
+    sub.add_argument(
+        "--min-confidence", type=float, default=None,
+        help="refuse results below this confidence (allowed: 0 to 1, where 0 refuses nothing; default: 0.5)",
+    )
+    sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
+
+
 def _add_ir_16bit(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--ir-16bit", choices=IR_16BIT_MODES, default="stretch", help="how to read 16-bit infrared (default: stretch)")
 
@@ -132,9 +141,10 @@ def _add_scene(commands) -> None:
         "Register the infrared image onto the visible one from the scene itself: a global search over "
         "the declared range of scale, rotation and shift (oriented edges, normalised correlation over "
         "every shift), then tile matching and robust fits, coarse to fine, from the best few candidates. "
-        "The start is the frames stretched over each other, or --init. With two videos, N evenly spaced "
-        "frame pairs are registered (--frames N, default 5), the answer most of them agree on wins and "
-        "is refined on all N at once (more shared structure: a steadier answer). A confidence "
+        "The start is the frames stretched over each other, or --init. With two videos, N frame pairs "
+        "are registered (--frames N, default 5): visible frames spread over the time both clips cover, each "
+        "with the infrared frame nearest in time (infrared times plus --init's time_offset_s); the answer "
+        "most of them agree on wins and is refined on all N at once (more shared structure: a steadier answer). A confidence "
         "from held-out tiles and from whether the answer stays put when refined on resampled images "
         "(over all the frames) decides: below --min-confidence the command exits 1 with the reason "
         "and writes nothing, unless --force.",
@@ -144,19 +154,17 @@ def _add_scene(commands) -> None:
     sub.add_argument("--init", type=path_argument, help="a rough registration YAML to search around (e.g. from `points`)")
     sub.add_argument(
         "--frames", type=int,
-        help=f"the inputs are videos: register this many evenly spaced frame pairs (default for videos: {DEFAULT_SCENE_FRAMES})",
+        help=f"the inputs are videos: register this many frame pairs spread over their common time (default for videos: {DEFAULT_SCENE_FRAMES})",
     )
-    sub.add_argument("--max-scale", type=float, default=1.25, help="search scales from 1/this to this (default: 1.25)")
-    sub.add_argument("--max-rotation", type=float, default=10.0, help="search rotations within +- this many degrees (default: 10)")
-    sub.add_argument(
-        "--max-shift", type=float, default=0.15, help="search shifts within +- this fraction of the visible width (default: 0.15)"
-    )
+    sub.add_argument("--max-scale", type=float, default=1.25,
+                     help=f"search scales from 1/this to this ({_limits(MAX_SCALE_LIMITS)}; default: 1.25)")
+    sub.add_argument("--max-rotation", type=float, default=10.0,
+                     help=f"search rotations within +- this many degrees ({_limits(MAX_ROTATION_LIMITS_DEG)}; default: 10)")
+    sub.add_argument("--max-shift", type=float, default=0.15,
+                     help=f"search shifts within +- this fraction of the visible width ({_limits(MAX_SHIFT_LIMITS)}; default: 0.15)")
     sub.add_argument("--max-width", type=int, default=640,
                      help=f"refine at most this wide, for speed; at least {SceneOptions.search_width}, the global search's width (default: 640)")
-    sub.add_argument(
-        "--min-confidence", type=float, default=None, help="refuse results below this confidence (default: 0.5)"
-    )
-    sub.add_argument("--force", action="store_true", help="write the result even when its confidence is too low")
+    _add_confidence_gate(sub)
     _add_model(sub)
     _add_ir_16bit(sub)
     sub.add_argument("--out", required=True, type=path_argument, help="registration YAML to write")
@@ -189,7 +197,9 @@ def _add_offset(commands) -> None:
         "the constant delay between two recorded videos",
         "Estimate the delay between an infrared and a visible recording by cross-correlating their "
         "frame-to-frame motion energy, and write it as time_offset_s (added to infrared timestamps to "
-        "put them on the visible clock) into the registration file. Needs something moving in view.",
+        "put them on the visible clock) into the registration file. Needs something moving in view. "
+        "A confidence (the share of time windows that find the same lag on their own) decides: below "
+        "--min-confidence the command exits 1 with the reason and writes nothing, unless --force.",
     )
     sub.add_argument("--ir", required=True, type=path_argument, help="infrared video")
     sub.add_argument("--vi", required=True, type=path_argument, help="visible video")
@@ -200,6 +210,7 @@ def _add_offset(commands) -> None:
     )
     sub.add_argument("--max-offset", type=float, help="largest delay to consider, seconds (default: min(10, half the shorter video))")
     sub.add_argument("--max-seconds", type=float, help="analyse only the first this many seconds of each video")
+    _add_confidence_gate(sub)
     sub.add_argument("--out", required=True, type=path_argument, help="registration YAML to write (may be the same as --calib)")
     sub.set_defaults(run=run_offset)
 
@@ -295,35 +306,31 @@ def run_target(args: argparse.Namespace) -> int:
 def run_scene(args: argparse.Namespace) -> int:
     from calibration.scene import MIN_CONFIDENCE, SearchRange, register_frames
 
-    for flag, value in (("--max-scale", args.max_scale), ("--max-rotation", args.max_rotation), ("--max-shift", args.max_shift)):
-        _check_finite(value, flag)
+    for flag, value, limits in (("--max-scale", args.max_scale, MAX_SCALE_LIMITS), ("--max-rotation", args.max_rotation, MAX_ROTATION_LIMITS_DEG),
+                                ("--max-shift", args.max_shift, MAX_SHIFT_LIMITS)):
+        check_within(value, limits, flag)  # named by its flag here; SearchRange would name its field
     search = SearchRange(args.max_scale, args.max_rotation, args.max_shift)
     if args.max_width < SceneOptions.search_width:  # was raised to it without a word
         raise CalibrationError(f"--max-width must be at least {SceneOptions.search_width}, the width the global search works at; got {args.max_width}")
     options = SceneOptions(model=args.model, search=search, max_width=args.max_width)
     min_confidence = _min_confidence(args.min_confidence, MIN_CONFIDENCE)
     _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi), ("--init", args.init))
-    pairs = _scene_pairs(args)
+    start = None if args.init is None else load_registration(args.init)
+    time_offset = 0.0 if start is None else start.time_offset_s  # videos' frames are paired by time on it
+    pairs = _scene_pairs(args, time_offset)
     ir, vi = pairs[0]
-    init, time_offset = None, 0.0
-    if args.init is not None:
-        start = load_registration(args.init)
+    if start is not None:
         _check_init(start, ir, vi, args.init)
-        init, time_offset = start.H, start.time_offset_s
+    init = None if start is None else start.H
     # Tens of seconds for a few video frames: a bar where someone watches (not for one pair, -q or a pipe).
     with tqdm(total=len(pairs), unit="frame pair", desc="register", disable=True if len(pairs) < 2 or args.quiet else None) as bar:
         result = register_frames(pairs, init, options, on_pair=bar.update)
-    print(f"edge correlation {result.correlation:.3f}")
+    print(_correlation_line(result.correlation))
     print(_residual_line(result.residual))
     print(result.confidence.describe())
     if result.confidence.score < min_confidence and not args.force:
-        print(
-            f"{PROG} scene: refused: confidence {result.confidence.score:.2f} is below {min_confidence:g} "
-            f"({_confidence_reason(result.confidence)}); "
-            "nothing written (try more frames, a pair with more shared structure, --init, or --force)",
-            file=sys.stderr,
-        )
-        return 1
+        return _refuse("scene", result.confidence.score, min_confidence, _confidence_reason(result.confidence),
+                       "try more frames, a pair with more shared structure, --init, or --force")
     registration = Registration(
         H=result.H,
         source_size=image_size(ir),
@@ -334,10 +341,26 @@ def run_scene(args: argparse.Namespace) -> int:
         error_px=result.residual.rms_px,
     )
     save_registration(args.out, registration)
-    if result.confidence.score < min_confidence:
-        log.warning("confidence %.2f is below %g: written anyway (--force)", result.confidence.score, min_confidence)
+    _note_forced(result.confidence.score, min_confidence)
     print(f"wrote {args.out}")
     return 0
+
+
+def _refuse(command: str, score: float, threshold: float, reason: str, advice: str) -> int:
+    """A result below --min-confidence without --force: one line saying why, exit 1, nothing written."""
+    print(f"{PROG} {command}: refused: confidence {score:.2f} is below {threshold:g} ({reason}); nothing written ({advice})", file=sys.stderr)
+    return 1
+
+
+def _note_forced(score: float, threshold: float) -> None:
+    if score < threshold:
+        log.warning("confidence %.2f is below %g: written anyway (--force)", score, threshold)
+
+
+def _correlation_line(correlation: float) -> str:
+    if not math.isfinite(correlation):  # NaN: no shared area to correlate over
+        return "edge correlation: none (the warped images share too little area to measure it)"
+    return f"edge correlation {correlation:.3f}"
 
 
 def _confidence_reason(confidence) -> str:
@@ -345,6 +368,8 @@ def _confidence_reason(confidence) -> str:
     from calibration.quality import HELD_OUT_PX
     from calibration.scene import STABILITY_PX, WANDER_PX
 
+    if confidence.tiles_informative == 0:  # every other part is then infinite, and says nothing
+        return "no informative tiles: the images share too little structure"
     wander = confidence.wander_px
     if wander is not None and not wander <= WANDER_PX:  # a veto: it decides alone
         return f"the answer moves {wander:.1f} px when refined on images resampled again"
@@ -356,9 +381,10 @@ def _confidence_reason(confidence) -> str:
     return f"{confidence.tiles_agreeing} of {confidence.tiles_informative} informative tiles agree"
 
 
-def _scene_pairs(args: argparse.Namespace) -> list:
+def _scene_pairs(args: argparse.Namespace, time_offset_s: float = 0.0) -> list:
     """The (infrared, visible) pairs to register: two images, or --frames pairs from two videos
-    (DEFAULT_SCENE_FRAMES when both inputs are named as videos and --frames is not given)."""
+    (DEFAULT_SCENE_FRAMES when both inputs are named as videos and --frames is not given), paired
+    by time with ``time_offset_s`` (--init's) added to the infrared timestamps."""
     if same_file(args.ir, args.vi):  # an identity 'registration' at confidence 1.00, written
         raise CalibrationError(f"--ir and --vi are the same file, {args.ir}; give one of each camera")
     frames = args.frames
@@ -373,13 +399,12 @@ def _scene_pairs(args: argparse.Namespace) -> list:
         if not videos[0]:
             return [(read_infrared(args.ir, args.ir_16bit), read_visible(args.vi))]
         frames = DEFAULT_SCENE_FRAMES
-        log.info("the inputs are videos: registering %d evenly spaced frame pairs (--frames to change)", frames)
-    from calibration.timing import sample_frames
+        log.info("the inputs are videos: registering %d frame pairs spread over their common time (--frames to change)", frames)
+    from calibration.timing import sample_frame_pairs
 
     if frames < 1:
         raise CalibrationError(f"--frames must be at least 1; got {frames}")
-    ir_frames, vi_frames = sample_frames(args.ir, frames), sample_frames(args.vi, frames)
-    pairs = list(zip(ir_frames, vi_frames))
+    pairs = sample_frame_pairs(args.ir, args.vi, frames, time_offset_s)
     if len(pairs) < frames:  # the clips are shorter: the vote has fewer frames than asked for
         log.warning("--frames %d: the clips hold only %d frame pair(s); registering those", frames, len(pairs))
     return pairs
@@ -389,15 +414,16 @@ def run_points(args: argparse.Namespace) -> int:
     from calibration.points import check_inside, fit_points, read_point_pairs
 
     _check_out(args.out, ("--file", args.file))
+    ir_flag, vi_flag = _image_size_argument(args.ir_size, "--ir-size"), _image_size_argument(args.vi_size, "--vi-size")
     pairs = read_point_pairs(args.file)
-    ir_size = _one_size(_size_argument(args.ir_size, "--ir-size"), pairs.ir_size, "--ir-size", "ir_size", args.file)
-    vi_size = _one_size(_size_argument(args.vi_size, "--vi-size"), pairs.vi_size, "--vi-size", "vi_size", args.file)
+    ir_size = _one_size(ir_flag, pairs.ir_size, "--ir-size", "ir_size", args.file)
+    vi_size = _one_size(vi_flag, pairs.vi_size, "--vi-size", "vi_size", args.file)
     if ir_size is None or vi_size is None:
         raise CalibrationError("give the image sizes: --ir-size and --vi-size (or ir_size/vi_size in the YAML file)")
     check_inside(pairs, ir_size, vi_size)
     result = fit_points(pairs, args.model, robust=args.robust)
     if folds_the_frame(result.H, ir_size):
-        raise CalibrationError(f"{args.file}: the point pairs give a map that folds the infrared image over itself "
+        raise CalibrationError(f"{args.file}: the point pairs give a map that {folds_reason('infrared')} "
                                "(are two pairs out of order, or the ir and vi columns swapped?)")
     registration = Registration(result.H, ir_size, vi_size, model=args.model, method="points", error_px=result.rms_px)
     save_registration(args.out, registration)
@@ -413,12 +439,13 @@ def run_points(args: argparse.Namespace) -> int:
 
 
 def run_offset(args: argparse.Namespace) -> int:
-    from calibration.timing import estimate_offset, motion_energy, video_size
+    from calibration.timing import MIN_CONFIDENCE, estimate_offset, motion_energy, video_size
 
     if same_file(args.ir, args.vi):  # an offset of 0 at confidence 1.00, written
         raise CalibrationError(f"--ir and --vi are the same file, {args.ir}; give one recording of each camera")
     _check_positive_seconds(args.max_offset, "--max-offset")
     _check_positive_seconds(args.max_seconds, "--max-seconds")
+    min_confidence = _min_confidence(args.min_confidence, MIN_CONFIDENCE)
     _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi))  # --out may be --calib: that updates it
     ir_size, vi_size = video_size(args.ir), video_size(args.vi)
     if args.calib is not None:
@@ -431,7 +458,6 @@ def run_offset(args: argparse.Namespace) -> int:
     ir = motion_energy(args.ir, args.max_seconds, progress="infrared")
     vi = motion_energy(args.vi, args.max_seconds, progress="visible")
     result = estimate_offset(ir, vi, args.max_offset)
-    save_registration(args.out, registration.with_time_offset(result.offset_s))
     print(
         f"time offset {result.offset_s:+.4f} s ({result.offset_vi_frames:+.2f} visible frames at {result.vi_fps:g} fps, "
         f"{result.offset_ir_frames:+.2f} infrared frames at {result.ir_fps:g} fps); correlation peak {result.peak:.2f}"
@@ -440,9 +466,20 @@ def run_offset(args: argparse.Namespace) -> int:
         f"confidence {result.confidence:.2f} ({result.segments_agreeing} of {result.segments} time windows find the same lag; "
         f"peak-to-sidelobe ratio {result.peak_to_sidelobe:.1f})"
     )
+    if result.confidence < min_confidence and not args.force:
+        return _refuse("offset", result.confidence, min_confidence, _offset_reason(result),
+                       "try longer recordings with more motion in view, another --max-offset, or --force")
+    save_registration(args.out, registration.with_time_offset(result.offset_s))
+    _note_forced(result.confidence, min_confidence)
     print("add it to infrared timestamps to put them on the visible clock")
     print(f"wrote {args.out}")
     return 0
+
+
+def _offset_reason(result) -> str:
+    if result.beyond_range:
+        return "a match beyond --max-offset is backed by more time windows"
+    return f"{result.segments_agreeing} of {result.segments} time windows find the same lag"
 
 
 def run_verify(args: argparse.Namespace) -> int:
@@ -534,10 +571,14 @@ def _min_confidence(value: float | None, default: float) -> float:
     return value
 
 
+def _limits(limits: tuple[float, float]) -> str:
+    return f"allowed: {limits[0]:g} to {limits[1]:g}"
+
+
 def _board(pattern: str, charuco: str | None, square_size: float, marker_size: float | None, legacy: bool):
     from calibration.target import BoardSpec
 
-    columns, rows = _size_argument(pattern, "--pattern")
+    columns, rows = _size_argument(pattern, "--pattern", "COLSxROWS like 9x6")
     kind = "charuco" if charuco else "checkerboard"
     options = {"dictionary": charuco} if charuco else {}
     return BoardSpec(kind, columns, rows, square_size, marker_size, legacy=legacy, **options)
@@ -551,13 +592,22 @@ def _one_size(given: tuple[int, int] | None, in_file: tuple[int, int] | None, fl
     return given or in_file
 
 
-def _size_argument(text: str | None, flag: str) -> tuple[int, int] | None:
+def _size_argument(text: str | None, flag: str, form: str = SIZE_FORM) -> tuple[int, int] | None:
     if text is None:
         return None
     try:
-        return parse_size(text)
+        return parse_size(text, form)
     except ValueError as exc:
         raise CalibrationError(f"{flag}: {exc}") from None
+
+
+def _image_size_argument(text: str | None, flag: str) -> tuple[int, int] | None:
+    """An image size flag, held to the calibration file's limit: 100000x1080 failed only after
+    the fit, naming the file's key (destination_size) rather than the flag."""
+    size = _size_argument(text, flag)
+    if size is not None and max(size) > MAX_SIDE:
+        raise CalibrationError(f"{flag}: sizes are at most {MAX_SIDE} pixels a side; got {text}")
+    return size
 
 
 def _check_same_sizes(loaded: list) -> None:

@@ -137,6 +137,9 @@ class Confidence:
     frames: int = 1
 
     def describe(self) -> str:
+        frames = f", {self.frames_agreeing} of {self.frames} frame pairs agree" if self.frames > 1 else ""
+        if self.tiles_informative == 0:  # the disagreement and the moves are then infinite, and say nothing
+            return f"confidence {self.score:.2f}: no informative tiles (the images share too little structure)" + frames
         moved = f"moves {self.stability_px:.2f} px when resampled, " if self.stability_px is not None else ""
         moved += f"{self.wander_px:.2f} px when resampled again, " if self.wander_px is not None else ""
         text = (
@@ -144,7 +147,7 @@ class Confidence:
             f"held-out corner disagreement {self.held_out_px:.2f} px, {moved}"
             f"{self.starts_agreeing} of {self.starts} search starts agree"
         )
-        return text + (f", {self.frames_agreeing} of {self.frames} frame pairs agree" if self.frames > 1 else "")
+        return text + frames
 
 
 def registration_confidence(pairs: list[tuple[np.ndarray, np.ndarray]], H: np.ndarray, starts_agreeing: int = 1, starts: int = 1) -> Confidence:

@@ -76,6 +76,10 @@ STABILITY_PX = 2.5  # a resampled refinement moving a corner this far halves the
 SECOND_RESAMPLING = 0.85
 WANDER_PX = 3.0
 AGREEMENT_PX = 2.0  # two estimates within this corner distance (visible pixels) agree
+# The declared search range's limits, (low, high), for SearchRange and the command's flags.
+MAX_SCALE_LIMITS = (1.0, 2.0)
+MAX_ROTATION_LIMITS_DEG = (0.0, 45.0)
+MAX_SHIFT_LIMITS = (0.0, 0.45)  # of the visible width
 
 
 @dataclass(frozen=True)
@@ -87,12 +91,8 @@ class SearchRange:
     max_shift: float = 0.15  # shifts within +- this fraction of the visible width (and height)
 
     def __post_init__(self) -> None:
-        if not 1.0 <= self.max_scale <= 2.0:
-            raise CalibrationError(f"max scale must be within 1 to 2; got {self.max_scale}")
-        if not 0.0 <= self.max_rotation_deg <= 45.0:
-            raise CalibrationError(f"max rotation must be within 0 to 45 degrees; got {self.max_rotation_deg}")
-        if not 0.0 <= self.max_shift <= 0.45:
-            raise CalibrationError(f"max shift must be within 0 to 0.45 of the width; got {self.max_shift}")
+        for name, limits in (("max_scale", MAX_SCALE_LIMITS), ("max_rotation_deg", MAX_ROTATION_LIMITS_DEG), ("max_shift", MAX_SHIFT_LIMITS)):
+            check_within(getattr(self, name), limits, name)
 
     def scales(self, step: float = 0.045) -> np.ndarray:
         """Scale grid, even in log scale so that neighbours differ by about ``step`` (4.5 %)."""
@@ -103,6 +103,13 @@ class SearchRange:
     def rotations(self, step_deg: float = 2.0) -> np.ndarray:
         count = max(1, 2 * math.ceil(self.max_rotation_deg / step_deg) + 1)
         return np.linspace(-self.max_rotation_deg, self.max_rotation_deg, count)
+
+
+def check_within(value: float, limits: tuple[float, float], name: str) -> None:
+    """``value`` within ``limits`` (NaN is not), else an error naming ``name`` (a field or a flag)."""
+    low, high = limits
+    if not low <= value <= high:
+        raise CalibrationError(f"{name} must be within {low:g} to {high:g}; got {value:g}")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 ANALYSIS_WIDTH = 96  # motion energy needs no detail; small frames decode and diff fast
 MIN_FRAMES = 8
-MIN_CONFIDENCE = 0.5  # below this the offset is a guess: warn
+MIN_CONFIDENCE = 0.5  # below this the offset is a guess: `calibrate offset` refuses it (unless --force)
 PEAK_EXCLUSION_S = 0.15  # the sidelobes of the correlation start this far from the peak
 SIDELOBE_SECONDS = 3.0  # the correlation is evaluated over at least this many seconds of lag each way
 REGIONS = (2, 2)  # rows, columns of the per-region motion signals
@@ -47,6 +47,9 @@ TREND_SECONDS = 2.0  # slow changes (auto-exposure, clouds) are removed over thi
 REPEAT_FRACTION = 0.25  # repeats change a frame by under this share of what new frames change (medians)
 HELD_SHARE = 0.3  # a video that holds frames repeats at least this share (a 20 Hz camera sent at 30 fps: a third)
 HELD_RUN = 6  # the longest run of repeats taken out (a 9 Hz camera sent at 60 fps repeats each frame 5-6 times)
+# Two clips that share less than this share of the shorter one's time give no frame pairs for
+# scene registration: the offset or the files are wrong (a recording started late overlaps more).
+MIN_OVERLAP_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class OffsetResult:
     confidence: float = 0.0  # share of time segments that agree, in [0, 1]; trust from MIN_CONFIDENCE up
     segments_agreeing: int = 0
     segments: int = 0
+    beyond_range: bool = False  # a match beyond max_offset_s is backed by more windows (confidence 0)
 
     @property
     def offset_vi_frames(self) -> float:
@@ -252,6 +256,9 @@ def estimate_offset(ir: MotionSignal, vi: MotionSignal, max_offset_s: float | No
         raise CalibrationError("the two videos do not overlap enough in time to compare their motion")
     best = int(np.nanargmax(np.where(in_range, scores, -np.inf)))
     offset = float(shifts[best] + _parabolic_peak(scores, best)) / rate + start_difference
+    # The lag grid is 1/rate apart: the nearest lag to the range's end may lie half a step beyond
+    # it, and the sub-sample peak half a step more; the answer stays within the range asked for.
+    offset = float(np.clip(offset, -max_offset_s, max_offset_s))
     peak = float(scores[best])
     psr = peak_to_sidelobe(scores, best, int(round(PEAK_EXCLUSION_S * rate)))
     window_lags = _window_lags(ir_signal, vi_signal, shifts)
@@ -262,15 +269,7 @@ def estimate_offset(ir: MotionSignal, vi: MotionSignal, max_offset_s: float | No
     rival_support = int(np.sum(np.abs(window_lags - shifts[rival]) <= tolerance))
     beaten = abs(int(shifts[rival]) - int(shifts[best])) > tolerance and rival_support >= agreeing
     confidence = 0.0 if beaten else agreeing / segments
-    if confidence < MIN_CONFIDENCE:
-        log.warning(
-            "the offset is unreliable (confidence %.2f: %d of %d time segments agree%s)",
-            confidence,
-            agreeing,
-            segments,
-            "; a better match lies beyond the maximum offset" if beaten else "",
-        )
-    return OffsetResult(offset, peak, ir.fps, vi.fps, psr, confidence, agreeing, segments)
+    return OffsetResult(offset, peak, ir.fps, vi.fps, psr, confidence, agreeing, segments, beaten)
 
 
 def _alike_in_time(ir: MotionSignal, vi: MotionSignal) -> tuple[MotionSignal, MotionSignal]:
@@ -348,16 +347,71 @@ def trimmed(ir: MotionSignal, vi: MotionSignal, delay_frames: int) -> tuple[Moti
     return cut(ir, ir_start), cut(vi, vi_start)
 
 
-def sample_frames(path: str | os.PathLike, count: int) -> list[np.ndarray]:
-    """``count`` evenly spaced frames of a video as (H, W, 3) RGB uint8 (for scene registration)."""
-    path = Path(path)
+def sample_frame_pairs(
+    ir_path: str | os.PathLike, vi_path: str | os.PathLike, count: int, time_offset_s: float = 0.0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Up to ``count`` (infrared, visible) frame pairs that show the same moments, each (H, W, 3) RGB uint8.
+
+    The moments are visible frames spaced evenly over the time both clips cover; each takes the
+    infrared frame nearest in time (infrared timestamps plus ``time_offset_s`` are on the visible
+    clock), and a moment with no infrared frame within half an infrared frame interval (a
+    dropped frame) is skipped. Two clips of one length and rate pair frame i with frame i, as
+    picking indices did; clips of other lengths or rates, or an offset, no longer pair frames
+    of different moments.
+    """
+    ir_times, vi_times = frame_times(ir_path) + time_offset_s, frame_times(vi_path)
+    _check_overlap(ir_times, vi_times, ir_path, vi_path, time_offset_s)
+    tolerance = 0.5 * _frame_interval(ir_times) + 1e-9  # 1e-9: exactly half a frame apart still pairs
+    start, end = max(ir_times[0], vi_times[0]), min(ir_times[-1], vi_times[-1])
+    inside = np.flatnonzero((vi_times >= start - tolerance) & (vi_times <= end + tolerance))
+    chosen = inside[np.linspace(0, len(inside) - 1, min(count, len(inside))).round().astype(int)]
+    nearest = [_nearest(ir_times, vi_times[v]) for v in chosen]
+    indices = [(i, int(v)) for i, v in zip(nearest, chosen) if abs(ir_times[i] - vi_times[v]) <= tolerance]
+    if not indices:
+        raise CalibrationError(f"{ir_path} has no frame within half a frame of {vi_path}'s sampled times")
+    ir_frames = _frames_at(ir_path, {i for i, _ in indices})
+    vi_frames = _frames_at(vi_path, {v for _, v in indices})
+    return [(ir_frames[i], vi_frames[v]) for i, v in indices]
+
+
+def _check_overlap(ir_times: np.ndarray, vi_times: np.ndarray, ir_path, vi_path, time_offset_s: float) -> None:
+    """Refuse two clips (times on one clock) that hardly overlap: their frames show different moments."""
+    spans = [(times[0], times[-1] + _frame_interval(times, single=0.0)) for times in (ir_times, vi_times)]  # a frame lasts a step
+    overlap = min(end for _, end in spans) - max(start for start, _ in spans)
+    shorter = min(end - start for start, end in spans)
+    if overlap < MIN_OVERLAP_SHARE * shorter or overlap < 0:
+        raise CalibrationError(
+            f"{ir_path} and {vi_path} hardly overlap in time: {max(overlap, 0.0):.2f} s of the shorter clip's {shorter:.2f} s, "
+            f"with time_offset_s {time_offset_s:+g} s added to the infrared times; give recordings of the same moments, or check the offset"
+        )
+
+
+def frame_times(path: str | os.PathLike) -> np.ndarray:
+    """(N,) seconds: every decoded frame's timestamp on the video's own clock."""
+    with VideoReader(path, luma_only=True) as reader:
+        return np.array([frame.t for frame in reader], dtype=np.float64)
+
+
+def _frame_interval(times: np.ndarray, single: float = math.inf) -> float:
+    """The typical step between frames (the median: a dropped frame does not move it); ``single`` for one frame."""
+    return float(np.median(np.diff(times))) if len(times) > 1 else single
+
+
+def _nearest(times: np.ndarray, t: float) -> int:
+    """Index of the value of sorted ``times`` nearest to ``t``."""
+    right = int(np.clip(np.searchsorted(times, t), 1, max(len(times) - 1, 1)))
+    return right - 1 if len(times) == 1 or t - times[right - 1] <= times[right] - t else right
+
+
+def _frames_at(path: str | os.PathLike, indices: set[int]) -> dict[int, np.ndarray]:
+    """The frames of a video at ``indices`` (decode order), as (H, W, 3) RGB uint8."""
+    frames = {}
     with VideoReader(path) as reader:
-        total = reader.expected_frames
-        if total is None:  # the container does not say: count once, then read again
-            total = sum(1 for _ in reader)
-    wanted = set(np.linspace(0, max(total - 1, 0), min(count, max(total, 1))).round().astype(int).tolist())
-    with VideoReader(path) as reader:
-        frames = [_rgb(planes_to_image(f.planes)) for i, f in enumerate(reader) if i in wanted]
+        for frame in reader:
+            if frame.index in indices:
+                frames[frame.index] = _rgb(planes_to_image(frame.planes))
+            if len(frames) == len(indices):
+                break
     if not frames:
         raise CalibrationError(f"{path}: no frame decoded")
     return frames

@@ -214,13 +214,13 @@ def video_scene_benchmark(folder: Path, warps: int, frames: int, seed: int, verb
     same frames, unwarped, narrow search) is the reference, as for the image pairs; the
     error against the bare known warp is printed beside it.
     """
-    from calibration.timing import sample_frames
+    from calibration.timing import sample_frame_pairs
 
     rng = np.random.default_rng(seed)
     rows = []  # (error px, written, bare px, picture px)
     clips = sorted(p.name for p in (folder / "infrared").glob("*.mp4"))
     for name in clips:
-        ir_frames, vi_frames = sample_frames(folder / "infrared" / name, frames), sample_frames(folder / "visible" / name, frames)
+        ir_frames, vi_frames = (list(side) for side in zip(*sample_frame_pairs(folder / "infrared" / name, folder / "visible" / name, frames)))
         size = image_size(vi_frames[0])
         own = register_frames(list(zip(ir_frames, vi_frames)), options=SceneOptions(search=REFERENCE_RANGE))
         if verbose:

@@ -259,3 +259,63 @@ def test_a_homography_is_checked_for_singularity_after_its_scale_is_removed():
     assert np.allclose(Registration(1e-5 * np.eye(3), (64, 48), (64, 48)).H, np.eye(3))
     with pytest.raises(CalibrationError, match="singular"):
         Registration(np.array([[1.0, 2.0, 0.0], [2.0, 4.0, 0.0], [0.0, 0.0, 1.0]]), (64, 48), (64, 48))
+
+
+# --- 9: flags named in their errors, ranges stated in --help -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--max-scale", "0", "--max-scale must be within 1 to 2; got 0"),
+        ("--max-scale", "2.5", "--max-scale must be within 1 to 2; got 2.5"),
+        ("--max-rotation", "90", "--max-rotation must be within 0 to 45; got 90"),
+        ("--max-shift", "-0.1", "--max-shift must be within 0 to 0.45; got -0.1"),
+    ],
+)
+def test_scene_search_range_errors_name_the_flag(folder, capsys, flag, value, message):
+    """They said "max scale must be within 1 to 2; got 0.0", naming no flag."""
+    _refused(_scene(folder, folder / "s.yaml", flag, value), folder, capsys, message)
+
+
+@pytest.mark.parametrize(
+    "command, texts",
+    [
+        ("scene", ["allowed: 1 to 2", "allowed: 0 to 45", "allowed: 0 to 0.45", "--min-confidence", "allowed: 0 to 1"]),
+        ("offset", ["--min-confidence", "allowed: 0 to 1", "--force"]),
+    ],
+)
+def test_help_states_the_allowed_ranges(capsys, command, texts):
+    with pytest.raises(SystemExit):
+        main(["calibrate", command, "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for text in texts:
+        assert text in shown, text
+
+
+@pytest.mark.parametrize("value", ["nan", "-0.5", "2"])
+def test_offset_min_confidence_must_lie_in_0_to_1(videos, capsys, value):
+    argv = ["offset", "--ir", videos / "ir.mp4", "--vi", videos / "vi.mp4", "--min-confidence", value, "--out", videos / "o.yaml"]
+    _refused(argv, videos, capsys, "--min-confidence must lie within 0 to 1")
+
+
+@pytest.mark.parametrize("flag", ["--ir-size", "--vi-size"])
+def test_points_image_size_beyond_any_camera_is_refused_naming_the_flag(folder, capsys, flag):
+    """--vi-size 100000x1080 failed after the fit with "destination_size must be ...", a key of the file."""
+    argv = ["points", "--file", folder / "points.yaml", "--ir-size", "64x48", "--vi-size", "64x48", "--out", folder / "c.yaml"]
+    argv[argv.index(flag) + 1] = "100000x1080"
+    line = _refused(argv, folder, capsys, flag, "at most 65536", "100000x1080")
+    assert "destination_size" not in line and "source_size" not in line
+
+
+def test_board_pattern_error_shows_the_pattern_form(folder, capsys):
+    """It said "expected WIDTHxHEIGHT like 640x480" for a pattern of columns and rows."""
+    line = _refused(["board", "--pattern", "9x6x2", "--out", folder / "b.png"], folder, capsys, "--pattern", "COLSxROWS like 9x6", "9x6x2")
+    assert "WIDTH" not in line
+
+
+def test_scene_on_videos_that_hardly_overlap_in_time_is_refused(videos, capsys):
+    """With --init's time_offset_s of 10 s, 2 s clips share no moment: their frames were paired all the same."""
+    save_registration(videos / "late.yaml", identity_registration(*SIZE).with_time_offset(10.0))
+    argv = ["scene", "--ir", videos / "ir.mp4", "--vi", videos / "vi.mp4", "--frames", "5", "--init", videos / "late.yaml", "--out", videos / "s.yaml"]
+    _refused(argv, videos, capsys, "hardly overlap in time", "time_offset_s +10")

@@ -9,7 +9,7 @@ import yaml
 from calibration_helpers import centred_homography, infrared_view, moving_blobs, stereo_board_views, two_modality_scene, write_video
 
 from calibration.cli import main
-from calibration.fileformat import Registration, identity_registration, load_registration, save_registration
+from calibration.fileformat import CalibrationError, Registration, identity_registration, load_registration, save_registration
 from calibration.imaging import corner_error
 from calibration.target import BoardSpec
 from calibration.verify import verify
@@ -226,6 +226,57 @@ def test_offset_command_updates_an_existing_file(tmp_path, capsys):
     assert "visible frames" in printed and "time windows find the same lag" in printed
 
 
+def test_offset_below_the_confidence_threshold_is_refused_unless_forced(tmp_path, capsys):
+    """Two unrelated recordings (confidence 0.17) were written with a warning and exit 0; now as
+    `scene` does: exit 1, one line with the reason, nothing written, unless --force."""
+    write_video(tmp_path / "vi.mp4", moving_blobs(80, seed=3), 30)
+    write_video(tmp_path / "ir.mp4", moving_blobs(80, seed=7), 30)
+    out = tmp_path / "calib.yaml"
+    args = ["offset", "--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--out", str(out), "-q"]
+    assert main(args) == 1 and not out.exists()
+    refusal = [line for line in capsys.readouterr().err.splitlines() if "refused" in line]
+    assert len(refusal) == 1, refusal
+    assert "offset: refused: confidence 0.17 is below 0.5 (1 of 6 time windows find the same lag); nothing written" in refusal[0]
+    assert main([*args, "--force"]) == 0 and out.exists()
+    out.unlink()
+    assert main([*args, "--min-confidence", "0.1"]) == 0 and out.exists()
+
+
+def test_scene_on_videos_pairs_frames_by_time(tmp_path):
+    """A 10 fps visible clip of 2 s and a 4 fps infrared clip of 1.5 s whose frames show the moments
+    0.5 s later (time_offset_s 0.5): frame indices picked in each file alone paired moments up to
+    0.9 s apart. Each frame's grey level says which moment it shows."""
+    import argparse
+
+    from calibration.cli import _scene_pairs
+
+    level = lambda t: 20 + 80 * t  # noqa: E731  moment (s) -> grey level, 20..180
+    vi_moments, ir_moments = np.arange(20) / 10, np.arange(6) / 4 + 0.5
+    write_video(tmp_path / "vi.mp4", np.stack([np.full((24, 32), level(t) / 255, np.float32) for t in vi_moments]), 10)
+    write_video(tmp_path / "ir.mp4", np.stack([np.full((24, 32), level(t) / 255, np.float32) for t in ir_moments]), 4)
+    args = argparse.Namespace(frames=5, ir=tmp_path / "ir.mp4", vi=tmp_path / "vi.mp4", ir_16bit="stretch")
+    pairs = _scene_pairs(args, time_offset_s=0.5)
+    assert len(pairs) == 5
+    for ir, vi in pairs:
+        shown = [(float(frame.mean()) - 20) / 80 for frame in (ir, vi)]
+        assert abs(shown[0] - shown[1]) <= 0.125 + 0.03, shown  # within half an infrared frame (and the codec's error)
+
+
+def test_scene_on_same_length_same_rate_videos_pairs_the_frames_it_always_did(tmp_path):
+    """Frame i with frame i, at the indices evenly spaced over the clip (as before pairing by time)."""
+    import argparse
+
+    from calibration.cli import _scene_pairs
+
+    frames = np.stack([np.full((24, 32), (20 + 10 * k) / 255, np.float32) for k in range(20)])
+    write_video(tmp_path / "ir.mp4", frames, 10)
+    write_video(tmp_path / "vi.mp4", frames, 10)
+    args = argparse.Namespace(frames=6, ir=tmp_path / "ir.mp4", vi=tmp_path / "vi.mp4", ir_16bit="stretch")
+    shown = [[round((float(frame.mean()) - 20) / 10) for frame in pair] for pair in _scene_pairs(args)]
+    expected = np.linspace(0, 19, 6).round().astype(int).tolist()
+    assert shown == [[k, k] for k in expected]
+
+
 # --- bad input: one line and a non-zero exit ----------------------------------------------
 
 
@@ -318,3 +369,57 @@ def test_cameras_must_be_a_mapping(tmp_path):
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(Exception, match="cameras must be a mapping"):
         load_registration(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"version": True}, "unsupported version True"),
+        ({"H": [["1", 0, 0], [0, 1, 0], [0, 0, 1]]}, r"H\[0\]\[0\]: '1' is not a number"),
+        ({"H": [[True, 0, 0], [0, True, 0], [0, 0, True]]}, r"H\[0\]\[0\]: True is not a number"),
+        ({"error_px": -5}, "error_px must not be negative"),
+        ({"method": [1, 2]}, r"method must be text; got \[1, 2\]"),
+        ({"created": {"a": 1}}, "created must be text"),
+        ({"time_offset_s": False}, "time_offset_s: False is not a number"),
+    ],
+)
+def test_a_calibration_file_value_of_the_wrong_type_is_refused_naming_its_key(tmp_path, change, message):
+    """`version: true` passed (True == 1), H entries "1" and true became 1.0, `method: [1, 2]` the text "[1, 2]"."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(identity_registration(64, 48).to_dict() | change))
+    with pytest.raises(CalibrationError, match=message) as info:
+        load_registration(tmp_path / "c.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_a_homography_written_at_a_tiny_scale_is_the_same_map():
+    """H scaled by 1e-20 was refused with "H[2][2] must not be zero", which it was not."""
+    H = np.array([[0.987, -0.005, 2.8], [-0.003, 0.987, 1.7], [-1.2e-5, -1.4e-5, 1.0]])
+    np.testing.assert_allclose(Registration(1e-20 * H, (64, 48), (64, 48)).H, H)
+    with pytest.raises(CalibrationError, match=r"H\[2\]\[2\] must not be zero"):
+        Registration(np.array([[1.0, 0.0, 3.0], [0.0, 1.0, 2.0], [0.0, 1e-3, 0.0]]), (64, 48), (64, 48))
+
+
+def test_a_calibration_file_whose_map_folds_the_frame_is_refused(tmp_path):
+    """Its line at infinity (y = 250) crosses the 640x512 infrared frame: accepted, though
+    `calibrate points` refuses to write such a map. A mild perspective still loads."""
+    registration = identity_registration(640, 512)
+    for row, accepted in (([0.0, -0.004, 1.0], False), ([0.0, 0.003, 1.0], True)):
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(registration.to_dict() | {"H": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], row]}))
+        if accepted:
+            load_registration(tmp_path / "c.yaml")
+        else:
+            with pytest.raises(CalibrationError, match="folds the infrared image over itself, which no warp of a camera can"):
+                load_registration(tmp_path / "c.yaml")
+
+
+def test_scene_on_images_without_shared_structure_says_so(tmp_path, capsys):
+    """8x8 random images reported "edge correlation nan" and were refused because "the answer
+    moves inf px when refined on images resampled again"."""
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "ir.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    write_image(tmp_path / "vi.png", rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    args = ["scene", "--ir", str(tmp_path / "ir.png"), "--vi", str(tmp_path / "vi.png"), "--out", str(tmp_path / "c.yaml")]
+    assert main(args) == 1 and not (tmp_path / "c.yaml").exists()
+    captured = capsys.readouterr()
+    assert "nan" not in captured.out and "inf px" not in captured.out + captured.err
+    assert "no informative tiles: the images share too little structure" in captured.err

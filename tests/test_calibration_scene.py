@@ -232,7 +232,7 @@ def test_scene_options_check_themselves():
         SceneOptions(model="similarity")
     with pytest.raises(CalibrationError, match="search_width"):
         SceneOptions(search_width=10)
-    with pytest.raises(CalibrationError, match="max scale"):
+    with pytest.raises(CalibrationError, match="max_scale must be within 1 to 2; got 0.5"):
         SearchRange(max_scale=0.5)
 
 

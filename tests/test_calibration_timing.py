@@ -165,3 +165,15 @@ def test_too_short_video(tmp_path, scene):
     write_video(tmp_path / "short.mp4", scene[:4], FPS)
     with pytest.raises(CalibrationError, match="need at least"):
         motion_energy(tmp_path / "short.mp4")
+
+
+def test_the_offset_stays_within_max_offset(tmp_path, scene):
+    """--max-offset 0.01 wrote time_offset_s 0.0167: the lag grid's nearest step and the sub-sample
+    peak lay beyond the range. The true delay (5 frames, 0.167 s) lies beyond it: not trusted either."""
+    write_video(tmp_path / "vi.mp4", scene[10:90], FPS)
+    write_video(tmp_path / "ir.mp4", 1.0 - scene[15:95], FPS)
+    ir, vi = motion_energy(tmp_path / "ir.mp4"), motion_energy(tmp_path / "vi.mp4")
+    for limit in (0.01, 0.1):
+        result = estimate_offset(ir, vi, max_offset_s=limit)
+        assert abs(result.offset_s) <= limit, (limit, result.offset_s)
+        assert result.confidence < MIN_CONFIDENCE and result.beyond_range
