@@ -275,7 +275,7 @@ def run_target(args: argparse.Namespace) -> int:
         raise CalibrationError(f"--min-views must be at least {MIN_VIEWS_FLOOR}: fewer views cannot pin a camera's intrinsics; got {args.min_views}")
     board = _board(args.pattern, args.charuco, args.square_size, args.marker_size, args.legacy_charuco)
     pairs = pair_folders(args.ir, args.vi)
-    _check_out(args.out, *[("--ir", pair.ir) for pair in pairs], *[("--vi", pair.vi) for pair in pairs])
+    _check_registration_out(args.out, *[("--ir", pair.ir) for pair in pairs], *[("--vi", pair.vi) for pair in pairs])
     loaded = []
     for pair in tqdm(pairs, unit="pair", desc="read", disable=len(pairs) < 8):
         loaded.append((pair.name, read_infrared(pair.ir, args.ir_16bit), read_visible(pair.vi)))
@@ -314,7 +314,7 @@ def run_scene(args: argparse.Namespace) -> int:
         raise CalibrationError(f"--max-width must be at least {SceneOptions.search_width}, the width the global search works at; got {args.max_width}")
     options = SceneOptions(model=args.model, search=search, max_width=args.max_width)
     min_confidence = _min_confidence(args.min_confidence, MIN_CONFIDENCE)
-    _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi), ("--init", args.init))
+    _check_registration_out(args.out, ("--ir", args.ir), ("--vi", args.vi), ("--init", args.init))
     start = None if args.init is None else load_registration(args.init)
     time_offset = 0.0 if start is None else start.time_offset_s  # videos' frames are paired by time on it
     pairs = _scene_pairs(args, time_offset)
@@ -413,7 +413,7 @@ def _scene_pairs(args: argparse.Namespace, time_offset_s: float = 0.0) -> list:
 def run_points(args: argparse.Namespace) -> int:
     from calibration.points import check_inside, fit_points, read_point_pairs
 
-    _check_out(args.out, ("--file", args.file))
+    _check_registration_out(args.out, ("--file", args.file))
     ir_flag, vi_flag = _image_size_argument(args.ir_size, "--ir-size"), _image_size_argument(args.vi_size, "--vi-size")
     pairs = read_point_pairs(args.file)
     ir_size = _one_size(ir_flag, pairs.ir_size, "--ir-size", "ir_size", args.file)
@@ -446,7 +446,7 @@ def run_offset(args: argparse.Namespace) -> int:
     _check_positive_seconds(args.max_offset, "--max-offset")
     _check_positive_seconds(args.max_seconds, "--max-seconds")
     min_confidence = _min_confidence(args.min_confidence, MIN_CONFIDENCE)
-    _check_out(args.out, ("--ir", args.ir), ("--vi", args.vi))  # --out may be --calib: that updates it
+    _check_registration_out(args.out, ("--ir", args.ir), ("--vi", args.vi))  # --out may be --calib: that updates it
     ir_size, vi_size = video_size(args.ir), video_size(args.vi)
     if args.calib is not None:
         registration = load_registration(args.calib)
@@ -533,6 +533,17 @@ def _check_out(out: Path, *inputs: tuple[str, Path | None]) -> None:
     for flag, path in inputs:
         if path is not None and file_key(out) == file_key(path):  # hard links and other spellings included
             raise CalibrationError(f"--out {out} is the same file as {flag} {path}; refusing to overwrite an input")
+
+
+def _check_registration_out(out: Path, *inputs: tuple[str, Path | None]) -> None:
+    """``_check_out``, and a file already at --out must be a calibration file: a slip of the name
+    replaced a photo or a pipeline config with a registration, exit 0."""
+    _check_out(out, *inputs)
+    if out.is_file():
+        try:
+            load_registration(out)
+        except CalibrationError as exc:
+            raise CalibrationError(f"--out {out} exists and is not a calibration file ({exc}); choose another name, or delete it first") from None
 
 
 def _check_image_out(out: Path, *inputs: tuple[str, Path | None]) -> None:

@@ -230,6 +230,14 @@ def test_points_out_that_is_a_folder_names_it_not_a_temporary_file(folder, capsy
     assert ".tmp" not in line
 
 
+@pytest.mark.parametrize("name, content", [("photo.png", b"\x89PNG\r\n\x1a\n not yaml"), ("config.yaml", b"streams: []\nsinks: []\n")])
+def test_an_out_that_holds_something_else_than_a_calibration_is_refused(folder, capsys, name, content):
+    """--out photo.png, or a pipeline's config.yaml, was replaced by a registration with exit 0."""
+    (folder / name).write_bytes(content)
+    _refused(_points(folder, folder / name), folder, capsys, f"--out {folder / name} exists and is not a calibration file")
+    assert main(["calibrate", *map(str, _points(folder, folder / "calib.yaml"))]) == 0  # an earlier calibration is replaced
+
+
 @pytest.mark.parametrize("value", ["2", "0", "-1"])
 def test_target_min_views_too_few_to_pin_intrinsics_is_refused(folder, capsys, value):
     """--min-views -1 took one view and wrote a focal length of 10^6 px with exit 0."""
