@@ -303,6 +303,9 @@ def ensure_exported(
     if int8 and (fmt != "openvino" or calibration is None):
         raise ConfigError("int8 export needs --format openvino and calibration frames")
     target.parent.mkdir(parents=True, exist_ok=True)
+    for path in {target, target.with_suffix(".bin")}:  # found only at the rename: the error named a temporary file, a .bin was left
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder where the export is written; move it away")
     # Beside the weights, an older export of the same file is stale. In the shared cache a
     # same-named file may be another folder's weights: leave those be.
     for old in stale_exports(weights, target) if target.parent == weights.parent else []:

@@ -521,3 +521,16 @@ def test_export_of_auto_names_what_auto_chooses(capsys):
     assert main(["--weights", "auto"]) == 2
     assert capsys.readouterr().err.strip() == ("ldfusion export: error: --weights auto chooses weights per device when fusing; "
                                                "export the ones it chooses on the CPU: default --int8")
+
+
+def test_a_folder_where_the_export_goes_is_named_and_nothing_is_left(tmp_path, capsys):
+    """The error named the temporary folder's file, and a .bin was left without its .xml."""
+    pytest.importorskip("openvino")
+    from ldfusion.cli.export import main
+
+    weights = save_checkpoint(tmp_path / "w.pt", _net("fast"))
+    target = exported_path(weights, "openvino")
+    target.mkdir()
+    assert main(["--weights", str(weights), "-q"]) == 2
+    assert capsys.readouterr().err.strip() == f"ldfusion export: error: {target} is a folder where the export is written; move it away"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w.pt", target.name])
