@@ -235,8 +235,10 @@ def run_pairing(
     ``stop_readers`` is set so the other reader ends too.
     """
     leader_q, follower_q = (ir_queue, vi_queue) if pairer.leader == IR else (vi_queue, ir_queue)
-    loop = _pair_live if live else _pair_file
-    still_open, stopped = loop(pairer, leader_q, follower_q, emit, clock_origin)
+    if live:
+        still_open, stopped = _pair_live(pairer, leader_q, follower_q, emit, clock_origin)
+    else:
+        still_open, stopped = _pair_file(pairer, leader_q, follower_q, emit, stop_readers)
     if stopped or live:
         stop_readers.set()
     if not live:
@@ -254,13 +256,18 @@ def _open_queues(leader_q: FrameQueue, leader_open: bool, follower_q: FrameQueue
     return [q for q, is_open in ((leader_q, leader_open), (follower_q, follower_open)) if is_open]
 
 
-def _pair_file(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQueue, emit: Emit, _origin: float) -> _LoopResult:
+def _pair_file(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQueue, emit: Emit, readers_stopped: threading.Event) -> _LoopResult:
     leader_open = follower_open = True
     while True:
         if not _emit_all(pairer, pairer.pop_decided(), emit):
             return _open_queues(leader_q, leader_open, follower_q, follower_open), True
         if pairer.waiting_for_follower() and follower_open:
             item = follower_q.get()
+            if isinstance(item, EndOfStream) and readers_stopped.is_set():
+                # The run stopped the readers (Ctrl-C): the follower did not end, it was cut off, and
+                # the leader frames read beyond it were never offered for pairing (as after max_frames).
+                # Counted as unpaired, a clip that pairs perfectly said "unpaired 2" after a Ctrl-C.
+                return _open_queues(leader_q, leader_open, follower_q, False), True
             if isinstance(item, EndOfStream):
                 follower_open = False
                 pairer.end_follower()

@@ -161,3 +161,21 @@ def test_pairs_decided_together_but_not_handed_on_are_not_counted_as_paired(stop
 
     run_pairing(pairer, ir_q, vi_q, emit, live=True, clock_origin=time.monotonic() - 100.0, stop_readers=threading.Event())
     assert len(emitted) == stop_after and pairer.counts.paired == stop_after
+
+
+@pytest.mark.parametrize("stopped_by_the_run", [False, True])
+def test_frames_read_before_the_run_stopped_the_readers_are_not_unpaired(stopped_by_the_run):
+    """After a Ctrl-C the visible reader had read two frames more than the infrared one: a clip
+    that pairs perfectly said "unpaired 2"."""
+    ir_q, vi_q = FrameQueue("ir", 10), FrameQueue("vi", 10)
+    for q, frames, kind in ((ir_q, camera(IR, 30, 3), IR), (vi_q, camera(VISIBLE, 30, 5), VISIBLE)):
+        for f in frames:
+            q.put(f)
+        q.put_end(EndOfStream("s", kind))
+    stop = threading.Event()
+    if stopped_by_the_run:
+        stop.set()
+    pairer, pairs = NearestPairer("s", VISIBLE, slop_s=1 / 60), []
+    run_pairing(pairer, ir_q, vi_q, lambda p: pairs.append(p) or True, live=False, clock_origin=0.0, stop_readers=stop)
+    assert len(pairs) == 3
+    assert pairer.counts.unpaired_vi == (0 if stopped_by_the_run else 2)
