@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 from typing import Any
+from urllib.parse import unquote_plus
 
 MASK = "***"
 _USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@")
@@ -47,7 +48,8 @@ def mask_credentials(value: Any) -> Any:
 
 
 def _masked_parameter(parameter: re.Match) -> str:
-    words = {word.lower() for word in _NAME_WORDS.findall(parameter.group("name"))}
+    # Decoded first: a server reads ?%70assword= as ?password=, and its value was shown.
+    words = {word.lower() for word in _NAME_WORDS.findall(unquote_plus(parameter.group("name")))}
     secret = not words.isdisjoint(_SECRET_WORDS) and parameter.group("value")
     return parameter.group("lead") + MASK if secret else parameter.group()
 

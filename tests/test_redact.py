@@ -38,6 +38,8 @@ SECRET = "hunter2"
          "http://cam/a?user_pwd=***&api-key=***&X-Api-Key=***&Authorization=***&client_secret=***&private_token=***"),
         ("https://s3/x?X-Amz-Signature=abc&X-Amz-Credential=AK&X-Amz-Date=2024", "https://s3/x?X-Amz-Signature=***&X-Amz-Credential=***&X-Amz-Date=2024"),
         ("https://s3/x?AWSAccessKeyId=AK&psw=1&jwt=2&sid=3", "https://s3/x?AWSAccessKeyId=***&psw=***&jwt=***&sid=***"),
+        # Percent-encoded names, which a server decodes: they were shown.
+        ("http://cam/a?%70assword=pw&user%5Fpwd=x&api%2Dkey=k&fps=9", "http://cam/a?%70assword=***&user%5Fpwd=***&api%2Dkey=***&fps=9"),
         # Names that merely contain such a word are left alone: the saved config stays as written.
         ("rtsp://cam/live?authmode=2&passthrough=1&author=me&hotkey=3&tokenizer=x&bypass_cache=1",
          "rtsp://cam/live?authmode=2&passthrough=1&author=me&hotkey=3&tokenizer=x&bypass_cache=1"),
@@ -79,7 +81,8 @@ def test_log_filter_masks_arguments_and_tracebacks():
 def _camera_config(tmp_path, url: str):
     path = tmp_path / "live.yaml"
     camera = {"kind": "camera", "path": url, "read_timeout_s": 1.0}
-    path.write_text(yaml.safe_dump({"streams": [{"ir": camera, "visible": {**camera, "path": "1"}}], "run": {"out_dir": str(tmp_path / "out")}}))
+    path.write_text(yaml.safe_dump({"streams": [{"ir": camera, "visible": {**camera, "path": "1"}}], "sinks": [{"kind": "mp4", "path": "o.mp4"}],
+                                    "run": {"out_dir": str(tmp_path / "out")}}))
     return path
 
 
