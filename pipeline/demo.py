@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise ConfigError(f"--max-frames must be at least 1; got {args.max_frames}")
     check_output_folder(args.out)
-    check_earlier_outputs(args.out, args.overwrite)
     check_image_destination(args.out / PREVIEW)  # written last: a folder in its place would cost the whole run
+    check_earlier_outputs(args.out, args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
     description, ir, visible = choose_inputs(args)
     log.info("demo on %s", description)
