@@ -51,9 +51,8 @@ def refuse_overwriting_inputs(outputs: Iterable[Path], inputs: Iterable[Path], o
 def refuse_an_input_folder(folder: Path, inputs: Iterable[Path], option: str) -> None:
     """A one-line error naming ``option`` when ``folder``, where PNGs are written, holds one of
     ``inputs``: fused ``a.png`` beside a visible ``a.jpg`` was accepted, and the next run over
-    that folder refused it (two images named ``a``), or took the fused image for an input."""
-    if not folder.exists():
-        return
+    that folder refused it (two images named ``a``), or took the fused image for an input.
+    ``missing/../vi`` is the folder ``vi`` too (``file_key`` resolves it)."""
     for path in inputs:
         if same_file(path.parent, folder):
             raise DataError(f"{option} is the folder of the input {path}; the fused images would mix with the inputs: choose another folder")

@@ -311,6 +311,15 @@ def test_fuse_into_an_input_folder_is_refused_and_the_inputs_survive(tmp_path, c
     assert {path.name: path.read_bytes() for path in out.iterdir()} == before
 
 
+def test_fuse_into_an_input_folder_through_a_folder_not_yet_made_is_refused(tmp_path, capsys, random_weights):
+    """--out missing/../vi wrote a.png beside the visible a.jpg, exit 0, and made missing/."""
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    out = tmp_path / "missing" / ".." / "vi"
+    assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"])) == 2
+    assert f"--out {out} is the folder of the input" in one_error_line(capsys, "ldfusion fuse")
+    assert sorted(p.name for p in vi_dir.iterdir()) == ["1.jpg"] and not (tmp_path / "missing").exists()
+
+
 def test_fuse_refuses_an_output_that_is_a_hard_link_to_an_input(tmp_path, capsys, random_weights):
     """Another name for an input file is still the input: its bytes would change."""
     ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
@@ -352,6 +361,39 @@ def test_fuse_refuses_two_pairs_that_would_write_one_file(tmp_path, capsys, rand
     assert not out.exists()
     assert fuse_cli.main(fuse_args(ir_dir, vi_dir, out, random_weights["ld-lite"])) == 0  # without it the names differ
     assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_sbs.png"]
+
+
+def test_eval_save_fused_refuses_existing_images_and_folders_in_their_place_as_fuse_does(tmp_path, capsys, random_weights):
+    """--save-fused replaced a user's 1.png without a word; a folder in a fused image's place was
+    found after the first image and the metrics rows were written."""
+    from ldfusion.cli import evaluate
+
+    ir_dir, vi_dir = image_folders(tmp_path, ["1", "2"], ["1", "2"])
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "1.png").write_bytes(b"my photo")
+    args = ["--ir", str(ir_dir), "--vi", str(vi_dir), "--fuse-with", str(random_weights["ld-lite"]), "--device", "cpu",
+            "--save-fused", str(keep), "--out", str(tmp_path / "scores"), "-q"]
+    assert evaluate.main(args) == 2
+    assert f"--save-fused {keep} already holds 1 of the fused images (first: 1.png); pass --overwrite" in one_error_line(capsys, "ldfusion eval")
+    (keep / "2.png").mkdir()
+    assert evaluate.main([*args, "--overwrite"]) == 2
+    assert f"{keep / '2.png'} is a folder where a fused image goes" in one_error_line(capsys, "ldfusion eval")
+    assert (keep / "1.png").read_bytes() == b"my photo" and not (tmp_path / "scores").exists()
+
+
+def test_eval_refuses_a_folder_where_a_metrics_file_goes_before_deleting_anything(tmp_path, capsys, random_weights):
+    """A folder at --out/metrics.md: the earlier metrics.json was deleted, then 'Is a directory'."""
+    from ldfusion.cli import evaluate
+
+    ir_dir, vi_dir = image_folders(tmp_path, ["1"], ["1"])
+    out = tmp_path / "scores"
+    (out / "metrics.md").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    args = ["--ir", str(ir_dir), "--vi", str(vi_dir), "--fused", str(vi_dir), "--out", str(out), "-q"]
+    assert evaluate.main(args) == 2
+    assert f"{out / 'metrics.md'} is a folder where metrics.md goes" in one_error_line(capsys, "ldfusion eval")
+    assert (out / "metrics.json").read_text() == "{}"
 
 
 def test_eval_refuses_to_save_fused_images_over_its_inputs(tmp_path, capsys, random_weights):

@@ -34,10 +34,11 @@ from ldfusion.cli.common import (
     path_argument,
     setup_logging,
 )
+from ldfusion.cli.fuse import check_outputs
 from ldfusion.errors import DataError
 from ldfusion.imageio import IR_16BIT_MODES, ImagePair, list_images, looks_like_video, pair_folders, read_pair, read_visible, write_image
 from ldfusion.metrics import METRIC_NAMES, evaluate_all
-from ldfusion.paths import check_output_folder, refuse_an_input_folder, refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
 from ldfusion.temporal_metrics import TEMPORAL_NAMES, TemporalMeter
 from ldfusion.variants import VARIANTS
 from ldfusion.video import VideoReader
@@ -84,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, help=f"frames fused together with --fuse-with (default: {DEFAULTS['batch']})")
     add_cpu_runtime_arguments(parser)  # --int8, --precision for --fuse-with: score what `fuse` and `run` would write
     parser.add_argument("--save-fused", type=path_argument, help="with --fuse-with on images: also write the fused PNGs here")
+    parser.add_argument("--overwrite", action="store_true", help="with --save-fused: replace fused PNGs already there (else the command refuses to start)")
     parser.add_argument("--out", required=True, type=path_argument, help="output folder for metrics.csv/.json/.md (created)")
     parser.add_argument("--name", help="method name in the tables (default: the fused folder or the weights)")
     parser.add_argument(
@@ -116,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     _fill_in_defaults(args)
     video = looks_like_video(args.ir)
     pairs = None if video else pair_folders(args.ir, args.vi)  # unpaired names fail before the model loads
-    if args.save_fused:  # images only (_check_arguments)
-        _check_saved_fused_apart_from_inputs(pairs, args.save_fused)
+    if args.save_fused:  # images only (_check_arguments); fuse's own checks, under this option's name
+        check_outputs(pairs, args.save_fused, with_sbs=False, overwrite=args.overwrite, option="--save-fused")
     fuser = _load_fuser(args) if args.fuse_with else None
     method = _method_name(args, fuser)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +220,8 @@ def _refuse_options_that_do_not_apply(args: argparse.Namespace, video: bool) -> 
         fusing_option = "--no-int8"
     if fusing_option and not args.fuse_with:
         raise DataError(f"{fusing_option} sets up the fusing of --fuse-with, and --fused scores results already fused; leave it out")
+    if args.overwrite and not args.save_fused:  # metrics files are always replaced
+        raise DataError("--overwrite replaces the fused PNGs of --save-fused; without it there is nothing to overwrite")
     if args.save_fused and (not args.fuse_with or video):
         raise DataError("--save-fused needs --fuse-with on images (for video, `ldfusion run` writes the fused MP4)")
 
@@ -240,12 +244,9 @@ def _check_metrics_apart_from_inputs(args: argparse.Namespace) -> None:
     inputs = [path for given in (args.ir, args.vi, args.fused) if given is not None
               for path in (list_images(given).values() if given.is_dir() else [given])]
     refuse_overwriting_inputs([args.out / name for name in METRICS_FILES], inputs, f"--out {args.out}")
-
-
-def _check_saved_fused_apart_from_inputs(pairs: list[ImagePair], folder: Path) -> None:
-    inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
-    refuse_an_input_folder(folder, inputs, f"--save-fused {folder}")
-    refuse_overwriting_inputs([folder / f"{pair.name}.png" for pair in pairs], inputs, f"--save-fused {folder}")
+    for name in METRICS_FILES:  # found at the write, after the earlier summaries were deleted
+        if (args.out / name).is_dir():
+            raise DataError(f"--out {args.out}: {args.out / name} is a folder where {name} goes; move it, or choose another --out")
 
 
 def _stem_or_name(path: Path) -> str:

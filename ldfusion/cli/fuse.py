@@ -96,11 +96,13 @@ def output_names(pair: ImagePair, with_sbs: bool) -> list[str]:
     return [f"{pair.name}.png"] + ([f"{pair.name}_sbs.png"] if with_sbs else [])
 
 
-def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwrite: bool) -> None:
-    """Before anything is written: --out is a folder, no output is an input, and existing outputs need --overwrite."""
-    check_output_folder(out_dir)
+def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwrite: bool, option: str = "--out") -> None:
+    """Before anything is written: ``option`` (--out, eval's --save-fused) is a folder, no
+    output is an input, and existing outputs need --overwrite."""
+    given = f"{option} {out_dir}"
+    check_output_folder(out_dir, option)
     if out_dir.suffix.lower() in IMAGE_SUFFIXES and not out_dir.is_dir():  # it was made a folder of that name
-        raise DataError(f"--out {out_dir} names an image file; --out is a folder, where each fused image is written as <name>.png")
+        raise DataError(f"{given} names an image file; {option} is a folder, where each fused image is written as <name>.png")
     writers: dict[str, str] = {}  # output name -> the pair that writes it
     for pair in pairs:
         for name in output_names(pair, with_sbs):
@@ -108,14 +110,14 @@ def check_outputs(pairs: list[ImagePair], out_dir: Path, with_sbs: bool, overwri
                 raise DataError(f"pairs {writers[name]!r} and {pair.name!r} would both write {name}; rename one of them or leave out --side-by-side")
     outputs = [out_dir / name for name in writers]
     inputs = [path for pair in pairs for path in (pair.ir, pair.vi)]
-    refuse_an_input_folder(out_dir, inputs, f"--out {out_dir}")
-    refuse_overwriting_inputs(outputs, inputs, f"--out {out_dir}")
+    refuse_an_input_folder(out_dir, inputs, given)
+    refuse_overwriting_inputs(outputs, inputs, given)
     folders = [path for path in outputs if path.is_dir()]  # found only when its turn came, the images before it written
     if folders:
-        raise DataError(f"--out {out_dir}: {folders[0]} is a folder where a fused image goes; move it, or choose another --out")
+        raise DataError(f"{given}: {folders[0]} is a folder where a fused image goes; move it, or choose another {option}")
     existing = [path for path in outputs if path.exists()]
     if existing and not overwrite:
-        raise DataError(f"--out {out_dir} already holds {len(existing)} of the fused images (first: {existing[0].name}); pass --overwrite to replace them")
+        raise DataError(f"{given} already holds {len(existing)} of the fused images (first: {existing[0].name}); pass --overwrite to replace them")
 
 
 def fuse_pairs(
