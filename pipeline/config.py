@@ -275,9 +275,11 @@ def _refuse_settings_of_other_kinds(config, settings: dict[str, tuple[str, ...]]
 
 
 def _check_placeholders(path: str | None) -> None:
-    """{stream} is the only field a sink path fills; a misspelt one ({strem}) named the file literally."""
-    unknown = sorted(set(re.findall(r"\{[^{}]*\}", path or "")) - {"{stream}"})
-    if unknown:
+    """{stream} is the only field a sink path fills; a misspelt one ({strem}, {stream.mp4,
+    {{stream}}) named the file literally. Braces are for it alone."""
+    rest = (path or "").replace("{stream}", "")
+    if "{" in rest or "}" in rest:
+        unknown = sorted(set(re.findall(r"\{[^{}]*\}", rest))) or ["a brace"]
         raise ValueError(f"sink path {path!r} holds {', '.join(unknown)}; the one placeholder a path may hold is {{stream}}")
 
 

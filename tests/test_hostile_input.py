@@ -237,11 +237,12 @@ def test_sink_paths_stay_inside_out_dir(tmp_path, capsys, random_weights, sink_p
     assert not (tmp_path / "escape.mp4").exists()
 
 
-@pytest.mark.parametrize("sink", [{"kind": "mp4", "path": "{strem}.mp4"}, {"kind": "png", "path": "frames/{id}"}])
-def test_a_misspelt_placeholder_in_a_sink_path_is_refused(tmp_path, capsys, random_weights, sink):
-    """With one stream, {strem}.mp4 was written as a file of that very name, exit 0."""
+@pytest.mark.parametrize("path, field", [("{strem}.mp4", "{strem}"), ("frames/{id}", "{id}"), ("{stream.mp4", "a brace"),
+                                         ("{{stream}}.mp4", "{}")])
+def test_a_misspelt_placeholder_in_a_sink_path_is_refused(tmp_path, capsys, random_weights, path, field):
+    """With one stream, {strem}.mp4 was written as a file of that very name, exit 0 ({{stream}}: {cam0}.mp4)."""
+    sink = {"kind": "png" if "frames" in path else "mp4", "path": path}
     assert run_command(write_config(tmp_path, video_config(tmp_path, sinks=[sink])), weights=random_weights["ld-lite"]) == 2
-    field = sink["path"][sink["path"].index("{"):sink["path"].index("}") + 1]
     assert f"holds {field}; the one placeholder a path may hold is {{stream}}" in one_error_line(capsys, "ldfusion run")
     assert not (tmp_path / "out").exists()
 
