@@ -29,10 +29,13 @@ here (numbers are finite: ``ldfusion.config``), so a typo or a bad value is a on
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from ldfusion.backends import PRECISIONS
 from ldfusion.codecs import DECODES, ENCODERS
@@ -446,6 +449,22 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
         if existing and not config.run.overwrite:
             what = "holds PNG frames" if kind == "png" else "exists"
             raise ConfigError(f"{str(path)!r} {what} already; pass --overwrite (run.overwrite: true) to replace it, or choose another --out")
+        # An earlier run's config.yaml and summary.json are replaced as they always were; a file
+        # of that name that no run wrote (the user's notes) was replaced too, without a word.
+        if kind == "artefact" and path.exists() and not config.run.overwrite and not saved_by_a_run(path):
+            raise ConfigError(f"{str(path)!r} exists and is not what a run saves there; pass --overwrite (run.overwrite: true) "
+                              "to replace it, or choose another --out")
+
+
+def saved_by_a_run(path: Path) -> bool:
+    """Whether ``path``, a run artefact's name, holds what a run writes there: a config (a mapping
+    with streams) as config.yaml, a run summary (with frames_out) as summary.json."""
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # json's errors are ValueErrors
+        return False
+    return isinstance(data, dict) and ("frames_out" in data if path.suffix == ".json" else isinstance(data.get("streams"), list))
 
 
 def _check_name_lengths(kind: str, path: Path) -> None:

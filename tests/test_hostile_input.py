@@ -250,15 +250,31 @@ def test_a_misspelt_placeholder_in_a_sink_path_is_refused(tmp_path, capsys, rand
 @pytest.mark.parametrize("link", ["symbolic", "hard"])
 @pytest.mark.parametrize("artefact", ["summary.json", "config.yaml"])
 def test_run_artefacts_replace_links_in_out_dir_instead_of_writing_through_them(tmp_path, random_weights, artefact, link):
-    """A link planted in out_dir: the run wrote its summary or config through it, to a file outside."""
+    """A link planted in out_dir: the run wrote its summary or config through it, to a file outside.
+    (What it points to is no run's: the run refuses it unless told to overwrite, and then replaces the link.)"""
     (tmp_path / "out").mkdir()
     victim = tmp_path / "elsewhere.txt"
     victim.write_text("keep me")
     planted = tmp_path / "out" / artefact
     planted.symlink_to(victim) if link == "symbolic" else os.link(victim, planted)
-    assert run_command(write_config(tmp_path, video_config(tmp_path)), weights=random_weights["ld-lite"]) == 0
+    assert run_command(write_config(tmp_path, video_config(tmp_path)), "--overwrite", weights=random_weights["ld-lite"]) == 0
     assert victim.read_text() == "keep me"
     assert not planted.is_symlink() and planted.stat().st_ino != victim.stat().st_ino and planted.stat().st_size > 10
+
+
+@pytest.mark.parametrize("artefact, content", [("config.yaml", "my notes\n"), ("summary.json", '{"mine": 1}\n')])
+def test_a_file_of_an_artefacts_name_that_no_run_saved_needs_overwrite(tmp_path, capsys, random_weights, artefact, content):
+    """`run --out DIR` replaced the user's config.yaml or summary.json without a word (an earlier
+    run's are replaced, as they always were)."""
+    config = write_config(tmp_path, video_config(tmp_path))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / artefact).write_text(content)
+    assert run_command(config, weights=random_weights["ld-lite"]) == 2
+    assert f"{str(tmp_path / 'out' / artefact)!r} exists and is not what a run saves there; pass --overwrite" in one_error_line(capsys, "ldfusion run")
+    assert (tmp_path / "out" / artefact).read_text() == content
+    assert run_command(config, "--overwrite", weights=random_weights["ld-lite"]) == 0
+    (tmp_path / "out" / "o.mp4").unlink()
+    assert run_command(config, weights=random_weights["ld-lite"]) == 0  # the run's own artefacts are replaced
 
 
 def test_an_empty_out_dir_is_refused(tmp_path, capsys, random_weights):
