@@ -82,6 +82,20 @@ def test_a_new_run_into_an_earlier_runs_folder_needs_resume_or_overwrite(tmp_pat
     assert sorted(path.name for path in (tmp_path / "run").iterdir()) == ["config.yaml", "epoch_0001.pt", "last.pt", "model.pt"]
 
 
+def test_resuming_another_folders_checkpoint_into_a_folder_holding_a_run_needs_overwrite(tmp_path, random_weights, capsys):
+    """`--resume A/last.pt --out B` replaced run B's last.pt, model.pt and config.yaml, exit 0."""
+    config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))
+    for name in ("a", "b"):
+        assert _train(["--config", str(config), "--epochs", "1", "--out", str(tmp_path / name)], capsys)[0] == 0
+    run_b = {path.name: path.read_bytes() for path in (tmp_path / "b").iterdir()}
+    code, err = _train(["--config", str(config), "--epochs", "2", "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "a" / "last.pt")], capsys)
+    assert code == 2 and f"{tmp_path / 'b'} holds another run (config.yaml, last.pt, model.pt), which resuming {tmp_path / 'a' / 'last.pt'} there would replace" in err
+    assert {path.name: path.read_bytes() for path in (tmp_path / "b").iterdir()} == run_b
+    # Into a new folder, or a checkpoint of the folder's own run: as before.
+    assert _train(["--config", str(config), "--epochs", "2", "--out", str(tmp_path / "c"), "--resume", str(tmp_path / "a" / "last.pt")], capsys)[0] == 0
+    assert _train(["--config", str(config), "--epochs", "2", "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "b" / "last.pt")], capsys)[0] == 0
+
+
 def test_resuming_a_run_that_has_done_its_epochs_is_refused(tmp_path, random_weights, capsys):
     """--resume --epochs 2 after 2 epochs trained nothing, exit 0, and rewrote model.pt and config.yaml."""
     config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))

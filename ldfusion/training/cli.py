@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -72,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     check_output_folder(Path(config.out_dir))
     refuse_overwriting_own_inputs(config, args.config)
     resume_path = _resume_path(args.resume, Path(config.out_dir))
-    if resume_path is None:
-        _start_fresh(Path(config.out_dir), args.overwrite)
+    if resume_path is None or not _inside_folder(resume_path, Path(config.out_dir)):
+        # Resumed from a checkpoint of another folder, the run writes OUT's files as a new one does.
+        _start_fresh(Path(config.out_dir), args.overwrite, resume_path)
     resume_state = load_checkpoint(resume_path) if resume_path is not None else None
     if resume_state is not None:
         _check_epochs_left(resume_path, resume_state, config.optim.epochs)
@@ -97,15 +99,19 @@ def refuse_overwriting_own_inputs(config: TrainConfig, config_file: Path) -> Non
     refuse_overwriting_inputs(files_written(config), [config_file, *weights], f"out_dir {config.out_dir}")
 
 
-def _start_fresh(out_dir: Path, overwrite: bool) -> None:
+def _start_fresh(out_dir: Path, overwrite: bool, resuming: Path | None = None) -> None:
     """A new run in a folder that holds an earlier one: refused unless ``--overwrite``, which
     removes the earlier run's files first. A forgotten --resume replaced last.pt, model.pt and
-    config.yaml without a word and left the old run's later epoch_*.pt beside the new ones."""
+    config.yaml without a word and left the old run's later epoch_*.pt beside the new ones; so
+    did resuming another folder's checkpoint (``resuming``) with --out naming a finished run."""
     earlier = sorted(path for path in out_dir.glob("*") if path.name in (CONFIG_FILE, LAST_FILE, FINAL_FILE) or EPOCH_FILE.fullmatch(path.name))
     if not earlier:
         return
     if not overwrite:
         names = ", ".join(path.name for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        if resuming is not None:
+            raise DataError(f"{out_dir} holds another run ({names}), which resuming {resuming} there would replace; "
+                            "--overwrite to replace it, or choose another --out")
         raise DataError(f"{out_dir} holds an earlier run ({names}); --resume to continue it, --overwrite to start over there, "
                         "or choose another --out")
     for path in earlier:
@@ -119,6 +125,11 @@ def _check_epochs_left(path: Path, state: Checkpoint, epochs: int) -> None:
     if done >= epochs:
         raise DataError(f"{path} has finished epoch {done} of this run; --epochs {epochs} leaves nothing to train "
                         f"(give more than {done} to go on)")
+
+
+def _inside_folder(path: Path, folder: Path) -> bool:
+    """Whether ``path`` lies directly in ``folder`` (OUT/last.pt, OUT/epoch_5.pt: the same run)."""
+    return os.path.realpath(path.parent) == os.path.realpath(folder)
 
 
 def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:
