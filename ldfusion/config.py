@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from ldfusion.errors import ConfigError
-from ldfusion.paths import write_text_whole
+from ldfusion.paths import home_expanded, write_text_whole
 
 C = TypeVar("C")
 
@@ -254,7 +254,7 @@ def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
         return finite_float(value, where)
     if hint is str:
         if isinstance(value, str):
-            return value
+            return home_expanded(value)
         if isinstance(value, int) and not isinstance(value, bool):  # a plain decimal reads back as written (camera 0)
             return str(value)
         if isinstance(value, float):  # 0111.0 would be "111.0", .5 "0.5": not what was written

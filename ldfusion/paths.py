@@ -12,6 +12,12 @@ from pathlib import Path
 from ldfusion.errors import DataError
 
 
+def home_expanded(text: str) -> str:
+    """``~`` and ``~/...`` as the home folder, as a shell does: a config's ``out_dir: ~/runs`` (or a
+    quoted ``--out '~/runs'``) wrote into a folder named ``~`` in the current folder, exit 0."""
+    return os.path.expanduser(text) if text == "~" or text.startswith("~/") else text
+
+
 def file_key(path: str | os.PathLike) -> tuple:
     """What identifies the file ``path`` names: its device and inode when it exists, so that a
     hard link or another path to it matches; else its path with links and ``..`` resolved.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from ldfusion.config import apply_overrides, load_config, parse_overrides
+from ldfusion.config import apply_overrides, from_dict, load_config, parse_overrides
 from ldfusion.errors import ConfigError
 from ldfusion.training.config import TrainConfig
 
@@ -92,3 +94,16 @@ def test_an_override_that_is_no_yaml_is_taken_as_text_and_booleans_for_text_ask_
         load_pipeline_config(config, ["streams.0.id=true"])
     with pytest.raises(ConfigError, match="model.batch_size: expected an integer, got '\\[1, 2'"):
         load_pipeline_config(config, ["model.batch_size=[1, 2"])
+
+
+def test_a_path_starting_with_the_home_folder_is_expanded(tmp_path, monkeypatch):
+    """out_dir: ~/runs wrote into a folder named ~ in the current folder, exit 0."""
+    from ldfusion.cli.common import path_argument
+    from pipeline.config import PipelineConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    data = {"streams": [{"id": "a", "ir": {"path": "~/ir.mp4"}, "visible": {"path": "~/vi.mp4"}}], "run": {"out_dir": "~/runs"}}
+    config = from_dict(PipelineConfig, data)
+    assert config.run.out_dir == str(tmp_path / "home" / "runs") and config.streams[0].ir.path == str(tmp_path / "home" / "ir.mp4")
+    assert path_argument("~/out") == tmp_path / "home" / "out" and path_argument("~") == tmp_path / "home"
+    assert path_argument("a~/b") == Path("a~/b") and path_argument("~other") == Path("~other")  # only a leading ~ alone

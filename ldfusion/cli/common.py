@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ldfusion.backends import PRECISIONS
 from ldfusion.errors import DataError, LDFusionError, first_line
+from ldfusion.paths import home_expanded
 from ldfusion.redact import MaskCredentials, mask_credentials
 from ldfusion.signals import Terminated, stopped_line
 
@@ -51,7 +52,7 @@ def path_argument(text: str) -> Path:
     would quietly mean the current folder."""
     if not text.strip():
         raise argparse.ArgumentTypeError("the path is empty")
-    return Path(text)
+    return Path(home_expanded(text))
 
 
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
