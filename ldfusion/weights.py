@@ -219,7 +219,7 @@ def _download(remote: RemoteFile, target: Path, entry: WeightsEntry) -> None:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise CheckpointError(
                 f"could not download {entry.name!r} weights from {remote.url} ({exc}); "
-                f"set {entry.env_var}=/path/to/{remote.filename} or pass --weights PATH"
+                f"set {entry.env_var}=/path/to/{remote.filename}, or give a file's path in place of the name {entry.name!r}"
             ) from None
         actual = sha256_of(tmp)
         if remote.sha256 is not None and actual != remote.sha256:
