@@ -57,7 +57,7 @@ def test_corrupted_cache_entry_is_fetched_again(tmp_path, published):
 
 
 def test_unreachable_url_explains_the_offline_alternatives(tmp_path):
-    with pytest.raises(CheckpointError, match="set LDFUSION_TEST_WEIGHTS=.* or pass --weights"):
+    with pytest.raises(CheckpointError, match="set LDFUSION_TEST_WEIGHTS=.*, or give a file.s path in place of the name"):
         fetch_into_cache(_entry("file:///nonexistent/final.pt", None), root=tmp_path / "cache")
 
 
