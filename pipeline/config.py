@@ -411,7 +411,10 @@ class PipelineConfig:
             return path
         base = Path(self.run.out_dir) if self.run.out_dir else Path(".")
         if not _inside(base / path, base):
-            raise ValueError(f"sink path {sink.path!r} (stream {stream}) leaves {'run.out_dir ' if self.run.out_dir else 'the current folder '}{str(base)!r}")
+            where = f"{'run.out_dir ' if self.run.out_dir else 'the current folder '}{str(base)!r}"
+            if (base / path).is_symlink():  # the path stays inside; a link planted there points out
+                raise ValueError(f"sink path {sink.path!r} (stream {stream}) is a link to {os.readlink(base / path)!r}, outside {where}; remove the link")
+            raise ValueError(f"sink path {sink.path!r} (stream {stream}) leaves {where}")
         return base / path
 
     def output_paths(self) -> list[tuple[str, Path]]:

@@ -81,6 +81,13 @@ def choose_inputs(args: argparse.Namespace) -> tuple[str, Path, Path]:
 
 
 def demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineConfig:
+    try:
+        return _demo_config(args, ir, visible)
+    except ValueError as exc:  # what a config file's loader names as a config error (it said "error: ValueError: ...", exit 1)
+        raise ConfigError(str(exc)) from None
+
+
+def _demo_config(args: argparse.Namespace, ir: Path, visible: Path) -> PipelineConfig:
     return PipelineConfig(
         streams=(StreamConfig(id=DEMO_STREAM, ir=SourceConfig(kind="video", path=str(ir)), visible=SourceConfig(kind="video", path=str(visible))),),
         model=ModelConfig(weights=args.weights, device=args.device, int8=args.int8, precision=args.precision or "auto"),

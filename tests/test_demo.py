@@ -71,3 +71,16 @@ def test_files_of_the_demos_names_that_no_demo_wrote_are_replaced_only_with_over
     assert (out / "config.yaml").read_text() == "mine: true\n" and sorted(p.name for p in out.iterdir()) == ["config.yaml", "preview.png"]
     assert demo_main([*args, "--overwrite"]) == 0
     assert len(_frames(out / "fused.mp4")) == 2 and (out / "preview.png").read_bytes() != b"my picture"
+
+
+def test_a_link_where_a_demo_output_goes_is_named_in_one_line(tmp_path, capsys, random_weights):
+    """A link at fused.mp4 pointing out of --out: "error: ValueError: sink path ... leaves run.out_dir", exit 1."""
+    out = tmp_path / "demo"
+    out.mkdir()
+    (tmp_path / "victim.txt").write_text("precious")
+    (out / "fused.mp4").symlink_to(tmp_path / "victim.txt")
+    args = ["--source", "synthetic", "--out", str(out), "--weights", str(random_weights["ld-lite"]), "--max-frames", "2", "-q", "--overwrite"]
+    assert demo_main(args) == 2
+    assert capsys.readouterr().err.strip() == (f"ldfusion demo: error: sink path 'fused.mp4' (stream demo) is a link to "
+                                               f"{str(tmp_path / 'victim.txt')!r}, outside run.out_dir {str(out)!r}; remove the link")
+    assert (tmp_path / "victim.txt").read_text() == "precious"
