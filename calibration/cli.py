@@ -455,8 +455,8 @@ def run_offset(args: argparse.Namespace) -> int:
         log.warning("no --calib: the spatial part of %s is the nominal size-ratio map; estimate it with target/scene/points", args.out)
         method = "identity" if ir_size == vi_size else "size-ratio"
         registration = Registration(size_ratio_homography(ir_size, vi_size), ir_size, vi_size, method=method)
-    ir = motion_energy(args.ir, args.max_seconds, progress="infrared")
-    vi = motion_energy(args.vi, args.max_seconds, progress="visible")
+    ir = motion_energy(args.ir, args.max_seconds, progress=None if args.quiet else "infrared")  # -q: no bars
+    vi = motion_energy(args.vi, args.max_seconds, progress=None if args.quiet else "visible")
     result = estimate_offset(ir, vi, args.max_offset)
     print(
         f"time offset {result.offset_s:+.4f} s ({result.offset_vi_frames:+.2f} visible frames at {result.vi_fps:g} fps, "

@@ -224,6 +224,9 @@ def test_offset_command_updates_an_existing_file(tmp_path, capsys):
     assert registration.method == "points" and registration.error_px == pytest.approx(0.4)
     printed = capsys.readouterr().out
     assert "visible frames" in printed and "time windows find the same lag" in printed
+    # -q: no progress bars (they were drawn on stderr all the same).
+    assert main(["offset", "--ir", str(tmp_path / "ir.mp4"), "--vi", str(tmp_path / "vi.mp4"), "--calib", calib, "--out", calib, "-q"]) == 0
+    assert "frame/s" not in capsys.readouterr().err
 
 
 def test_offset_below_the_confidence_threshold_is_refused_unless_forced(tmp_path, capsys):
