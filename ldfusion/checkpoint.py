@@ -153,7 +153,7 @@ def state_dict_mismatch(expected: Mapping[str, torch.Tensor], given: Mapping[str
         if keys:
             shown = ", ".join(keys[:_MAX_KEYS_IN_MESSAGE])
             more = f" (+{len(keys) - _MAX_KEYS_IN_MESSAGE} more)" if len(keys) > _MAX_KEYS_IN_MESSAGE else ""
-            parts.append(f"{len(keys)} {label}: {shown}{more}")
+            parts.append(f"{len(keys)} {label if len(keys) > 1 else label.removesuffix('s')}: {shown}{more}")  # "1 wrong type"
     return "; ".join(parts)
 
 
