@@ -41,7 +41,7 @@ def resolve_device(name: str = "auto") -> torch.device:
     except (RuntimeError, TypeError):
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available; ask for the cpu device (or auto)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise ConfigError(f"device {name!r}: there are only {torch.cuda.device_count()} CUDA GPU(s)")
     return device

@@ -59,6 +59,7 @@ from pipeline.runner import cpu_streams, run_pipeline
 
 log = logging.getLogger(__name__)
 
+MAX_STREAMS = 128
 PATHS = ("reference", "model", "model_on_device", "pipeline", "decode", "passthrough")
 DEFAULT_RESOLUTIONS = ("640x480", "1280x720")
 _DISTINCT_FRAMES = 8  # the synthetic clip cycles through this many frames
@@ -119,8 +120,8 @@ class BenchSettings:
     def __post_init__(self) -> None:
         if self.compile not in COMPILE_MODES:
             raise ConfigError(f"--compile must be one of {', '.join(COMPILE_MODES)}; got {self.compile!r}")
-        if self.streams < 1:
-            raise ConfigError(f"--streams must be at least 1; got {self.streams}")
+        if not 1 <= self.streams <= MAX_STREAMS:  # 100000 ran out of file handles, blamed on bench's own clip
+            raise ConfigError(f"--streams must be within 1..{MAX_STREAMS} (each stream pair opens two files and runs three threads); got {self.streams}")
         # A name torch.compile does not know would fall back to eager with a warning
         # (CompiledNetwork), and the run would time an uncompiled network under the compiled heading.
         # Asked only when compiling: listing the backends imports TorchDynamo (1.6 s here).
