@@ -43,6 +43,11 @@ from pipeline.frames import IR, VISIBLE
 
 log = logging.getLogger(__name__)
 
+
+class FrameSizeError(DataError):
+    """A pair whose frames have other sizes than the stream's (or the calibration file's)."""
+
+
 # A calibration whose moving image covers less of the fixed frame than this would give the
 # fixed image alone (exit 0, nothing fused): refused. No co-mounted rig overlaps that little.
 MIN_COVERAGE = 0.05
@@ -172,7 +177,7 @@ class Registrar:
         for what, got, expected in (("infrared", ir_size, plan.ir_size), ("visible", vi_size, plan.vi_size)):
             if got != expected:
                 origin = f"the calibration file {self._calibration_name} is for" if self._registration else "the stream started with"
-                raise DataError(f"stream {self.stream}: {what} frames are {_wxh(got)} but {origin} {_wxh(expected)}")
+                raise FrameSizeError(f"stream {self.stream}: {what} frames are {_wxh(got)} but {origin} {_wxh(expected)}")
         if not self._overlap_checked and self._registration is not None:
             # After the sizes, so a calibration file for another camera is that one error alone.
             check_overlap(plan, self._calibration_name)

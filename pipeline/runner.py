@@ -49,7 +49,7 @@ from pipeline.config import PipelineConfig, StreamConfig, as_pipeline_config, ch
 from pipeline.frames import IR, VISIBLE, DeviceFrame, EndOfStream, FramePair, FusedFrame, StreamInfo
 from pipeline.fusion_worker import FusionWorker
 from pipeline.queues import Cancelled, FrameQueue
-from pipeline.registration import Registrar
+from pipeline.registration import FrameSizeError, Registrar
 from pipeline.sinks import CallbackSink, Sink, SinkFanout, build_sinks
 from pipeline.views import DEVICE, check_view
 from pipeline.sources import OpenCapture, Replay, Source, open_source, run_capture
@@ -536,7 +536,7 @@ class Pipeline:
         def emit(pair: FramePair) -> bool:
             try:
                 stream.registrar.check(pair.ir.size, pair.visible.size)
-            except DataError as exc:  # which file: in an image folder the size can change at any image
+            except FrameSizeError as exc:  # which file: in an image folder the size can change at any image
                 raise DataError(f"{exc} (at {stream.ir.frame_name(pair.meta.ir_index)} and "
                                 f"{stream.visible.frame_name(pair.meta.vi_index)})") from None
             if not out.put(pair):

@@ -532,7 +532,9 @@ def test_run_refuses_an_off_screen_calibration_in_one_line(tmp_path, capsys, ran
     data = video_config(tmp_path)
     data["streams"][0]["registration"] = {"calibration": str(path)}
     assert run_command(write_config(tmp_path, data), weights=random_weights["ld-lite"]) == 2
-    assert "of the visible frame (off-screen?)" in one_error_line(capsys, "ldfusion run")
+    line = one_error_line(capsys, "ldfusion run")
+    assert "of the visible frame (off-screen?)" in line
+    assert "(at frame" not in line  # the file is at fault, not a frame: frame places are for frames of another size
 
 
 # --- 6. non-finite weights and network output --------------------------------------------
