@@ -96,6 +96,19 @@ def test_resuming_another_folders_checkpoint_into_a_folder_holding_a_run_needs_o
     assert _train(["--config", str(config), "--epochs", "2", "--out", str(tmp_path / "b"), "--resume", str(tmp_path / "b" / "last.pt")], capsys)[0] == 0
 
 
+def test_a_run_stopped_before_its_first_checkpoint_says_to_start_over(tmp_path, random_weights, capsys):
+    """A Ctrl-C in the first epoch left only config.yaml: the next run was told to --resume, and
+    --resume said "weights file not found: run/last.pt"."""
+    config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("variant: ld-lite\n")
+    code, err = _train(["--config", str(config), "--epochs", "1"], capsys)
+    assert code == 2 and "holds the config.yaml of a run that saved no checkpoint (stopped in its first epoch); --overwrite to start over" in err
+    code, err = _train(["--config", str(config), "--epochs", "1", "--resume"], capsys)
+    assert code == 2 and "saved no checkpoint to resume (it stopped in its first epoch); start over there with --overwrite" in err
+    assert _train(["--config", str(config), "--epochs", "1", "--overwrite"], capsys)[0] == 0
+
+
 def test_resuming_a_run_that_has_done_its_epochs_is_refused(tmp_path, random_weights, capsys):
     """--resume --epochs 2 after 2 epochs trained nothing, exit 0, and rewrote model.pt and config.yaml."""
     config = _write(tmp_path / "train.yaml", _distill_config(tmp_path, random_weights["ld-lite"]))

@@ -109,6 +109,9 @@ def _start_fresh(out_dir: Path, overwrite: bool, resuming: Path | None = None) -
         return
     if not overwrite:
         names = ", ".join(path.name for path in earlier[:4]) + (", ..." if len(earlier) > 4 else "")
+        if [path.name for path in earlier] == [CONFIG_FILE] and resuming is None:  # "--resume" could only fail: no last.pt
+            raise DataError(f"{out_dir} holds the config.yaml of a run that saved no checkpoint (stopped in its first epoch); "
+                            "--overwrite to start over there, or choose another --out")
         if resuming is not None:
             raise DataError(f"{out_dir} holds another run ({names}), which resuming {resuming} there would replace; "
                             "--overwrite to replace it, or choose another --out")
@@ -136,7 +139,13 @@ def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:
     """--resume's file: none, OUT/last.pt (``--resume`` alone), or the path given."""
     if not resume_arg:
         return None
-    return out_dir / "last.pt" if resume_arg == "auto" else Path(resume_arg)
+    if resume_arg != "auto":
+        return Path(resume_arg)
+    last = out_dir / LAST_FILE
+    if not last.exists() and (out_dir / CONFIG_FILE).exists():  # it said "weights file not found: OUT/last.pt"
+        raise DataError(f"{last} not found: the run in {out_dir} saved no checkpoint to resume (it stopped in its first epoch); "
+                        "start over there with --overwrite")
+    return last
 
 
 def resume(trainer: Trainer, path: Path, state: Checkpoint) -> None:
