@@ -172,8 +172,8 @@ class VideoReader:
         decode: str = "cpu", threads: int | None = None, unstated_rate: float | None = None,
     ):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"video not found: {self.path}")
+        if not self.path.is_file():  # a folder "was not found" though it is there
+            raise DataError(f"{self.path} is a folder, not a video" if self.path.is_dir() else f"video not found: {self.path}")
         self._container = self._open_input()
         self.decoder = "cpu"
         if decode != "cpu":  # NVDEC needs the stream's codec, known only once the file is open

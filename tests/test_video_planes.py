@@ -359,3 +359,14 @@ def test_a_video_becomes_rgb_by_the_matrix_it_states(tmp_path, colorspace, matri
         assert reader.colour.matrix == matrix
     back = planes_to_image(frame.planes).astype(int)
     assert np.abs(back - rgb).max() <= 3, back[0, 0]
+
+
+def test_a_folder_given_as_a_video_is_named_as_a_folder(tmp_path):
+    """Training data's `videos: [{ir: data/ir, ...}]` said "video not found: data/ir", a folder that is there."""
+    from ldfusion.errors import DataError
+    from ldfusion.video import VideoReader
+
+    with pytest.raises(DataError, match=f"^{tmp_path} is a folder, not a video$"):
+        VideoReader(tmp_path)
+    with pytest.raises(DataError, match="video not found"):
+        VideoReader(tmp_path / "none.mp4")
