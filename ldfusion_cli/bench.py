@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = choose_weights(args.weights, devices[0])
     path = resolve_weights_path(weights)
     refuse_overwriting_inputs([args.out], [path], "--out")
+    if args.out.is_file() and not _bench_results(args.out):  # a config or notes given by a slip were replaced, exit 0
+        raise DataError(f"--out {args.out} exists and holds no earlier bench results; choose another name, or delete it first")
     settings = BenchSettings(
         tuple(args.paths), tuple(args.batch_sizes), args.frames, args.warmup, args.fp32, args.streams,
         compile=args.compile, compile_backend=args.compile_backend, compile_mode=args.compile_mode,
@@ -104,3 +106,12 @@ def check_json_destination(out: Path) -> None:
         raise DataError(f"--out {out} is a folder; bench writes its results to a JSON file")
     for folder in out.parents:
         check_output_folder(folder, f"--out {out}: the folder")
+
+
+def _bench_results(path: Path) -> bool:
+    """Whether ``path`` holds what bench writes (a JSON object with its results): those it replaces."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(data, dict) and "results" in data and "machine" in data

@@ -180,6 +180,19 @@ def test_bench_refuses_to_write_its_json_over_the_weights(tmp_path, capsys, rand
     assert weights.read_bytes() == before
 
 
+def test_bench_replaces_earlier_results_only(tmp_path, capsys, random_weights):
+    """`--out run.yaml` (a slip) replaced the config with the JSON report, exit 0."""
+    config = tmp_path / "run.yaml"
+    config.write_text("streams: []\n")
+    assert dispatcher.main(bench_args(random_weights["ld-lite"], config)) == 2
+    assert f"--out {config} exists and holds no earlier bench results" in one_error_line(capsys, "ldfusion bench")
+    assert config.read_text() == "streams: []\n"
+    out = tmp_path / "bench.json"
+    for _ in range(2):  # its own results are replaced
+        assert dispatcher.main(bench_args(random_weights["ld-lite"], out)) == 0
+    assert "results" in json.loads(out.read_text())
+
+
 def test_bench_out_inside_a_file_is_refused_before_measuring(tmp_path, capsys, random_weights, monkeypatch):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
