@@ -46,6 +46,24 @@ def paired_folders(tmp_path: Path, width: int, height: int, count: int = 2) -> t
 # --- export ---------------------------------------------------------------------------------
 
 
+def test_a_float_export_whose_weights_were_damaged_in_place_is_refused_by_its_parity(tmp_path, capsys, random_weights):
+    """100 bytes of the .bin overwritten (the same size: it reads and compiles): export said "up to
+    date" with 28.6 dB parity, exit 0, and fuse used it."""
+    pytest.importorskip("openvino")
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(random_weights["ld-lite"].read_bytes())
+    assert dispatcher.main(["export", "--weights", str(weights), "-q"]) == 0
+    xml = next(tmp_path.glob("w.*.xml"))
+    data = bytearray(xml.with_suffix(".bin").read_bytes())
+    data[1000:1400] = np.random.default_rng(0).integers(0, 256, 400, dtype=np.uint8).tobytes()
+    xml.with_suffix(".bin").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert dispatcher.main(["export", "--weights", str(weights), "-q"]) == 2
+    line = one_error_line(capsys, "ldfusion export")
+    assert f"{xml}: the export disagrees with PyTorch" in line and "delete it (and its .bin)" in line
+    assert "up to date" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("damage", ["text", "truncated_bin", "scrambled_bin"])
 def test_a_damaged_cached_export_is_one_line_naming_the_file(tmp_path, capsys, random_weights, damage):
     """A cached .xml/.bin that is not OpenVINO's (a text file, a cut .bin) once ended in a

@@ -17,6 +17,9 @@ log = logging.getLogger("ldfusion.export")
 
 # The parity check runs at sizes a user meets: odd, and one that is not a multiple of 8.
 PARITY_SIZES = ((117, 161), (480, 640))
+# A float export computed in f32 agrees with PyTorch to 80-120 dB; one whose .bin lost 100 bytes
+# (the same size, so it reads and compiles) agreed to 28.6 dB and was used.
+MIN_FLOAT_PARITY_DB = 60
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             with torch.inference_mode():
                 reference = model(vi_y, ir)
             exported = network(vi_y, ir)
-            diff = float((reference - exported).abs().max())
-            parity.append(f"parity {height}x{width}, {precision}: {agreement_db(reference, exported):.1f} dB PSNR against PyTorch, "
-                          f"max |diff| {diff:.2e}")
+            diff, db = float((reference - exported).abs().max()), agreement_db(reference, exported)
+            if precision == "f32" and not args.int8 and not db >= MIN_FLOAT_PARITY_DB:
+                raise CheckpointError(f"{path}: the export disagrees with PyTorch ({db:.1f} dB PSNR at {height}x{width}; a float export "
+                                      f"agrees to over {MIN_FLOAT_PARITY_DB} dB): it may be damaged, or the weights overflow; delete it "
+                                      "(and its .bin) and it is exported again from the weights")
+            parity.append(f"parity {height}x{width}, {precision}: {db:.1f} dB PSNR against PyTorch, max |diff| {diff:.2e}")
     print(f"{'wrote' if built else 'up to date'}: {path}")
     print("\n".join(parity))
     return 0
