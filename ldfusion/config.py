@@ -165,11 +165,20 @@ def from_dict(cls: type[C], data: Any, where: str = "config") -> C:
     missing = [name for name in required if name not in data]
     if missing:
         raise ConfigError(f"{where}: missing required key(s) {', '.join(missing)}")
-    kwargs = {name: _convert(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    kwargs = {name: _expanded_if_path(name, _convert(hints[name], value, f"{where}.{name}")) for name, value in data.items()}
     try:
         return cls(**kwargs)
     except ValueError as exc:  # __post_init__ validation
         raise ConfigError(f"{where}: {exc}") from None
+
+
+# The configs' fields that name files or folders: a leading ~/ is the home folder there (as in a
+# shell), and only there: a topic, a stream id or a prompt is kept as written.
+PATH_FIELDS = frozenset({"path", "out_dir", "calibration", "weights", "teacher", "init", "pretrained", "model_config", "ir", "vi"})
+
+
+def _expanded_if_path(name: str, value: Any) -> Any:
+    return home_expanded(value) if name in PATH_FIELDS and isinstance(value, str) else value
 
 
 def to_dict(obj: Any) -> Any:
@@ -254,7 +263,7 @@ def _convert_scalar(hint: Any, value: Any, where: str) -> Any:
         return finite_float(value, where)
     if hint is str:
         if isinstance(value, str):
-            return home_expanded(value)
+            return value
         if isinstance(value, int) and not isinstance(value, bool):  # a plain decimal reads back as written (camera 0)
             return str(value)
         if isinstance(value, float):  # 0111.0 would be "111.0", .5 "0.5": not what was written

@@ -25,7 +25,7 @@ from pathlib import Path
 from ldfusion.checkpoint import load_model
 from ldfusion.errors import CheckpointError
 from ldfusion.networks import FusionNet
-from ldfusion.paths import replaced_whole
+from ldfusion.paths import home_expanded, replaced_whole
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,13 @@ def resolve_weights_path(name_or_path: str | os.PathLike | None) -> Path:
         raise CheckpointError(f"weights: the name is empty; give a file or one of: {weights_names()}")
     entry = REGISTRY.get(name)
     if entry is None:
-        path = Path(name).expanduser()
+        path = Path(home_expanded(str(name)))
         if not path.exists():
             raise CheckpointError(f"weights not found: {name!r} is neither a file nor one of: {weights_names()}")
         return path
     from_env = os.environ.get(entry.env_var)
     if from_env:
-        path = Path(from_env).expanduser()
+        path = Path(home_expanded(from_env))
         if not path.exists():
             raise CheckpointError(f"{entry.env_var}={from_env}: no such file or folder")
         return path

@@ -107,3 +107,6 @@ def test_a_path_starting_with_the_home_folder_is_expanded(tmp_path, monkeypatch)
     assert config.run.out_dir == str(tmp_path / "home" / "runs") and config.streams[0].ir.path == str(tmp_path / "home" / "ir.mp4")
     assert path_argument("~/out") == tmp_path / "home" / "out" and path_argument("~") == tmp_path / "home"
     assert path_argument("a~/b") == Path("a~/b") and path_argument("~other") == Path("~other")  # only a leading ~ alone
+    # Only fields that name files: a ZeroMQ topic (or a prompt, an id) is kept as written.
+    data["sinks"] = [{"kind": "zmq", "topic": "~/fused"}]
+    assert from_dict(PipelineConfig, data).sinks[0].topic == "~/fused"

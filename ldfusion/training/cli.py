@@ -16,7 +16,7 @@ from ldfusion.cli.common import add_logging_arguments, one_line_errors, path_arg
 from ldfusion.config import load_config
 from ldfusion.checkpoint import Checkpoint, load_checkpoint
 from ldfusion.errors import CheckpointError, DataError, first_line
-from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
+from ldfusion.paths import check_output_folder, home_expanded, refuse_overwriting_inputs
 from ldfusion.training.config import TrainConfig
 from ldfusion.training.trainer import (
     CONFIG_FILE, EPOCH_FILE, FINAL_FILE, LAST_FILE, DistInfo, Trainer, files_written, init_distributed, shutdown_distributed,
@@ -95,7 +95,7 @@ def refuse_overwriting_own_inputs(config: TrainConfig, config_file: Path) -> Non
     model.pt would replace the teacher, config.yaml the user's own config. Resuming from
     OUT/last.pt is the one file read and then written again, by design (it is read whole
     before training starts)."""
-    weights = [Path(name).expanduser() for name in (config.teacher, config.init) if name is not None]  # a registry name matches no output
+    weights = [Path(home_expanded(name)) for name in (config.teacher, config.init) if name is not None]  # a registry name matches no output
     refuse_overwriting_inputs(files_written(config), [config_file, *weights], f"out_dir {config.out_dir}")
 
 
@@ -140,7 +140,7 @@ def _resume_path(resume_arg: str | None, out_dir: Path) -> Path | None:
     if not resume_arg:
         return None
     if resume_arg != "auto":
-        return Path(resume_arg)
+        return Path(home_expanded(resume_arg))
     last = out_dir / LAST_FILE
     if not last.exists() and (out_dir / CONFIG_FILE).exists():  # it said "weights file not found: OUT/last.pt"
         raise DataError(f"{last} not found: the run in {out_dir} saved no checkpoint to resume (it stopped in its first epoch); "
