@@ -226,10 +226,11 @@ def _read_export(core, path: Path):
         raise _damaged_export(path, "not a readable OpenVINO export", exc) from None
 
 
-def _damaged_export(path: Path, what: str, exc: BaseException) -> CheckpointError:
+def _damaged_export(path: Path, what: str, exc: BaseException | None = None) -> CheckpointError:
     """The one-line error for an export file that cannot be used, with what to do about it."""
     companion = " (and its .bin)" if path.suffix == ".xml" else ""
-    return CheckpointError(f"{path}: {what} ({_last_line(exc)}); delete it{companion} and it is exported again from the weights")
+    detail = f" ({_last_line(exc)})" if exc is not None else ""
+    return CheckpointError(f"{path}: {what}{detail}; delete it{companion} and it is exported again from the weights")
 
 
 def _check_export_format(path: Path) -> None:
@@ -269,6 +270,16 @@ class PendingFusion:
         return self._out
 
 
+def _check_agrees(network: OpenVinoNetwork, model: FusionNet, path: Path) -> None:
+    """A cached float export damaged in place (its size kept: it reads and compiles) fused every
+    frame 30+ grey levels off without a word, where `ldfusion export` refused it. One small call."""
+    from ldfusion.export import MIN_FLOAT_PARITY_DB, export_agreement_db
+
+    db = export_agreement_db(network, model)
+    if not db >= MIN_FLOAT_PARITY_DB[network.precision]:
+        raise _damaged_export(path, f"this export disagrees with its weights ({db:.1f} dB PSNR, {network.precision}), so it may be damaged")
+
+
 def build_openvino(
     model: FusionNet,
     weights: Path | None,
@@ -291,6 +302,8 @@ def build_openvino(
     if weights is not None and Path(weights).is_file():
         path, _ = ensure_exported(model, Path(weights), "openvino", int8, calibration, bundled_dir=BUNDLED_DIR)
         network = OpenVinoNetwork(path, model.spec, threads, float_precision(precision, int8), streams)
+        if not int8:  # an int8 export differs from its weights by design
+            _check_agrees(network, model, path)
         log.info("running the network on OpenVINO%s%s from %s", _describe(int8, network.precision, precision),
                  f", {streams} calls at once" if streams > 1 else "", path)
         return network

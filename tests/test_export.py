@@ -286,7 +286,7 @@ def test_bf16_stays_close_to_pytorch():
     scenes with edges, as images are; random pixels would not exercise the norms)."""
     pytest.importorskip("openvino")
     from ldfusion.backends import cpu_has_native_bf16
-    from ldfusion.cli.export import parity_inputs
+    from ldfusion.export import parity_inputs
     from ldfusion.export import agreement_db
 
     if not cpu_has_native_bf16():

@@ -62,6 +62,12 @@ def test_a_float_export_whose_weights_were_damaged_in_place_is_refused_by_its_pa
     line = one_error_line(capsys, "ldfusion export")
     assert f"{xml}: the export disagrees with PyTorch" in line and "delete it (and its .bin)" in line
     assert "up to date" not in capsys.readouterr().out
+    # fuse used it without a word: frames 30+ grey levels off.
+    ir_dir, vi_dir = paired_folders(tmp_path, 32, 24, count=1)
+    fuse = ["fuse", "--ir", str(ir_dir), "--vi", str(vi_dir), "--out", str(tmp_path / "out"), "--weights", str(weights),
+            "--device", "cpu", "--backend", "openvino", "-q"]
+    assert dispatcher.main(fuse) == 2
+    assert f"{xml}: this export disagrees with its weights" in one_error_line(capsys, "ldfusion fuse")
 
 
 @pytest.mark.parametrize("damage", ["text", "truncated_bin", "scrambled_bin"])

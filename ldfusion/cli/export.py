@@ -17,9 +17,7 @@ log = logging.getLogger("ldfusion.export")
 
 # The parity check runs at sizes a user meets: odd, and one that is not a multiple of 8.
 PARITY_SIZES = ((117, 161), (480, 640))
-# A float export computed in f32 agrees with PyTorch to 80-120 dB; one whose .bin lost 100 bytes
-# (the same size, so it reads and compiles) agreed to 28.6 dB and was used.
-MIN_FLOAT_PARITY_DB = 60
+
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet)
     from ldfusion.backends import OpenVinoNetwork, float_precision, openvino_available
-    from ldfusion.export import agreement_db, calibration_pairs, ensure_exported, exported_path
+    from ldfusion.export import MIN_FLOAT_PARITY_DB, agreement_db, calibration_pairs, ensure_exported, exported_path, parity_inputs
     from ldfusion.weights import BUNDLED_DIR, CPU_AUTO_INT8, CPU_AUTO_WEIGHTS, is_auto, resolve_model, resolve_weights_path
 
     if args.int8 and args.format != "openvino":
@@ -96,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
                 reference = model(vi_y, ir)
             exported = network(vi_y, ir)
             diff, db = float((reference - exported).abs().max()), agreement_db(reference, exported)
-            if precision == "f32" and not args.int8 and not db >= MIN_FLOAT_PARITY_DB:
+            if precision == "f32" and not args.int8 and not db >= MIN_FLOAT_PARITY_DB["f32"]:
                 raise CheckpointError(f"{path}: the export disagrees with PyTorch ({db:.1f} dB PSNR at {height}x{width}; a float export "
-                                      f"agrees to over {MIN_FLOAT_PARITY_DB} dB): it may be damaged, or the weights overflow; delete it "
+                                      f"agrees to over {MIN_FLOAT_PARITY_DB['f32']:g} dB): it may be damaged, or the weights overflow; delete it "
                                       "(and its .bin) and it is exported again from the weights")
             parity.append(f"parity {height}x{width}, {precision}: {db:.1f} dB PSNR against PyTorch, max |diff| {diff:.2e}")
     print(f"{'wrote' if built else 'up to date'}: {path}")
@@ -109,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 def _check_output_finite(model: torch.nn.Module, weights: Path) -> None:
     """Weights that overflow (finite, but NaN out) were exported with exit 0 and a parity of
     "nan dB"; `fuse` refuses them. Checked before anything is written."""
+    from ldfusion.export import parity_inputs
+
     vi_y, ir = parity_inputs(*PARITY_SIZES[0], torch.Generator().manual_seed(0))
     with torch.inference_mode():
         if not bool(torch.isfinite(model(vi_y, ir)).all()):
@@ -122,14 +122,3 @@ def _check_extra(args: argparse.Namespace) -> None:
     if needed:
         what = "--format onnx" if "onnx" in needed else "--int8"
         raise ConfigError(f"{what} needs {' and '.join(needed)}, which a plain install leaves out: pip install \"ldfusion[export]\" (or -e \".[export]\")")
-
-
-def parity_inputs(height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A smooth scene with edges and noise: random pixels alone would not exercise the norms as images do."""
-    ys = torch.linspace(0, 1, height)[:, None]
-    xs = torch.linspace(0, 1, width)[None, :]
-    base = 0.5 + 0.3 * torch.sin(6 * xs + 3 * ys) * torch.cos(4 * ys)
-    blocks = ((xs * 5).floor() + (ys * 4).floor()) % 2 * 0.2
-    vi = (base + blocks + 0.03 * torch.randn(height, width, generator=generator)).clamp(0, 1)
-    ir = (1 - base + 0.05 * torch.randn(height, width, generator=generator)).clamp(0, 1)
-    return vi[None, None], ir[None, None]
