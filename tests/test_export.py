@@ -534,3 +534,18 @@ def test_a_folder_where_the_export_goes_is_named_and_nothing_is_left(tmp_path, c
     assert main(["--weights", str(weights), "-q"]) == 2
     assert capsys.readouterr().err.strip() == f"ldfusion export: error: {target} is a folder where the export is written; move it away"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["w.pt", target.name])
+
+
+def test_an_export_made_just_now_that_disagrees_blames_the_weights_and_is_not_kept(tmp_path, capsys, ldlite_weights):
+    """LD-Lite with one conv's weights times 1e38 exported to 55 dB: refused with "delete it",
+    which made the same export again, and the rejected files stayed for fuse to use."""
+    pytest.importorskip("openvino")
+    from ldfusion.cli.export import main
+
+    state = torch.load(ldlite_weights, map_location="cpu", weights_only=True)
+    state["decoder.model_up.10.weight"] = state["decoder.model_up.10.weight"] * 1e38
+    weights = tmp_path / "big.pt"
+    torch.save(state, weights)
+    assert main(["--weights", str(weights), "-q"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"ldfusion export: error: {weights}: exported, the network disagrees with PyTorch")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt"]

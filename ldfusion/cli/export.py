@@ -95,13 +95,25 @@ def main(argv: list[str] | None = None) -> int:
             exported = network(vi_y, ir)
             diff, db = float((reference - exported).abs().max()), agreement_db(reference, exported)
             if precision == "f32" and not args.int8 and not db >= MIN_FLOAT_PARITY_DB["f32"]:
-                raise CheckpointError(f"{path}: the export disagrees with PyTorch ({db:.1f} dB PSNR at {height}x{width}; a float export "
-                                      f"agrees to over {MIN_FLOAT_PARITY_DB['f32']:g} dB): it may be damaged, or the weights overflow; delete it "
-                                      "(and its .bin) and it is exported again from the weights")
+                raise _disagreement(path, built, weights, f"{db:.1f} dB PSNR at {height}x{width}; a float export agrees "
+                                    f"to over {MIN_FLOAT_PARITY_DB['f32']:g} dB")
             parity.append(f"parity {height}x{width}, {precision}: {db:.1f} dB PSNR against PyTorch, max |diff| {diff:.2e}")
     print(f"{'wrote' if built else 'up to date'}: {path}")
     print("\n".join(parity))
     return 0
+
+
+def _disagreement(path: Path, built: bool, weights: Path, how: str) -> CheckpointError:
+    """An export that disagrees with PyTorch. Cached, it is damaged. Made just now, the weights
+    are at fault (values so large that float32 arithmetic loses them): the files are removed, as
+    other commands would otherwise use them, and "delete it" would only lead to the same export."""
+    if not built:
+        return CheckpointError(f"{path}: the export disagrees with PyTorch ({how}): it may be damaged; delete it "
+                               "(and its .bin) and it is exported again from the weights")
+    path.unlink(missing_ok=True)
+    path.with_suffix(".bin").unlink(missing_ok=True)
+    return CheckpointError(f"{weights}: exported, the network disagrees with PyTorch ({how}): the weights lose too much in "
+                           "float32 (values too large?); nothing kept")
 
 
 def _check_output_finite(model: torch.nn.Module, weights: Path) -> None:
