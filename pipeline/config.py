@@ -448,6 +448,10 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
             raise ConfigError(f"the png sink writes into the folder {str(path)!r}, but that is a file")
         if kind == "mp4" and path.is_dir():
             raise ConfigError(f"the mp4 sink writes the file {str(path)!r}, but that is a folder")
+        if kind == "mp4" and path.is_symlink():  # followed, it wrote another file of out_dir, or made the one a dangling link names
+            raise ConfigError(f"the mp4 sink writes the file {str(path)!r}, but that is a link (to {os.readlink(path)!r}); remove the link")
+        if kind == "artefact" and path.is_dir():  # --overwrite was advised, and then "Is a directory" came after the run
+            raise ConfigError(f"the run saves {path.name} as {str(path)!r}, but that is a folder; move it, or choose another --out")
         existing = (kind == "mp4" and path.exists()) or (kind == "png" and path.is_dir() and any(path.glob("*.png")))
         if existing and not config.run.overwrite:
             what = "holds PNG frames" if kind == "png" else "exists"

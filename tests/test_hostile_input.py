@@ -277,6 +277,24 @@ def test_a_file_of_an_artefacts_name_that_no_run_saved_needs_overwrite(tmp_path,
     assert run_command(config, weights=random_weights["ld-lite"]) == 0  # the run's own artefacts are replaced
 
 
+@pytest.mark.parametrize("place, expected", [
+    ("link", "the mp4 sink writes the file"), ("dangling", "the mp4 sink writes the file"), ("summary.json", "the run saves summary.json"),
+])
+def test_a_link_or_folder_where_the_run_writes_is_refused_before_the_run(tmp_path, capsys, random_weights, place, expected):
+    """A link at o.mp4 to another file of out_dir was written through (a dangling one made its
+    target); a folder at summary.json failed only after every frame was fused."""
+    out = tmp_path / "out"
+    out.mkdir()
+    if place == "summary.json":
+        (out / "summary.json" / "x").mkdir(parents=True)
+    else:
+        (out / "other.mp4").write_text("keep")
+        (out / "o.mp4").symlink_to("other.mp4" if place == "link" else "nowhere.mp4")
+    assert run_command(write_config(tmp_path, video_config(tmp_path)), "--overwrite", weights=random_weights["ld-lite"]) == 2
+    assert expected in one_error_line(capsys, "ldfusion run")
+    assert not (out / "nowhere.mp4").exists() and (place == "summary.json" or (out / "other.mp4").read_text() == "keep")
+
+
 def test_an_empty_out_dir_is_refused(tmp_path, capsys, random_weights):
     """``out_dir: ''`` was the current folder (Path("") is "."), written to without a word."""
     assert run_command(write_config(tmp_path, video_config(tmp_path, out_dir="")), weights=random_weights["ld-lite"]) == 2
