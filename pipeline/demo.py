@@ -112,6 +112,11 @@ def check_earlier_outputs(out: Path, overwrite: bool) -> None:
     them or with ``--overwrite``: the demo overwrote a user's preview.png, config.yaml and
     summary.json with no word (it has always replaced its own outputs, and still does)."""
     names = (FUSED, SIDE_BY_SIDE, PREVIEW, *RUN_ARTEFACTS, SYNTHETIC_INPUTS)
+    for name in names[:-1]:  # no --overwrite could help: it said "pass --overwrite", then "is a folder" or "sink path ... run.out_dir"
+        path = out / name
+        if path.is_symlink() or (path.is_dir() and name != SYNTHETIC_INPUTS):
+            what = "a link" if path.is_symlink() else "a folder"
+            raise ConfigError(f"--out {out}: {name} is {what}, where the demo writes a file; move it away, or choose another --out")
     taken = [name for name in names if (out / name).exists()]
     if taken and not overwrite and not _written_by_a_demo(out / "config.yaml"):
         raise ConfigError(f"--out {out} holds {', '.join(taken)}, not from an earlier demo; "

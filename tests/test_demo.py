@@ -81,6 +81,7 @@ def test_a_link_where_a_demo_output_goes_is_named_in_one_line(tmp_path, capsys, 
     (out / "fused.mp4").symlink_to(tmp_path / "victim.txt")
     args = ["--source", "synthetic", "--out", str(out), "--weights", str(random_weights["ld-lite"]), "--max-frames", "2", "-q", "--overwrite"]
     assert demo_main(args) == 2
-    assert capsys.readouterr().err.strip() == (f"ldfusion demo: error: sink path 'fused.mp4' (stream demo) is a link to "
-                                               f"{str(tmp_path / 'victim.txt')!r}, outside run.out_dir {str(out)!r}; remove the link")
+    assert capsys.readouterr().err.strip() == f"ldfusion demo: error: --out {out}: fused.mp4 is a link, where the demo writes a file; move it away, or choose another --out"
+    assert demo_main(args[:-1]) == 2  # without --overwrite: the same line, not "pass --overwrite"
+    assert "fused.mp4 is a link" in capsys.readouterr().err
     assert (tmp_path / "victim.txt").read_text() == "precious"
