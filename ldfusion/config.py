@@ -88,6 +88,15 @@ def read_yaml(path: str | os.PathLike, what: str = "config file", error: type[Co
     return data
 
 
+def saved_mapping(path: str | os.PathLike) -> dict | None:
+    """The mapping a YAML (or JSON, which YAML reads) file holds; None when it holds none or cannot
+    be read. For telling a file a command saved from another of its name before replacing it."""
+    try:
+        return read_yaml(path)
+    except (ConfigError, OSError):
+        return None
+
+
 def parse_overrides(items: list[str] | None) -> dict:
     """``["optim.lr=1e-4", "data.crop=128"]`` -> nested dict; values are parsed as YAML."""
     result: dict = {}

@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
+from ldfusion.config import saved_mapping
 from ldfusion.errors import DataError
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES, resolve_device
 from ldfusion.paths import check_output_folder, refuse_overwriting_inputs
@@ -110,8 +111,5 @@ def check_json_destination(out: Path) -> None:
 
 def _bench_results(path: Path) -> bool:
     """Whether ``path`` holds what bench writes (a JSON object with its results): those it replaces."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(data, dict) and "results" in data and "machine" in data
+    data = saved_mapping(path)
+    return data is not None and "results" in data and "machine" in data

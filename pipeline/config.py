@@ -29,17 +29,14 @@ here (numbers are finite: ``ldfusion.config``), so a typo or a bad value is a on
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from ldfusion.backends import PRECISIONS
 from ldfusion.codecs import DECODES, ENCODERS
-from ldfusion.config import from_dict, load_config
+from ldfusion.config import from_dict, load_config, saved_mapping
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import pair_folders
 from ldfusion.inference import COMPILE_KINDS, COMPILE_MODES
@@ -466,12 +463,8 @@ def check_outputs(config: PipelineConfig, config_file: str | os.PathLike | None 
 def saved_by_a_run(path: Path) -> bool:
     """Whether ``path``, a run artefact's name, holds what a run writes there: a config (a mapping
     with streams) as config.yaml, a run summary (with frames_out) as summary.json."""
-    try:
-        text = path.read_text()
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError):  # json's errors are ValueErrors
-        return False
-    return isinstance(data, dict) and ("frames_out" in data if path.suffix == ".json" else isinstance(data.get("streams"), list))
+    data = saved_mapping(path)
+    return data is not None and ("frames_out" in data if path.suffix == ".json" else isinstance(data.get("streams"), list))
 
 
 def _check_name_lengths(kind: str, path: Path) -> None:

@@ -12,10 +12,9 @@ import argparse
 import logging
 from pathlib import Path
 
-import yaml
-
 from ldfusion.cli.common import add_cpu_runtime_arguments, add_logging_arguments, one_line_errors, path_argument, setup_logging
 from ldfusion.color import planes_to_image
+from ldfusion.config import saved_mapping
 from ldfusion.errors import ConfigError, DataError
 from ldfusion.imageio import check_image_destination, write_image
 from ldfusion.paths import check_output_folder
@@ -111,13 +110,13 @@ def check_earlier_outputs(out: Path, overwrite: bool) -> None:
     """Files of the demo's names already in ``out`` are replaced only when an earlier demo wrote
     them or with ``--overwrite``: the demo overwrote a user's preview.png, config.yaml and
     summary.json with no word (it has always replaced its own outputs, and still does)."""
-    names = (FUSED, SIDE_BY_SIDE, PREVIEW, *RUN_ARTEFACTS, SYNTHETIC_INPUTS)
-    for name in names[:-1]:  # no --overwrite could help: it said "pass --overwrite", then "is a folder" or "sink path ... run.out_dir"
+    files = (FUSED, SIDE_BY_SIDE, PREVIEW, *RUN_ARTEFACTS)
+    for name in files:  # no --overwrite could help: it said "pass --overwrite", then "is a folder" or "sink path ... run.out_dir"
         path = out / name
-        if path.is_symlink() or (path.is_dir() and name != SYNTHETIC_INPUTS):
+        if path.is_symlink() or path.is_dir():
             what = "a link" if path.is_symlink() else "a folder"
             raise ConfigError(f"--out {out}: {name} is {what}, where the demo writes a file; move it away, or choose another --out")
-    taken = [name for name in names if (out / name).exists()]
+    taken = [name for name in (*files, SYNTHETIC_INPUTS) if (out / name).exists()]
     if taken and not overwrite and not _written_by_a_demo(out / "config.yaml"):
         raise ConfigError(f"--out {out} holds {', '.join(taken)}, not from an earlier demo; "
                           "pass --overwrite to replace them, or choose another --out")
@@ -125,11 +124,11 @@ def check_earlier_outputs(out: Path, overwrite: bool) -> None:
 
 def _written_by_a_demo(config_file: Path) -> bool:
     """Whether ``config_file`` is the config an earlier demo saved (its one stream and two sinks)."""
+    data = saved_mapping(config_file) or {}
     try:
-        data = yaml.safe_load(config_file.read_text())
         streams, sinks = data["streams"], data["sinks"]
         return [s["id"] for s in streams] == [DEMO_STREAM] and sorted(s["path"] for s in sinks) == sorted((FUSED, SIDE_BY_SIDE))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+    except (TypeError, KeyError):  # a mapping of another shape
         return False
 
 
