@@ -44,8 +44,10 @@ def list_images(folder: Path) -> dict[str, Path]:
     by_stem: dict[str, Path] = {}
     skipped = []
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-            skipped += [] if path.name.startswith(".") else [path.name + ("/" if path.is_dir() else "")]
+        if path.name.startswith("."):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped.append(path.name + ("/" if path.is_dir() else ""))
             continue
         if not path.is_file():  # skipping it would drop a pair (or a frame) without a word
             what = "a link to nothing" if path.is_symlink() and not path.exists() else "not a file"

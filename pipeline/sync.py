@@ -162,6 +162,10 @@ class NearestPairer:
         self._followers.clear()
         self._pending.clear()
 
+    def withdraw(self, pairs: list[FramePair]) -> None:
+        """Pairs made but not handed on (the run stopped among them): not counted as paired."""
+        self.counts.paired -= len(pairs)
+
     def discard(self, frame: CameraFrame) -> None:
         """A frame read after its partner stream ended: it can pair with nothing."""
         self._count_unpaired(frame.kind)
@@ -263,12 +267,12 @@ def _pair_file(pairer: NearestPairer, leader_q: FrameQueue, follower_q: FrameQue
             return _open_queues(leader_q, leader_open, follower_q, follower_open), True
         if pairer.waiting_for_follower() and follower_open:
             item = follower_q.get()
-            if isinstance(item, EndOfStream) and readers_stopped.is_set():
-                # The run stopped the readers (Ctrl-C): the follower did not end, it was cut off, and
-                # the leader frames read beyond it were never offered for pairing (as after max_frames).
-                # Counted as unpaired, a clip that pairs perfectly said "unpaired 2" after a Ctrl-C.
-                return _open_queues(leader_q, leader_open, follower_q, False), True
             if isinstance(item, EndOfStream):
+                if readers_stopped.is_set():
+                    # The run stopped the readers (Ctrl-C): the follower did not end, it was cut off, and
+                    # the leader frames read beyond it were never offered for pairing (as after max_frames).
+                    # Counted as unpaired, a clip that pairs perfectly said "unpaired 2" after a Ctrl-C.
+                    return _open_queues(leader_q, leader_open, follower_q, False), True
                 follower_open = False
                 pairer.end_follower()
             else:
@@ -309,7 +313,7 @@ def _emit_all(pairer: NearestPairer, pairs: list[FramePair], emit: Emit) -> bool
     more frame was paired than was written (a slower follower decides several at once)."""
     for sent, pair in enumerate(pairs, start=1):
         if not emit(pair):
-            pairer.counts.paired -= len(pairs) - sent
+            pairer.withdraw(pairs[sent:])
             return False
     return True
 
